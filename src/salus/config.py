@@ -1,0 +1,186 @@
+"""Settings: built once at start-up and passed down.
+
+Sources, strongest first: explicit overrides (command-line options), the
+environment (``SALUS_<NAME>``), a TOML file (``--config`` or ``SALUS_CONFIG``;
+top-level keys named like the fields), then the defaults below. Nothing here
+runs at import time. Every field is documented in ``docs/configuration.md``
+(a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from salus.errors import ConfigurationError
+
+__all__ = ["DEV_SECRET_KEY", "Settings", "load_settings"]
+
+ENV_PREFIX = "SALUS_"
+#: Environment variables with the prefix that are not settings.
+NON_SETTING_ENV = frozenset({"SALUS_CONFIG"})
+NON_SETTING_ENV_PREFIXES = ("SALUS_TEST_", "SALUS_BENCH_")
+
+#: The well-known development secret; refused in production.
+DEV_SECRET_KEY = "salus-development-secret-do-not-use-in-production"  # noqa: S105
+MIN_SECRET_LENGTH = 32
+
+
+class Settings(BaseModel):
+    """Every setting of a Salus process. See ``docs/configuration.md``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    # -- general -----------------------------------------------------------------
+    mode: Literal["development", "production"] = "development"
+    data_dir: Path = Path("salus-data")
+    secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
+
+    # -- database ----------------------------------------------------------------
+    database_url: SecretStr | None = None
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+    migrate_on_start: bool = True
+
+    # -- blob store --------------------------------------------------------------
+    blob_backend: Literal["filesystem", "s3"] = "filesystem"
+    blob_dir: Path | None = None
+    blob_fsync: bool = True
+    s3_endpoint_url: str | None = None
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+
+    # -- encryption at rest ---------------------------------------------------------
+    encryption_enabled: bool = True
+    key_provider: Literal["file"] = "file"
+    key_file: Path | None = None
+
+    # -- HTTP server -------------------------------------------------------------
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    http_max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    shutdown_timeout: float = Field(default=30.0, ge=0)
+    metrics_enabled: bool = True
+
+    # -- logging -----------------------------------------------------------------
+    log_format: Literal["plain", "json"] = "plain"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # -- job queue ---------------------------------------------------------------
+    jobs_enabled: bool = True
+    jobs_workers: int = Field(default=2, ge=1, le=64)
+    jobs_poll_interval: float = Field(default=1.0, gt=0)
+    jobs_max_attempts: int = Field(default=5, ge=1)
+    jobs_backoff_base: float = Field(default=2.0, gt=0)
+    jobs_backoff_max: float = Field(default=600.0, gt=0)
+    jobs_lease_seconds: float = Field(default=300.0, gt=0)
+
+    # -- derived values ------------------------------------------------------------
+    def database_url_value(self) -> str:
+        """The SQLAlchemy URL; SQLite under the data folder by default."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{(self.data_dir / 'salus.db').resolve()}"
+
+    def is_sqlite(self) -> bool:
+        return self.database_url_value().startswith("sqlite")
+
+    def blob_path(self) -> Path:
+        return self.blob_dir if self.blob_dir is not None else self.data_dir / "blobs"
+
+    def key_path(self) -> Path:
+        if self.key_file is not None:
+            return self.key_file
+        return self.data_dir / "keys" / "master-keys.json"
+
+    def effective_job_workers(self) -> int:
+        """SQLite has one writer: its queue runs a single worker."""
+        return 1 if self.is_sqlite() else self.jobs_workers
+
+    def check_safe(self) -> None:
+        """Refuse settings that are unsafe in production (called at start-up)."""
+        problems: list[str] = []
+        if self.blob_backend == "s3" and not self.s3_bucket:
+            problems.append("SALUS_S3_BUCKET is required when SALUS_BLOB_BACKEND=s3")
+        if self.mode == "production":
+            secret = self.secret_key.get_secret_value()
+            if secret == DEV_SECRET_KEY or len(secret) < MIN_SECRET_LENGTH:
+                problems.append(
+                    "SALUS_SECRET_KEY must be set to a random value of at least "
+                    f"{MIN_SECRET_LENGTH} characters in production"
+                )
+            if not self.encryption_enabled:
+                problems.append("SALUS_ENCRYPTION_ENABLED cannot be false in production")
+            if self.blob_backend == "s3" and (
+                self.s3_access_key_id is None or self.s3_secret_access_key is None
+            ):
+                problems.append("S3 credentials must be set explicitly in production")
+        if problems:
+            raise ConfigurationError("; ".join(problems))
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, str]:
+    fields = Settings.model_fields
+    values: dict[str, str] = {}
+    unknown: list[str] = []
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key in NON_SETTING_ENV:
+            continue
+        if key.startswith(NON_SETTING_ENV_PREFIXES):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name in fields:
+            values[name] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ConfigurationError(
+            "Unknown setting(s) in the environment: " + ", ".join(sorted(unknown))
+        )
+    return values
+
+
+def _file_values(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigurationError(f"Configuration file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"Configuration file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(Settings.model_fields))
+    if unknown:
+        raise ConfigurationError(f"Unknown setting(s) in {path}: " + ", ".join(unknown))
+    return data
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the one :class:`Settings` object of a process."""
+    env = os.environ if environ is None else environ
+    if config_file is None and env.get("SALUS_CONFIG"):
+        config_file = Path(env["SALUS_CONFIG"])
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(_file_values(config_file))
+    values.update(_env_values(env))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        # Name the settings, never echo their values (they may be secrets).
+        names = sorted({f"SALUS_{str(err['loc'][0]).upper()}" for err in exc.errors()})
+        details = "; ".join(
+            f"SALUS_{str(err['loc'][0]).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"Invalid setting(s) {', '.join(names)}: {details}") from None

@@ -1,0 +1,144 @@
+"""Database engines for SQLite (embedded default) and PostgreSQL (psycopg 3).
+
+SQLite runs in WAL mode with ``synchronous=FULL``: a commit is on disk when
+it returns, so what Salus acknowledged survives a power cut. Write
+transactions start with ``BEGIN IMMEDIATE`` so that two writers queue on the
+busy timeout instead of failing on a lock upgrade; read transactions stay
+deferred and run beside the writer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from salus.errors import ConfigurationError, Unavailable
+
+__all__ = ["Database", "create_database", "normalize_url"]
+
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def normalize_url(url: str) -> URL:
+    """Accept ``postgres://`` and ``postgresql://`` and use psycopg 3 for them."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise ConfigurationError("SALUS_DATABASE_URL is not a valid database URL.") from None
+    if parsed.drivername in {"postgres", "postgresql", "postgresql+psycopg2"}:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername not in {"sqlite", "sqlite+pysqlite", "postgresql+psycopg"}:
+        raise ConfigurationError("Only SQLite and PostgreSQL databases are supported.")
+    return parsed
+
+
+class Database:
+    """One engine plus the transaction helpers the services use."""
+
+    def __init__(self, engine: Engine, schema: str | None = None) -> None:
+        self.engine = engine
+        self.schema = schema
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A read-write transaction, committed when the block exits cleanly."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(salus_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read transaction (a consistent snapshot on both backends)."""
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def check(self) -> None:
+        """Raise :class:`Unavailable` if the database cannot answer."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            raise Unavailable("The database is not reachable.") from None
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_engine(url: URL, echo: bool) -> Engine:
+    database = url.database or ""
+    if database and database != ":memory:":
+        path = Path(database)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            # The index holds identifiers: owner-only, like the key file. SQLite
+            # gives its -wal and -shm files the database file's permissions.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    engine = create_engine(
+        url,
+        echo=echo,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        pool_size=8,
+        max_overflow=8,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's begin event emit BEGIN itself (pysqlite's implicit
+        # transactions would defeat BEGIN IMMEDIATE).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = "IMMEDIATE" if conn.get_execution_options().get("salus_write") else "DEFERRED"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def _postgres_engine(url: URL, pool_size: int, schema: str | None, echo: bool) -> Engine:
+    connect_args: dict[str, Any] = {"connect_timeout": 10}
+    if schema is not None:
+        connect_args["options"] = f"-csearch_path={schema}"
+    return create_engine(
+        url,
+        echo=echo,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+    )
+
+
+def create_database(
+    url: str, *, pool_size: int = 10, schema: str | None = None, echo: bool = False
+) -> Database:
+    """Build a :class:`Database`; ``schema`` (PostgreSQL only) isolates tests."""
+    parsed = normalize_url(url)
+    if parsed.drivername.startswith("sqlite"):
+        return Database(_sqlite_engine(parsed, echo))
+    if schema is not None and not _SCHEMA.match(schema):
+        raise ConfigurationError("Invalid PostgreSQL schema name.")
+    return Database(_postgres_engine(parsed, pool_size, schema, echo), schema)

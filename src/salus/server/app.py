@@ -1,0 +1,109 @@
+"""The ASGI application of ``salus serve``.
+
+Routes for FHIR, DICOMweb and the console are mounted by later modules; this
+module owns the process-wide parts: lifespan (services, job workers and
+non-HTTP listeners), the request-context middleware, the one error shape,
+and the system endpoints (``/health``, ``/ready``, ``/metrics``, ``/api``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from salus import __version__
+from salus.config import Settings
+from salus.jobs import Worker
+from salus.metrics import Metrics
+from salus.server.errors import install_error_handlers
+from salus.server.middleware import RequestContextMiddleware
+from salus.server.system import install_system_routes
+from salus.services import Services
+
+__all__ = ["SalusApp", "create_app"]
+
+log = logging.getLogger("salus.server")
+
+
+class SalusApp:
+    """The outermost ASGI callable: request context around the FastAPI app."""
+
+    def __init__(self, api: FastAPI, metrics: Metrics, settings: Settings) -> None:
+        self.api = api
+        self.metrics = metrics
+        self._asgi = RequestContextMiddleware(
+            api,
+            metrics=metrics if settings.metrics_enabled else None,
+            max_body_bytes=settings.http_max_body_bytes,
+        )
+
+    @property
+    def services(self) -> Services:
+        services: Services = self.api.state.services
+        return services
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._asgi(scope, receive, send)
+
+
+def create_app(settings: Settings, services: Services | None = None) -> SalusApp:
+    """Build the application. With ``services`` given, the caller owns them
+    (tests); otherwise they are built at start-up and closed at shutdown."""
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(api: FastAPI) -> AsyncIterator[None]:
+        owned = services is None
+        svc = (
+            services if services is not None else await asyncio.to_thread(Services.build, settings)
+        )
+        api.state.services = svc
+        metrics.watch_jobs(svc.jobs.counts)
+        stop = asyncio.Event()
+        workers: list[asyncio.Task[None]] = []
+        started: list[Any] = []
+        try:
+            for listener in svc.listeners:
+                await listener.start()
+                started.append(listener)
+                log.info("listener started", extra={"listener": listener.name})
+            if settings.jobs_enabled:
+                for index in range(settings.effective_job_workers()):
+                    worker = Worker(
+                        svc.jobs, svc.job_handlers, poll_interval=settings.jobs_poll_interval
+                    )
+                    workers.append(asyncio.create_task(worker.run(stop), name=f"worker-{index}"))
+            log.info("salus ready", extra={"version": __version__, "workers": len(workers)})
+            yield
+        finally:
+            stop.set()
+            if workers:
+                await asyncio.gather(*workers, return_exceptions=True)
+            for listener in reversed(started):
+                try:
+                    await listener.stop()
+                except Exception:
+                    log.exception("listener failed to stop", extra={"listener": listener.name})
+            if owned:
+                svc.close()
+            log.info("salus stopped")
+
+    api = FastAPI(
+        title="Salus",
+        version=__version__,
+        summary="Health data hub: system and administration API (FHIR lives under /fhir).",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
+    if services is not None:
+        api.state.services = services
+    install_error_handlers(api)
+    install_system_routes(api, settings, metrics)
+    return SalusApp(api, metrics, settings)

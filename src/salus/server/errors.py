@@ -1,0 +1,111 @@
+"""Every HTTP error response has one shape: a FHIR OperationOutcome.
+
+Services raise :class:`~salus.errors.SalusError`; framework errors (unknown
+route, wrong method, request validation) and unexpected exceptions are
+turned into the matching class here, so clients (and the contract test)
+see the same body whatever went wrong. Unexpected exceptions become a
+generic 500 whose text reveals nothing; the traceback is logged with
+foreign exception messages redacted.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
+
+from salus import errors
+from salus.logging import request_id_var
+
+__all__ = ["error_response", "install_error_handlers", "media_type_for"]
+
+log = logging.getLogger("salus.http")
+
+FHIR_JSON = "application/fhir+json"
+
+_BY_STATUS: dict[int, type[errors.SalusError]] = {
+    400: errors.InvalidInput,
+    401: errors.NotAuthenticated,
+    403: errors.Forbidden,
+    404: errors.NotFound,
+    405: errors.MethodNotAllowed,
+    406: errors.NotAcceptable,
+    409: errors.Conflict,
+    410: errors.Gone,
+    412: errors.PreconditionFailed,
+    413: errors.PayloadTooLarge,
+    415: errors.UnsupportedMediaType,
+    422: errors.UnprocessableContent,
+    429: errors.RateLimited,
+    501: errors.NotSupported,
+    503: errors.Unavailable,
+}
+
+
+def media_type_for(path: str) -> str:
+    return FHIR_JSON if path == "/fhir" or path.startswith("/fhir/") else "application/json"
+
+
+def error_response(exc: errors.SalusError, path: str) -> Response:
+    body = exc.to_operation_outcome(request_id_var.get())
+    return JSONResponse(
+        body, status_code=exc.http_status, headers=exc.headers, media_type=media_type_for(path)
+    )
+
+
+def _from_http_exception(exc: HTTPException) -> errors.SalusError:
+    cls = _BY_STATUS.get(exc.status_code)
+    if cls is None:
+        cls = errors.InvalidInput if exc.status_code < 500 else errors.SalusError
+    headers = dict(exc.headers or {})
+    error = cls(headers=headers)
+    if cls is errors.InvalidInput and exc.status_code != 400:
+        # Keep the framework's status when no class of the tree matches it.
+        error.http_status = exc.status_code  # type: ignore[misc]
+    return error
+
+
+def _validation_error(exc: RequestValidationError) -> errors.SalusError:
+    # Name the offending fields, never echo their values.
+    expressions = []
+    for err in exc.errors():
+        loc = [str(part) for part in err.get("loc", ()) if part not in ("body",)]
+        if loc:
+            expressions.append(".".join(loc))
+    return errors.InvalidInput(
+        "The request is not valid" + (f": check {', '.join(expressions)}." if expressions else "."),
+        expression=expressions,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def salus_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, errors.SalusError)  # noqa: S101 - registered for this type
+        if exc.http_status >= 500:
+            log.error("request failed", exc_info=exc, extra={"code": exc.code})
+        return error_response(exc, request.url.path)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)  # noqa: S101
+        return error_response(_from_http_exception(exc), request.url.path)
+
+    async def validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)  # noqa: S101
+        return error_response(_validation_error(exc), request.url.path)
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unexpected error", exc_info=exc)
+        return error_response(errors.SalusError(), request.url.path)
+
+    handlers: dict[Any, Any] = {
+        errors.SalusError: salus_error,
+        HTTPException: http_error,
+        RequestValidationError: validation_error,
+        Exception: unexpected,
+    }
+    for exc_class, handler in handlers.items():
+        app.add_exception_handler(exc_class, handler)

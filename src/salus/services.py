@@ -1,0 +1,141 @@
+"""The services of one Salus process, built once from :class:`Settings`.
+
+Everything a protocol edge needs (database, blob store, key provider, job
+queue) hangs off :class:`Services`, which is built at start-up and passed
+down; nothing is a module-level global. Non-HTTP listeners (DICOM, MLLP)
+register here and are started and stopped by the server's lifespan.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from salus.config import Settings
+from salus.db import Database, create_database, migrate
+from salus.db.migrate import current_revision, head_revision
+from salus.errors import ConfigurationError, Unavailable
+from salus.jobs import JobQueue, JobRegistry
+from salus.storage.blobstore import BlobStore, RewrapReport
+from salus.storage.envelope import ValueSealer
+from salus.storage.keys import FileKeyProvider, KeyProvider
+from salus.storage.objects import FileObjectStore, ObjectStore
+
+__all__ = ["Listener", "Rewrapper", "Services", "build_key_provider", "build_object_store"]
+
+log = logging.getLogger("salus.services")
+
+
+class Listener(Protocol):
+    """A non-HTTP endpoint (DIMSE, MLLP) run inside the ``salus serve`` process."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrapper:
+    """Something holding wrapped data keys that ``salus keys rotate`` re-wraps."""
+
+    name: str
+    rewrap: Callable[[Callable[[int], None] | None], RewrapReport]
+
+
+def build_object_store(settings: Settings) -> ObjectStore:
+    if settings.blob_backend == "s3":
+        from salus.storage.s3 import S3ObjectStore
+
+        if not settings.s3_bucket:
+            raise ConfigurationError("SALUS_S3_BUCKET is required for the S3 blob backend.")
+        return S3ObjectStore(
+            settings.s3_bucket,
+            prefix=settings.s3_prefix,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            access_key_id=(
+                settings.s3_access_key_id.get_secret_value() if settings.s3_access_key_id else None
+            ),
+            secret_access_key=(
+                settings.s3_secret_access_key.get_secret_value()
+                if settings.s3_secret_access_key
+                else None
+            ),
+        )
+    return FileObjectStore(settings.blob_path(), fsync=settings.blob_fsync)
+
+
+def build_key_provider(settings: Settings) -> FileKeyProvider | None:
+    if not settings.encryption_enabled:
+        return None
+    return FileKeyProvider(settings.key_path())
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+    keys: KeyProvider | None
+    jobs: JobQueue
+    job_handlers: JobRegistry = field(default_factory=JobRegistry)
+    listeners: list[Listener] = field(default_factory=list)
+    rewrappers: list[Rewrapper] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, settings: Settings, *, run_migrations: bool | None = None) -> Services:
+        settings.check_safe()
+        db = create_database(settings.database_url_value(), pool_size=settings.database_pool_size)
+        try:
+            if settings.migrate_on_start if run_migrations is None else run_migrations:
+                migrate(db)
+            keys = build_key_provider(settings)
+            blobs = BlobStore(build_object_store(settings), keys)
+        except BaseException:
+            db.dispose()
+            raise
+        jobs = JobQueue(
+            db,
+            max_attempts=settings.jobs_max_attempts,
+            backoff_base=settings.jobs_backoff_base,
+            backoff_max=settings.jobs_backoff_max,
+            lease_seconds=settings.jobs_lease_seconds,
+        )
+        services = cls(settings=settings, db=db, blobs=blobs, keys=keys, jobs=jobs)
+        services.rewrappers.append(Rewrapper("blobs", blobs.rewrap))
+        return services
+
+    def value_sealer(self) -> ValueSealer | None:
+        return ValueSealer(self.keys) if self.keys is not None else None
+
+    def readiness(self) -> dict[str, str]:
+        """Check every dependency; maps check name to "ok" or a safe reason."""
+        checks: dict[str, str] = {}
+        for name, probe in (
+            ("database", self.db.check),
+            ("schema", self._check_schema),
+            ("blob_store", self.blobs.check),
+            ("keys", self._check_keys),
+        ):
+            try:
+                probe()
+                checks[name] = "ok"
+            except Exception as exc:
+                reason = exc.message if isinstance(exc, Unavailable | ConfigurationError) else None
+                checks[name] = reason or f"{name} check failed"
+        return checks
+
+    def _check_schema(self) -> None:
+        if current_revision(self.db) != head_revision():
+            raise Unavailable("The database schema is not up to date; run 'salus migrate'.")
+
+    def _check_keys(self) -> None:
+        if self.keys is not None:
+            self.keys.active_key_id()
+
+    def close(self) -> None:
+        self.db.dispose()

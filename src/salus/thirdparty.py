@@ -1,0 +1,24 @@
+"""One place where third-party libraries are told what they may log.
+
+Libraries log what they see, and what they see can be a patient's record:
+uvicorn's access log writes full request URLs (``/fhir/Patient?name=...``),
+and pynetdicom logs query identifiers (the DICOM issue adds its switch here).
+Salus writes its own access log with route templates instead.
+"""
+
+from __future__ import annotations
+
+import logging
+
+__all__ = ["quiet_third_party_loggers"]
+
+
+def quiet_third_party_loggers() -> None:
+    # uvicorn.access: full URLs with query strings; Salus logs route templates.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = False
+    access.disabled = True
+    # Libraries that are chatty at INFO with connection details.
+    for name in ("botocore", "boto3", "s3transfer", "urllib3", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
