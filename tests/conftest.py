@@ -1,0 +1,128 @@
+"""Shared fixtures.
+
+Storage fixtures are parametrized so that every test touching the database
+runs on SQLite and on PostgreSQL. PostgreSQL tests need
+``SALUS_TEST_DATABASE_URL`` (``.ci/run`` starts a server and sets it); where
+it is missing they are skipped with that reason. Each PostgreSQL test gets a
+schema of its own, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from salus.config import Settings
+from salus.db import Database, create_database, migrate
+from salus.storage.keys import FileKeyProvider
+
+PG_ENV = "SALUS_TEST_DATABASE_URL"
+PG_SKIP = (
+    f"PostgreSQL not configured: set {PG_ENV} "
+    "(for example postgresql://salus:salus@127.0.0.1:5432/salus_test); .ci/run does"
+)
+
+
+def postgres_url() -> str | None:
+    return os.environ.get(PG_ENV) or None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str | None]]:
+    """(URL, schema) of an empty database on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'salus.db'}", None
+        return
+    url = postgres_url()
+    if url is None:
+        pytest.skip(PG_SKIP)
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield url, schema
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture
+def empty_db(database_url: tuple[str, str | None]) -> Iterator[Database]:
+    url, schema = database_url
+    db = create_database(url, schema=schema)
+    try:
+        yield db
+    finally:
+        db.dispose()
+
+
+@pytest.fixture
+def db(empty_db: Database) -> Database:
+    """A migrated database on each backend."""
+    migrate(empty_db)
+    return empty_db
+
+
+@pytest.fixture
+def key_provider(tmp_path: Path) -> FileKeyProvider:
+    return FileKeyProvider.create(tmp_path / "keys" / "master-keys.json")
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path, database_url: tuple[str, str | None]) -> Any:
+    """Settings for a data folder under tmp_path on the parametrized backend."""
+    url, schema = database_url
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {"data_dir": tmp_path / "data", "jobs_poll_interval": 0.05}
+        if url.startswith("postgresql"):
+            sep = "&" if "?" in url else "?"
+            values["database_url"] = f"{url}{sep}options=-csearch_path%3D{schema}"
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 endpoint (moto in server mode) on a loopback port."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    import boto3
+
+    name = f"salus-{uuid.uuid4().hex[:12]}"
+    client = boto3.client(
+        "s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )
+    client.create_bucket(Bucket=name)
+    return name
