@@ -41,7 +41,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str | None]]:
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[str, str | None]]:
     """(URL, schema) of an empty database on each backend."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'salus.db'}", None
@@ -121,8 +123,11 @@ def s3_bucket(s3_endpoint: str) -> str:
 
     name = f"salus-{uuid.uuid4().hex[:12]}"
     client = boto3.client(
-        "s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing",
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
     )
     client.create_bucket(Bucket=name)
     return name

@@ -24,8 +24,11 @@ MARKER = b"PATIENT-NAME:Tr\xe1\xba\xa7n Th\xe1\xbb\x8b B\xc3\xadch;"
 
 def _s3_client(endpoint: str) -> object:
     return boto3.client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing",
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
     )
 
 
@@ -86,8 +89,16 @@ def test_same_content_is_stored_once(store: BlobStore) -> None:
 
 @pytest.mark.parametrize(
     ("start", "end"),
-    [(0, 1), (0, None), (10, 20), (SEGMENT_SIZE - 3, SEGMENT_SIZE + 3),
-     (2 * SEGMENT_SIZE, 3 * SEGMENT_SIZE), (3 * SEGMENT_SIZE + 4, None), (50, 50), (0, 10**9)],
+    [
+        (0, 1),
+        (0, None),
+        (10, 20),
+        (SEGMENT_SIZE - 3, SEGMENT_SIZE + 3),
+        (2 * SEGMENT_SIZE, 3 * SEGMENT_SIZE),
+        (3 * SEGMENT_SIZE + 4, None),
+        (50, 50),
+        (0, 10**9),
+    ],
 )
 def test_byte_ranges(store: BlobStore, start: int, end: int | None) -> None:
     data = _payload(3 * SEGMENT_SIZE + 10)
@@ -178,8 +189,9 @@ def _flip_byte(objects: ObjectStore, digest: str, offset: int) -> None:
     got = objects.client.get_object(Bucket=objects.bucket, Key=key)
     raw = bytearray(got["Body"].read())
     raw[offset] ^= 0x01
-    objects.client.put_object(Bucket=objects.bucket, Key=key, Body=bytes(raw),
-                              Metadata=got["Metadata"])
+    objects.client.put_object(
+        Bucket=objects.bucket, Key=key, Body=bytes(raw), Metadata=got["Metadata"]
+    )
 
 
 @pytest.mark.parametrize("where", ["first", "middle", "last-tag", "trailer"])
@@ -190,8 +202,9 @@ def test_a_flipped_byte_is_detected(objects: ObjectStore, tmp_path: Path, where:
     data = _payload(3 * SEGMENT_SIZE + 100)
     ref = store.put(data)
     body = 3 * SEGMENT_SIZE + 100 + 4 * 16
-    offset = {"first": 0, "middle": SEGMENT_SIZE + 50, "last-tag": body - 1,
-              "trailer": body + 5}[where]
+    offset = {"first": 0, "middle": SEGMENT_SIZE + 50, "last-tag": body - 1, "trailer": body + 5}[
+        where
+    ]
     _flip_byte(objects, ref.digest, offset)
     with pytest.raises(IntegrityError):
         store.get(ref.digest)
@@ -276,7 +289,9 @@ def test_encrypted_blob_without_keys_is_refused(tmp_path: Path) -> None:
         BlobStore(objects, None).get(ref.digest)
 
 
-def test_large_stream_uses_multipart_on_s3(s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> None:
+def test_large_stream_uses_multipart_on_s3(
+    s3_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> None:
     objects = S3ObjectStore(s3_bucket, client=_s3_client(s3_endpoint))
     store = BlobStore(objects, FileKeyProvider.create(tmp_path / "k.json"))
     data = os.urandom(19 * 1024 * 1024)  # three 8 MiB parts

@@ -48,8 +48,10 @@ def test_concurrent_migrations_are_safe(empty_db: Database) -> None:
 def test_write_transaction_rolls_back_on_error(db: Database) -> None:
     with pytest.raises(RuntimeError), db.write() as conn:
         conn.execute(
-            text("INSERT INTO jobs (kind, payload, status, max_attempts, run_at, created_at, "
-                 "updated_at) VALUES ('x', '{}', 'queued', 1, :t, :t, :t)"),
+            text(
+                "INSERT INTO jobs (kind, payload, status, max_attempts, run_at, created_at, "
+                "updated_at) VALUES ('x', '{}', 'queued', 1, :t, :t, :t)"
+            ),
             {"t": "2026-01-01 00:00:00"},
         )
         raise RuntimeError("abort")
@@ -73,8 +75,11 @@ def test_check_and_dialect(db: Database) -> None:
 
 @pytest.mark.parametrize(
     ("url", "driver"),
-    [("postgres://u:p@h/db", "postgresql+psycopg"), ("postgresql://h/db", "postgresql+psycopg"),
-     ("sqlite:///x.db", "sqlite")],
+    [
+        ("postgres://u:p@h/db", "postgresql+psycopg"),
+        ("postgresql://h/db", "postgresql+psycopg"),
+        ("sqlite:///x.db", "sqlite"),
+    ],
 )
 def test_url_normalisation(url: str, driver: str) -> None:
     assert normalize_url(url).drivername == driver

@@ -32,8 +32,9 @@ def clock() -> Clock:
 
 @pytest.fixture
 def queue(db: Database, clock: Clock) -> JobQueue:
-    return JobQueue(db, max_attempts=3, backoff_base=10, backoff_max=60, lease_seconds=30,
-                    clock=clock)
+    return JobQueue(
+        db, max_attempts=3, backoff_base=10, backoff_max=60, lease_seconds=30, clock=clock
+    )
 
 
 def test_enqueue_claim_complete(queue: JobQueue) -> None:
@@ -198,7 +199,10 @@ def test_worker_runs_handlers_and_records_failures(queue: JobQueue, clock: Clock
         registry.register(kind, handler)
     with pytest.raises(ValueError, match="already registered"):
         registry.register("ok", ok)
-    ids = {kind: queue.enqueue(kind, {"k": kind}) for kind in ["ok", "flaky", "bad", "crash", "nohandler"]}
+    ids = {
+        kind: queue.enqueue(kind, {"k": kind})
+        for kind in ["ok", "flaky", "bad", "crash", "nohandler"]
+    }
     assert Worker(queue, registry, name="w").drain() == 5
     assert seen == [{"k": "ok"}]
     status = {kind: queue.get(job_id) for kind, job_id in ids.items()}

@@ -27,8 +27,12 @@ def test_defaults() -> None:
 
 def test_environment_is_parsed_and_typed() -> None:
     settings = load_settings(
-        environ={"SALUS_HTTP_PORT": "9001", "SALUS_ENCRYPTION_ENABLED": "false",
-                 "SALUS_LOG_FORMAT": "json", "SALUS_DATA_DIR": "/srv/salus"}
+        environ={
+            "SALUS_HTTP_PORT": "9001",
+            "SALUS_ENCRYPTION_ENABLED": "false",
+            "SALUS_LOG_FORMAT": "json",
+            "SALUS_DATA_DIR": "/srv/salus",
+        }
     )
     assert settings.http_port == 9001
     assert settings.encryption_enabled is False
@@ -40,8 +44,9 @@ def test_precedence_overrides_then_env_then_file(tmp_path: Path) -> None:
     config = tmp_path / "salus.toml"
     config.write_text('http_port = 7000\nhttp_host = "0.0.0.0"\nlog_level = "DEBUG"\n')
     settings = load_settings(
-        config, overrides={"http_port": 7002}, environ={"SALUS_HTTP_PORT": "7001",
-                                                        "SALUS_HTTP_HOST": "127.0.0.2"}
+        config,
+        overrides={"http_port": 7002},
+        environ={"SALUS_HTTP_PORT": "7001", "SALUS_HTTP_HOST": "127.0.0.2"},
     )
     assert settings.http_port == 7002
     assert settings.http_host == "127.0.0.2"

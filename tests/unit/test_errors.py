@@ -8,11 +8,37 @@ from salus import errors
 
 # FHIR R4 valueset-issue-type (the codes OperationOutcome.issue.code may take).
 FHIR_ISSUE_TYPES = {
-    "invalid", "structure", "required", "value", "invariant", "security", "login", "unknown",
-    "expired", "forbidden", "suppressed", "processing", "not-supported", "duplicate",
-    "multiple-matches", "not-found", "deleted", "too-long", "code-invalid", "extension",
-    "too-costly", "business-rule", "conflict", "transient", "lock-error", "no-store",
-    "exception", "timeout", "incomplete", "throttled", "informational",
+    "invalid",
+    "structure",
+    "required",
+    "value",
+    "invariant",
+    "security",
+    "login",
+    "unknown",
+    "expired",
+    "forbidden",
+    "suppressed",
+    "processing",
+    "not-supported",
+    "duplicate",
+    "multiple-matches",
+    "not-found",
+    "deleted",
+    "too-long",
+    "code-invalid",
+    "extension",
+    "too-costly",
+    "business-rule",
+    "conflict",
+    "transient",
+    "lock-error",
+    "no-store",
+    "exception",
+    "timeout",
+    "incomplete",
+    "throttled",
+    "informational",
 }
 # DIMSE failure and refusal statuses a service may return (PS3.7 C.4, PS3.4 B.2.3).
 DIMSE_FAILURES = {0x0122, 0x0124, 0xA700, 0xA900, 0xC000}
@@ -48,7 +74,9 @@ def test_client_errors_are_application_errors_or_rejects() -> None:
 
 
 def test_operation_outcome_shape() -> None:
-    exc = errors.UnprocessableContent("Patient.birthDate is not a date.", expression=["Patient.birthDate"])
+    exc = errors.UnprocessableContent(
+        "Patient.birthDate is not a date.", expression=["Patient.birthDate"]
+    )
     outcome = exc.to_operation_outcome("req-1")
     assert outcome == {
         "resourceType": "OperationOutcome",
