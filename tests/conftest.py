@@ -131,3 +131,28 @@ def s3_bucket(s3_endpoint: str) -> str:
     )
     client.create_bucket(Bucket=name)
     return name
+
+
+_BACKEND_COUNTS: dict[str, dict[str, int]] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when != "call" and not (report.when == "setup" and report.skipped):
+        return
+    for backend in ("sqlite", "postgresql"):
+        if f"[{backend}" in report.nodeid or f"-{backend}]" in report.nodeid or (
+            f"-{backend}-" in report.nodeid
+        ):
+            counts = _BACKEND_COUNTS.setdefault(backend, {"passed": 0, "failed": 0, "skipped": 0})
+            counts[report.outcome] = counts.get(report.outcome, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say which database backends really ran (CI must show both)."""
+    terminalreporter.section("database backends")
+    for backend in ("sqlite", "postgresql"):
+        counts = _BACKEND_COUNTS.get(backend, {})
+        terminalreporter.write_line(
+            f"{backend}: {counts.get('passed', 0)} passed, {counts.get('failed', 0)} failed, "
+            f"{counts.get('skipped', 0)} skipped"
+        )
