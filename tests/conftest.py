@@ -13,6 +13,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[tuple[str, str | None]]:
-    """(URL, schema) of an empty database on each backend."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'salus.db'}", None
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@contextmanager
+def backend_database(backend: str, folder: Path) -> Iterator[tuple[str, str | None]]:
+    """(URL, schema) of an empty database; a fresh PostgreSQL schema, dropped after."""
+    if backend == "sqlite":
+        yield f"sqlite:///{folder / 'salus.db'}", None
         return
     url = postgres_url()
     if url is None:
@@ -61,6 +63,25 @@ def database_url(
         with admin.begin() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+def settings_for(url: str, schema: str | None, data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a data folder on the given database (schema via search_path)."""
+    values: dict[str, Any] = {"data_dir": data_dir, "jobs_poll_interval": 0.05}
+    if url.startswith("postgresql"):
+        sep = "&" if "?" in url else "?"
+        values["database_url"] = f"{url}{sep}options=-csearch_path%3D{schema}"
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[str, str | None]]:
+    """(URL, schema) of an empty database on each backend."""
+    with backend_database(request.param, tmp_path) as value:
+        yield value
 
 
 @pytest.fixture
@@ -91,12 +112,7 @@ def settings_factory(tmp_path: Path, database_url: tuple[str, str | None]) -> An
     url, schema = database_url
 
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {"data_dir": tmp_path / "data", "jobs_poll_interval": 0.05}
-        if url.startswith("postgresql"):
-            sep = "&" if "?" in url else "?"
-            values["database_url"] = f"{url}{sep}options=-csearch_path%3D{schema}"
-        values.update(overrides)
-        return Settings(**values)
+        return settings_for(url, schema, tmp_path / "data", **overrides)
 
     return make
 
@@ -140,8 +156,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when != "call" and not (report.when == "setup" and report.skipped):
         return
     for backend in ("sqlite", "postgresql"):
-        if f"[{backend}" in report.nodeid or f"-{backend}]" in report.nodeid or (
-            f"-{backend}-" in report.nodeid
+        if (
+            f"[{backend}" in report.nodeid
+            or f"-{backend}]" in report.nodeid
+            or (f"-{backend}-" in report.nodeid)
         ):
             counts = _BACKEND_COUNTS.setdefault(backend, {"passed": 0, "failed": 0, "skipped": 0})
             counts[report.outcome] = counts.get(report.outcome, 0) + 1

@@ -15,19 +15,32 @@ from salus import errors
 from salus.config import Settings
 from salus.server import create_app
 from salus.services import Services
+from salus.storage.keys import FileKeyProvider
+from tests.conftest import BACKENDS, backend_database, settings_for
 from tests.unit.test_errors import FHIR_ISSUE_TYPES
 
 SECRET = "Nguyen Van A 1950-01-01"
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def client(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestClient]:
     data_dir: Path = tmp_path_factory.mktemp("data")
-    settings = Settings(data_dir=data_dir, http_max_body_bytes=4096, jobs_enabled=False)
-    from salus.storage.keys import FileKeyProvider
+    with backend_database(request.param, data_dir) as (url, schema):
+        settings = settings_for(url, schema, data_dir, http_max_body_bytes=4096, jobs_enabled=False)
+        FileKeyProvider.create(settings.key_path())
+        services = Services.build(settings)
+        try:
+            with TestClient(
+                _app_with_test_routes(settings, services), raise_server_exceptions=False
+            ) as test_client:
+                yield test_client
+        finally:
+            services.close()
 
-    FileKeyProvider.create(settings.key_path())
-    services = Services.build(settings)
+
+def _app_with_test_routes(settings: Settings, services: Services) -> Any:
     app = create_app(settings, services)
 
     def raiser(cls: type[errors.SalusError]) -> Any:
@@ -52,9 +65,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     app.api.add_api_route("/test/typed", typed)
     app.api.add_api_route("/test/upload", upload, methods=["POST"])
     app.api.add_api_route("/fhir/test/raise", raiser(errors.NotFound))
-    with TestClient(app, raise_server_exceptions=False) as test_client:
-        yield test_client
-    services.close()
+    return app
 
 
 def assert_outcome(response: Any, status: int) -> dict[str, Any]:

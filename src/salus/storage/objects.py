@@ -159,7 +159,7 @@ class _FileWriter:
         if final.exists():
             self._tmp.unlink(missing_ok=True)
             return False
-        final.parent.mkdir(parents=True, exist_ok=True)
+        self._store.ensure_shard(final.parent)
         os.replace(self._tmp, final)
         if self._store.fsync:
             _fsync_dir(final.parent)
@@ -262,6 +262,16 @@ class FileObjectStore:
             except FileNotFoundError:
                 continue
         return removed
+
+    def ensure_shard(self, folder: Path) -> None:
+        """Create a shard folder durably: a new folder's entry is fsynced in its parent."""
+        if folder.is_dir():
+            return
+        for level in (folder.parent, folder):
+            if not level.is_dir():
+                level.mkdir(exist_ok=True, mode=0o700)
+                if self.fsync:
+                    _fsync_dir(level.parent)
 
     def path_for(self, name: str) -> Path:
         validate_name(name)
