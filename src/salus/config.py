@@ -69,6 +69,26 @@ class Settings(BaseModel):
     shutdown_timeout: float = Field(default=30.0, ge=0)
     metrics_enabled: bool = True
 
+    # -- TLS and public address ---------------------------------------------------
+    public_url: str | None = None
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+
+    # -- authentication and access control ------------------------------------------
+    auth_token_ttl: int = Field(default=300, ge=30, le=3600)
+    auth_signing_alg: Literal["ES256", "RS256"] = "ES256"
+    auth_oidc_issuer: str | None = None
+    auth_oidc_jwks_url: str | None = None
+    auth_oidc_audience: str | None = None
+    auth_oidc_org_claim: str = "org"
+    auth_oidc_roles_claim: str = "roles"
+    login_max_failures: int = Field(default=5, ge=1)
+    login_lockout_seconds: int = Field(default=900, ge=1)
+    rate_limit_token_per_minute: int = Field(default=60, ge=1)
+    rate_limit_login_per_minute: int = Field(default=20, ge=1)
+    break_glass_minutes: int = Field(default=60, ge=1, le=1440)
+    audit_checkpoint_seconds: float = Field(default=60.0, gt=0)
+
     # -- logging -----------------------------------------------------------------
     log_format: Literal["plain", "json"] = "plain"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -100,6 +120,17 @@ class Settings(BaseModel):
             return self.key_file
         return self.data_dir / "keys" / "master-keys.json"
 
+    def base_url(self) -> str:
+        """The URL clients reach this server at: token issuer and audience."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        scheme = "https" if self.tls_certfile else "http"
+        return f"{scheme}://{self.http_host}:{self.http_port}"
+
+    def audit_checkpoint_path(self) -> Path:
+        """Append-only copy of the signed audit checkpoints, outside the database."""
+        return self.data_dir / "audit" / "checkpoints.log"
+
     def effective_job_workers(self) -> int:
         """SQLite has one writer: its queue runs a single worker."""
         return 1 if self.is_sqlite() else self.jobs_workers
@@ -116,12 +147,18 @@ class Settings(BaseModel):
                     "SALUS_SECRET_KEY must be set to a random value of at least "
                     f"{MIN_SECRET_LENGTH} characters in production"
                 )
+            if self.public_url is None or not self.public_url.startswith("https://"):
+                problems.append("SALUS_PUBLIC_URL must be set to the https:// address in production")
             if not self.encryption_enabled:
                 problems.append("SALUS_ENCRYPTION_ENABLED cannot be false in production")
             if self.blob_backend == "s3" and (
                 self.s3_access_key_id is None or self.s3_secret_access_key is None
             ):
                 problems.append("S3 credentials must be set explicitly in production")
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            problems.append("SALUS_TLS_CERTFILE and SALUS_TLS_KEYFILE must be set together")
+        if bool(self.auth_oidc_issuer) != bool(self.auth_oidc_jwks_url):
+            problems.append("SALUS_AUTH_OIDC_ISSUER and SALUS_AUTH_OIDC_JWKS_URL go together")
         if problems:
             raise ConfigurationError("; ".join(problems))
 

@@ -103,6 +103,9 @@ def test_secret_values_never_appear_in_errors_or_repr() -> None:
         ({"secret_key": DEV_SECRET_KEY}, "SALUS_SECRET_KEY"),
         ({"secret_key": STRONG, "encryption_enabled": False}, "SALUS_ENCRYPTION_ENABLED"),
         ({"secret_key": STRONG, "blob_backend": "s3", "s3_bucket": "b"}, "S3 credentials"),
+        ({"secret_key": STRONG}, "SALUS_PUBLIC_URL"),
+        ({"secret_key": STRONG, "public_url": "http://plain.example"}, "SALUS_PUBLIC_URL"),
+        ({"secret_key": STRONG, "tls_certfile": "/c.pem"}, "SALUS_TLS_KEYFILE"),
     ],
 )
 def test_production_refuses_unsafe_settings(values: dict[str, object], fragment: str) -> None:
@@ -112,7 +115,9 @@ def test_production_refuses_unsafe_settings(values: dict[str, object], fragment:
 
 
 def test_production_with_safe_settings_starts() -> None:
-    Settings(mode="production", secret_key=STRONG).check_safe()  # type: ignore[arg-type]
+    Settings.model_validate(
+        {"mode": "production", "secret_key": STRONG, "public_url": "https://salus.example"}
+    ).check_safe()
 
 
 def test_development_allows_the_default_secret() -> None:

@@ -3,11 +3,42 @@ that the migrated schema and these definitions agree on both backends."""
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, Index, Integer, MetaData, SmallInteger, String, Table, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 
 from salus.db.types import BigIntPK, UTCDateTime
 
-__all__ = ["jobs", "metadata"]
+__all__ = [
+    "audit_checkpoints",
+    "audit_events",
+    "audit_head",
+    "btg_grants",
+    "clients",
+    "consents",
+    "edge_identities",
+    "jobs",
+    "metadata",
+    "organizations",
+    "role_grants",
+    "signing_keys",
+    "treatment_relationships",
+    "used_jtis",
+    "users",
+]
 
 metadata = MetaData(
     naming_convention={
@@ -41,3 +72,205 @@ jobs = Table(
     Column("finished_at", UTCDateTime),
 )
 Index("ix_jobs_due", jobs.c.status, jobs.c.run_at)
+
+
+# -- identity and access (see salus.security) ------------------------------------------
+
+#: Tenants: hospitals, the health authority, research bodies, the operator.
+organizations = Table(
+    "organizations",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+#: People who sign in to the web console (and through it, the APIs).
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("username", String(100), nullable=False, unique=True),
+    Column("org_id", String(64), ForeignKey("organizations.id"), nullable=False),
+    Column("display_name", String(200), nullable=False),
+    Column("password_hash", String(200), nullable=False),
+    #: TOTP shared secret, sealed (salus.storage.envelope.ValueSealer).
+    Column("totp_secret", LargeBinary),
+    Column("active", Boolean, nullable=False),
+    Column("failed_logins", Integer, nullable=False, server_default="0"),
+    Column("locked_until", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_login_at", UTCDateTime),
+)
+
+#: Systems (OAuth 2.0 clients): private_key_jwt with a JWK Set, or a client secret.
+clients = Table(
+    "clients",
+    metadata,
+    Column("id", String(100), primary_key=True),
+    Column("org_id", String(64), ForeignKey("organizations.id"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("auth_method", String(20), nullable=False),
+    Column("jwks", JSON),
+    Column("secret_hash", String(200)),
+    Column("active", Boolean, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+#: Roles granted to a user or a client, within an organization.
+role_grants = Table(
+    "role_grants",
+    metadata,
+    Column("id", BigIntPK, primary_key=True, autoincrement=True),
+    Column("principal_kind", String(10), nullable=False),
+    Column("principal_id", String(100), nullable=False),
+    Column("role", String(40), nullable=False),
+    Column("org_id", String(64), ForeignKey("organizations.id"), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", String(100), nullable=False),
+    UniqueConstraint("principal_kind", "principal_id", "role", "org_id"),
+)
+
+#: Client-assertion ids already used (replay protection), kept until they expire.
+used_jtis = Table(
+    "used_jtis",
+    metadata,
+    Column("client_id", String(100), primary_key=True),
+    Column("jti", String(200), primary_key=True),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
+Index("ix_used_jtis_expires_at", used_jtis.c.expires_at)
+
+#: Keys that sign access tokens and audit checkpoints (private part sealed).
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("alg", String(10), nullable=False),
+    Column("private_key", LargeBinary, nullable=False),
+    Column("public_jwk", JSON, nullable=False),
+    Column("active", Boolean, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("retired_at", UTCDateTime),
+)
+
+#: How non-HTTP peers are recognised: DICOM calling AE titles, TLS client
+#: certificates (SHA-256 fingerprint) and source addresses, each mapped to a client.
+edge_identities = Table(
+    "edge_identities",
+    metadata,
+    Column("id", BigIntPK, primary_key=True, autoincrement=True),
+    Column("kind", String(10), nullable=False),
+    Column("client_id", String(100), ForeignKey("clients.id"), nullable=False),
+    Column("ae_title", String(16)),
+    Column("cert_sha256", String(64)),
+    Column("address", String(64)),
+    Column("active", Boolean, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+Index("ix_edge_identities_kind", edge_identities.c.kind, edge_identities.c.ae_title)
+
+#: Treatment relationships (an encounter or referral at an organization).
+treatment_relationships = Table(
+    "treatment_relationships",
+    metadata,
+    Column("id", BigIntPK, primary_key=True, autoincrement=True),
+    Column("patient_key", String(64), nullable=False),
+    Column("org_id", String(64), ForeignKey("organizations.id"), nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("valid_from", UTCDateTime, nullable=False),
+    Column("valid_until", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+Index("ix_treatment_patient_org", treatment_relationships.c.patient_key,
+      treatment_relationships.c.org_id)
+
+#: A patient's consent rules (from FHIR Consent): permit or deny, per
+#: organization (NULL: every organization), per data category ("*": all).
+consents = Table(
+    "consents",
+    metadata,
+    Column("id", BigIntPK, primary_key=True, autoincrement=True),
+    Column("patient_key", String(64), nullable=False),
+    Column("grantee_org_id", String(64), ForeignKey("organizations.id")),
+    Column("category", String(64), nullable=False),
+    Column("decision", String(6), nullable=False),
+    Column("valid_from", UTCDateTime, nullable=False),
+    Column("valid_until", UTCDateTime),
+    Column("source", String(200), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+Index("ix_consents_patient", consents.c.patient_key)
+
+#: Break-the-glass: time-limited emergency access, flagged for review.
+btg_grants = Table(
+    "btg_grants",
+    metadata,
+    Column("id", BigIntPK, primary_key=True, autoincrement=True),
+    Column("principal_kind", String(10), nullable=False),
+    Column("principal_id", String(100), nullable=False),
+    Column("org_id", String(64), ForeignKey("organizations.id"), nullable=False),
+    Column("patient_key", String(64), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("granted_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("review_status", String(12), nullable=False),
+    Column("reviewed_by", String(100)),
+    Column("reviewed_at", UTCDateTime),
+    Column("review_note", Text),
+)
+Index("ix_btg_patient_principal", btg_grants.c.patient_key, btg_grants.c.principal_id)
+Index("ix_btg_review_status", btg_grants.c.review_status)
+
+# -- audit trail (see salus.audit) -----------------------------------------------------
+
+#: Append-only, hash-chained audit events. ``seq`` has no gaps: it is assigned
+#: under the lock of ``audit_head``; ``hash`` = SHA-256(prev_hash ‖ canonical event).
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    Column("category", String(20), nullable=False),
+    Column("action", String(1), nullable=False),
+    Column("outcome", SmallInteger, nullable=False),
+    Column("principal_kind", String(10)),
+    Column("principal_id", String(100)),
+    Column("org_id", String(64)),
+    Column("client_id", String(100)),
+    Column("address", String(64)),
+    Column("purpose", String(20)),
+    Column("patient_key", String(64)),
+    Column("entity", String(300)),
+    Column("description", String(300)),
+    Column("request_id", String(64)),
+    Column("flags", String(100)),
+    Column("detail", JSON),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+Index("ix_audit_events_patient", audit_events.c.patient_key, audit_events.c.recorded_at)
+Index("ix_audit_events_principal", audit_events.c.principal_id, audit_events.c.recorded_at)
+Index("ix_audit_events_recorded_at", audit_events.c.recorded_at)
+
+#: The chain head (one row, id = 1): the lock that serialises appends.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+#: Signed checkpoints of the chain (seq, hash), so that truncation is detected.
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("kid", String(64), nullable=False),
+    Column("signature", Text, nullable=False),
+)
