@@ -6,8 +6,8 @@ affects them all alike:
 
 * ``plain files``: the floor. Each object is written the durable way the store
   writes (temporary file in the same filesystem, fsync, ``os.replace`` into a
-  ``ab/cd/<name>`` shard, fsync of the folder) and read back with
-  ``open().read()``. No hashing, no trailer.
+  ``ab/cd/<name>`` shard, fsync of the folder; a new shard folder is fsynced in
+  its parent) and read back with ``open().read()``. No hashing, no trailer.
 * ``filesystem store``: ``BlobStore(FileObjectStore(root), None)``, ``put`` and
   ``get`` (SHA-256 addressing, metadata trailer).
 * ``filesystem store + encryption``: the same with a ``FileKeyProvider``
@@ -100,7 +100,11 @@ def plain_contender(root: Path) -> tuple[Putter, Getter]:
         finally:
             os.close(fd)
         final = path_for(name)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        if not final.parent.is_dir():  # new shard folders are made durable, as the store does
+            for level in (final.parent.parent, final.parent):
+                if not level.is_dir():
+                    level.mkdir(exist_ok=True, mode=0o700)
+                    _fsync_dir(level.parent)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
         return name

@@ -167,6 +167,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Say which database backends really ran (CI must show both)."""
+    if not _BACKEND_COUNTS:
+        return
     terminalreporter.section("database backends")
     for backend in ("sqlite", "postgresql"):
         counts = _BACKEND_COUNTS.get(backend, {})

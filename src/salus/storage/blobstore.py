@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -88,27 +89,53 @@ def _chunks(data: BinaryIO | Iterable[bytes]) -> Iterator[bytes]:
 
 
 class _SegmentWriter:
-    """Cuts a byte stream into sealed segments as it arrives."""
+    """Cuts a byte stream into sealed segments as it arrives, writing about
+    1 MiB of ciphertext at a time from one reused buffer."""
 
     def __init__(self, sealer: SegmentSealer, out: ObjectWriter) -> None:
         self._sealer = sealer
         self._out = out
         self._pending = bytearray()
+        self._buffer = bytearray(_SEGMENTS_PER_READ * _SEALED_SEGMENT)
+        self._fill = 0
+
+    def _emit(self, segment: memoryview | bytearray, *, last: bool) -> None:
+        if self._fill + _SEALED_SEGMENT > len(self._buffer):
+            self._flush()
+        with memoryview(self._buffer) as view:
+            self._fill += self._sealer.seal_into(segment, view[self._fill :], last=last)
+
+    def _flush(self) -> None:
+        if self._fill:
+            with memoryview(self._buffer) as view:
+                self._out.write(view[: self._fill])
+            self._fill = 0
 
     def write(self, chunk: bytes | memoryview) -> None:
         self._pending += chunk
         # Keep at least one byte back: only the final segment may be flagged last.
         if len(self._pending) > SEGMENT_SIZE:
-            view = memoryview(self._pending)
             full = (len(self._pending) - 1) // SEGMENT_SIZE * SEGMENT_SIZE
-            for start in range(0, full, SEGMENT_SIZE):
-                self._out.write(self._sealer.seal(view[start : start + SEGMENT_SIZE], last=False))
-            view.release()
+            with memoryview(self._pending) as view:
+                for start in range(0, full, SEGMENT_SIZE):
+                    self._emit(view[start : start + SEGMENT_SIZE], last=False)
             del self._pending[:full]
 
     def finish(self) -> None:
-        self._out.write(self._sealer.seal(bytes(self._pending), last=True))
+        self._emit(self._pending, last=True)
+        self._flush()
         self._pending.clear()
+
+
+_scratch = threading.local()
+
+
+def _scratch_buffer() -> bytearray:
+    """A per-thread buffer for sealed segments (reads allocate nothing per call)."""
+    buffer: bytearray | None = getattr(_scratch, "buffer", None)
+    if buffer is None:
+        buffer = _scratch.buffer = bytearray(_SEGMENTS_PER_READ * _SEALED_SEGMENT)
+    return buffer
 
 
 class BlobStore:
@@ -129,12 +156,36 @@ class BlobStore:
         Storing content that is already present writes nothing new.
         """
         if isinstance(data, bytes | bytearray | memoryview):
-            raw = bytes(data)
-            digest = hashlib.sha256(raw).hexdigest()
+            digest = hashlib.sha256(data).hexdigest()
             if self.objects.exists(digest):
-                return BlobRef(digest, len(raw))
-            return self._write([raw], known_digest=digest)
+                return BlobRef(digest, len(data))
+            return self._write_whole(memoryview(data).cast("B"), digest)
         return self._write(_chunks(data), known_digest=None)
+
+    def _write_whole(self, data: memoryview, digest: str) -> BlobRef:
+        """Bytes already in memory: seal every segment into one buffer, write once."""
+        size = len(data)
+        writer = self.objects.writer()
+        try:
+            meta = {"v": "1", "size": str(size)}
+            if self.keys is None:
+                writer.write(data)
+            else:
+                sealer = SegmentSealer(self.keys)
+                sealed = bytearray(ciphertext_size(size))
+                final = segment_count(size) - 1
+                with memoryview(sealed) as out:
+                    offset = 0
+                    for index in range(final + 1):
+                        segment = data[index * SEGMENT_SIZE : (index + 1) * SEGMENT_SIZE]
+                        offset += sealer.seal_into(segment, out[offset:], last=index == final)
+                    writer.write(out)
+                meta.update(sealer.finish(_context(digest, size)))
+        except BaseException:
+            writer.abort()
+            raise
+        writer.commit(digest, meta)
+        return BlobRef(digest, size)
 
     def _write(self, chunks: Iterable[bytes], known_digest: str | None) -> BlobRef:
         writer = self.objects.writer()
@@ -195,46 +246,68 @@ class BlobStore:
     def exists(self, digest: str) -> bool:
         return self.objects.exists(_check_digest(digest))
 
-    def get(self, digest: str) -> bytes:
-        return b"".join(self.stream(digest))
+    def get(self, digest: str) -> bytes | bytearray:
+        """The whole blob. Decrypted blobs come back as a ``bytearray``: one
+        allocation, no copy (a second copy of every blob read costs more than
+        the decryption itself)."""
+        reader, size, opener = self._open(digest)
+        try:
+            if opener is None:
+                return reader.read_range(0, size)
+            plain = bytearray(size)
+            with memoryview(plain) as out:
+                self._open_segments(reader, opener, 0, segment_count(size) - 1, size, out)
+            return plain
+        finally:
+            reader.close()
 
-    def stream(self, digest: str) -> Iterator[bytes]:
+    def stream(self, digest: str) -> Iterator[bytes | bytearray]:
         """The blob's bytes in chunks of about 1 MiB, each verified before it is yielded."""
         reader, size, opener = self._open(digest)
         return self._stream(reader, size, opener)
 
     def _stream(
         self, reader: ObjectReader, size: int, opener: SegmentOpener | None
-    ) -> Iterator[bytes]:
+    ) -> Iterator[bytes | bytearray]:
         try:
             if opener is None:
                 yield from reader.iter_chunks(_READ_CHUNK)
                 return
-            yield from self._open_segments(reader, opener, 0, segment_count(size) - 1, size)
+            final = segment_count(size) - 1
+            for first in range(0, final + 1, _SEGMENTS_PER_READ):
+                last = min(final, first + _SEGMENTS_PER_READ - 1)
+                plain = bytearray(min(size, (last + 1) * SEGMENT_SIZE) - first * SEGMENT_SIZE)
+                with memoryview(plain) as out:
+                    self._open_segments(reader, opener, first, last, size, out)
+                yield plain
         finally:
             reader.close()
 
     def _open_segments(
-        self, reader: ObjectReader, opener: SegmentOpener, first: int, last: int, size: int
-    ) -> Iterator[bytes]:
+        self, reader: ObjectReader, opener: SegmentOpener, first: int, last: int, size: int,
+        out: memoryview,
+    ) -> int:
+        """Open segments ``first..last`` into ``out``; returns plaintext bytes written."""
         final = segment_count(size) - 1
-        index = first
-        while index <= last:
-            batch_end = min(last, index + _SEGMENTS_PER_READ - 1)
-            start = index * _SEALED_SEGMENT
-            raw = reader.read_range(start, (batch_end - index + 1) * _SEALED_SEGMENT)
-            view = memoryview(raw)
-            offset = 0
-            parts: list[bytes] = []
-            while index <= batch_end:
-                length = _SEALED_SEGMENT if index < final else len(raw) - offset
-                sealed = view[offset : offset + length].tobytes()
-                parts.append(opener.open(index, sealed, last=index == final))
-                offset += length
-                index += 1
-            yield b"".join(parts)
+        scratch = _scratch_buffer()
+        index, written = first, 0
+        with memoryview(scratch) as buffer:
+            while index <= last:
+                batch_end = min(last, index + _SEGMENTS_PER_READ - 1)
+                wanted = (batch_end - index + 1) * _SEALED_SEGMENT
+                got = reader.readinto(index * _SEALED_SEGMENT, buffer[:wanted])
+                offset = 0
+                while index <= batch_end:
+                    length = _SEALED_SEGMENT if index < final else got - offset
+                    written += opener.open_into(
+                        index, buffer[offset : offset + length], out[written:],
+                        last=index == final,
+                    )
+                    offset += length
+                    index += 1
+        return written
 
-    def get_range(self, digest: str, start: int, end: int | None = None) -> bytes:
+    def get_range(self, digest: str, start: int, end: int | None = None) -> bytes | bytearray:
         """Bytes ``[start, end)`` of the blob (``end`` defaults to its size)."""
         reader, size, opener = self._open(digest)
         try:
@@ -246,8 +319,12 @@ class BlobStore:
             if opener is None:
                 return reader.read_range(start, end - start)
             first, last = start // SEGMENT_SIZE, (end - 1) // SEGMENT_SIZE
-            plain = b"".join(self._open_segments(reader, opener, first, last, size))
+            plain = bytearray(min(size, (last + 1) * SEGMENT_SIZE) - first * SEGMENT_SIZE)
+            with memoryview(plain) as out:
+                self._open_segments(reader, opener, first, last, size, out)
             offset = start - first * SEGMENT_SIZE
+            if offset == 0 and len(plain) == end - start:
+                return plain
             return plain[offset : offset + (end - start)]
         finally:
             reader.close()

@@ -72,15 +72,26 @@ class SegmentSealer:
         self._index = 0
         self._done = False
 
-    def seal(self, segment: bytes | memoryview, *, last: bool) -> bytes:
+    def _next_nonce(self, length: int, last: bool) -> bytes:
         if self._done:
             raise RuntimeError("stream already finished")
-        if len(segment) > SEGMENT_SIZE or (not last and len(segment) != SEGMENT_SIZE):
+        if length > SEGMENT_SIZE or (not last and length != SEGMENT_SIZE):
             raise ValueError("segments other than the last must be exactly SEGMENT_SIZE")
-        out = self._aead.encrypt(_nonce(self._prefix, self._index, last), bytes(segment), None)
+        nonce = _nonce(self._prefix, self._index, last)
         self._index += 1
         self._done = last
-        return out
+        return nonce
+
+    def seal(self, segment: bytes | bytearray | memoryview, *, last: bool) -> bytes:
+        return self._aead.encrypt(self._next_nonce(len(segment), last), segment, None)
+
+    def seal_into(
+        self, segment: bytes | bytearray | memoryview, out: memoryview, *, last: bool
+    ) -> int:
+        """Seal into ``out`` (at least ``len(segment) + 16`` bytes); returns bytes written."""
+        size = len(segment) + TAG_SIZE
+        self._aead.encrypt_into(self._next_nonce(len(segment), last), segment, None, out[:size])
+        return size
 
     def finish(self, context: bytes) -> dict[str, str]:
         """Wrap the data key for ``context``; returns the metadata to store."""
@@ -111,11 +122,22 @@ class SegmentOpener:
             raise IntegrityError("A stored object has damaged key metadata.")
         self._aead = AESGCM(provider.unwrap(key_id, wrapped, context))
 
-    def open(self, index: int, sealed: bytes, *, last: bool) -> bytes:
+    def open(self, index: int, sealed: bytes | memoryview, *, last: bool) -> bytes:
         try:
             return self._aead.decrypt(_nonce(self._prefix, index, last), sealed, None)
         except InvalidTag:
             raise IntegrityError("A stored object failed its integrity check.") from None
+
+    def open_into(self, index: int, sealed: memoryview, out: memoryview, *, last: bool) -> int:
+        """Open one sealed segment into ``out``; returns the plaintext length."""
+        size = len(sealed) - TAG_SIZE
+        if size < 0:
+            raise IntegrityError("A stored object failed its integrity check.")
+        try:
+            self._aead.decrypt_into(_nonce(self._prefix, index, last), sealed, None, out[:size])
+        except InvalidTag:
+            raise IntegrityError("A stored object failed its integrity check.") from None
+        return size
 
 
 def rewrap_meta(

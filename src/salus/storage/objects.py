@@ -79,6 +79,10 @@ class ObjectReader(Protocol):
 
     def read_range(self, start: int, length: int) -> bytes: ...
 
+    def readinto(self, start: int, buffer: memoryview) -> int:
+        """Fill ``buffer`` from ``start`` (up to the end of the body); returns bytes read."""
+        ...
+
     def iter_chunks(self, chunk_size: int = _READ_CHUNK) -> Iterator[bytes]: ...
 
     def close(self) -> None: ...
@@ -216,6 +220,16 @@ class _FileReader:
             offset += len(data)
             length -= len(data)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def readinto(self, start: int, buffer: memoryview) -> int:
+        length = max(0, min(len(buffer), self.size - start))
+        done = 0
+        while done < length:
+            got = os.preadv(self._fd, [buffer[done:length]], start + done)
+            if got <= 0:
+                raise IntegrityError("A stored object is shorter than its trailer says.")
+            done += got
+        return done
 
     def iter_chunks(self, chunk_size: int = _READ_CHUNK) -> Iterator[bytes]:
         offset = 0

@@ -141,6 +141,11 @@ class _S3Reader:
             raise IntegrityError("A stored object is shorter than expected.")
         return bytes(data)
 
+    def readinto(self, start: int, buffer: memoryview) -> int:
+        data = self.read_range(start, len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
     def iter_chunks(self, chunk_size: int = _PART) -> Iterator[bytes]:
         offset = 0
         while offset < self.size:
