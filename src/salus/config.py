@@ -148,7 +148,7 @@ class Settings(BaseModel):
                     f"{MIN_SECRET_LENGTH} characters in production"
                 )
             if self.public_url is None or not self.public_url.startswith("https://"):
-                problems.append("SALUS_PUBLIC_URL must be set to the https:// address in production")
+                problems.append("SALUS_PUBLIC_URL must be the https:// address in production")
             if not self.encryption_enabled:
                 problems.append("SALUS_ENCRYPTION_ENABLED cannot be false in production")
             if self.blob_backend == "s3" and (

@@ -11,13 +11,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Protocol
 
+from salus.audit.chain import AuditLog
 from salus.config import Settings
 from salus.db import Database, create_database, migrate
 from salus.db.migrate import current_revision, head_revision
 from salus.errors import ConfigurationError, Unavailable
 from salus.jobs import JobQueue, JobRegistry
+from salus.security.care import CareService
+from salus.security.directory import Directory, LoginPolicy
+from salus.security.edges import EdgeAuthenticator
+from salus.security.orgcache import OrgKinds
+from salus.security.policy import PolicyEngine
+from salus.security.ratelimit import RateLimiter
+from salus.security.signing import SigningKeys
+from salus.security.tokens import OidcConfig, TokenService
 from salus.storage.blobstore import BlobStore, RewrapReport
 from salus.storage.envelope import ValueSealer
 from salus.storage.keys import FileKeyProvider, KeyProvider
@@ -44,6 +54,20 @@ class Rewrapper:
 
     name: str
     rewrap: Callable[[Callable[[int], None] | None], RewrapReport]
+
+
+def _counted(
+    rewrap: Callable[[], int],
+) -> Callable[[Callable[[int], None] | None], RewrapReport]:
+    """Adapt a re-wrapper that returns a count to the progress-reporting shape."""
+
+    def run(progress: Callable[[int], None] | None) -> RewrapReport:
+        done = rewrap()
+        if progress is not None:
+            progress(done)
+        return RewrapReport(done, done)
+
+    return run
 
 
 def build_object_store(settings: Settings) -> ObjectStore:
@@ -82,6 +106,16 @@ class Services:
     blobs: BlobStore
     keys: KeyProvider | None
     jobs: JobQueue
+    audit: AuditLog
+    signing_keys: SigningKeys
+    tokens: TokenService
+    directory: Directory
+    care: CareService
+    policy: PolicyEngine
+    org_kinds: OrgKinds
+    edges: EdgeAuthenticator
+    token_rate: RateLimiter
+    login_rate: RateLimiter
     job_handlers: JobRegistry = field(default_factory=JobRegistry)
     listeners: list[Listener] = field(default_factory=list)
     rewrappers: list[Rewrapper] = field(default_factory=list)
@@ -105,8 +139,47 @@ class Services:
             backoff_max=settings.jobs_backoff_max,
             lease_seconds=settings.jobs_lease_seconds,
         )
-        services = cls(settings=settings, db=db, blobs=blobs, keys=keys, jobs=jobs)
+        sealer = ValueSealer(keys) if keys is not None else None
+        signing_keys = SigningKeys(db, sealer, settings.auth_signing_alg)
+        audit = AuditLog(db, signer=signing_keys, checkpoint_file=settings.audit_checkpoint_path())
+        tokens = TokenService(
+            db,
+            signing_keys,
+            issuer=settings.base_url(),
+            audience=settings.base_url(),
+            ttl=settings.auth_token_ttl,
+            oidc=OidcConfig.from_settings(settings),
+        )
+        directory = Directory(
+            db,
+            audit,
+            sealer,
+            login_policy=LoginPolicy(
+                max_failures=settings.login_max_failures,
+                lockout=timedelta(seconds=settings.login_lockout_seconds),
+            ),
+        )
+        org_kinds = OrgKinds(db)
+        services = cls(
+            settings=settings,
+            db=db,
+            blobs=blobs,
+            keys=keys,
+            jobs=jobs,
+            audit=audit,
+            signing_keys=signing_keys,
+            tokens=tokens,
+            directory=directory,
+            care=CareService(db, audit, btg_minutes=settings.break_glass_minutes),
+            policy=PolicyEngine(org_kinds.kind),
+            org_kinds=org_kinds,
+            edges=EdgeAuthenticator(db, directory),
+            token_rate=RateLimiter(settings.rate_limit_token_per_minute),
+            login_rate=RateLimiter(settings.rate_limit_login_per_minute),
+        )
         services.rewrappers.append(Rewrapper("blobs", blobs.rewrap))
+        services.rewrappers.append(Rewrapper("signing keys", _counted(signing_keys.rewrap)))
+        services.rewrappers.append(Rewrapper("second factors", _counted(directory.rewrap_totp)))
         return services
 
     def value_sealer(self) -> ValueSealer | None:

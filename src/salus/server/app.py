@@ -20,6 +20,9 @@ from salus import __version__
 from salus.config import Settings
 from salus.jobs import Worker
 from salus.metrics import Metrics
+from salus.server.admin_routes import install_admin_routes
+from salus.server.audit_routes import install_audit_routes
+from salus.server.auth_routes import install_auth_routes
 from salus.server.errors import install_error_handlers
 from salus.server.middleware import RequestContextMiddleware
 from salus.server.system import install_system_routes
@@ -40,6 +43,7 @@ class SalusApp:
             api,
             metrics=metrics if settings.metrics_enabled else None,
             max_body_bytes=settings.http_max_body_bytes,
+            hsts=settings.base_url().startswith("https://"),
         )
 
     @property
@@ -67,6 +71,8 @@ def create_app(settings: Settings, services: Services | None = None) -> SalusApp
         stop = asyncio.Event()
         workers: list[asyncio.Task[None]] = []
         started: list[Any] = []
+        await asyncio.to_thread(svc.signing_keys.ensure_active)
+        await svc.audit.start(checkpoint_interval=settings.audit_checkpoint_seconds)
         try:
             for listener in svc.listeners:
                 await listener.start()
@@ -89,6 +95,7 @@ def create_app(settings: Settings, services: Services | None = None) -> SalusApp
                     await listener.stop()
                 except Exception:
                     log.exception("listener failed to stop", extra={"listener": listener.name})
+            await svc.audit.stop()
             if owned:
                 svc.close()
             log.info("salus stopped")
@@ -106,4 +113,7 @@ def create_app(settings: Settings, services: Services | None = None) -> SalusApp
         api.state.services = services
     install_error_handlers(api)
     install_system_routes(api, settings, metrics)
+    install_auth_routes(api)
+    install_admin_routes(api)
+    install_audit_routes(api)
     return SalusApp(api, metrics, settings)

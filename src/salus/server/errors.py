@@ -87,6 +87,11 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, errors.SalusError)  # noqa: S101 - registered for this type
         if exc.http_status >= 500:
             log.error("request failed", exc_info=exc, extra={"code": exc.code})
+        if exc.http_status in (401, 403):
+            from salus.server.middleware import route_template
+            from salus.server.security import audit_refusal
+
+            await audit_refusal(request, exc, route_template(request.scope))
         return error_response(exc, request.url.path)
 
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -21,5 +21,7 @@ def run_server(settings: Settings) -> None:
         access_log=False,  # Salus logs route templates, not URLs
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_timeout),
+        ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
+        ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
     )
     uvicorn.Server(config).run()

@@ -1,0 +1,305 @@
+"""The tamper-evident audit trail: an append-only hash chain in the database.
+
+Every event gets the next ``seq`` (1, 2, 3… without gaps) and
+``hash = SHA-256(prev_hash ‖ canonical event)`` (exact form:
+:func:`salus.audit.events.event_hash`), so changing, removing or reordering
+a stored event breaks the chain at that event. ``seq`` is assigned under the
+lock of the one ``audit_head`` row (``SELECT … FOR UPDATE`` on PostgreSQL; on
+SQLite the write transaction, ``BEGIN IMMEDIATE``, is already exclusive),
+and the head is updated in the same transaction as the events.
+
+:meth:`AuditLog.append` runs inside the caller's write transaction, so an
+event commits or rolls back with the change it records. Events with no
+enclosing change (reads, refused requests, logins) go through
+:meth:`AuditLog.record`, or from async code :meth:`AuditLog.record_async`,
+which groups concurrent events into one transaction (group commit) and
+returns only once its event is durable.
+
+Deleting the newest events and moving the head back leaves a valid, shorter
+chain. Signed checkpoints (:meth:`AuditLog.checkpoint`) detect that: each
+states (seq, hash) of the head at a time, is stored in ``audit_checkpoints``
+*and* appended to a file outside the database (``checkpoint_file``), which is
+what detects the truncation of both events and checkpoint rows. Ship that
+file off the host (or to write-once storage) to protect it in turn.
+IHE ITI TF-2 ATNA (Record Audit Event) and FHIR R4 ``auditevent.html``
+describe what is audited; :mod:`salus.audit.verify` checks all of this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import NamedTuple
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from salus.audit.batcher import RecordBatcher
+from salus.audit.events import GENESIS_HASH, AuditEvent
+from salus.audit.signing import Checkpoint, CheckpointSigner, Ed25519Signer
+from salus.db.engine import Database
+from salus.db.tables import audit_checkpoints, audit_events, audit_head
+from salus.db.types import utcnow
+from salus.errors import IntegrityError, InvalidInput, Unavailable
+
+__all__ = [
+    "AuditLog",
+    "ChainHead",
+    "Checkpoint",
+    "CheckpointSigner",
+    "Ed25519Signer",
+    "append_checkpoint_line",
+]
+
+log = logging.getLogger("salus.audit")
+
+HEAD_ID = 1
+
+
+class ChainHead(NamedTuple):
+    seq: int
+    hash: str
+
+
+class AuditLog:
+    """Append events to the chain, record them (also in groups), sign checkpoints."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        signer: CheckpointSigner | None = None,
+        checkpoint_file: Path | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        batch_max: int = 256,
+        batch_delay: float = 0.002,
+    ) -> None:
+        self.db = db
+        self.signer = signer
+        self.checkpoint_file = checkpoint_file
+        self.clock = clock
+        self.batch_max = batch_max
+        self.batch_delay = batch_delay
+        self._batcher: RecordBatcher | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
+
+    # -- appending -------------------------------------------------------------------
+    def append(self, conn: Connection, events: Sequence[AuditEvent]) -> list[int]:
+        """Append ``events`` inside the caller's write transaction; return their seqs.
+
+        The head row stays locked until the caller's transaction ends, so
+        keep the rest of that transaction short. If the chain head is
+        inconsistent (:class:`IntegrityError`), the caller's change fails
+        too: nothing is written without its audit event.
+        """
+        events = list(events)
+        if not events:
+            return []
+        if any(not isinstance(event, AuditEvent) for event in events):
+            raise InvalidInput("Only AuditEvent objects can be appended to the audit trail.")
+        self._check_transaction(conn)
+        head = self._lock_head(conn)
+        recorded_at = self.clock()  # read under the lock: recorded_at follows seq
+        rows = []
+        prev_hash = head.hash
+        seq = head.seq
+        for event in events:
+            seq += 1
+            row = event.row(seq=seq, recorded_at=recorded_at, prev_hash=prev_hash)
+            rows.append(row)
+            prev_hash = row["hash"]
+        conn.execute(insert(audit_events), rows)
+        moved = conn.execute(
+            update(audit_head)
+            .where(audit_head.c.id == HEAD_ID, audit_head.c.seq == head.seq)
+            .values(seq=seq, hash=prev_hash)
+        )
+        if moved.rowcount != 1:
+            raise IntegrityError("The audit chain head moved during an append.")
+        return [int(row["seq"]) for row in rows]
+
+    def record(self, events: Sequence[AuditEvent]) -> list[int]:
+        """Append ``events`` in a write transaction of their own (durable on return)."""
+        events = list(events)
+        if not events:
+            return []
+        with self.db.write() as conn:
+            return self.append(conn, events)
+
+    def head(self) -> ChainHead:
+        """The committed head: (0, 64 zeros) while the chain is empty."""
+        with self.db.read() as conn:
+            row = conn.execute(
+                select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == HEAD_ID)
+            ).first()
+        return ChainHead(0, GENESIS_HASH) if row is None else ChainHead(int(row[0]), str(row[1]))
+
+    @staticmethod
+    def _check_transaction(conn: Connection) -> None:
+        if not conn.in_transaction():
+            raise RuntimeError("audit events are appended inside a transaction")
+        if conn.dialect.name == "sqlite" and not conn.get_execution_options().get("salus_write"):
+            # A deferred SQLite transaction is not exclusive: seq could be taken twice.
+            raise RuntimeError("audit events are appended inside Database.write()")
+
+    @staticmethod
+    def _lock_head(conn: Connection) -> ChainHead:
+        locked = (
+            select(audit_head.c.seq, audit_head.c.hash)
+            .where(audit_head.c.id == HEAD_ID)
+            .with_for_update()
+        )
+        row = conn.execute(locked).first()
+        if row is None:
+            # First event ever. Concurrent creators: the loser's insert waits for
+            # the winner's commit (unique key) and then does nothing.
+            dialect_insert = (
+                postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            )
+            created = conn.execute(
+                dialect_insert(audit_head)
+                .values(id=HEAD_ID, seq=0, hash=GENESIS_HASH)
+                .on_conflict_do_nothing(index_elements=["id"])
+            )
+            if created.rowcount == 1:
+                existing = conn.execute(select(func.max(audit_events.c.seq))).scalar()
+                if existing is not None:
+                    raise IntegrityError("The audit chain head is missing but events exist.")
+            row = conn.execute(locked).first()
+            if row is None:
+                raise IntegrityError("The audit chain head could not be created.")
+        return ChainHead(int(row[0]), str(row[1]))
+
+    # -- group commit ------------------------------------------------------------------
+    async def start(self, *, checkpoint_interval: float | None = None) -> None:
+        """Start the group-commit batcher (and periodic checkpoints) on this loop.
+
+        For the server lifespan; ``checkpoint_interval`` is in seconds
+        (``SALUS_AUDIT_CHECKPOINT_SECONDS``) and needs a signer.
+        """
+        if self._batcher is None:
+            batcher = RecordBatcher(
+                self.record, max_batch=self.batch_max, max_delay=self.batch_delay
+            )
+            await batcher.start()
+            self._batcher = batcher
+        if checkpoint_interval and self.signer is not None and self._checkpointer is None:
+            self._checkpointer = asyncio.create_task(
+                self._checkpoint_loop(checkpoint_interval), name="salus-audit-checkpoints"
+            )
+
+    async def stop(self) -> None:
+        """Flush queued events, stop the batcher, and sign a last checkpoint."""
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checkpointer
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            await batcher.stop()
+        if checkpointer is not None:
+            await self._checkpoint_logged()
+
+    @property
+    def batcher(self) -> RecordBatcher | None:
+        return self._batcher
+
+    async def record_async(self, event: AuditEvent) -> int:
+        """Record one event; returns its seq once it is committed (durable).
+
+        Concurrent calls share a transaction (see :class:`RecordBatcher`).
+        Before :meth:`start` (or after :meth:`stop`) the event is written in
+        a transaction of its own, in a worker thread: slower, still durable.
+        """
+        batcher = self._batcher
+        if batcher is not None and batcher.running:
+            return await batcher.submit(event)
+        [seq] = await asyncio.to_thread(self.record, [event])
+        return seq
+
+    # -- checkpoints -------------------------------------------------------------------
+    def checkpoint(self) -> Checkpoint | None:
+        """Sign the current head and store it in the database and the file.
+
+        Returns ``None`` without a signer, while the chain is empty, or when
+        the newest checkpoint already covers the head.
+        """
+        if self.signer is None:
+            return None
+        with self.db.write() as conn:
+            row = conn.execute(
+                select(audit_head.c.seq, audit_head.c.hash)
+                .where(audit_head.c.id == HEAD_ID)
+                .with_for_update()
+            ).first()
+            if row is None or int(row[0]) == 0:
+                return None
+            head = ChainHead(int(row[0]), str(row[1]))
+            latest = conn.execute(select(func.max(audit_checkpoints.c.seq))).scalar()
+            if latest is not None and int(latest) >= head.seq:
+                return None
+            created_at = self.clock()
+            kid, signature = self.signer.sign(
+                Checkpoint.payload_for(head.seq, head.hash, created_at)
+            )
+            checkpoint = Checkpoint(head.seq, head.hash, created_at, kid, signature)
+            conn.execute(
+                insert(audit_checkpoints).values(
+                    seq=checkpoint.seq,
+                    hash=checkpoint.hash,
+                    created_at=checkpoint.created_at,
+                    kid=checkpoint.kid,
+                    signature=checkpoint.signature,
+                )
+            )
+        # After the commit: the file never holds a checkpoint the database lost.
+        # (Its (seq, hash) was committed before, with the events, either way.)
+        if self.checkpoint_file is not None:
+            append_checkpoint_line(self.checkpoint_file, checkpoint)
+        return checkpoint
+
+    async def _checkpoint_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await self._checkpoint_logged()
+
+    async def _checkpoint_logged(self) -> None:
+        try:
+            await asyncio.to_thread(self.checkpoint)
+        except Exception:
+            log.exception("audit checkpoint failed")
+
+
+def append_checkpoint_line(path: Path, checkpoint: Checkpoint) -> None:
+    """Append one JSON line to the checkpoint file, durably (fsync).
+
+    Creates the folder (0700) and the file (0600); a new file's directory
+    entry is synced too.
+    """
+    data = checkpoint.to_line().encode("utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        existed = path.exists()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not existed:
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    except OSError:
+        raise Unavailable("The audit checkpoint file could not be written.") from None
