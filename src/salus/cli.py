@@ -340,5 +340,16 @@ def _job_dict(job: Any) -> dict[str, Any]:
     }
 
 
+def _register_subcommands() -> None:
+    from salus.audit.cli import audit
+    from salus.security.cli import break_glass, client, grant, org, token, user
+
+    for command in (audit, org, user, client, grant, token, break_glass):
+        main.add_command(command)
+
+
+_register_subcommands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name=os.path.basename(sys.argv[0]))

@@ -94,3 +94,15 @@ def test_system_principal() -> None:
     system = Principal(kind=PrincipalKind.SYSTEM, id="salus", org_id="ops")
     decision = engine.decide(system, req())
     assert decision.allowed and decision.filter is not None and decision.filter.all_orgs
+
+
+@pytest.mark.parametrize(
+    "who_", [("hosp-a", "clinician"), ("uni", "researcher"),
+             ("hosp-a", "hospital_integration"), ("ops", "administrator")],
+)
+def test_wildcard_scopes_do_not_open_the_audit_trail(who_: tuple[str, str]) -> None:
+    principal = who(*who_)
+    for interaction in (Interaction.READ, Interaction.SEARCH, Interaction.CREATE):
+        assert not engine.decide(principal, req("AuditEvent", interaction)).allowed
+    officer = who("hosp-a", "security_officer")
+    assert not engine.decide(officer, req("AuditEvent", Interaction.CREATE)).allowed

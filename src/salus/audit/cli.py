@@ -48,12 +48,13 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except SalusError as exc:
-        err_console.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        err_console.print(f"[red]error:[/red] {exc.message}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except SQLAlchemyError:
         err_console.print(
             "[red]error:[/red] the audit tables could not be read (run `salus migrate`?)",
             highlight=False,
+            soft_wrap=True,
         )
         sys.exit(2)
 
@@ -127,18 +128,25 @@ def verify_cmd(ctx: click.Context, as_json: bool, batch_size: int) -> None:
             f"(head at {report.last_seq}), {report.checkpoints_checked} checkpoint(s) in the "
             f"database, {report.file_checkpoints_checked} in the checkpoint file",
             highlight=False,
+            soft_wrap=True,
         )
     else:
-        console.print(f"[red]AUDIT TRAIL BROKEN:[/red] {report.message}", highlight=False)
+        console.print(
+            f"[red]AUDIT TRAIL BROKEN:[/red] {report.message}", highlight=False, soft_wrap=True
+        )
         if len(report.problems) > 1:
-            console.print(f"{len(report.problems) - 1} further problem(s):", highlight=False)
+            console.print(
+                f"{len(report.problems) - 1} further problem(s):", highlight=False, soft_wrap=True
+            )
             for problem in report.problems[1:21]:
-                console.print(f"  - {problem.message}", highlight=False)
+                console.print(f"  - {problem.message}", highlight=False, soft_wrap=True)
     if not as_json:
         for note in report.notes:
-            console.print(f"note: {note}", highlight=False)
+            console.print(f"note: {note}", highlight=False, soft_wrap=True)
         if not report.signatures_checked:
-            console.print("signatures: not checked (no signer configured)", highlight=False)
+            console.print(
+                "signatures: not checked (no signer configured)", highlight=False, soft_wrap=True
+            )
     ctx.exit(0 if report.ok else 1)
 
 
@@ -162,6 +170,7 @@ def report_cmd(
     if as_json:
         click.echo(json.dumps(entries, indent=2))
         return
+    out = Console()  # made now: it takes the terminal width (COLUMNS) of this run
     table = Table("time", "who", "org", "purpose", "action", "outcome", "what", "flags")
     for entry in entries:
         flags: list[str] = list(entry["flags"])
@@ -177,8 +186,8 @@ def report_cmd(
             entry["entity"] or "",
             ",".join(flags),
         )
-    console.print(table)
-    console.print(f"{len(entries)} event(s)", highlight=False)
+    out.print(table)
+    out.print(f"{len(entries)} event(s)", highlight=False, soft_wrap=True)
 
 
 def _outcome_text(outcome: Any) -> str:

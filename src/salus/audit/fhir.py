@@ -247,7 +247,12 @@ def search_events(
 
 
 def patient_access_report(
-    db: Database, patient_key: str, since: datetime | None = None, *, limit: int = 10_000
+    db: Database,
+    patient_key: str,
+    since: datetime | None = None,
+    *,
+    limit: int = 10_000,
+    org_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """Who accessed ``patient_key``'s record, when and why; newest first.
 
@@ -270,6 +275,8 @@ def patient_access_report(
     )
     if since is not None:
         query = query.where(audit_events.c.recorded_at >= since)
+    if org_id is not None:  # a hospital's security officer: its own organization's accesses
+        query = query.where(audit_events.c.org_id == org_id)
     report: list[dict[str, Any]] = []
     with db.read() as conn:
         for row in conn.execute(query).mappings():

@@ -66,6 +66,8 @@ class Interaction(StrEnum):
 
 
 WRITES = frozenset({Interaction.CREATE, Interaction.UPDATE, Interaction.DELETE})
+#: Resource types that only security roles read and only Salus writes.
+SECURITY_TYPES = frozenset({"AuditEvent"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +216,13 @@ class PolicyEngine:
         if not self._scope_allows(principal, request):
             return refuse("Your scopes do not allow this interaction on this resource type.")
 
+        if request.resource_type in SECURITY_TYPES:
+            # Scopes are necessary, never sufficient: a wildcard scope does not
+            # open the audit trail, and nobody writes it through an API.
+            if request.interaction in WRITES:
+                return refuse("The audit trail is written by Salus only.")
+            if not any(role.security for role in roles):
+                return refuse("Only security officers read the audit trail.")
         deidentify = purpose in (Purpose.RESEARCH, Purpose.PUBLIC_HEALTH) or all(
             role.deidentified for role in roles
         )
@@ -243,7 +252,7 @@ class PolicyEngine:
                 now=base.now,
             )
             return Decision(True, "de-identified secondary use", purpose, flt, True)
-        if request.resource_type == "AuditEvent" and any(r.security for r in roles):
+        if request.resource_type in SECURITY_TYPES:
             network = self._org_kind(principal.org_id) == "operator"
             flt = RecordFilter(own_org=principal.org_id, all_orgs=network, now=base.now)
             return Decision(True, "security review", purpose, flt)

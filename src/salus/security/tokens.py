@@ -25,6 +25,8 @@ short message that names the problem, never a secret or patient data.
 
 from __future__ import annotations
 
+import base64
+import json
 import secrets
 import threading
 import time
@@ -36,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from salus.db.engine import Database
@@ -73,6 +75,7 @@ ASSERTION_ALGORITHMS = ("ES256", "ES384", "RS256", "RS384")
 MAX_TOKEN_LENGTH = 16_384
 _CURVES = {"ES256": "P-256", "ES384": "P-384"}
 _ACCESS, _ASSERTION = "access token", "client assertion"
+_Json = dict[str, Any]
 
 # Argon2id (RFC 9106) with OWASP's parameters, as for passwords; client secrets
 # are random (256 bits), so the hash guards a leaked table, not a weak secret.
@@ -189,14 +192,26 @@ def _covers(big: Scope, small: Scope) -> bool:
 
 
 # -- decoding helpers -------------------------------------------------------------------
-def _header(token: str, allowed: Collection[str], noun: str) -> tuple[str, dict[str, Any]]:
-    """The header's alg (checked against ``allowed``) and the header itself."""
-    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+def _json_segment(part: str) -> Any:
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+def _peek(token: str, allowed: Collection[str], noun: str) -> tuple[str, _Json, _Json]:
+    """Alg (checked against ``allowed``), header and claims, before any verification.
+
+    Only routes the token (which key, which issuer); PyJWT then parses and
+    verifies the same bytes strictly (RFC 7515 §5.2).
+    """
+    header: Any = None
+    claims: Any = None
+    if isinstance(token, str) and len(token) <= MAX_TOKEN_LENGTH and token.count(".") == 2:
+        head, body, _ = token.split(".")
+        try:
+            header, claims = _json_segment(head), _json_segment(body)
+        except (ValueError, TypeError):
+            pass
+    if not isinstance(header, dict) or not isinstance(claims, dict):
         raise NotAuthenticated(f"The {noun} is malformed.")
-    try:
-        header = jwt.get_unverified_header(token)
-    except jwt.InvalidTokenError:
-        raise NotAuthenticated(f"The {noun} is malformed.") from None
     alg = header.get("alg")
     if not isinstance(alg, str) or alg.lower() == "none":
         raise NotAuthenticated("Unsigned tokens are not accepted.")
@@ -204,7 +219,7 @@ def _header(token: str, allowed: Collection[str], noun: str) -> tuple[str, dict[
         raise NotAuthenticated("Tokens signed with a shared secret (HS*) are not accepted.")
     if alg not in allowed:
         raise NotAuthenticated(f"The {noun} algorithm is not accepted.")
-    return alg, header
+    return alg, header, claims
 
 
 def _kid(header: Mapping[str, Any], noun: str) -> str:
@@ -212,14 +227,6 @@ def _kid(header: Mapping[str, Any], noun: str) -> str:
     if not isinstance(kid, str) or not kid:
         raise NotAuthenticated(f"The {noun} names no signing key (kid).")
     return kid
-
-
-def _unverified_claims(token: str, noun: str) -> dict[str, Any]:
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.InvalidTokenError:
-        raise NotAuthenticated(f"The {noun} is malformed.") from None
-    return dict(claims)
 
 
 def _pyjwk(jwk: Mapping[str, Any], alg: str, noun: str) -> jwt.PyJWK:
@@ -306,6 +313,21 @@ def _known_roles(value: Any) -> frozenset[str]:
     else:
         return frozenset()
     return frozenset(n for n in names if isinstance(n, str) and n in ROLES)
+
+
+# Statements built once (hot paths): the account and its organization, by id.
+_STILL_ACTIVE = {
+    table.name: select(table.c.active, table.c.org_id, organizations.c.active.label("org_active"))
+    .select_from(table.join(organizations, table.c.org_id == organizations.c.id))
+    .where(table.c.id == bindparam("id"))
+    for table in (users, clients)
+}
+_CLIENT_ROW = (
+    select(clients.c.id, clients.c.org_id, clients.c.auth_method, clients.c.jwks,
+           clients.c.secret_hash, clients.c.active, organizations.c.active.label("org_active"))
+    .select_from(clients.join(organizations, clients.c.org_id == organizations.c.id))
+    .where(clients.c.id == bindparam("id"))
+)
 
 
 class _RemoteJwks:
@@ -421,8 +443,7 @@ class TokenService:
         the provider's keys cannot be fetched.
         """
         oidc_algs = self.oidc.algorithms if self.oidc is not None else ()
-        alg, header = _header(token, self.algorithms | set(oidc_algs), _ACCESS)
-        unverified = _unverified_claims(token, _ACCESS)
+        alg, header, unverified = _peek(token, self.algorithms | set(oidc_algs), _ACCESS)
         if self.oidc is not None and unverified.get("iss") == self.oidc.issuer:
             return self._verify_oidc(token, alg, header, self.oidc)
         if alg not in self.algorithms:
@@ -449,11 +470,7 @@ class TokenService:
         table = users if principal.kind is PrincipalKind.USER else clients
         who = "user account" if principal.kind is PrincipalKind.USER else "client"
         with self.db.read() as conn:
-            row = conn.execute(
-                select(table.c.active, table.c.org_id, organizations.c.active.label("org_active"))
-                .select_from(table.join(organizations, table.c.org_id == organizations.c.id))
-                .where(table.c.id == principal.id)
-            ).first()
+            row = conn.execute(_STILL_ACTIVE[table.name], {"id": principal.id}).first()
         if row is None:
             raise NotAuthenticated(f"The {who} of this token no longer exists.")
         if row.org_id != principal.org_id:
@@ -502,9 +519,8 @@ class TokenService:
         the token endpoint URL, an ``exp`` at most five minutes ahead and a
         ``jti`` never used before (kept in ``used_jtis`` until it expires).
         """
-        alg, header = _header(assertion, ASSERTION_ALGORITHMS, _ASSERTION)
+        alg, header, unverified = _peek(assertion, ASSERTION_ALGORITHMS, _ASSERTION)
         kid = _kid(header, _ASSERTION)
-        unverified = _unverified_claims(assertion, _ASSERTION)
         client_id = unverified.get("iss")
         if not isinstance(client_id, str) or not client_id:
             raise NotAuthenticated(f"The {_ASSERTION} lacks the required 'iss' claim.")
@@ -577,13 +593,7 @@ class TokenService:
 
     def _client_row(self, client_id: str) -> Any:
         with self.db.read() as conn:
-            return conn.execute(
-                select(clients.c.id, clients.c.org_id, clients.c.auth_method, clients.c.jwks,
-                       clients.c.secret_hash, clients.c.active,
-                       organizations.c.active.label("org_active"))
-                .select_from(clients.join(organizations, clients.c.org_id == organizations.c.id))
-                .where(clients.c.id == client_id)
-            ).first()
+            return conn.execute(_CLIENT_ROW, {"id": client_id}).first()
 
     def client_principal(self, client_id: str, *,
                          auth_method: AuthMethod | None = None) -> Principal:

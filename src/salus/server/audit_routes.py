@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from salus.audit.events import AuditEvent
-from salus.audit.fhir import patient_access_report, search_events
+from salus.audit.fhir import patient_access_report, search_events, to_fhir
 from salus.db.tables import btg_grants, consents, treatment_relationships
 from salus.db.types import utcnow
 from salus.errors import Forbidden
@@ -82,7 +82,7 @@ def install_audit_routes(api: FastAPI) -> None:
         )
         flt = decision.require()
         org = None if flt.all_orgs else flt.own_org
-        resources = await asyncio.to_thread(
+        rows = await asyncio.to_thread(
             search_events,
             services.db,
             patient_key=patient,
@@ -109,7 +109,7 @@ def install_audit_routes(api: FastAPI) -> None:
         return {
             "resourceType": "Bundle",
             "type": "searchset",
-            "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources],
+            "entry": [{"resource": to_fhir(r), "search": {"mode": "match"}} for r in rows],
         }
 
     @api.get("/api/v1/audit/patient-access", tags=["audit"])
@@ -125,9 +125,11 @@ def install_audit_routes(api: FastAPI) -> None:
             who, AccessRequest("AuditEvent", Interaction.READ, requested_purpose(request))
         )
         flt = decision.require()
-        rows = await asyncio.to_thread(patient_access_report, services.db, patient, since=since)
-        if not flt.all_orgs:
-            rows = [r for r in rows if r.get("org_id") == flt.own_org]
+        rows = await asyncio.to_thread(
+            lambda: patient_access_report(
+                services.db, patient, since=since, org_id=None if flt.all_orgs else flt.own_org
+            )
+        )
         await services.audit.record_async(
             AuditEvent.for_principal(
                 who,
