@@ -18,12 +18,17 @@ from salus.storage.keys import FileKeyProvider
 from tests.conftest import backend_database, settings_for
 
 PASSWORD = "correct horse battery staple"
-SYSTEM = Principal(kind=PrincipalKind.SYSTEM, id="test-setup", org_id="ops",
-                   auth_method=AuthMethod.LOCAL)
+SYSTEM = Principal(
+    kind=PrincipalKind.SYSTEM, id="test-setup", org_id="ops", auth_method=AuthMethod.LOCAL
+)
 
-ORGS = [("ops", "Network operator", "operator"), ("hosp-a", "Bệnh viện A", "hospital"),
-        ("hosp-b", "병원 B", "hospital"), ("moh", "Health authority", "authority"),
-        ("uni", "University", "research")]
+ORGS = [
+    ("ops", "Network operator", "operator"),
+    ("hosp-a", "Bệnh viện A", "hospital"),
+    ("hosp-b", "병원 B", "hospital"),
+    ("moh", "Health authority", "authority"),
+    ("uni", "University", "research"),
+]
 
 # name -> (org, roles); users sign in, clients use client secrets.
 USERS = {
@@ -60,8 +65,16 @@ class World:
             headers["Authorization"] = f"Bearer {self.tokens[who]}"
         return headers
 
-    def call(self, who: str | None, method: str, path: str, *, json: Any = None,
-             params: Any = None, request_id: str | None = None) -> Any:
+    def call(
+        self,
+        who: str | None,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Any = None,
+        request_id: str | None = None,
+    ) -> Any:
         headers = self.headers(who)
         if request_id:
             headers["X-Request-ID"] = request_id
@@ -71,38 +84,60 @@ class World:
 @contextmanager
 def make_world(backend: str, folder: Path, **setting_overrides: Any) -> Iterator[World]:
     with backend_database(backend, folder) as (url, schema):
-        settings = settings_for(url, schema, folder / "data", jobs_enabled=False,
-                                audit_checkpoint_seconds=3600, **setting_overrides)
+        settings = settings_for(
+            url,
+            schema,
+            folder / "data",
+            jobs_enabled=False,
+            audit_checkpoint_seconds=3600,
+            **setting_overrides,
+        )
         FileKeyProvider.create(settings.key_path())
         services = Services.build(settings)
         try:
-            world = World(TestClient(create_app(settings, services),
-                                     raise_server_exceptions=False), services)
+            world = World(
+                TestClient(create_app(settings, services), raise_server_exceptions=False), services
+            )
             directory = services.directory
             for org_id, name, kind in ORGS:
                 directory.create_organization(SYSTEM, org_id, name, kind)
             for username, (org_id, roles) in USERS.items():
                 world.user_ids[username] = directory.create_user(
-                    SYSTEM, username=username, org_id=org_id, display_name=username,
-                    password=PASSWORD, roles=roles)
+                    SYSTEM,
+                    username=username,
+                    org_id=org_id,
+                    display_name=username,
+                    password=PASSWORD,
+                    roles=roles,
+                )
             for client_id, (org_id, roles) in CLIENTS.items():
                 created = directory.create_client(
-                    SYSTEM, client_id=client_id, org_id=org_id, name=client_id,
-                    auth_method="client_secret", roles=roles)
+                    SYSTEM,
+                    client_id=client_id,
+                    org_id=org_id,
+                    name=client_id,
+                    auth_method="client_secret",
+                    roles=roles,
+                )
                 assert created.secret
                 world.secrets[client_id] = created.secret
             with world.client:
                 for username in USERS:
                     response = world.client.post(
-                        "/auth/login", json={"username": username, "password": PASSWORD})
+                        "/auth/login", json={"username": username, "password": PASSWORD}
+                    )
                     assert response.status_code == 200, response.text
                     world.tokens[username] = response.json()["access_token"]
                     world.client.cookies.clear()  # tests send bearer tokens explicitly
                 for client_id in CLIENTS:
                     response = world.client.post(
                         "/auth/token",
-                        data={"grant_type": "client_credentials", "client_id": client_id,
-                              "client_secret": world.secrets[client_id]})
+                        data={
+                            "grant_type": "client_credentials",
+                            "client_id": client_id,
+                            "client_secret": world.secrets[client_id],
+                        },
+                    )
                     assert response.status_code == 200, response.text
                     world.tokens[client_id] = response.json()["access_token"]
                 yield world

@@ -99,10 +99,15 @@ def test_append_commits_with_the_change(db: Database, log: AuditLog, clock: Cloc
     with db.write() as conn:
         conn.execute(
             jobs.insert().values(
-                kind="k", payload={}, status="queued", max_attempts=1, run_at=clock.now,
-                created_at=clock.now, updated_at=clock.now,
+                kind="k",
+                payload={},
+                status="queued",
+                max_attempts=1,
+                run_at=clock.now,
+                created_at=clock.now,
+                updated_at=clock.now,
             )
-        )  # fmt: skip
+        )
         assert log.append(conn, [read_event(), read_event(action="U")]) == [1, 2]
     assert log.append.__doc__  # documented
     assert log.record([read_event()]) == [3]
@@ -284,8 +289,9 @@ def test_checkpoints(db: Database, log: AuditLog, signer: Ed25519Signer, clock: 
     assert AuditLog(db).checkpoint() is None  # no signer: no checkpoint
 
 
-def test_periodic_checkpoints_in_the_lifespan(db: Database, signer: Ed25519Signer,
-                                              tmp_path: Path) -> None:  # fmt: skip
+def test_periodic_checkpoints_in_the_lifespan(
+    db: Database, signer: Ed25519Signer, tmp_path: Path
+) -> None:
     log = AuditLog(db, signer=signer, checkpoint_file=tmp_path / "cp.log")
 
     async def main() -> None:
@@ -310,13 +316,35 @@ FHIR_INSTANT = re.compile(
     r"(\.\d{1,9})?(Z|[+-]((0\d|1[0-3]):[0-5]\d|14:00))$"
 )
 AUDIT_EVENT_ELEMENTS = {
-    "resourceType", "id", "meta", "extension", "type", "subtype", "action", "period",
-    "recorded", "outcome", "outcomeDesc", "purposeOfEvent", "agent", "source", "entity",
-}  # fmt: skip
+    "resourceType",
+    "id",
+    "meta",
+    "extension",
+    "type",
+    "subtype",
+    "action",
+    "period",
+    "recorded",
+    "outcome",
+    "outcomeDesc",
+    "purposeOfEvent",
+    "agent",
+    "source",
+    "entity",
+}
 AGENT_ELEMENTS = {
-    "type", "role", "who", "altId", "name", "requestor", "location", "policy", "media",
-    "network", "purposeOfUse",
-}  # fmt: skip
+    "type",
+    "role",
+    "who",
+    "altId",
+    "name",
+    "requestor",
+    "location",
+    "policy",
+    "media",
+    "network",
+    "purposeOfUse",
+}
 
 
 def check_coding(coding: Any) -> None:
@@ -351,21 +379,49 @@ def check_audit_event(resource: dict[str, Any]) -> None:
     for kind in source.get("type", []):
         check_coding(kind)
     for entity in resource.get("entity", []):
-        assert set(entity) <= {"what", "type", "role", "lifecycle", "securityLabel", "name",
-                               "description", "query", "detail"}  # fmt: skip
+        assert set(entity) <= {
+            "what",
+            "type",
+            "role",
+            "lifecycle",
+            "securityLabel",
+            "name",
+            "description",
+            "query",
+            "detail",
+        }
     json.dumps(resource)  # serialisable
 
 
 def test_fhir_rendering(db: Database, log: AuditLog) -> None:
-    log.record([
-        read_event(ALICE, "pk-9", request_id="req-1", description="read"),
-        AuditEvent.for_principal(None, category="auth", action="E", outcome=4,
-                                 entity="POST /auth/token", description="refused"),
-        AuditEvent.for_principal(BOB, category="rest", action="E", entity="Observation?code=x",
-                                 detail={"interaction": "search-type"}),
-        AuditEvent.for_principal(BOB, category="dicom", action="C", patient_key="pk-9",
-                                 purpose="TREAT", flags=["break-glass"]),
-    ])  # fmt: skip
+    log.record(
+        [
+            read_event(ALICE, "pk-9", request_id="req-1", description="read"),
+            AuditEvent.for_principal(
+                None,
+                category="auth",
+                action="E",
+                outcome=4,
+                entity="POST /auth/token",
+                description="refused",
+            ),
+            AuditEvent.for_principal(
+                BOB,
+                category="rest",
+                action="E",
+                entity="Observation?code=x",
+                detail={"interaction": "search-type"},
+            ),
+            AuditEvent.for_principal(
+                BOB,
+                category="dicom",
+                action="C",
+                patient_key="pk-9",
+                purpose="TREAT",
+                flags=["break-glass"],
+            ),
+        ]
+    )
     rows = {row["seq"]: row for row in search_events(db)}
     read, refused, search, store = (to_fhir(rows[i]) for i in (1, 2, 3, 4))
     for resource in (read, refused, search, store):
@@ -417,11 +473,19 @@ def test_search_and_patient_access_report(db: Database, log: AuditLog, clock: Cl
     clock.advance(days=1)
     log.record([read_event(ALICE, "pk-2", action="U")])  # seq 3, day 2
     clock.advance(days=1)
-    log.record([  # seq 4, day 3: break-the-glass
-        AuditEvent.for_principal(BOB, category="security", action="E", patient_key="pk-1",
-                                 purpose=Purpose.EMERGENCY, flags=["break-glass"],
-                                 entity="BreakGlass/1"),
-    ])  # fmt: skip
+    log.record(
+        [  # seq 4, day 3: break-the-glass
+            AuditEvent.for_principal(
+                BOB,
+                category="security",
+                action="E",
+                patient_key="pk-1",
+                purpose=Purpose.EMERGENCY,
+                flags=["break-glass"],
+                entity="BreakGlass/1",
+            ),
+        ]
+    )
     clock.advance(days=1)
     log.record([read_event(None, "pk-1", outcome=4, description="refused")])  # seq 5, day 4
 
@@ -447,18 +511,30 @@ def test_search_and_patient_access_report(db: Database, log: AuditLog, clock: Cl
     assert [e["seq"] for e in report] == [5, 4, 2, 1]
     refused, btg, research, treat = report
     assert treat == {
-        "seq": 1, "time": "2026-11-23T08:00:00.000000Z", "principal": "user/alice",
-        "principal_kind": "user", "principal_id": "alice", "org_id": "hospital-a",
-        "client_id": None, "address": "10.0.0.7", "purpose": "TREAT", "category": "rest",
-        "action": "R", "outcome": 0, "entity": "Observation/obs-1", "description": None,
-        "flags": [], "break_glass": False,
-    }  # fmt: skip
+        "seq": 1,
+        "time": "2026-11-23T08:00:00.000000Z",
+        "principal": "user/alice",
+        "principal_kind": "user",
+        "principal_id": "alice",
+        "org_id": "hospital-a",
+        "client_id": None,
+        "address": "10.0.0.7",
+        "purpose": "TREAT",
+        "category": "rest",
+        "action": "R",
+        "outcome": 0,
+        "entity": "Observation/obs-1",
+        "description": None,
+        "flags": [],
+        "break_glass": False,
+    }
     assert research["principal"] == "client/bob-ehr" and research["purpose"] == "HRESCH"
     assert btg["break_glass"] and btg["flags"] == ["break-glass"] and btg["purpose"] == "ETREAT"
     assert refused["principal"] is None and refused["outcome"] == 4
     assert [e["seq"] for e in patient_access_report(db, "pk-1", start + timedelta(days=2))] == [
-        5, 4,
-    ]  # fmt: skip
+        5,
+        4,
+    ]
     assert patient_access_report(db, "pk-1", limit=1)[0]["seq"] == 5
     assert patient_access_report(db, "pk-3") == []
 
@@ -493,12 +569,23 @@ def test_cli_verify_and_report(db: Database, cli_settings: Settings, clock: Cloc
 
     keys = SigningKeys(db, None)  # Salus's signing keys (unsealed in development)
     keys.ensure_active()
-    log = AuditLog(db, signer=keys, checkpoint_file=cli_settings.audit_checkpoint_path(),
-                   clock=clock)  # fmt: skip
+    log = AuditLog(
+        db, signer=keys, checkpoint_file=cli_settings.audit_checkpoint_path(), clock=clock
+    )
     log.record([read_event(ALICE, "pk-1"), read_event(BOB, "pk-2")])
     log.checkpoint()
-    log.record([AuditEvent.for_principal(BOB, category="security", action="E", patient_key="pk-1",
-                                         purpose=Purpose.EMERGENCY, flags=["break-glass"])])  # fmt: skip
+    log.record(
+        [
+            AuditEvent.for_principal(
+                BOB,
+                category="security",
+                action="E",
+                patient_key="pk-1",
+                purpose=Purpose.EMERGENCY,
+                flags=["break-glass"],
+            )
+        ]
+    )
     log.checkpoint()
 
     ok = invoke(cli_settings, "verify")
@@ -515,11 +602,15 @@ def test_cli_verify_and_report(db: Database, cli_settings: Settings, clock: Cloc
     assert "2 event(s)" in text.output
     entries = json.loads(invoke(cli_settings, "report", "--patient", "pk-1", "--json").output)
     assert [e["seq"] for e in entries] == [3, 1] and entries[0]["break_glass"]
-    later = invoke(cli_settings, "report", "--patient", "pk-1", "--since",
-                   "2026-11-23T08:00:01Z", "--json")  # fmt: skip
+    later = invoke(
+        cli_settings, "report", "--patient", "pk-1", "--since", "2026-11-23T08:00:01Z", "--json"
+    )
     assert json.loads(later.output) == []
-    bad = CliRunner().invoke(audit, ["report", "--patient", "x", "--since", "yesterday"],
-                             obj={"config": None, "overrides": {}})  # fmt: skip
+    bad = CliRunner().invoke(
+        audit,
+        ["report", "--patient", "x", "--since", "yesterday"],
+        obj={"config": None, "overrides": {}},
+    )
     assert bad.exit_code == 2
 
     with db.write() as conn:

@@ -198,9 +198,12 @@ def test_rewriting_the_rest_of_the_chain_is_caught_by_checkpoints(chain: Chain) 
 
 @pytest.mark.parametrize(
     ("first", "last", "message"),
-    [(25, 25, "event 25 is missing"), (25, 27, "events 25 to 27 are missing"),
-     (1, 1, "event 1 is missing")],
-)  # fmt: skip
+    [
+        (25, 25, "event 25 is missing"),
+        (25, 27, "events 25 to 27 are missing"),
+        (1, 1, "event 1 is missing"),
+    ],
+)
 def test_deleting_events_in_the_middle_is_detected(
     chain: Chain, first: int, last: int, message: str
 ) -> None:
@@ -226,7 +229,8 @@ def test_reordering_events_is_detected(chain: Chain, a: int, b: int) -> None:
         a,
         f"events out of order at {a} (the event stored at {a} was recorded as {b})",
     )
-    assert report.problems[1].kind is BreakKind.OUT_OF_ORDER and report.problems[1].seq == b
+    assert (BreakKind.OUT_OF_ORDER, b) in {(p.kind, p.seq) for p in report.problems}
+    assert all(p.kind is not BreakKind.MODIFIED for p in report.problems)  # no knock-on blame
 
 
 @pytest.mark.parametrize("keep", [42, 49, 1])

@@ -23,14 +23,21 @@ EVERYONE = [*USERS, *CLIENTS]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def world(request: pytest.FixtureRequest,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
     with make_world(request.param, tmp_path_factory.mktemp("world")) as built:
         # Some audit history and a break-the-glass grant in each hospital.
         for doc in ("a-doc", "b-doc"):
-            assert built.call(doc, "POST", "/api/v1/break-glass",
-                              json={"patient": "P-1", "reason": "unconscious in emergency"}
-                              ).status_code == 201
+            assert (
+                built.call(
+                    doc,
+                    "POST",
+                    "/api/v1/break-glass",
+                    json={"patient": "P-1", "reason": "unconscious in emergency"},
+                ).status_code
+                == 201
+            )
         yield built
 
 
@@ -41,31 +48,51 @@ def _cases(world: World) -> list[tuple[str, str, str, Any, set[str]]]:
     fresh = uuid.uuid4().hex[:8]
     return [
         ("GET", "/api/v1/admin/organizations", None, {"ops-admin", "a-admin", "b-admin"}),
-        ("POST", "/api/v1/admin/organizations",
-         {"id": f"new-{fresh}", "name": "New", "kind": "hospital"}, {"ops-admin"}),
+        (
+            "POST",
+            "/api/v1/admin/organizations",
+            {"id": f"new-{fresh}", "name": "New", "kind": "hospital"},
+            {"ops-admin"},
+        ),
         ("GET", "/api/v1/admin/users", None, {"ops-admin", "a-admin", "b-admin"}),
         ("PUT", f"/api/v1/admin/users/{b_doc}/active", {"active": True}, {"ops-admin", "b-admin"}),
-        ("PUT", f"/api/v1/admin/users/{a_doc2}/active", {"active": True},
-         {"ops-admin", "a-admin"}),
+        ("PUT", f"/api/v1/admin/users/{a_doc2}/active", {"active": True}, {"ops-admin", "a-admin"}),
         ("POST", f"/api/v1/admin/users/{b_doc}/unlock", None, {"ops-admin", "b-admin"}),
         ("GET", "/api/v1/admin/clients", None, {"ops-admin", "a-admin", "b-admin"}),
-        ("POST", "/api/v1/admin/grants",
-         {"principal_kind": "user", "principal_id": b_doc, "role": "clinician"},
-         {"ops-admin", "b-admin"}),
+        (
+            "POST",
+            "/api/v1/admin/grants",
+            {"principal_kind": "user", "principal_id": b_doc, "role": "clinician"},
+            {"ops-admin", "b-admin"},
+        ),
         ("POST", "/api/v1/admin/signing-keys/rotate", None, {"ops-admin"}),
         ("GET", "/api/v1/audit/events", None, {"ops-sec", "a-sec", "b-sec"}),
         ("GET", "/api/v1/audit/patient-access?patient=P-1", None, {"ops-sec", "a-sec", "b-sec"}),
         ("GET", "/api/v1/break-glass/reviews", None, {"ops-sec", "a-sec", "b-sec"}),
-        ("POST", "/api/v1/break-glass", {"patient": "P-9", "reason": "cardiac arrest on ward"},
-         {"a-doc", "a-doc2", "b-doc"}),
-        ("POST", "/api/v1/care/treatment-relationships",
-         {"patient": "P-7", "source": "Encounter/e1"}, {"a-doc", "a-doc2", "b-doc", "a-feed",
-                                                         "b-feed"}),
-        ("POST", "/api/v1/care/consents",
-         {"patient": "P-7", "decision": "permit", "source": "Consent/c1"},
-         {"a-doc", "a-doc2", "b-doc", "a-feed", "b-feed"}),
-        ("GET", "/api/v1/patients/P-1/access", None, {"a-doc", "a-doc2", "b-doc", "a-feed",
-                                                     "b-feed"}),
+        (
+            "POST",
+            "/api/v1/break-glass",
+            {"patient": "P-9", "reason": "cardiac arrest on ward"},
+            {"a-doc", "a-doc2", "b-doc"},
+        ),
+        (
+            "POST",
+            "/api/v1/care/treatment-relationships",
+            {"patient": "P-7", "source": "Encounter/e1"},
+            {"a-doc", "a-doc2", "b-doc", "a-feed", "b-feed"},
+        ),
+        (
+            "POST",
+            "/api/v1/care/consents",
+            {"patient": "P-7", "decision": "permit", "source": "Consent/c1"},
+            {"a-doc", "a-doc2", "b-doc", "a-feed", "b-feed"},
+        ),
+        (
+            "GET",
+            "/api/v1/patients/P-1/access",
+            None,
+            {"a-doc", "a-doc2", "b-doc", "a-feed", "b-feed"},
+        ),
     ]
 
 
@@ -75,9 +102,15 @@ def test_matrix(world: World) -> None:
     for method, path, body, allowed in _cases(world):
         for who in [None, *EVERYONE]:
             request_id = uuid.uuid4().hex
-            response = world.call(who, method, path.replace("new-", f"new-{who}-")
-                                  if method == "POST" and "organizations" in path else path,
-                                  json=_unique(body, who), request_id=request_id)
+            response = world.call(
+                who,
+                method,
+                path.replace("new-", f"new-{who}-")
+                if method == "POST" and "organizations" in path
+                else path,
+                json=_unique(body, who),
+                request_id=request_id,
+            )
             expected_ok = who in allowed
             if expected_ok and response.status_code >= 400:
                 problems.append(f"{who} {method} {path}: {response.status_code} {response.text}")
@@ -88,8 +121,11 @@ def test_matrix(world: World) -> None:
                 refused.append(request_id)
     assert not problems, "\n".join(problems)
     with world.services.db.read() as conn:
-        audited = set(conn.execute(
-            select(audit_events.c.request_id).where(audit_events.c.outcome == 4)).scalars())
+        audited = set(
+            conn.execute(
+                select(audit_events.c.request_id).where(audit_events.c.outcome == 4)
+            ).scalars()
+        )
     missing = [rid for rid in refused if rid not in audited]
     assert not missing, f"{len(missing)} of {len(refused)} refusals were not audited"
 
@@ -111,32 +147,59 @@ def test_hospital_admins_see_only_their_own(world: World) -> None:
 
 
 def test_hospital_admin_cannot_create_users_elsewhere_or_escalate(world: World) -> None:
-    elsewhere = world.call("a-admin", "POST", "/api/v1/admin/users", json={
-        "username": "intruder", "org_id": "hosp-b", "password": "long enough password 1",
-        "roles": ["clinician"]})
+    elsewhere = world.call(
+        "a-admin",
+        "POST",
+        "/api/v1/admin/users",
+        json={
+            "username": "intruder",
+            "org_id": "hosp-b",
+            "password": "long enough password 1",
+            "roles": ["clinician"],
+        },
+    )
     assert elsewhere.status_code == 403
-    network_admin = world.call("a-admin", "POST", "/api/v1/admin/grants", json={
-        "principal_kind": "user", "principal_id": world.user_ids["ops-sec"],
-        "role": "administrator"})
+    network_admin = world.call(
+        "a-admin",
+        "POST",
+        "/api/v1/admin/grants",
+        json={
+            "principal_kind": "user",
+            "principal_id": world.user_ids["ops-sec"],
+            "role": "administrator",
+        },
+    )
     assert network_admin.status_code == 403
-    own = world.call("a-admin", "POST", "/api/v1/admin/users", json={
-        "username": f"a-nurse-{uuid.uuid4().hex[:6]}", "org_id": "hosp-a",
-        "password": "long enough password 1", "roles": ["clinician"]})
+    own = world.call(
+        "a-admin",
+        "POST",
+        "/api/v1/admin/users",
+        json={
+            "username": f"a-nurse-{uuid.uuid4().hex[:6]}",
+            "org_id": "hosp-a",
+            "password": "long enough password 1",
+            "roles": ["clinician"],
+        },
+    )
     assert own.status_code == 201
 
 
 def test_security_officers_see_their_own_organization(world: World) -> None:
     local = world.call("a-sec", "GET", "/api/v1/audit/events", params={"count": 500}).json()
-    orgs = {a["who"]["identifier"]["value"]
-            for e in local["entry"] for a in e["resource"]["agent"]
-            if a.get("who", {}).get("identifier", {}).get("system") == "urn:salus:org"}
+    orgs = {
+        a["who"]["identifier"]["value"]
+        for e in local["entry"]
+        for a in e["resource"]["agent"]
+        if a.get("who", {}).get("identifier", {}).get("system") == "urn:salus:org"
+    }
     assert orgs == {"hosp-a"}, orgs
     network = world.call("ops-sec", "GET", "/api/v1/audit/events", params={"count": 500}).json()
     assert len(network["entry"]) >= len(local["entry"])
     queue = world.call("a-sec", "GET", "/api/v1/break-glass/reviews").json()
     assert queue and {g["org_id"] for g in queue} == {"hosp-a"}
-    report = world.call("b-sec", "GET", "/api/v1/audit/patient-access",
-                        params={"patient": "P-1"}).json()
+    report = world.call(
+        "b-sec", "GET", "/api/v1/audit/patient-access", params={"patient": "P-1"}
+    ).json()
     assert report["accesses"] and all(a["org_id"] == "hosp-b" for a in report["accesses"])
 
 
@@ -149,14 +212,20 @@ def test_unauthenticated_and_bad_tokens(world: World) -> None:
 
 
 def test_purpose_of_use_header(world: World) -> None:
-    bad = world.client.get("/api/v1/patients/P-1/access", headers=world.headers(
-        "a-doc", **{"X-Salus-Purpose-Of-Use": "SHOPPING"}))
+    bad = world.client.get(
+        "/api/v1/patients/P-1/access",
+        headers=world.headers("a-doc", **{"X-Salus-Purpose-Of-Use": "SHOPPING"}),
+    )
     assert bad.status_code == 400
-    wrong = world.client.get("/api/v1/patients/P-1/access", headers=world.headers(
-        "a-doc", **{"X-Salus-Purpose-Of-Use": "HRESCH"}))
+    wrong = world.client.get(
+        "/api/v1/patients/P-1/access",
+        headers=world.headers("a-doc", **{"X-Salus-Purpose-Of-Use": "HRESCH"}),
+    )
     assert wrong.status_code == 403
-    emergency = world.client.get("/api/v1/patients/P-1/access", headers=world.headers(
-        "a-doc", **{"X-Salus-Purpose-Of-Use": "ETREAT"}))
+    emergency = world.client.get(
+        "/api/v1/patients/P-1/access",
+        headers=world.headers("a-doc", **{"X-Salus-Purpose-Of-Use": "ETREAT"}),
+    )
     assert emergency.status_code == 400
 
 

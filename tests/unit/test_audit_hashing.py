@@ -80,12 +80,24 @@ def test_hash_depends_on_every_field_and_on_the_chain() -> None:
     row = EVENT.row(seq=7, recorded_at=RECORDED, prev_hash=PREV)
     base = row["hash"]
     changes = {
-        "category": "auth", "action": "U", "outcome": 4, "principal_kind": "client",
-        "principal_id": "bob", "org_id": "hospital-b", "client_id": "c1", "address": "10.0.0.8",
-        "purpose": "TREAT", "patient_key": "pk-124", "entity": "Observation/obs-2",
-        "description": "read Observation ", "request_id": "req-2", "flags": None,
-        "detail": {"a": "é\n\u0001"}, "seq": 8, "recorded_at": RECORDED + timedelta(microseconds=1),
-    }  # fmt: skip
+        "category": "auth",
+        "action": "U",
+        "outcome": 4,
+        "principal_kind": "client",
+        "principal_id": "bob",
+        "org_id": "hospital-b",
+        "client_id": "c1",
+        "address": "10.0.0.8",
+        "purpose": "TREAT",
+        "patient_key": "pk-124",
+        "entity": "Observation/obs-2",
+        "description": "read Observation ",
+        "request_id": "req-2",
+        "flags": None,
+        "detail": {"a": "é\n\u0001"},
+        "seq": 8,
+        "recorded_at": RECORDED + timedelta(microseconds=1),
+    }
     assert set(changes) == set(HASHED_FIELDS)
     for name, value in changes.items():
         assert event_hash(PREV, {**row, name: value}) != base, name
@@ -123,8 +135,12 @@ def test_event_validation() -> None:
         AuditEvent(category="rest", action="R", entity="a\x00b")
     with pytest.raises(InvalidInput):
         AuditEvent(category="rest", action="R", detail={"x": {1, 2}})  # type: ignore[dict-item]
-    event = AuditEvent(category="rest", action="R", outcome=AuditOutcome.MINOR,
-                       detail={"t": (1, 2), "n": {"k": 1.5}})  # fmt: skip
+    event = AuditEvent(
+        category="rest",
+        action="R",
+        outcome=AuditOutcome.MINOR,
+        detail={"t": (1, 2), "n": {"k": 1.5}},
+    )
     assert event.detail == {"t": [1, 2], "n": {"k": 1.5}}  # as JSON gives it back
     assert type(event.outcome) is int and event.outcome == 4
 
@@ -148,8 +164,10 @@ def test_for_principal_fills_the_principal_fields() -> None:
         flags=[AuditFlag.BREAK_GLASS, "refused", AuditFlag.BREAK_GLASS],
     )
     assert (event.principal_kind, event.principal_id, event.org_id) == (
-        "user", "alice", "hospital-a"
-    )  # fmt: skip
+        "user",
+        "alice",
+        "hospital-a",
+    )
     assert (event.client_id, event.address) == ("console", "192.0.2.10")
     assert event.purpose == "ETREAT" and type(event.purpose) is str
     assert event.flags == "break-glass,refused"
@@ -162,9 +180,10 @@ def test_checkpoint_payload_and_ed25519_signatures() -> None:
     created = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
     payload = Checkpoint.payload_for(42, "cd" * 32, created)
     assert payload == (
-        b'{"created_at":"2026-11-23T09:00:00.000000Z","hash":"' + b"cd" * 32
+        b'{"created_at":"2026-11-23T09:00:00.000000Z","hash":"'
+        + b"cd" * 32
         + b'","seq":42,"typ":"salus.audit.checkpoint.v1"}'
-    )  # fmt: skip
+    )
     signer = Ed25519Signer.generate()
     kid, signature = signer.sign(payload)
     assert kid == signer.kid and kid.startswith("ed25519-") and "=" not in signature

@@ -166,8 +166,9 @@ class AuditLog:
                 dialect_insert(audit_head)
                 .values(id=HEAD_ID, seq=0, hash=GENESIS_HASH)
                 .on_conflict_do_nothing(index_elements=["id"])
-            )
-            if created.rowcount == 1:
+                .returning(audit_head.c.id)
+            ).first()
+            if created is not None:
                 existing = conn.execute(select(func.max(audit_events.c.seq))).scalar()
                 if existing is not None:
                     raise IntegrityError("The audit chain head is missing but events exist.")

@@ -67,11 +67,25 @@ _DICOM_BY_ACTION = {
 }
 _INTERACTIONS = frozenset(
     {
-        "read", "vread", "update", "patch", "delete", "history", "history-instance",
-        "history-type", "history-system", "create", "search", "search-type",
-        "search-system", "capabilities", "transaction", "batch", "operation",
+        "read",
+        "vread",
+        "update",
+        "patch",
+        "delete",
+        "history",
+        "history-instance",
+        "history-type",
+        "history-system",
+        "create",
+        "search",
+        "search-type",
+        "search-system",
+        "capabilities",
+        "transaction",
+        "batch",
+        "operation",
     }
-)  # fmt: skip
+)
 _INTERACTION_BY_ACTION = {
     "C": "create",
     "R": "read",

@@ -221,6 +221,7 @@ def _check_events(conn: Connection, problems: _Problems, batch_size: int) -> tup
     prev_hash = GENESIS_HASH
     checked = 0
     last_seq = 0
+    flagged = False
     while True:
         rows = (
             conn.execute(
@@ -239,15 +240,15 @@ def _check_events(conn: Connection, problems: _Problems, batch_size: int) -> tup
             seq = int(row["seq"])
             stored_prev = str(row["prev_hash"])
             stored_hash = str(row["hash"])
-            link_ok = stored_prev == prev_hash
+            # After a broken link the next event's link says nothing new.
+            link_ok = stored_prev == prev_hash or flagged
+            flagged = False
             if seq > expected:
-                gap = (
-                    f"event {expected}"
-                    if seq == expected + 1
-                    else (f"events {expected} to {seq - 1}")
-                )
-                verb = "is" if seq == expected + 1 else "are"
-                problems.add(BreakKind.MISSING, expected, f"{gap} {verb} missing")
+                if seq == expected + 1:
+                    gap = f"event {expected} is missing"
+                else:
+                    gap = f"events {expected} to {seq - 1} are missing"
+                problems.add(BreakKind.MISSING, expected, gap)
                 link_ok = True  # the link to the missing event cannot be judged
             self_ok = event_hash(stored_prev, row) == stored_hash
             if not self_ok:
@@ -261,6 +262,7 @@ def _check_events(conn: Connection, problems: _Problems, batch_size: int) -> tup
                     )
                 else:
                     problems.add(BreakKind.MODIFIED, seq, f"event {seq} was modified")
+                flagged = True
             elif not link_ok:
                 if seq == 1:
                     problems.add(

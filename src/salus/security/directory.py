@@ -354,7 +354,7 @@ class Directory:
                 secret = self._totp_secret(user)
                 if secret is not None and not code:
                     failure = "one-time code missing"
-                elif secret is not None and not verify_totp(secret, code or ""):
+                elif secret is not None and not verify_totp(secret, code or "", now):
                     failure = "wrong one-time code"
             if failure is None:
                 assert user is not None  # noqa: S101 - narrowed above

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from datetime import datetime
 
 import pyotp
 from argon2 import PasswordHasher
@@ -54,9 +55,9 @@ def totp_uri(secret: str, username: str, issuer: str = "Salus") -> str:
     return pyotp.TOTP(secret).provisioning_uri(name=username, issuer_name=issuer)
 
 
-def verify_totp(secret: str, code: str) -> bool:
-    """Accept the current 30-second step and one step either side (clock drift)."""
+def verify_totp(secret: str, code: str, at: datetime) -> bool:
+    """Accept the 30-second step of ``at`` and one step either side (clock drift)."""
     code = code.strip().replace(" ", "")
     if not code.isdigit() or len(code) != 6:
         return False
-    return bool(pyotp.TOTP(secret).verify(code, valid_window=1))
+    return bool(pyotp.TOTP(secret).verify(code, for_time=at, valid_window=1))

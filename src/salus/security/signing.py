@@ -236,7 +236,9 @@ class SigningKeys:
     def retire(self, kid: str) -> None:
         """Stop publishing and accepting an inactive key (after a rotation).
 
-        The active key cannot be retired: rotate first.
+        The active key cannot be retired: rotate first, then wait at least the
+        token lifetime plus ``cache_seconds`` (other processes may sign with
+        the old key until their cache refreshes) so that no live token breaks.
         """
         with self.db.write() as conn:
             self._lock_table(conn)
