@@ -289,6 +289,14 @@ def test_malformed_and_incomplete_tokens_refused(keys: SigningKeys,
                          headers={"kid": "nope", "typ": "at+jwt"})
     with _refused("The token signing key is not known."):
         tokens.verify(unknown)
+    # RS256 under the kid of the ES256 key: the algorithm must be the key's.
+    mismatched = jwt.encode(base, STRANGER_KEY, algorithm="RS256",
+                            headers={"kid": active.kid, "typ": "at+jwt"})
+    with _refused("The access token algorithm does not match its key."):
+        tokens.verify(mismatched)
+    with _refused("The access token algorithm is not accepted."):
+        tokens.verify(jwt.encode(base, EC_CLIENT_KEY, algorithm="ES384",
+                                 headers={"kid": active.kid, "typ": "at+jwt"}))
 
 
 def test_rotation_and_retirement(seeded: Database, keys: SigningKeys,

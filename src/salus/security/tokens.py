@@ -26,6 +26,7 @@ short message that names the problem, never a secret or patient data.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import secrets
 import threading
@@ -80,7 +81,6 @@ _Json = dict[str, Any]
 # Argon2id (RFC 9106) with OWASP's parameters, as for passwords; client secrets
 # are random (256 bits), so the hash guards a leaked table, not a weak secret.
 _HASHER = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
-_DUMMY_HASH: list[str] = []
 
 
 def hash_secret(secret: str) -> str:
@@ -93,10 +93,10 @@ def new_client_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
+@functools.cache
 def _dummy_hash() -> str:
-    if not _DUMMY_HASH:
-        _DUMMY_HASH.append(_HASHER.hash(secrets.token_urlsafe(32)))
-    return _DUMMY_HASH[0]
+    """Hashed against when the client is unknown, so that failure costs the same."""
+    return _HASHER.hash(secrets.token_urlsafe(32))
 
 
 @dataclass(frozen=True, slots=True)
