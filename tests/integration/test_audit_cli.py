@@ -136,3 +136,24 @@ def test_cli_verify_without_a_signer(
     truncated = invoke(cli_settings, "verify")
     assert truncated.exit_code == 1
     assert "chain truncated: checkpoint at 1 but chain ends at 0" in truncated.output
+
+
+def test_cli_on_a_database_without_the_schema(settings_factory: Any) -> None:
+    settings: Settings = settings_factory()  # an empty database: not migrated
+    result = CliRunner().invoke(
+        audit,
+        ["verify"],
+        obj={
+            "config": None,
+            "overrides": {
+                "data_dir": settings.data_dir,
+                **(
+                    {"database_url": settings.database_url.get_secret_value()}
+                    if settings.database_url
+                    else {}
+                ),
+            },
+        },
+    )
+    assert result.exit_code == 2
+    assert "the audit tables could not be read" in result.output

@@ -403,3 +403,11 @@ def test_every_single_event_edit_is_detected(chain: Chain) -> None:
         assert report.first.kind is BreakKind.MODIFIED
         chain.set(seq, description=original)
     assert chain.verify().ok
+
+
+def test_an_unreadable_checkpoint_file_is_reported(chain: Chain) -> None:
+    chain.file.unlink()
+    chain.file.mkdir()  # something that cannot be read as a file
+    assert_first(
+        chain.verify(), BreakKind.CHECKPOINT_FILE, None, "the checkpoint file could not be read"
+    )

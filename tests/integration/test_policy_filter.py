@@ -77,9 +77,10 @@ class World:
         decision = self.policy.authorize(
             principal, AccessRequest("Observation", Interaction.SEARCH, purpose)
         )
-        condition = decision.require().where(COLS)
+        flt = decision.require()
         with self.db.read() as conn:
-            return set(conn.execute(select(records.c.id).where(condition)).scalars())
+            return set(conn.execute(select(records.c.id).where(flt.where(COLS)),
+                                    flt.params()).scalars())
 
 
 @pytest.fixture
@@ -235,7 +236,8 @@ def test_patient_restricted_filter(world: World) -> None:
     )
     restricted = replace(decision.require(), patients=frozenset({"P2"}))
     with world.db.read() as conn:
-        ids = set(conn.execute(select(records.c.id).where(restricted.where(COLS))).scalars())
+        ids = set(conn.execute(select(records.c.id).where(restricted.where(COLS)),
+                               restricted.params()).scalars())
     assert ids == {5}
 
 
@@ -269,3 +271,19 @@ def test_audit_of_care_changes(world: World, db: Database) -> None:
         )
     assert ("break-glass", "P1", "ETREAT") in [tuple(r) for r in rows]
     assert verify_chain(db).ok
+
+
+def test_a_query_without_the_filter_values_fails_closed(world: World) -> None:
+    decision = world.policy.authorize(who("hosp-a", "clinician"),
+                                      AccessRequest("Observation", Interaction.SEARCH))
+    with pytest.raises(Exception, match="policy_"), world.db.read() as conn:
+        conn.execute(select(records.c.id).where(decision.require().where(COLS))).all()
+
+
+def test_filter_shapes_are_reused(world: World) -> None:
+    a = world.policy.authorize(who("hosp-a", "clinician"),
+                               AccessRequest("Observation", Interaction.SEARCH)).require()
+    b = world.policy.authorize(who("hosp-b", "clinician", "other"),
+                               AccessRequest("Observation", Interaction.SEARCH)).require()
+    assert a.where(COLS) is b.where(COLS)
+    assert a.params()["policy_org"] == "hosp-a" and b.params()["policy_org"] == "hosp-b"

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from sqlalchemy import select, update
 
+from salus.audit.chain import AuditLog
 from salus.db import Database
 from salus.db.tables import clients, organizations, role_grants, signing_keys, used_jtis, users
 from salus.db.types import utcnow
@@ -39,6 +40,7 @@ from salus.errors import (
     NotAuthenticated,
     Unavailable,
 )
+from salus.security.directory import Directory
 from salus.security.principal import AuthMethod, Principal, PrincipalKind
 from salus.security.signing import SigningKeys
 from salus.security.tokens import (
@@ -83,6 +85,10 @@ def _segment(obj: dict[str, Any]) -> str:
 
 
 # -- fixtures ------------------------------------------------------------------------------
+def _directory(tokens: TokenService) -> Directory:
+    return Directory(tokens.db, AuditLog(tokens.db), None)
+
+
 def _seed(db: Database) -> None:
     now = utcnow()
     jwks = {
@@ -183,7 +189,7 @@ def test_issue_and_verify_round_trip(seeded: Database, sealer: ValueSealer, alg:
 
 
 def test_client_token_round_trip(tokens: TokenService) -> None:
-    principal = tokens.client_principal("c-jwt")
+    principal = _directory(tokens).client_principal("c-jwt")
     assert principal.roles == {"hospital_integration"}  # only the grants in its own org
     assert principal.scopes == {"system/*.cruds"}
     assert principal.auth_method is AuthMethod.PRIVATE_KEY_JWT
@@ -338,7 +344,7 @@ def test_rotation_and_retirement(seeded: Database, keys: SigningKeys,
 def test_disabled_principal_refused_at_once(seeded: Database, tokens: TokenService,
                                             table: Any, row_id: str, message: str) -> None:
     token = tokens.issue(_user()).access_token
-    client_token = tokens.issue(tokens.client_principal("c-jwt")).access_token
+    client_token = tokens.issue(_directory(tokens).client_principal("c-jwt")).access_token
     tokens.verify(token)
     tokens.verify(client_token)
     with seeded.write() as conn:
@@ -424,7 +430,7 @@ def test_checkpoint_signature_is_not_a_token_signature(keys: SigningKeys,
 
 # -- scopes -------------------------------------------------------------------------------
 def test_requested_scopes_are_narrowed_to_the_roles(tokens: TokenService) -> None:
-    client = tokens.client_principal("c-jwt")  # hospital_integration: system/*.cruds
+    client = _directory(tokens).client_principal("c-jwt")  # hospital_integration: system/*.cruds
     issued = tokens.issue(
         client, scopes=frozenset({"system/Observation.rs", "user/Patient.rs", "launch"})
     )
@@ -521,7 +527,7 @@ def test_client_assertion_of_disabled_client_refused(seeded: Database,
     with _refused("The client is disabled."):
         tokens.authenticate_client_assertion(_assertion(), token_endpoint_url=TOKEN_URL)
     with _refused("The client is disabled."):
-        tokens.client_principal("c-jwt")
+        _directory(tokens).client_principal("c-jwt")
 
 
 def test_expired_jtis_are_purged(seeded: Database, tokens: TokenService) -> None:

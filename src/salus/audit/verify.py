@@ -134,11 +134,14 @@ def verify_chain(
     # Size the file before the snapshot: every checkpoint in that part of the
     # file was taken of a head the snapshot already contains.
     file_size: int | None = None
+    unreadable = False
     if checkpoint_file is not None:
         try:
             file_size = checkpoint_file.stat().st_size
         except FileNotFoundError:
             file_size = None
+        except OSError:
+            unreadable = True
     if signer is None:
         notes.append("checkpoint signatures not checked (no signer configured)")
 
@@ -163,20 +166,31 @@ def verify_chain(
             db_checked += len(page)
 
         file_checked = 0
-        if checkpoint_file is not None and file_size is None:
+        if unreadable:
+            file_problems.add(
+                BreakKind.CHECKPOINT_FILE, None, "the checkpoint file could not be read"
+            )
+        elif checkpoint_file is not None and file_size is None:
             if db_checked:
                 file_problems.add(BreakKind.CHECKPOINT_FILE, None, "the checkpoint file is missing")
             else:
                 notes.append("no checkpoint file yet")
         elif checkpoint_file is not None and file_size is not None:
-            for page, line_numbers in _file_pages(
-                checkpoint_file, file_size, batch_size, file_problems
-            ):
-                newest = max(
-                    newest,
-                    _check_checkpoints(conn, page, last_seq, signer, file_problems, line_numbers),
+            try:
+                for page, line_numbers in _file_pages(
+                    checkpoint_file, file_size, batch_size, file_problems
+                ):
+                    newest = max(
+                        newest,
+                        _check_checkpoints(
+                            conn, page, last_seq, signer, file_problems, line_numbers
+                        ),
+                    )
+                    file_checked += len(page)
+            except OSError:
+                file_problems.add(
+                    BreakKind.CHECKPOINT_FILE, None, "the checkpoint file could not be read"
                 )
-                file_checked += len(page)
         if newest > last_seq:
             head_problems.add(
                 BreakKind.TRUNCATED,

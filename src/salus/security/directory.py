@@ -525,8 +525,12 @@ class Directory:
         return rows
 
     def client_principal(
-        self, client_id: str, auth_method: AuthMethod, address: str | None = None
+        self, client_id: str, auth_method: AuthMethod | None = None, address: str | None = None
     ) -> Principal:
+        """An active client as a principal: its roles in its organization and their scopes.
+
+        ``auth_method`` defaults to the client's registered method.
+        """
         with self.db.read() as conn:
             row = _row(
                 conn,
@@ -534,8 +538,10 @@ class Directory:
                 .join(organizations, organizations.c.id == clients.c.org_id)
                 .where(clients.c.id == client_id),
             )
-            if row is None or not row["active"] or not row["org_active"]:
-                raise NotAuthenticated("The client is unknown or disabled.")
+            if row is None:
+                raise NotAuthenticated("The client is not known.")
+            if not row["active"] or not row["org_active"]:
+                raise NotAuthenticated("The client is disabled.")
             roles = frozenset(
                 self._roles(conn, PrincipalKind.CLIENT, client_id, str(row["org_id"]))
             )
@@ -545,7 +551,7 @@ class Directory:
             org_id=str(row["org_id"]),
             roles=roles,
             scopes=scopes_for_roles(roles),
-            auth_method=auth_method,
+            auth_method=auth_method or AuthMethod(row["auth_method"]),
             client_id=client_id,
             address=address,
         )

@@ -38,11 +38,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, false, or_, select, true
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    String,
+    Table,
+    and_,
+    bindparam,
+    exists,
+    false,
+    or_,
+    select,
+    true,
+)
 
 from salus.db.tables import btg_grants, consents, treatment_relationships
-from salus.db.types import utcnow
+from salus.db.types import UTCDateTime, utcnow
 from salus.errors import Forbidden
 from salus.security.principal import Principal, PrincipalKind, Purpose
 from salus.security.roles import ROLES, parse_scope
@@ -88,9 +101,102 @@ class RecordColumns:
     category: ColumnElement[str] | None = None
 
 
+# Parameters of the filter's SQL: the condition is built once per shape and
+# cached; each request supplies only these values (see RecordFilter.params).
+_P_ORG = "policy_org"
+_P_KIND = "policy_principal_kind"
+_P_ID = "policy_principal_id"
+_P_NOW = "policy_now"
+_P_CATEGORY = "policy_category"
+_P_PATIENTS = "policy_patients"
+_SHAPES: dict[tuple[Any, ...], ColumnElement[bool]] = {}
+
+
+def _param(name: str) -> BindParameter[Any]:
+    if name == _P_NOW:
+        return bindparam(name, type_=UTCDateTime())
+    if name == _P_PATIENTS:
+        return bindparam(name, expanding=True)
+    return bindparam(name, type_=String())
+
+
+def _valid(table: Table) -> ColumnElement[bool]:
+    now = _param(_P_NOW)
+    return and_(
+        table.c.valid_from <= now, or_(table.c.valid_until.is_(None), table.c.valid_until > now)
+    )
+
+
+def _treatment(patient: ColumnElement[str]) -> ColumnElement[bool]:
+    t = treatment_relationships
+    return exists(
+        select(t.c.id).where(t.c.patient_key == patient, t.c.org_id == _param(_P_ORG), _valid(t))
+    )
+
+
+def _consent(cols: RecordColumns, decision: str, *, secondary_use: bool) -> ColumnElement[bool]:
+    c = consents
+    assert cols.patient is not None  # noqa: S101 - checked by the callers
+    conditions = [c.c.patient_key == cols.patient, c.c.decision == decision, _valid(c)]
+    if secondary_use:  # any organization's rule about this secondary use
+        conditions.append(c.c.category.in_([_param(_P_CATEGORY), "*"]))
+    else:
+        conditions.append(or_(c.c.grantee_org_id == _param(_P_ORG), c.c.grantee_org_id.is_(None)))
+        if cols.category is not None:
+            conditions.append(or_(c.c.category == "*", c.c.category == cols.category))
+        else:
+            conditions.append(c.c.category == "*")
+    return exists(select(c.c.id).where(*conditions))
+
+
+def _btg(patient: ColumnElement[str]) -> ColumnElement[bool]:
+    b = btg_grants
+    now = _param(_P_NOW)
+    return exists(
+        select(b.c.id).where(
+            b.c.patient_key == patient,
+            b.c.principal_kind == _param(_P_KIND),
+            b.c.principal_id == _param(_P_ID),
+            b.c.granted_at <= now,
+            b.c.expires_at > now,
+        )
+    )
+
+
+def _build(
+    cols: RecordColumns, all_orgs: bool, care_sharing: bool, secondary_use: bool, restricted: bool
+) -> ColumnElement[bool]:
+    condition: ColumnElement[bool]
+    if all_orgs:
+        condition = true()
+        if secondary_use and cols.patient is not None:
+            condition = ~_consent(cols, "deny", secondary_use=True)
+    elif care_sharing and cols.patient is not None:
+        own = cols.org == _param(_P_ORG)
+        shared = and_(
+            cols.patient.is_not(None),
+            or_(_treatment(cols.patient), _consent(cols, "permit", secondary_use=False)),
+            ~_consent(cols, "deny", secondary_use=False),
+        )
+        condition = or_(own, shared, and_(cols.patient.is_not(None), _btg(cols.patient)))
+    else:
+        condition = cols.org == _param(_P_ORG)
+    if restricted:
+        if cols.patient is None:
+            return false()
+        condition = and_(condition, cols.patient.in_(_param(_P_PATIENTS)))
+    return condition
+
+
 @dataclass(frozen=True, slots=True)
 class RecordFilter:
-    """Which records a decision lets through; rendered as a SQL condition."""
+    """Which records a decision lets through, as a SQL condition plus its values.
+
+    Use both: ``conn.execute(select(...).where(f.where(cols)), f.params())``.
+    The condition is built once per shape and reused (building SQLAlchemy
+    expressions costs more than the decision itself); a query run without the
+    parameters fails, it never runs unfiltered.
+    """
 
     own_org: str
     all_orgs: bool = False
@@ -105,74 +211,40 @@ class RecordFilter:
     now: datetime = field(default_factory=utcnow)
 
     def where(self, cols: RecordColumns) -> ColumnElement[bool]:
-        condition: ColumnElement[bool]
-        if self.all_orgs:
-            condition = true()
-            if self.secondary_use_category and cols.patient is not None:
-                condition = ~self._consent(cols, "deny", self.secondary_use_category, any_org=True)
-        elif self.care_sharing and cols.patient is not None:
-            own = cols.org == self.own_org
-            shared = and_(
-                cols.patient.is_not(None),
-                or_(self._treatment(cols), self._consent(cols, "permit")),
-                ~self._consent(cols, "deny"),
+        if self.patients is not None and not self.patients:
+            return false()
+        key = (
+            id(cols.org),
+            id(cols.patient),
+            id(cols.category),
+            self.all_orgs,
+            self.care_sharing,
+            self.secondary_use_category is not None,
+            self.patients is not None,
+        )
+        condition = _SHAPES.get(key)
+        if condition is None:
+            condition = _build(
+                cols,
+                self.all_orgs,
+                self.care_sharing,
+                self.secondary_use_category is not None,
+                self.patients is not None,
             )
-            condition = or_(own, shared, and_(cols.patient.is_not(None), self._btg(cols)))
-        else:
-            condition = cols.org == self.own_org
-        if self.patients is not None:
-            if cols.patient is None or not self.patients:
-                return false()
-            condition = and_(condition, cols.patient.in_(sorted(self.patients)))
+            _SHAPES[key] = condition
         return condition
 
-    def _valid(self, table: object) -> ColumnElement[bool]:
-        valid_from = table.c.valid_from  # type: ignore[attr-defined]
-        valid_until = table.c.valid_until  # type: ignore[attr-defined]
-        return and_(valid_from <= self.now, or_(valid_until.is_(None), valid_until > self.now))
-
-    def _treatment(self, cols: RecordColumns) -> ColumnElement[bool]:
-        t = treatment_relationships
-        assert cols.patient is not None  # noqa: S101 - checked by the caller
-        return exists(
-            select(t.c.id).where(
-                t.c.patient_key == cols.patient, t.c.org_id == self.own_org, self._valid(t)
-            )
-        )
-
-    def _consent(
-        self,
-        cols: RecordColumns,
-        decision: str,
-        category: str | None = None,
-        *,
-        any_org: bool = False,
-    ) -> ColumnElement[bool]:
-        c = consents
-        assert cols.patient is not None  # noqa: S101
-        conditions = [c.c.patient_key == cols.patient, c.c.decision == decision, self._valid(c)]
-        if not any_org:
-            conditions.append(or_(c.c.grantee_org_id == self.own_org, c.c.grantee_org_id.is_(None)))
-        if category is not None:
-            conditions.append(c.c.category.in_([category, "*"]))
-        elif cols.category is not None:
-            conditions.append(or_(c.c.category == "*", c.c.category == cols.category))
-        else:
-            conditions.append(c.c.category == "*")
-        return exists(select(c.c.id).where(*conditions))
-
-    def _btg(self, cols: RecordColumns) -> ColumnElement[bool]:
-        b = btg_grants
-        assert cols.patient is not None  # noqa: S101
-        return exists(
-            select(b.c.id).where(
-                b.c.patient_key == cols.patient,
-                b.c.principal_kind == self.principal_kind,
-                b.c.principal_id == self.principal_id,
-                b.c.granted_at <= self.now,
-                b.c.expires_at > self.now,
-            )
-        )
+    def params(self) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            _P_ORG: self.own_org,
+            _P_KIND: self.principal_kind,
+            _P_ID: self.principal_id,
+            _P_NOW: self.now,
+            _P_CATEGORY: self.secondary_use_category or "",
+        }
+        if self.patients is not None:
+            values[_P_PATIENTS] = sorted(self.patients)
+        return values
 
 
 @dataclass(frozen=True, slots=True)

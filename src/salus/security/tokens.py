@@ -43,7 +43,7 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from salus.db.engine import Database
-from salus.db.tables import clients, organizations, role_grants, used_jtis, users
+from salus.db.tables import clients, organizations, used_jtis, users
 from salus.db.types import utcnow
 from salus.errors import ConfigurationError, InvalidInput, NotAuthenticated, Unavailable
 from salus.security.principal import AuthMethod, Principal, PrincipalKind
@@ -144,10 +144,13 @@ class OidcConfig:
     def from_settings(cls, settings: Settings) -> OidcConfig | None:
         if not settings.auth_oidc_issuer or not settings.auth_oidc_jwks_url:
             return None
-        return cls(issuer=settings.auth_oidc_issuer, jwks_url=settings.auth_oidc_jwks_url,
-                   audience=settings.auth_oidc_audience or settings.base_url(),
-                   org_claim=settings.auth_oidc_org_claim,
-                   roles_claim=settings.auth_oidc_roles_claim)
+        return cls(
+            issuer=settings.auth_oidc_issuer,
+            jwks_url=settings.auth_oidc_jwks_url,
+            audience=settings.auth_oidc_audience or settings.base_url(),
+            org_claim=settings.auth_oidc_org_claim,
+            roles_claim=settings.auth_oidc_roles_claim,
+        )
 
 
 def narrow_scopes(requested: Iterable[str], allowed: Iterable[str]) -> frozenset[str]:
@@ -187,8 +190,11 @@ def _parse(text: str) -> Scope | None:
 
 
 def _covers(big: Scope, small: Scope) -> bool:
-    return (big.context == small.context and big.resource_type in ("*", small.resource_type)
-            and small.permissions <= big.permissions)
+    return (
+        big.context == small.context
+        and big.resource_type in ("*", small.resource_type)
+        and small.permissions <= big.permissions
+    )
 
 
 # -- decoding helpers -------------------------------------------------------------------
@@ -243,14 +249,21 @@ def _pyjwk(jwk: Mapping[str, Any], alg: str, noun: str) -> jwt.PyJWK:
         raise NotAuthenticated(f"The {noun} signing key is not usable.") from None
 
 
-def _decode(token: str, key: Any, alg: str, *, audience: str, issuer: str, required: list[str],
-            noun: str) -> dict[str, Any]:
+def _decode(
+    token: str, key: Any, alg: str, *, audience: str, issuer: str, required: list[str], noun: str
+) -> dict[str, Any]:
     """Verify signature, iss and aud (times are checked by :func:`_check_times`)."""
-    options: jwt.types.Options = {"require": required, "verify_exp": False, "verify_nbf": False,
-                                  "verify_iat": False, "enforce_minimum_key_length": True}
+    options: jwt.types.Options = {
+        "require": required,
+        "verify_exp": False,
+        "verify_nbf": False,
+        "verify_iat": False,
+        "enforce_minimum_key_length": True,
+    }
     try:
-        claims = jwt.decode(token, key, algorithms=[alg], audience=audience, issuer=issuer,
-                            options=options)
+        claims = jwt.decode(
+            token, key, algorithms=[alg], audience=audience, issuer=issuer, options=options
+        )
     except jwt.InvalidSignatureError:
         what = "token" if noun == _ACCESS else noun
         raise NotAuthenticated(f"The {what} signature is not valid.") from None
@@ -323,8 +336,15 @@ _STILL_ACTIVE = {
     for table in (users, clients)
 }
 _CLIENT_ROW = (
-    select(clients.c.id, clients.c.org_id, clients.c.auth_method, clients.c.jwks,
-           clients.c.secret_hash, clients.c.active, organizations.c.active.label("org_active"))
+    select(
+        clients.c.id,
+        clients.c.org_id,
+        clients.c.auth_method,
+        clients.c.jwks,
+        clients.c.secret_hash,
+        clients.c.active,
+        organizations.c.active.label("org_active"),
+    )
     .select_from(clients.join(organizations, clients.c.org_id == organizations.c.id))
     .where(clients.c.id == bindparam("id"))
 )
@@ -368,8 +388,11 @@ class _RemoteJwks:
         import httpx  # only deployments with an external provider need it
 
         try:
-            response = httpx.get(self.config.jwks_url, timeout=self.config.timeout,
-                                 headers={"Accept": "application/json"})
+            response = httpx.get(
+                self.config.jwks_url,
+                timeout=self.config.timeout,
+                headers={"Accept": "application/json"},
+            )
             response.raise_for_status()
             document = response.json()
         except (httpx.HTTPError, ValueError):
@@ -377,9 +400,14 @@ class _RemoteJwks:
         found = document.get("keys") if isinstance(document, dict) else None
         if not isinstance(found, list):
             raise Unavailable("The identity provider's JWK Set is not valid.")
-        return {jwk["kid"]: jwk for jwk in found
-                if isinstance(jwk, dict) and isinstance(jwk.get("kid"), str)
-                and jwk.get("kty") in ("EC", "RSA") and jwk.get("use", "sig") == "sig"}
+        return {
+            jwk["kid"]: jwk
+            for jwk in found
+            if isinstance(jwk, dict)
+            and isinstance(jwk.get("kid"), str)
+            and jwk.get("kty") in ("EC", "RSA")
+            and jwk.get("use", "sig") == "sig"
+        }
 
 
 class TokenService:
@@ -389,9 +417,18 @@ class TokenService:
     ``algorithms`` are those accepted on Salus's own tokens.
     """
 
-    def __init__(self, db: Database, keys: SigningKeys, *, issuer: str, audience: str, ttl: int,
-                 oidc: OidcConfig | None = None, clock: Callable[[], datetime] = utcnow,
-                 algorithms: Collection[str] = ("ES256", "RS256")) -> None:
+    def __init__(
+        self,
+        db: Database,
+        keys: SigningKeys,
+        *,
+        issuer: str,
+        audience: str,
+        ttl: int,
+        oidc: OidcConfig | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        algorithms: Collection[str] = ("ES256", "RS256"),
+    ) -> None:
         if oidc is not None and oidc.issuer == issuer:
             raise ConfigurationError("The external OIDC issuer must differ from Salus's own.")
         self.db, self.keys, self.issuer, self.audience = db, keys, issuer, audience
@@ -423,16 +460,24 @@ class TokenService:
             raise ConfigurationError("The active signing key's algorithm is not accepted.")
         now = int(self.clock().timestamp())
         claims: dict[str, Any] = {
-            "iss": self.issuer, "sub": principal.id, "aud": self.audience,
-            "iat": now, "nbf": now, "exp": now + self.ttl, "jti": secrets.token_urlsafe(16),
-            "scope": " ".join(sorted(granted)), "org": principal.org_id,
-            "kind": principal.kind.value, "roles": sorted(principal.roles),
+            "iss": self.issuer,
+            "sub": principal.id,
+            "aud": self.audience,
+            "iat": now,
+            "nbf": now,
+            "exp": now + self.ttl,
+            "jti": secrets.token_urlsafe(16),
+            "scope": " ".join(sorted(granted)),
+            "org": principal.org_id,
+            "kind": principal.kind.value,
+            "roles": sorted(principal.roles),
             "amr": [principal.auth_method.value],
         }
         if principal.client_id is not None:
             claims["client_id"] = principal.client_id
-        token = jwt.encode(claims, key.private_key, algorithm=key.alg,
-                           headers={"kid": key.kid, "typ": "at+jwt"})
+        token = jwt.encode(
+            claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": "at+jwt"}
+        )
         return IssuedToken(token, self.ttl, claims["scope"])
 
     # -- verifying -------------------------------------------------------------------
@@ -457,9 +502,15 @@ class TokenService:
             raise NotAuthenticated("The token signing key has been retired.")
         if record.alg != alg:
             raise NotAuthenticated(f"The {_ACCESS} algorithm does not match its key.")
-        claims = _decode(token, record.public_key, alg, audience=self.audience,
-                         issuer=self.issuer, noun=_ACCESS,
-                         required=["exp", "iat", "iss", "aud", "sub", "jti", "org", "kind"])
+        claims = _decode(
+            token,
+            record.public_key,
+            alg,
+            audience=self.audience,
+            issuer=self.issuer,
+            noun=_ACCESS,
+            required=["exp", "iat", "iss", "aud", "sub", "jti", "org", "kind"],
+        )
         _check_times(claims, self.clock().timestamp(), _ACCESS)
         principal = _principal_from_claims(claims)
         self._check_still_active(principal)
@@ -480,8 +531,9 @@ class TokenService:
         if not row.active:
             raise NotAuthenticated(f"The {who} is disabled.")
 
-    def _verify_oidc(self, token: str, alg: str, header: Mapping[str, Any],
-                     oidc: OidcConfig) -> Principal:
+    def _verify_oidc(
+        self, token: str, alg: str, header: Mapping[str, Any], oidc: OidcConfig
+    ) -> Principal:
         """An external provider's token: OIDC Core §10.1.1 keys, RFC 9068 §4 validation."""
         if alg not in oidc.algorithms:
             raise NotAuthenticated(f"The {_ACCESS} algorithm is not accepted.")
@@ -489,8 +541,15 @@ class TokenService:
         key = self._remote.key(_kid(header, _ACCESS), alg)
         if key is None:
             raise NotAuthenticated("The token signing key is not known.")
-        claims = _decode(token, key, alg, audience=oidc.audience, issuer=oidc.issuer,
-                         required=["exp", "iat", "iss", "aud", "sub"], noun=_ACCESS)
+        claims = _decode(
+            token,
+            key,
+            alg,
+            audience=oidc.audience,
+            issuer=oidc.issuer,
+            required=["exp", "iat", "iss", "aud", "sub"],
+            noun=_ACCESS,
+        )
         _check_times(claims, self.clock().timestamp(), _ACCESS)
         org_id = _claim_path(claims, oidc.org_claim)
         if not isinstance(org_id, str) or not org_id:
@@ -505,13 +564,20 @@ class TokenService:
             raise NotAuthenticated("The organization is disabled.")
         roles = _known_roles(_claim_path(claims, oidc.roles_claim))
         jti = claims.get("jti")
-        return Principal(kind=PrincipalKind.USER, id=str(claims["sub"]), org_id=org_id,
-                         roles=roles, scopes=scopes_for_roles(roles), auth_method=AuthMethod.OIDC,
-                         token_id=jti if isinstance(jti, str) else None)
+        return Principal(
+            kind=PrincipalKind.USER,
+            id=str(claims["sub"]),
+            org_id=org_id,
+            roles=roles,
+            scopes=scopes_for_roles(roles),
+            auth_method=AuthMethod.OIDC,
+            token_id=jti if isinstance(jti, str) else None,
+        )
 
     # -- client authentication -------------------------------------------------------
-    def authenticate_client_assertion(self, assertion: str, *,
-                                      token_endpoint_url: str) -> ClientIdentity:
+    def authenticate_client_assertion(
+        self, assertion: str, *, token_endpoint_url: str
+    ) -> ClientIdentity:
         """Authenticate a client by a signed JWT (RFC 7523 §3, SMART Backend Services).
 
         The JWT must be signed by a key of the client's registered JWK Set
@@ -530,13 +596,25 @@ class TokenService:
         if row is None or row.auth_method != AuthMethod.PRIVATE_KEY_JWT.value:
             raise NotAuthenticated("The client is not registered for private_key_jwt.")
         registered = row.jwks.get("keys", []) if isinstance(row.jwks, dict) else []
-        jwk = next((k for k in registered if isinstance(k, dict) and k.get("kid") == kid
-                    and k.get("use", "sig") == "sig"), None)
+        jwk = next(
+            (
+                k
+                for k in registered
+                if isinstance(k, dict) and k.get("kid") == kid and k.get("use", "sig") == "sig"
+            ),
+            None,
+        )
         if jwk is None:
             raise NotAuthenticated(f"The {_ASSERTION} key (kid) is not registered for this client.")
-        claims = _decode(assertion, _pyjwk(jwk, alg, _ASSERTION), alg,
-                         audience=token_endpoint_url, issuer=client_id,
-                         required=["iss", "sub", "aud", "exp", "jti"], noun=_ASSERTION)
+        claims = _decode(
+            assertion,
+            _pyjwk(jwk, alg, _ASSERTION),
+            alg,
+            audience=token_endpoint_url,
+            issuer=client_id,
+            required=["iss", "sub", "aud", "exp", "jti"],
+            noun=_ASSERTION,
+        )
         now = self.clock()
         exp = _check_times(claims, now.timestamp(), _ASSERTION)
         if exp > now.timestamp() + ASSERTION_MAX_LIFETIME + LEEWAY:
@@ -559,8 +637,11 @@ class TokenService:
             insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
             inserted = conn.execute(
                 insert(used_jtis)
-                .values(client_id=client_id, jti=jti,
-                        expires_at=datetime.fromtimestamp(exp + LEEWAY, tz=UTC))
+                .values(
+                    client_id=client_id,
+                    jti=jti,
+                    expires_at=datetime.fromtimestamp(exp + LEEWAY, tz=UTC),
+                )
                 .on_conflict_do_nothing(index_elements=["client_id", "jti"])
                 .returning(used_jtis.c.jti)
             ).scalar_one_or_none()
@@ -587,35 +668,16 @@ class TokenService:
             raise NotAuthenticated("The client is disabled.")
         if _HASHER.check_needs_rehash(stored):
             with self.db.write() as conn:
-                conn.execute(clients.update().where(clients.c.id == client_id)
-                             .values(secret_hash=hash_secret(secret)))
+                conn.execute(
+                    clients.update()
+                    .where(clients.c.id == client_id)
+                    .values(secret_hash=hash_secret(secret))
+                )
         return ClientIdentity(client_id, row.org_id, AuthMethod.CLIENT_SECRET)
 
     def _client_row(self, client_id: str) -> Any:
         with self.db.read() as conn:
             return conn.execute(_CLIENT_ROW, {"id": client_id}).first()
-
-    def client_principal(self, client_id: str, *,
-                         auth_method: AuthMethod | None = None) -> Principal:
-        """An active client as a principal: its roles in its organization and their scopes.
-
-        ``auth_method`` defaults to the client's registered method.
-        """
-        row = self._client_row(client_id)
-        if row is None:
-            raise NotAuthenticated("The client is not known.")
-        if not row.active or not row.org_active:
-            raise NotAuthenticated("The client is disabled.")
-        with self.db.read() as conn:
-            roles = frozenset(str(role) for role in conn.execute(
-                select(role_grants.c.role).where(
-                    role_grants.c.principal_kind == PrincipalKind.CLIENT.value,
-                    role_grants.c.principal_id == client_id,
-                    role_grants.c.org_id == row.org_id,
-                )).scalars())
-        return Principal(kind=PrincipalKind.CLIENT, id=client_id, org_id=row.org_id, roles=roles,
-                         scopes=scopes_for_roles(roles), client_id=client_id,
-                         auth_method=auth_method or AuthMethod(row.auth_method))
 
 
 def _principal_from_claims(claims: Mapping[str, Any]) -> Principal:
@@ -625,14 +687,25 @@ def _principal_from_claims(claims: Mapping[str, Any]) -> Principal:
         auth_method = AuthMethod((claims.get("amr") or [AuthMethod.LOCAL.value])[0])
         scope, roles = claims.get("scope", ""), claims.get("roles", [])
         client_id, org_id = claims.get("client_id"), claims["org"]
-        valid = (kind is not PrincipalKind.SYSTEM and isinstance(scope, str)
-                 and isinstance(org_id, str) and isinstance(roles, list)
-                 and all(isinstance(r, str) for r in roles)
-                 and (client_id is None or isinstance(client_id, str)))
+        valid = (
+            kind is not PrincipalKind.SYSTEM
+            and isinstance(scope, str)
+            and isinstance(org_id, str)
+            and isinstance(roles, list)
+            and all(isinstance(r, str) for r in roles)
+            and (client_id is None or isinstance(client_id, str))
+        )
     except (KeyError, IndexError, TypeError, ValueError):
         valid = False
     if not valid:
         raise NotAuthenticated("The access token claims are not valid.")
-    return Principal(kind=kind, id=str(claims["sub"]), org_id=org_id, roles=frozenset(roles),
-                     scopes=frozenset(scope.split()), auth_method=auth_method,
-                     client_id=client_id, token_id=str(claims["jti"]))
+    return Principal(
+        kind=kind,
+        id=str(claims["sub"]),
+        org_id=org_id,
+        roles=frozenset(roles),
+        scopes=frozenset(scope.split()),
+        auth_method=auth_method,
+        client_id=client_id,
+        token_id=str(claims["jti"]),
+    )

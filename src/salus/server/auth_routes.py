@@ -131,7 +131,8 @@ def install_auth_routes(api: FastAPI) -> None:
             await audit_refusal(request, exc, "/auth/token")
             return _oauth_error(exc, "invalid_client")
         except InvalidInput as exc:
-            return _oauth_error(exc, "invalid_request")
+            scope_error = "scope" in exc.message.lower()
+            return _oauth_error(exc, "invalid_scope" if scope_error else "invalid_request")
         except SalusError as exc:
             return _oauth_error(exc, "invalid_request" if exc.http_status < 500 else "server_error")
         body = TokenResponse(
