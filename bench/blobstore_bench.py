@@ -14,9 +14,13 @@ affects them all alike:
   (AES-256-GCM, 64 KiB segments, per-blob data key).
 
 Objects are distinct random bytes and each contender writes into a fresh folder
-each round, so deduplication never short-circuits a put. Reads are warm-cache
-(dropping the page cache needs root): ``get`` measures CPU and memory work, not
-the disk. Bytes read back are checked outside the timed section.
+each round, so deduplication never short-circuits a put. Each object is read
+twice: warm (``get``, straight after the put, from the page cache: CPU and
+memory work, not the disk), then cold (``cold``: after ``os.sync()``, every file
+under the contender's folder is dropped from the page cache with
+``posix_fadvise(POSIX_FADV_DONTNEED)``, which needs no root; file metadata stays
+cached, and a VM's host may still cache its disk). Bytes read back are checked
+outside the timed sections.
 
 Run from the repository root in the project's virtualenv (under a minute with
 the defaults on a 2-core VM)::
@@ -24,13 +28,14 @@ the defaults on a 2-core VM)::
     python bench/blobstore_bench.py [--objects 300] [--rounds 5] [--warmup 1]
                                     [--size-kib 512] [--dir /tmp] [--json out.json]
 
-Reported per contender: the median over rounds of put and get throughput
-(objects/s; MB/s with MB = 10^6 bytes, with the min-max spread) and of process
-CPU time (user + system) per object, which leaves out waiting for the disk and
-so is steadier than wall time on a shared VM. Encryption cost is
-``(median time encrypted / median time unencrypted - 1) * 100``, for wall and
-CPU time, plus the wall-time ratio round by round. Timing assertions belong
-here, not in the test suite.
+Reported per contender and operation (put, warm get, cold get): the median over
+rounds of throughput (objects/s; MB/s with MB = 10^6 bytes, with the min-max
+spread), of wall time per object and of process CPU time (user + system) per
+object, which leaves out waiting for the disk and so is steadier than wall time
+on a shared VM. Encryption cost is ``(median time encrypted / median time
+unencrypted - 1) * 100``, for wall and CPU time, plus the wall-time ratio round
+by round (median, min, max) and the difference in ms per object. Timing
+assertions belong here, not in the test suite.
 """
 
 from __future__ import annotations
@@ -60,17 +65,20 @@ from salus.storage.objects import FileObjectStore
 PLAIN, STORE, SEALED = "plain files", "filesystem store", "filesystem store + encryption"
 CONTENDERS = (PLAIN, STORE, SEALED)
 TARGET_PCT = 15.0
+OPS = {"put": "put", "get": "warm get", "cold": "cold get"}
 
 Putter = Callable[[bytes, str], str]
-Getter = Callable[[str], bytes]
+Getter = Callable[[str], bytes | bytearray]
 
 
 class Cost(TypedDict):
-    """Encryption cost, %: of median wall times, of median CPU times, round by round."""
+    """Encryption cost, %: of median wall times, of median CPU times, round by round;
+    and the extra median wall time per object, ms."""
 
     wall: float
     cpu: float
     rounds: list[float]
+    ms_per_obj: float
 
 
 def _fsync_dir(path: Path) -> None:
@@ -124,6 +132,21 @@ def make_contender(name: str, work: Path) -> tuple[Putter, Getter]:
     return (lambda data, _name: store.put(data).digest), store.get
 
 
+def evict(folder: Path) -> int:
+    """Write back, then drop from the page cache, every file under ``folder``."""
+    os.sync()  # DONTNEED leaves dirty pages in place
+    count = 0
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+            count += 1
+    return count
+
+
 def _timed(action: Callable[[], object]) -> tuple[float, float]:
     """Run ``action``; returns (wall seconds, CPU seconds of this process, user + system)."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -132,7 +155,8 @@ def _timed(action: Callable[[], object]) -> tuple[float, float]:
 
 
 def run_round(name: str, work: Path, objects: list[bytes], names: list[str]) -> dict[str, float]:
-    """Put then get all objects in a fresh folder; returns wall and CPU seconds of each."""
+    """Put, get warm, then get cold all objects in a fresh folder; returns wall and CPU
+    seconds of each phase."""
     work.mkdir(parents=True)
     ids: list[str] = []
     try:
@@ -146,9 +170,15 @@ def run_round(name: str, work: Path, objects: list[bytes], names: list[str]) -> 
                 get(obj_id)
 
         get_s, get_cpu = _timed(get_all)
+        if evict(work / "objects") < len(ids):
+            raise SystemExit(f"{name}: fewer files than objects to evict")
+        cold_s, cold_cpu = _timed(get_all)
         if any(get(obj_id) != data for obj_id, data in zip(ids, objects, strict=True)):
             raise SystemExit(f"{name}: bytes read back differ from bytes written")
-        return {"put": put_s, "get": get_s, "put_cpu": put_cpu, "get_cpu": get_cpu}
+        return {
+            "put": put_s, "get": get_s, "cold": cold_s,
+            "put_cpu": put_cpu, "get_cpu": get_cpu, "cold_cpu": cold_cpu,
+        }  # fmt: skip
     finally:
         shutil.rmtree(work)
 
@@ -189,9 +219,10 @@ def filesystem_type(directory: Path) -> str:
 
 def summarise(times: dict[str, list[float]], count: int, size: int) -> dict[str, float]:
     out: dict[str, float] = {}
-    for op in ("put", "get"):
+    for op in OPS:
         rates = sorted(count / t for t in times[op])
         out[f"{op}_median_s"] = statistics.median(times[op])
+        out[f"{op}_ms_per_obj"] = out[f"{op}_median_s"] * 1000 / count
         out[f"{op}_cpu_ms_per_obj"] = statistics.median(times[f"{op}_cpu"]) * 1000 / count
         for key, rate in (("", statistics.median(rates)), ("_min", rates[0]), ("_max", rates[-1])):
             out[f"{op}_obj_per_s{key}"], out[f"{op}_mb_per_s{key}"] = rate, rate * size / 1e6
@@ -199,26 +230,26 @@ def summarise(times: dict[str, list[float]], count: int, size: int) -> dict[str,
 
 
 def markdown(results: dict[str, dict[str, float]], cost: dict[str, Cost]) -> str:
-    head = "| contender |" + "".join(
-        f" {op} obj/s | {op} MB/s (min-max) | {op} CPU ms/obj |" for op in ("put", "get")
-    )
-    lines = [head, "|---|" + "---:|" * 6]
-    for name, r in results.items():
-        cells = [name]
-        for op in ("put", "get"):
-            cells.append(f"{r[f'{op}_obj_per_s']:.0f}")
+    lines = [
+        "| operation | contender | obj/s | MB/s (min-max) | wall ms/obj | CPU ms/obj |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for op, label in OPS.items():
+        for name, r in results.items():
             mb = [r[f"{op}_mb_per_s{key}"] for key in ("", "_min", "_max")]
-            cells.append(f"{mb[0]:.0f} ({mb[1]:.0f}-{mb[2]:.0f})")
-            cells.append(f"{r[f'{op}_cpu_ms_per_obj']:.2f}")
-        lines.append("| " + " | ".join(cells) + " |")
+            lines.append(
+                f"| {label} | {name} | {r[f'{op}_obj_per_s']:.0f} | {mb[0]:.0f} ({mb[1]:.0f}-"
+                f"{mb[2]:.0f}) | {r[f'{op}_ms_per_obj']:.3f} | {r[f'{op}_cpu_ms_per_obj']:.3f} |"
+            )
     lines.append("")
-    for op in ("put", "get"):
-        c = cost[op]
+    for op, label in OPS.items():
+        c, rounds = cost[op], cost[op]["rounds"]
         verdict = "within" if c["wall"] <= TARGET_PCT else "OVER"
         lines.append(
-            f"- encryption cost on {op}: {c['wall']:+.1f}% wall time ({verdict} the "
-            f"{TARGET_PCT:.0f}% target; round by round {min(c['rounds']):+.0f}% to "
-            f"{max(c['rounds']):+.0f}%), {c['cpu']:+.1f}% CPU time"
+            f"- encryption cost on {label}: {c['wall']:+.1f}% wall time ({verdict} the "
+            f"{TARGET_PCT:.0f}% target; round by round median {statistics.median(rounds):+.0f}%, "
+            f"{min(rounds):+.0f}% to {max(rounds):+.0f}%), {c['ms_per_obj']:+.3f} ms/object, "
+            f"{c['cpu']:+.1f}% CPU time"
         )
     return "\n".join(lines)
 
@@ -249,9 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in order:
                 got = run_round(name, root / f"r{rnd}-{name[:5]}", objects, names)
                 label = f"round {rnd + 1}/{args.rounds}" if rnd >= 0 else "warm-up"
-                print(
-                    f"{label} {name}: put {got['put']:.3f}s get {got['get']:.3f}s", file=sys.stderr
-                )
+                phases = " ".join(f"{op} {got[op]:.3f}s" for op in OPS)
+                print(f"{label} {name}: {phases}", file=sys.stderr)
                 if rnd >= 0:
                     for metric, value in got.items():
                         times[name].setdefault(metric, []).append(value)
@@ -267,8 +297,9 @@ def main(argv: list[str] | None = None) -> int:
             rounds=[
                 (a / b - 1) * 100 for a, b in zip(times[SEALED][op], times[STORE][op], strict=True)
             ],
+            ms_per_obj=sealed[f"{op}_ms_per_obj"] - store[f"{op}_ms_per_obj"],
         )
-        for op in ("put", "get")
+        for op in OPS
     }
     print(
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['filesystem']} "
@@ -277,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{args.objects} objects of {args.size_kib} KiB per round, {args.rounds} rounds, "
-        "medians over rounds; reads are warm-cache.\n"
+        "medians over rounds; warm gets from the page cache, cold gets after "
+        "posix_fadvise(DONTNEED).\n"
     )
     print(markdown(results, cost))
     if args.json is not None:
