@@ -310,3 +310,15 @@ def test_stale_temporaries_are_cleaned(tmp_path: Path) -> None:
     assert objects.remove_stale_temporaries(max_age=0) == 1
     assert list(objects.list()) == []
     writer.abort()
+
+
+def test_whole_puts_larger_than_the_sealing_buffer(tmp_path: Path) -> None:
+    store = BlobStore(
+        FileObjectStore(tmp_path / "blobs"), FileKeyProvider.create(tmp_path / "k.json")
+    )
+    data = os.urandom(9 * 1024 * 1024 + 12345)
+    ref = store.put(data)
+    assert store.get(ref.digest) == data
+    assert store.verify(ref.digest) == ref
+    small = store.put(b"after a large one")  # the buffer is reused, not stale
+    assert store.get(small.digest) == b"after a large one"

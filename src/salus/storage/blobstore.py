@@ -42,7 +42,7 @@ _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _READ_CHUNK = 1024 * 1024
 _SEALED_SEGMENT = SEGMENT_SIZE + TAG_SIZE
 #: Sealed segments read per call when streaming (about 1 MiB).
-_SEGMENTS_PER_READ = 16
+_SEGMENTS_PER_READ = 4
 
 
 class BlobNotFound(NotFound):
@@ -130,6 +130,18 @@ class _SegmentWriter:
 _scratch = threading.local()
 
 
+#: Largest buffer a thread keeps for sealing whole puts; bigger blobs go in pieces.
+_PUT_BUFFER_MAX = 8 * 1024 * 1024
+
+
+def _put_buffer(wanted: int) -> bytearray:
+    buffer: bytearray | None = getattr(_scratch, "put", None)
+    size = min(max(wanted, _SEALED_SEGMENT), _PUT_BUFFER_MAX)
+    if buffer is None or len(buffer) < size:
+        buffer = _scratch.put = bytearray(size)
+    return buffer
+
+
 def _scratch_buffer() -> bytearray:
     """A per-thread buffer for sealed segments (reads allocate nothing per call)."""
     buffer: bytearray | None = getattr(_scratch, "buffer", None)
@@ -172,14 +184,19 @@ class BlobStore:
                 writer.write(data)
             else:
                 sealer = SegmentSealer(self.keys)
-                sealed = bytearray(ciphertext_size(size))
                 final = segment_count(size) - 1
-                with memoryview(sealed) as out:
+                # Seal into a per-thread buffer reused across puts (a fresh buffer per
+                # put costs page faults comparable to the encryption itself).
+                scratch = _put_buffer(ciphertext_size(size))
+                with memoryview(scratch) as buffer:
                     offset = 0
                     for index in range(final + 1):
                         segment = data[index * SEGMENT_SIZE : (index + 1) * SEGMENT_SIZE]
-                        offset += sealer.seal_into(segment, out[offset:], last=index == final)
-                    writer.write(out)
+                        offset += sealer.seal_into(segment, buffer[offset:], last=index == final)
+                        if offset + _SEALED_SEGMENT > len(buffer) and index < final:
+                            writer.write(buffer[:offset])
+                            offset = 0
+                    writer.write(buffer[:offset])
                 meta.update(sealer.finish(_context(digest, size)))
         except BaseException:
             writer.abort()
@@ -233,7 +250,10 @@ class BlobStore:
                 raise ConfigurationError("A blob is encrypted but no key provider is configured.")
             if reader.size != ciphertext_size(size):
                 raise IntegrityError("A stored blob has the wrong length.")
-            return reader, size, SegmentOpener(self.keys, meta, _context(digest, size))
+            opener = SegmentOpener(self.keys, meta, _context(digest, size))
+            if size > _SEGMENTS_PER_READ * SEGMENT_SIZE:
+                reader.prefetch()  # decrypt early batches while later ones are read
+            return reader, size, opener
         except BaseException:
             reader.close()
             raise

@@ -83,6 +83,10 @@ class ObjectReader(Protocol):
         """Fill ``buffer`` from ``start`` (up to the end of the body); returns bytes read."""
         ...
 
+    def prefetch(self) -> None:
+        """Hint that the whole body will be read soon (may do nothing)."""
+        ...
+
     def iter_chunks(self, chunk_size: int = _READ_CHUNK) -> Iterator[bytes]: ...
 
     def close(self) -> None: ...
@@ -220,6 +224,11 @@ class _FileReader:
             offset += len(data)
             length -= len(data)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def prefetch(self) -> None:
+        """Ask the kernel to read the body ahead, so that a caller working on it
+        piece by piece (decrypting) overlaps its work with the disk."""
+        os.posix_fadvise(self._fd, 0, self.size, os.POSIX_FADV_WILLNEED)
 
     def readinto(self, start: int, buffer: memoryview) -> int:
         length = max(0, min(len(buffer), self.size - start))

@@ -141,6 +141,9 @@ class _S3Reader:
             raise IntegrityError("A stored object is shorter than expected.")
         return bytes(data)
 
+    def prefetch(self) -> None:
+        return None
+
     def readinto(self, start: int, buffer: memoryview) -> int:
         data = self.read_range(start, len(buffer))
         buffer[: len(data)] = data
