@@ -21,11 +21,12 @@ from salus.db.migrate import current_revision, head_revision
 from salus.errors import ConfigurationError, Unavailable
 from salus.jobs import JobQueue, JobRegistry
 from salus.security.care import CareService
-from salus.security.directory import Directory, LoginPolicy
+from salus.security.directory import Directory
 from salus.security.edges import EdgeAuthenticator
 from salus.security.orgcache import OrgKinds
 from salus.security.policy import PolicyEngine
 from salus.security.ratelimit import RateLimiter
+from salus.security.signin import LoginPolicy, SignIn
 from salus.security.signing import SigningKeys
 from salus.security.tokens import OidcConfig, TokenService
 from salus.storage.blobstore import BlobStore, RewrapReport
@@ -110,6 +111,7 @@ class Services:
     signing_keys: SigningKeys
     tokens: TokenService
     directory: Directory
+    signin: SignIn
     care: CareService
     policy: PolicyEngine
     org_kinds: OrgKinds
@@ -150,10 +152,9 @@ class Services:
             ttl=settings.auth_token_ttl,
             oidc=OidcConfig.from_settings(settings),
         )
-        directory = Directory(
-            db,
-            audit,
-            sealer,
+        directory = Directory(db, audit, sealer)
+        signin = SignIn(
+            directory,
             login_policy=LoginPolicy(
                 max_failures=settings.login_max_failures,
                 lockout=timedelta(seconds=settings.login_lockout_seconds),
@@ -170,6 +171,7 @@ class Services:
             signing_keys=signing_keys,
             tokens=tokens,
             directory=directory,
+            signin=signin,
             care=CareService(db, audit, btg_minutes=settings.break_glass_minutes),
             policy=PolicyEngine(org_kinds.kind),
             org_kinds=org_kinds,
@@ -179,7 +181,7 @@ class Services:
         )
         services.rewrappers.append(Rewrapper("blobs", blobs.rewrap))
         services.rewrappers.append(Rewrapper("signing keys", _counted(signing_keys.rewrap)))
-        services.rewrappers.append(Rewrapper("second factors", _counted(directory.rewrap_totp)))
+        services.rewrappers.append(Rewrapper("second factors", _counted(signin.rewrap_totp)))
         return services
 
     def value_sealer(self) -> ValueSealer | None:

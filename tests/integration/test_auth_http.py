@@ -202,7 +202,7 @@ def test_login_with_totp_and_lockout(world: World) -> None:
         password=PASSWORD,
         roles=["clinician"],
     )
-    secret = pyotp.parse_uri(directory.enroll_totp(SYSTEM, uid)).secret
+    secret = pyotp.parse_uri(world.services.signin.enroll_totp(SYSTEM, uid)).secret
     missing = world.client.post("/auth/login", json={"username": "nurse.kim", "password": PASSWORD})
     assert (
         missing.status_code == 401 and "one-time code" in missing.json()["issue"][0]["diagnostics"]

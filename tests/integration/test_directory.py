@@ -16,9 +16,10 @@ from salus.audit.verify import verify_chain
 from salus.db import Database
 from salus.db.tables import audit_events, users
 from salus.errors import Conflict, Forbidden, InvalidInput, NotAuthenticated
-from salus.security.directory import Directory, LoginPolicy
+from salus.security.directory import Directory
 from salus.security.edges import EdgeAuthenticator
 from salus.security.principal import AuthMethod, Principal, PrincipalKind
+from salus.security.signin import LoginPolicy, SignIn
 from salus.storage.envelope import ValueSealer
 from salus.storage.keys import FileKeyProvider
 
@@ -42,19 +43,23 @@ def clock() -> Clock:
 @pytest.fixture
 def directory(db: Database, tmp_path: Path, clock: Clock) -> Directory:
     sealer = ValueSealer(FileKeyProvider.create(tmp_path / "k.json"))
-    d = Directory(
-        db,
-        AuditLog(db),
-        sealer,
-        login_policy=LoginPolicy(max_failures=3, lockout=timedelta(minutes=10)),
-        clock=clock,
-    )
+    d = Directory(db, AuditLog(db), sealer, clock=clock)
     for org, kind in [("ops", "operator"), ("hosp-a", "hospital"), ("hosp-b", "hospital")]:
         d.create_organization(SYSTEM, org, org.upper(), kind)
     return d
 
 
+@pytest.fixture
+def signin(directory: Directory, clock: Clock) -> SignIn:
+    return SignIn(
+        directory,
+        login_policy=LoginPolicy(max_failures=3, lockout=timedelta(minutes=10)),
+        clock=clock,
+    )
+
+
 def admin_of(directory: Directory, org: str) -> Principal:
+    signin = SignIn(directory)
     uid = directory.create_user(
         SYSTEM,
         username=f"admin-{org}",
@@ -63,10 +68,10 @@ def admin_of(directory: Directory, org: str) -> Principal:
         password=PASSWORD,
         roles=["administrator"],
     )
-    return directory.user_principal(uid)
+    return signin.user_principal(uid)
 
 
-def test_login_and_password_hash(directory: Directory, db: Database) -> None:
+def test_login_and_password_hash(directory: Directory, db: Database, signin: SignIn) -> None:
     uid = directory.create_user(
         SYSTEM,
         username="nguyen.an",
@@ -75,7 +80,7 @@ def test_login_and_password_hash(directory: Directory, db: Database) -> None:
         password=PASSWORD,
         roles=["clinician"],
     )
-    principal = directory.login("nguyen.an", PASSWORD, None, "10.0.0.7")
+    principal = signin.login("nguyen.an", PASSWORD, None, "10.0.0.7")
     assert principal.id == uid and principal.org_id == "hosp-a"
     assert principal.roles == {"clinician"} and "user/*.cruds" in principal.scopes
     assert principal.auth_method is AuthMethod.PASSWORD and principal.address == "10.0.0.7"
@@ -84,29 +89,31 @@ def test_login_and_password_hash(directory: Directory, db: Database) -> None:
     assert stored.startswith("$argon2id$") and PASSWORD not in stored
 
 
-def test_wrong_credentials_say_nothing_specific(directory: Directory) -> None:
+def test_wrong_credentials_say_nothing_specific(directory: Directory, signin: SignIn) -> None:
     directory.create_user(
         SYSTEM, username="user1", org_id="hosp-a", display_name="", password=PASSWORD
     )
     messages = set()
     for username, password in [("user1", "wrong password!!"), ("nobody", PASSWORD)]:
         with pytest.raises(NotAuthenticated) as caught:
-            directory.login(username, password, None)
+            signin.login(username, password, None)
         messages.add(caught.value.message)
     assert messages == {"Invalid username, password or one-time code."}
 
 
-def test_lockout_after_repeated_failures(directory: Directory, clock: Clock, db: Database) -> None:
+def test_lockout_after_repeated_failures(
+    directory: Directory, clock: Clock, db: Database, signin: SignIn
+) -> None:
     directory.create_user(
         SYSTEM, username="user2", org_id="hosp-a", display_name="", password=PASSWORD
     )
     for _ in range(3):
         with pytest.raises(NotAuthenticated):
-            directory.login("user2", "not the password", None)
+            signin.login("user2", "not the password", None)
     with pytest.raises(NotAuthenticated, match="locked"):
-        directory.login("user2", PASSWORD, None)  # even the right password
+        signin.login("user2", PASSWORD, None)  # even the right password
     clock.now += timedelta(minutes=11)
-    assert directory.login("user2", PASSWORD, None).roles == frozenset()
+    assert signin.login("user2", PASSWORD, None).roles == frozenset()
     with db.read() as conn:
         refusals = (
             conn.execute(select(audit_events.c.description).where(audit_events.c.outcome == 4))
@@ -118,47 +125,47 @@ def test_lockout_after_repeated_failures(directory: Directory, clock: Clock, db:
     assert all(PASSWORD not in r and "not the password" not in r for r in refusals)
 
 
-def test_admin_unlocks(directory: Directory) -> None:
+def test_admin_unlocks(directory: Directory, signin: SignIn) -> None:
     uid = directory.create_user(
         SYSTEM, username="user3", org_id="hosp-a", display_name="", password=PASSWORD
     )
     for _ in range(3):
         with pytest.raises(NotAuthenticated):
-            directory.login("user3", "not the password", None)
+            signin.login("user3", "not the password", None)
     directory.unlock_user(admin_of(directory, "hosp-a"), uid)
-    assert directory.login("user3", PASSWORD, None).id == uid
+    assert signin.login("user3", PASSWORD, None).id == uid
 
 
-def test_totp_second_factor(directory: Directory, db: Database) -> None:
+def test_totp_second_factor(directory: Directory, db: Database, signin: SignIn) -> None:
     uid = directory.create_user(
         SYSTEM, username="user4", org_id="hosp-a", display_name="", password=PASSWORD
     )
-    uri = directory.enroll_totp(SYSTEM, uid)
+    uri = signin.enroll_totp(SYSTEM, uid)
     secret = pyotp.parse_uri(uri).secret
     with db.read() as conn:
         sealed = conn.execute(select(users.c.totp_secret).where(users.c.id == uid)).scalar_one()
     assert secret.encode() not in bytes(sealed)  # sealed at rest
     with pytest.raises(NotAuthenticated, match="one-time code is required"):
-        directory.login("user4", PASSWORD, None)
+        signin.login("user4", PASSWORD, None)
     with pytest.raises(NotAuthenticated):
         right = pyotp.TOTP(secret).at(directory.clock())
-        directory.login("user4", PASSWORD, "000000" if right != "000000" else "111111")
+        signin.login("user4", PASSWORD, "000000" if right != "000000" else "111111")
     code = pyotp.TOTP(secret).at(directory.clock())
-    principal = directory.login("user4", PASSWORD, code)
+    principal = signin.login("user4", PASSWORD, code)
     assert principal.auth_method is AuthMethod.PASSWORD_TOTP
 
 
-def test_disabled_user_and_organization(directory: Directory) -> None:
+def test_disabled_user_and_organization(directory: Directory, signin: SignIn) -> None:
     uid = directory.create_user(
         SYSTEM, username="user5", org_id="hosp-b", display_name="", password=PASSWORD
     )
     directory.set_user_active(SYSTEM, uid, False)
     with pytest.raises(NotAuthenticated):
-        directory.login("user5", PASSWORD, None)
+        signin.login("user5", PASSWORD, None)
     directory.set_user_active(SYSTEM, uid, True)
     directory.set_organization_active(SYSTEM, "hosp-b", False)
     with pytest.raises(NotAuthenticated, match="organization"):
-        directory.login("user5", PASSWORD, None)
+        signin.login("user5", PASSWORD, None)
 
 
 def test_password_rules_and_duplicates(directory: Directory) -> None:
@@ -188,7 +195,7 @@ def test_password_rules_and_duplicates(directory: Directory) -> None:
         )
 
 
-def test_authority_rules(directory: Directory) -> None:
+def test_authority_rules(directory: Directory, signin: SignIn) -> None:
     admin_a = admin_of(directory, "hosp-a")
     network = admin_of(directory, "ops")
     with pytest.raises(Forbidden):
@@ -205,7 +212,7 @@ def test_authority_rules(directory: Directory) -> None:
         directory.grant_role(admin_a, PrincipalKind.USER, b_user, "clinician")
     with pytest.raises(Forbidden):
         directory.set_user_active(admin_a, b_user, False)
-    clinician = directory.user_principal(
+    clinician = signin.user_principal(
         directory.create_user(
             SYSTEM,
             username="a-doc",
@@ -231,15 +238,15 @@ def test_authority_rules(directory: Directory) -> None:
         )
 
 
-def test_grants_and_revocation(directory: Directory) -> None:
+def test_grants_and_revocation(directory: Directory, signin: SignIn) -> None:
     uid = directory.create_user(
         SYSTEM, username="user8", org_id="hosp-a", display_name="", password=PASSWORD
     )
     directory.grant_role(SYSTEM, PrincipalKind.USER, uid, "clinician")
     directory.grant_role(SYSTEM, PrincipalKind.USER, uid, "clinician")  # idempotent
-    assert directory.user_principal(uid).roles == {"clinician"}
+    assert signin.user_principal(uid).roles == {"clinician"}
     directory.revoke_role(SYSTEM, PrincipalKind.USER, uid, "clinician")
-    assert directory.user_principal(uid).roles == frozenset()
+    assert signin.user_principal(uid).roles == frozenset()
 
 
 def test_clients(directory: Directory) -> None:
@@ -335,15 +342,15 @@ def test_every_change_is_audited_and_chained(directory: Directory, db: Database)
     assert verify_chain(db).ok
 
 
-def test_totp_rewrap_after_rotation(directory: Directory, tmp_path: Path) -> None:
+def test_totp_rewrap_after_rotation(directory: Directory, tmp_path: Path, signin: SignIn) -> None:
     uid = directory.create_user(
         SYSTEM, username="user10", org_id="hosp-a", display_name="", password=PASSWORD
     )
-    secret = pyotp.parse_uri(directory.enroll_totp(SYSTEM, uid)).secret
+    secret = pyotp.parse_uri(signin.enroll_totp(SYSTEM, uid)).secret
     assert directory.sealer is not None
     provider = directory.sealer._provider  # noqa: SLF001 - the test's own key file
     assert isinstance(provider, FileKeyProvider)
     provider.rotate()
-    assert directory.rewrap_totp() == 1
-    assert directory.rewrap_totp() == 0
-    assert directory.login("user10", PASSWORD, pyotp.TOTP(secret).at(directory.clock())).id == uid
+    assert signin.rewrap_totp() == 1
+    assert signin.rewrap_totp() == 0
+    assert signin.login("user10", PASSWORD, pyotp.TOTP(secret).at(directory.clock())).id == uid

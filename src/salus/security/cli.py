@@ -171,7 +171,7 @@ def user_totp(ctx: click.Context, username: str) -> None:
     """Enrol a TOTP second factor; prints the otpauth:// URI once."""
     with _services(ctx) as services:
         click.echo(
-            services.directory.enroll_totp(_system_principal(), _user_id(services, username))
+            services.signin.enroll_totp(_system_principal(), _user_id(services, username))
         )
 
 

@@ -18,8 +18,9 @@ __all__ = ["OrgKinds"]
 class OrgKinds:
     """``kind(org_id)`` from a snapshot refreshed every ``ttl`` seconds (and on a miss)."""
 
-    def __init__(self, db: Database, ttl: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, db: Database, ttl: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.db = db
         self.ttl = ttl
         self.clock = clock

@@ -19,8 +19,13 @@ __all__ = ["RateLimiter"]
 
 
 class RateLimiter:
-    def __init__(self, limit: int, window: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000) -> None:
+    def __init__(
+        self,
+        limit: int,
+        window: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 100_000,
+    ) -> None:
         self.limit = limit
         self.window = window
         self.clock = clock

@@ -144,7 +144,7 @@ def install_admin_routes(api: FastAPI) -> None:
     @api.post(f"{prefix}/users/{{user_id}}/totp", tags=["admin"])
     async def enroll_totp(request: Request, who: CurrentPrincipal, user_id: str) -> dict[str, str]:
         """Enrol a TOTP second factor; the ``otpauth://`` URI is shown only now."""
-        uri = await asyncio.to_thread(services_of(request).directory.enroll_totp, who, user_id)
+        uri = await asyncio.to_thread(services_of(request).signin.enroll_totp, who, user_id)
         return {"otpauth_uri": uri}
 
     @api.get(f"{prefix}/clients", tags=["admin"])

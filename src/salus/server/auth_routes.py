@@ -147,7 +147,7 @@ def install_auth_routes(api: FastAPI) -> None:
         address = client_address(request) or "unknown"
         services.login_rate.hit(address)
         principal = await asyncio.to_thread(
-            services.directory.login, body.username, body.password, body.code, address
+            services.signin.login, body.username, body.password, body.code, address
         )
         issued = await asyncio.to_thread(services.tokens.issue, principal, scopes=None)
         response = JSONResponse(
