@@ -98,6 +98,7 @@ def _cases(world: World) -> list[tuple[str, str, str, Any, set[str]]]:
 
 def test_matrix(world: World) -> None:
     refused: list[str] = []
+    granted: list[str] = []
     problems: list[str] = []
     for method, path, body, allowed in _cases(world):
         for who in [None, *EVERYONE]:
@@ -112,6 +113,8 @@ def test_matrix(world: World) -> None:
                 request_id=request_id,
             )
             expected_ok = who in allowed
+            if expected_ok:
+                granted.append(request_id)
             if expected_ok and response.status_code >= 400:
                 problems.append(f"{who} {method} {path}: {response.status_code} {response.text}")
             if not expected_ok:
@@ -128,6 +131,11 @@ def test_matrix(world: World) -> None:
         )
     missing = [rid for rid in refused if rid not in audited]
     assert not missing, f"{len(missing)} of {len(refused)} refusals were not audited"
+    with world.services.db.read() as conn:
+        accesses = set(conn.execute(
+            select(audit_events.c.request_id).where(audit_events.c.outcome == 0)).scalars())
+    unaudited = [rid for rid in granted if rid not in accesses]
+    assert not unaudited, f"{len(unaudited)} of {len(granted)} granted requests not audited"
 
 
 def _unique(body: Any, who: str | None) -> Any:

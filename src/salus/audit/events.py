@@ -24,6 +24,7 @@ from enum import IntEnum, StrEnum
 from typing import Any
 
 from salus.errors import InvalidInput
+from salus.logging import request_id_var
 from salus.security.principal import Principal, Purpose
 
 __all__ = [
@@ -261,7 +262,8 @@ class AuditEvent:
         """An event done by ``principal`` (``None``: not authenticated).
 
         Fills ``principal_kind``, ``principal_id``, ``org_id``, ``client_id``
-        and ``address`` from the principal; ``flags`` may be a list of
+        and ``address`` from the principal, and ``request_id`` from the current
+        request's context when not given; ``flags`` may be a list of
         :class:`AuditFlag` values (stored comma-separated).
         """
         return cls(
@@ -277,7 +279,7 @@ class AuditEvent:
             patient_key=patient_key,
             entity=entity,
             description=description,
-            request_id=request_id,
+            request_id=request_id if request_id is not None else request_id_var.get(),
             flags=_join_flags(flags),
             detail=detail,
         )

@@ -471,6 +471,10 @@ class Directory:
                 )
             )
             self._audit(conn, actor, "C", f"{kind.value}/{principal_id}", f"role granted: {role}")
+        else:
+            self._audit(
+                conn, actor, "U", f"{kind.value}/{principal_id}", f"role already held: {role}"
+            )
 
     def grant_role(
         self, actor: Principal, kind: PrincipalKind, principal_id: str, role: str

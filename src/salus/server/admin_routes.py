@@ -62,6 +62,23 @@ class EdgeIdentityIn(BaseModel):
     address: str | None = None
 
 
+async def _audit_read(request: Request, who: Principal, entity: str) -> None:
+    """Directory reads are accesses too: audited like every other."""
+    from salus.audit.events import AuditEvent
+    from salus.logging import request_id_var
+
+    await services_of(request).audit.record_async(
+        AuditEvent.for_principal(
+            who,
+            category="admin",
+            action="R",
+            entity=entity,
+            description="directory read",
+            request_id=request_id_var.get(),
+        )
+    )
+
+
 def _require_admin_role(principal: Principal) -> None:
     if "administrator" not in principal.roles:
         raise Forbidden("Only administrators may use the administration API.")
@@ -74,6 +91,7 @@ def install_admin_routes(api: FastAPI) -> None:
     async def list_organizations(request: Request, who: CurrentPrincipal) -> list[dict[str, Any]]:
         _require_admin_role(who)
         orgs = await asyncio.to_thread(services_of(request).directory.list_organizations)
+        await _audit_read(request, who, "Organization?list")
         return orgs
 
     @api.post(f"{prefix}/organizations", status_code=201, tags=["admin"])
@@ -99,7 +117,9 @@ def install_admin_routes(api: FastAPI) -> None:
     @api.get(f"{prefix}/users", tags=["admin"])
     async def list_users(request: Request, who: CurrentPrincipal) -> list[dict[str, Any]]:
         _require_admin_role(who)
-        return await asyncio.to_thread(services_of(request).directory.list_users, who)
+        rows = await asyncio.to_thread(services_of(request).directory.list_users, who)
+        await _audit_read(request, who, "User?list")
+        return rows
 
     @api.post(f"{prefix}/users", status_code=201, tags=["admin"])
     async def create_user(request: Request, who: CurrentPrincipal, body: UserIn) -> dict[str, str]:
@@ -150,7 +170,9 @@ def install_admin_routes(api: FastAPI) -> None:
     @api.get(f"{prefix}/clients", tags=["admin"])
     async def list_clients(request: Request, who: CurrentPrincipal) -> list[dict[str, Any]]:
         _require_admin_role(who)
-        return await asyncio.to_thread(services_of(request).directory.list_clients, who)
+        rows = await asyncio.to_thread(services_of(request).directory.list_clients, who)
+        await _audit_read(request, who, "Client?list")
+        return rows
 
     @api.post(f"{prefix}/clients", status_code=201, tags=["admin"])
     async def create_client(

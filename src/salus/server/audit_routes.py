@@ -162,9 +162,19 @@ def install_audit_routes(api: FastAPI) -> None:
         count: int = Query(default=100, ge=1, le=500),
         offset: int = Query(default=0, ge=0),
     ) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(
-            services_of(request).care.list_break_glass, who, status, count, offset
+        services = services_of(request)
+        rows = await asyncio.to_thread(services.care.list_break_glass, who, status, count, offset)
+        await services.audit.record_async(
+            AuditEvent.for_principal(
+                who,
+                category="security",
+                action="R",
+                entity="BreakGlass?list",
+                description="break-the-glass review queue read",
+                request_id=request_id_var.get(),
+            )
         )
+        return rows
 
     @api.post("/api/v1/break-glass/reviews/{grant_id}", tags=["care"])
     async def review(
