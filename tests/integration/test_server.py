@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi.testclient import TestClient
 
 from salus.config import Settings
@@ -165,3 +167,82 @@ def test_serve_refuses_unsafe_production_settings(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "SALUS_SECRET_KEY" in result.stderr
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    from datetime import UTC, datetime, timedelta
+    from ipaddress import IPv4Address
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1"))]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_https_with_security_headers(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SALUS_")}
+    env.update(
+        SALUS_DATA_DIR=str(tmp_path / "data"),
+        SALUS_TLS_CERTFILE=str(cert),
+        SALUS_TLS_KEYFILE=str(key),
+        SALUS_JOBS_ENABLED="false",
+    )
+    salus = [sys.executable, "-m", "salus"]
+    subprocess.run([*salus, "init"], env=env, check=True, capture_output=True, timeout=60)
+    port = free_port()
+    proc = subprocess.Popen(
+        [*salus, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"https://127.0.0.1:{port}"
+    trust = ssl.create_default_context(cafile=str(cert))
+    try:
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{base}/health", verify=trust, timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait_for(ready, timeout=30)
+        response = httpx.get(f"{base}/.well-known/smart-configuration", verify=trust)
+        assert response.json()["token_endpoint"] == f"https://127.0.0.1:{port}/auth/token"
+        assert response.headers["strict-transport-security"].startswith("max-age=")
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)  # no plain HTTP
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if proc.stderr:
+            proc.stderr.close()
