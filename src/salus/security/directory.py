@@ -90,6 +90,9 @@ class Directory:
         with self.db.read() as conn:
             return self.org_kind(conn, org_id)
 
+    def _network_wide(self, conn: Connection, actor: Principal) -> bool:
+        return actor.kind is PrincipalKind.SYSTEM or self.org_kind(conn, actor.org_id) == "operator"
+
     def _require_network_admin(self, conn: Connection, actor: Principal) -> None:
         if actor.kind is PrincipalKind.SYSTEM:
             return
@@ -266,7 +269,7 @@ class Directory:
                 users.c.last_login_at,
                 users.c.totp_secret.is_not(None).label("totp"),
             )
-            if self.org_kind(conn, actor.org_id) != "operator":
+            if not self._network_wide(conn, actor):
                 query = query.where(users.c.org_id == actor.org_id)
             rows = [dict(r) for r in conn.execute(query.order_by(users.c.username)).mappings()]
             grants = self._grants_by_principal(conn, PrincipalKind.USER)
@@ -355,7 +358,7 @@ class Directory:
                 clients.c.active,
                 clients.c.created_at,
             )
-            if self.org_kind(conn, actor.org_id) != "operator":
+            if not self._network_wide(conn, actor):
                 query = query.where(clients.c.org_id == actor.org_id)
             rows = [dict(r) for r in conn.execute(query.order_by(clients.c.id)).mappings()]
             grants = self._grants_by_principal(conn, PrincipalKind.CLIENT)
