@@ -209,6 +209,67 @@ def keys_rotate(ctx: click.Context, no_rewrap: bool) -> None:
             services.close()
 
 
+@keys.command("rotate-signing")
+@click.pass_context
+def keys_rotate_signing(ctx: click.Context) -> None:
+    """Sign new access tokens (and audit checkpoints) with a new key.
+
+    The previous key stays published in the JWKS so that tokens it signed keep
+    working until they expire; retire it afterwards with ``retire-signing``.
+    """
+    from salus.audit.events import AuditEvent
+    from salus.security.cli import system_principal
+    from salus.services import Services
+
+    with _errors():
+        services = Services.build(_settings(ctx))
+        try:
+            kid = services.signing_keys.rotate()
+            services.audit.record(
+                [
+                    AuditEvent.for_principal(
+                        system_principal(),
+                        category="admin",
+                        action="E",
+                        entity="SigningKey",
+                        description=f"token signing key rotated: {kid}",
+                    )
+                ]
+            )
+            console.print(f"New signing key: {kid}")
+        finally:
+            services.close()
+
+
+@keys.command("retire-signing")
+@click.argument("kid")
+@click.pass_context
+def keys_retire_signing(ctx: click.Context, kid: str) -> None:
+    """Stop trusting an old signing key (its tokens stop verifying at once)."""
+    from salus.audit.events import AuditEvent
+    from salus.security.cli import system_principal
+    from salus.services import Services
+
+    with _errors():
+        services = Services.build(_settings(ctx))
+        try:
+            services.signing_keys.retire(kid)
+            services.audit.record(
+                [
+                    AuditEvent.for_principal(
+                        system_principal(),
+                        category="admin",
+                        action="E",
+                        entity="SigningKey",
+                        description=f"token signing key retired: {kid}",
+                    )
+                ]
+            )
+            console.print(f"Signing key retired: {kid}")
+        finally:
+            services.close()
+
+
 @keys.command("rewrap")
 @click.pass_context
 def keys_rewrap(ctx: click.Context) -> None:

@@ -20,10 +20,10 @@ from salus.errors import InvalidInput, SalusError
 from salus.security.principal import AuthMethod, Principal, PrincipalKind
 from salus.security.roles import ROLES
 
-__all__ = ["break_glass", "client", "grant", "org", "token", "user"]
+__all__ = ["break_glass", "client", "grant", "org", "system_principal", "token", "user"]
 
 
-def _system_principal(org_id: str = "-") -> Principal:
+def system_principal(org_id: str = "-") -> Principal:
     return Principal(
         kind=PrincipalKind.SYSTEM,
         id=f"cli:{getpass.getuser()}"[:100],
@@ -76,7 +76,7 @@ def org() -> None:
 @click.pass_context
 def org_create(ctx: click.Context, org_id: str, name: str, kind: str) -> None:
     with _services(ctx) as services:
-        services.directory.create_organization(_system_principal(), org_id, name, kind)
+        services.directory.create_organization(system_principal(), org_id, name, kind)
         click.echo(f"organization {org_id} created")
 
 
@@ -92,7 +92,7 @@ def org_list(ctx: click.Context) -> None:
 @click.pass_context
 def org_disable(ctx: click.Context, org_id: str) -> None:
     with _services(ctx) as services:
-        services.directory.set_organization_active(_system_principal(), org_id, False)
+        services.directory.set_organization_active(system_principal(), org_id, False)
         click.echo(f"organization {org_id} disabled")
 
 
@@ -120,7 +120,7 @@ def user_create(
     password = _read_password(password_stdin)
     with _services(ctx) as services:
         user_id = services.directory.create_user(
-            _system_principal(org_id),
+            system_principal(org_id),
             username=username,
             org_id=org_id,
             display_name=display_name,
@@ -134,13 +134,13 @@ def user_create(
 @click.pass_context
 def user_list(ctx: click.Context) -> None:
     with _services(ctx) as services:
-        operator = _system_principal()
+        operator = system_principal()
         rows = services.directory.list_users(operator)
         _echo_json([{k: v for k, v in r.items() if k != "password_hash"} for r in rows])
 
 
 def _user_id(services: Any, username: str) -> str:
-    for row in services.directory.list_users(_system_principal()):
+    for row in services.directory.list_users(system_principal()):
         if row["username"] == username:
             return str(row["id"])
     raise InvalidInput("No such user.")
@@ -151,7 +151,7 @@ def _user_id(services: Any, username: str) -> str:
 @click.pass_context
 def user_disable(ctx: click.Context, username: str) -> None:
     with _services(ctx) as services:
-        services.directory.set_user_active(_system_principal(), _user_id(services, username), False)
+        services.directory.set_user_active(system_principal(), _user_id(services, username), False)
         click.echo(f"user {username} disabled")
 
 
@@ -160,7 +160,7 @@ def user_disable(ctx: click.Context, username: str) -> None:
 @click.pass_context
 def user_enable(ctx: click.Context, username: str) -> None:
     with _services(ctx) as services:
-        services.directory.set_user_active(_system_principal(), _user_id(services, username), True)
+        services.directory.set_user_active(system_principal(), _user_id(services, username), True)
         click.echo(f"user {username} enabled")
 
 
@@ -170,9 +170,7 @@ def user_enable(ctx: click.Context, username: str) -> None:
 def user_totp(ctx: click.Context, username: str) -> None:
     """Enrol a TOTP second factor; prints the otpauth:// URI once."""
     with _services(ctx) as services:
-        click.echo(
-            services.signin.enroll_totp(_system_principal(), _user_id(services, username))
-        )
+        click.echo(services.signin.enroll_totp(system_principal(), _user_id(services, username)))
 
 
 # -- clients ----------------------------------------------------------------------------
@@ -205,7 +203,7 @@ def client_create(
     jwks = json.loads(jwks_file.read_text()) if jwks_file else None
     with _services(ctx) as services:
         created = services.directory.create_client(
-            _system_principal(org_id),
+            system_principal(org_id),
             client_id=client_id,
             org_id=org_id,
             name=name,
@@ -223,7 +221,7 @@ def client_create(
 @click.pass_context
 def client_disable(ctx: click.Context, client_id: str) -> None:
     with _services(ctx) as services:
-        services.directory.set_client_active(_system_principal(), client_id, False)
+        services.directory.set_client_active(system_principal(), client_id, False)
         click.echo(f"client {client_id} disabled")
 
 
@@ -231,7 +229,7 @@ def client_disable(ctx: click.Context, client_id: str) -> None:
 @click.pass_context
 def client_list(ctx: click.Context) -> None:
     with _services(ctx) as services:
-        _echo_json(services.directory.list_clients(_system_principal()))
+        _echo_json(services.directory.list_clients(system_principal()))
 
 
 # -- grants -----------------------------------------------------------------------------
@@ -246,7 +244,7 @@ def grant(ctx: click.Context, kind: str, name: str, role: str, revoke: bool) -> 
     with _services(ctx) as services:
         principal_id = _user_id(services, name) if kind == "user" else name
         method = services.directory.revoke_role if revoke else services.directory.grant_role
-        method(_system_principal(), PrincipalKind(kind), principal_id, role)
+        method(system_principal(), PrincipalKind(kind), principal_id, role)
         click.echo(f"{'revoked' if revoke else 'granted'} {role}")
 
 
@@ -269,7 +267,7 @@ def token_issue(ctx: click.Context, client_id: str, scope: str) -> None:
         services.audit.record(
             [
                 AuditEvent.for_principal(
-                    _system_principal(principal.org_id),
+                    system_principal(principal.org_id),
                     category="auth",
                     action="E",
                     entity=f"Client/{client_id}",
@@ -296,7 +294,7 @@ def break_glass() -> None:
 @click.pass_context
 def btg_list(ctx: click.Context, status: str) -> None:
     with _services(ctx) as services:
-        _echo_json(services.care.list_break_glass(_system_principal(), status))
+        _echo_json(services.care.list_break_glass(system_principal(), status))
 
 
 @break_glass.command("review")
@@ -306,5 +304,5 @@ def btg_list(ctx: click.Context, status: str) -> None:
 @click.pass_context
 def btg_review(ctx: click.Context, grant_id: int, outcome: str, note: str) -> None:
     with _services(ctx) as services:
-        services.care.review_break_glass(_system_principal(), grant_id, outcome, note)
+        services.care.review_break_glass(system_principal(), grant_id, outcome, note)
         click.echo(f"grant {grant_id} {outcome}")
