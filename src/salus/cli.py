@@ -17,50 +17,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from salus import __version__
-from salus.config import Settings, load_settings
+from salus.cliutil import command_errors, console, progress, settings_from
 from salus.errors import SalusError
 
 __all__ = ["main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-console = Console(stderr=False)
-err_console = Console(stderr=True)
-
-
-def _settings(ctx: click.Context, **overrides: Any) -> Settings:
-    base: dict[str, Any] = dict(ctx.obj["overrides"])
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    settings = load_settings(ctx.obj["config"], base)
-    from salus.logging import configure_logging
-
-    configure_logging(settings.log_level, settings.log_format)
-    return settings
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except SalusError as exc:
-        err_console.print(f"[red]error:[/red] {exc.message}", highlight=False)
-        sys.exit(2)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=False,
-    )
+_settings = settings_from
+_errors = command_errors
+_progress = progress
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

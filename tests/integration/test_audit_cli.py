@@ -156,4 +156,4 @@ def test_cli_on_a_database_without_the_schema(settings_factory: Any) -> None:
         },
     )
     assert result.exit_code == 2
-    assert "the audit tables could not be read" in result.output
+    assert "the database could not be used" in result.output

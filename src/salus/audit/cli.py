@@ -9,7 +9,6 @@ lists the accesses to one patient's record. Like the rest of the CLI, a
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -19,8 +18,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from salus.config import Settings, load_settings
-from salus.errors import SalusError
+from salus.cliutil import command_errors, console, settings_from
+from salus.config import Settings
 
 if TYPE_CHECKING:
     from salus.audit.signing import CheckpointSigner
@@ -28,35 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = ["audit", "checkpoint_signer"]
 
-console = Console(stderr=False)
-err_console = Console(stderr=True)
-
-
-def _settings(ctx: click.Context) -> Settings:
-    obj = ctx.find_root().obj or {}
-    settings = load_settings(obj.get("config"), dict(obj.get("overrides") or {}))
-    from salus.logging import configure_logging
-
-    configure_logging(settings.log_level, settings.log_format)
-    return settings
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    try:
-        yield
-    except SalusError as exc:
-        err_console.print(f"[red]error:[/red] {exc.message}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except SQLAlchemyError:
-        err_console.print(
-            "[red]error:[/red] the audit tables could not be read (run `salus migrate`?)",
-            highlight=False,
-            soft_wrap=True,
-        )
-        sys.exit(2)
+_settings = settings_from
+_errors = command_errors
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from salus.audit.events import AuditEvent
+from salus.cliutil import settings_from
 from salus.errors import InvalidInput, SalusError
 from salus.security.principal import AuthMethod, Principal, PrincipalKind
 from salus.security.roles import ROLES
@@ -34,11 +35,10 @@ def system_principal(org_id: str = "-") -> Principal:
 
 @contextmanager
 def _services(ctx: click.Context) -> Iterator[Any]:
-    from salus.cli import _settings
     from salus.services import Services
 
     try:
-        services = Services.build(_settings(ctx))
+        services = Services.build(settings_from(ctx))
     except SalusError as exc:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(2)
