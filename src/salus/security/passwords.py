@@ -15,6 +15,7 @@ __all__ = [
     "MIN_PASSWORD_LENGTH",
     "check_password_strength",
     "hash_password",
+    "needs_rehash",
     "new_totp_secret",
     "totp_uri",
     "verify_password",
@@ -36,6 +37,11 @@ def check_password_strength(password: str) -> None:
 
 def hash_password(password: str) -> str:
     return _HASHER.hash(password)
+
+
+def needs_rehash(stored_hash: str) -> bool:
+    """Whether a hash was made with other parameters than today's (rehash on success)."""
+    return bool(_HASHER.check_needs_rehash(stored_hash))
 
 
 def verify_password(stored_hash: str | None, password: str) -> bool:

@@ -21,42 +21,40 @@ refused, which defeats algorithm confusion), the key is chosen by ``kid``
 among keys Salus trusts, never from the token itself (``jwk``/``jku``
 headers are ignored), and every failure is a :class:`NotAuthenticated` with a
 short message that names the problem, never a secret or patient data.
+
+The JWT checks live in :mod:`salus.security.jwtcheck`, the external provider
+in :mod:`salus.security.oidc`; client secrets are hashed as passwords are
+(:mod:`salus.security.passwords`).
 """
 
 from __future__ import annotations
 
-import base64
-import functools
-import json
 import secrets
-import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jwt
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from salus.db.engine import Database
 from salus.db.tables import clients, organizations, used_jtis, users
 from salus.db.types import utcnow
-from salus.errors import ConfigurationError, InvalidInput, NotAuthenticated, Unavailable
+from salus.errors import ConfigurationError, InvalidInput, NotAuthenticated
+from salus.security import jwtcheck
+from salus.security.jwtcheck import ACCESS_TOKEN, CLIENT_ASSERTION, LEEWAY
+from salus.security.oidc import OidcConfig, OidcVerifier
+from salus.security.passwords import hash_password, needs_rehash, verify_password
 from salus.security.principal import AuthMethod, Principal, PrincipalKind
-from salus.security.roles import ROLES, Scope, parse_scope, scopes_for_roles
+from salus.security.roles import Scope, parse_scope, scopes_for_roles
 from salus.security.signing import SigningKeys
-
-if TYPE_CHECKING:
-    from salus.config import Settings
 
 __all__ = [
     "ASSERTION_ALGORITHMS",
     "ASSERTION_MAX_LIFETIME",
-    "LEEWAY",
     "ClientIdentity",
     "IssuedToken",
     "OidcConfig",
@@ -66,37 +64,22 @@ __all__ = [
     "new_client_secret",
 ]
 
-#: Clock skew tolerated on exp, nbf and iat, in seconds.
-LEEWAY = 30
 #: Client assertions may expire at most this far ahead (SMART Backend Services).
 ASSERTION_MAX_LIFETIME = 300
 #: Algorithms accepted for client assertions (SMART Backend Services: RS384, ES384).
 ASSERTION_ALGORITHMS = ("ES256", "ES384", "RS256", "RS384")
-#: Longest token accepted (a cheap guard against oversized input).
-MAX_TOKEN_LENGTH = 16_384
-_CURVES = {"ES256": "P-256", "ES384": "P-384"}
-_ACCESS, _ASSERTION = "access token", "client assertion"
-_Json = dict[str, Any]
+
 
 # Argon2id (RFC 9106) with OWASP's parameters, as for passwords; client secrets
 # are random (256 bits), so the hash guards a leaked table, not a weak secret.
-_HASHER = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
-
-
 def hash_secret(secret: str) -> str:
     """An Argon2id hash of a client secret (PHC string format)."""
-    return _HASHER.hash(secret)
+    return hash_password(secret)
 
 
 def new_client_secret() -> str:
     """A new random client secret (256 bits, base64url)."""
     return secrets.token_urlsafe(32)
-
-
-@functools.cache
-def _dummy_hash() -> str:
-    """Hashed against when the client is unknown, so that failure costs the same."""
-    return _HASHER.hash(secrets.token_urlsafe(32))
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,36 +104,6 @@ class ClientIdentity:
     auth_method: AuthMethod
     #: The assertion's jti (private_key_jwt only).
     jti: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class OidcConfig:
-    """An external OpenID Connect provider whose access tokens Salus accepts."""
-
-    issuer: str
-    jwks_url: str
-    audience: str
-    org_claim: str = "org"
-    roles_claim: str = "roles"
-    algorithms: tuple[str, ...] = ("RS256", "ES256")
-    #: Seconds for one JWK Set fetch.
-    timeout: float = 5.0
-    #: An unknown kid refetches the JWK Set at most this often (seconds).
-    refetch_interval: float = 60.0
-    #: Cached keys are refetched after this many seconds.
-    max_age: float = 3600.0
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> OidcConfig | None:
-        if not settings.auth_oidc_issuer or not settings.auth_oidc_jwks_url:
-            return None
-        return cls(
-            issuer=settings.auth_oidc_issuer,
-            jwks_url=settings.auth_oidc_jwks_url,
-            audience=settings.auth_oidc_audience or settings.base_url(),
-            org_claim=settings.auth_oidc_org_claim,
-            roles_claim=settings.auth_oidc_roles_claim,
-        )
 
 
 def narrow_scopes(requested: Iterable[str], allowed: Iterable[str]) -> frozenset[str]:
@@ -197,137 +150,6 @@ def _covers(big: Scope, small: Scope) -> bool:
     )
 
 
-# -- decoding helpers -------------------------------------------------------------------
-def _json_segment(part: str) -> Any:
-    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-
-
-def _peek(token: str, allowed: Collection[str], noun: str) -> tuple[str, _Json, _Json]:
-    """Alg (checked against ``allowed``), header and claims, before any verification.
-
-    Only routes the token (which key, which issuer); PyJWT then parses and
-    verifies the same bytes strictly (RFC 7515 §5.2).
-    """
-    header: Any = None
-    claims: Any = None
-    if isinstance(token, str) and len(token) <= MAX_TOKEN_LENGTH and token.count(".") == 2:
-        head, body, _ = token.split(".")
-        try:
-            header, claims = _json_segment(head), _json_segment(body)
-        except (ValueError, TypeError):
-            pass
-    if not isinstance(header, dict) or not isinstance(claims, dict):
-        raise NotAuthenticated(f"The {noun} is malformed.")
-    alg = header.get("alg")
-    if not isinstance(alg, str) or alg.lower() == "none":
-        raise NotAuthenticated("Unsigned tokens are not accepted.")
-    if alg.upper().startswith("HS"):
-        raise NotAuthenticated("Tokens signed with a shared secret (HS*) are not accepted.")
-    if alg not in allowed:
-        raise NotAuthenticated(f"The {noun} algorithm is not accepted.")
-    return alg, header, claims
-
-
-def _kid(header: Mapping[str, Any], noun: str) -> str:
-    kid = header.get("kid")
-    if not isinstance(kid, str) or not kid:
-        raise NotAuthenticated(f"The {noun} names no signing key (kid).")
-    return kid
-
-
-def _pyjwk(jwk: Mapping[str, Any], alg: str, noun: str) -> jwt.PyJWK:
-    """A JWK made usable for ``alg`` only (kty, crv and alg must fit, RFC 7518 §3)."""
-    declared = jwk.get("alg")
-    if declared is not None and declared != alg:
-        raise NotAuthenticated(f"The {noun} algorithm does not match its key.")
-    kty = "EC" if alg.startswith("ES") else "RSA"
-    if jwk.get("kty") != kty or (kty == "EC" and jwk.get("crv") != _CURVES.get(alg)):
-        raise NotAuthenticated(f"The {noun} algorithm does not match its key.")
-    try:
-        return jwt.PyJWK(dict(jwk), algorithm=alg)
-    except jwt.PyJWKError:
-        raise NotAuthenticated(f"The {noun} signing key is not usable.") from None
-
-
-def _decode(
-    token: str, key: Any, alg: str, *, audience: str, issuer: str, required: list[str], noun: str
-) -> dict[str, Any]:
-    """Verify signature, iss and aud (times are checked by :func:`_check_times`)."""
-    options: jwt.types.Options = {
-        "require": required,
-        "verify_exp": False,
-        "verify_nbf": False,
-        "verify_iat": False,
-        "enforce_minimum_key_length": True,
-    }
-    try:
-        claims = jwt.decode(
-            token, key, algorithms=[alg], audience=audience, issuer=issuer, options=options
-        )
-    except jwt.InvalidSignatureError:
-        what = "token" if noun == _ACCESS else noun
-        raise NotAuthenticated(f"The {what} signature is not valid.") from None
-    except jwt.MissingRequiredClaimError as exc:
-        raise NotAuthenticated(f"The {noun} lacks the required '{exc.claim}' claim.") from None
-    except jwt.InvalidAudienceError:
-        where = "this token endpoint" if noun == _ASSERTION else "this server"
-        raise NotAuthenticated(f"The {noun} audience is not {where}.") from None
-    except jwt.InvalidIssuerError:
-        raise NotAuthenticated(f"The {noun} issuer is not trusted.") from None
-    except jwt.InvalidKeyError:
-        raise NotAuthenticated(f"The {noun} signing key is not acceptable.") from None
-    except jwt.InvalidTokenError:
-        raise NotAuthenticated(f"The {noun} is not valid.") from None
-    return dict(claims)
-
-
-def _number(claims: Mapping[str, Any], name: str, noun: str) -> float | None:
-    value = claims.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise NotAuthenticated(f"The {noun} '{name}' claim is not a number.")
-    return float(value)
-
-
-def _check_times(claims: Mapping[str, Any], now: float, noun: str) -> float:
-    """Check exp, nbf and iat (RFC 7519 §4.1.4-6) with :data:`LEEWAY`; returns exp."""
-    exp = _number(claims, "exp", noun)
-    if exp is None:
-        raise NotAuthenticated(f"The {noun} lacks the required 'exp' claim.")
-    if exp <= now - LEEWAY:
-        raise NotAuthenticated(f"The {noun} has expired.")
-    nbf = _number(claims, "nbf", noun)
-    if nbf is not None and nbf > now + LEEWAY:
-        raise NotAuthenticated(f"The {noun} is not valid yet.")
-    iat = _number(claims, "iat", noun)
-    if iat is not None and iat > now + LEEWAY:
-        raise NotAuthenticated(f"The {noun} was issued in the future.")
-    return exp
-
-
-def _claim_path(claims: Mapping[str, Any], name: str) -> Any:
-    """A claim by name, or by dotted path (``realm_access.roles``) when not top-level."""
-    if name in claims:
-        return claims[name]
-    value: Any = claims
-    for part in name.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
-def _known_roles(value: Any) -> frozenset[str]:
-    if isinstance(value, str):
-        names: Iterable[Any] = value.split()
-    elif isinstance(value, list):
-        names = value
-    else:
-        return frozenset()
-    return frozenset(n for n in names if isinstance(n, str) and n in ROLES)
-
-
 # Statements built once (hot paths): the account and its organization, by id.
 _STILL_ACTIVE = {
     table.name: select(table.c.active, table.c.org_id, organizations.c.active.label("org_active"))
@@ -348,66 +170,6 @@ _CLIENT_ROW = (
     .select_from(clients.join(organizations, clients.c.org_id == organizations.c.id))
     .where(clients.c.id == bindparam("id"))
 )
-
-
-class _RemoteJwks:
-    """The external provider's JWK Set, fetched with httpx and cached."""
-
-    def __init__(self, config: OidcConfig) -> None:
-        self.config = config
-        self._lock = threading.Lock()
-        self._keys: dict[str, dict[str, Any]] = {}
-        self._parsed: dict[tuple[str, str], jwt.PyJWK] = {}
-        self._fetched_at: float | None = None
-        self._attempted_at: float | None = None
-
-    def key(self, kid: str, alg: str) -> jwt.PyJWK | None:
-        """The key for ``kid`` usable with ``alg``; None when the provider has none.
-
-        Fetches when nothing is cached or the cache is older than ``max_age``,
-        and for an unknown kid at most every ``refetch_interval`` seconds.
-        """
-        with self._lock:
-            now, cfg = time.monotonic(), self.config
-            fresh = self._fetched_at is not None and now - self._fetched_at < cfg.max_age
-            last = self._attempted_at
-            recent = last is not None and now - last < cfg.refetch_interval
-            if not fresh or (kid not in self._keys and not recent):
-                self._attempted_at = now
-                self._keys = self._fetch()
-                self._parsed.clear()
-                self._fetched_at = now
-            jwk = self._keys.get(kid)
-            if jwk is None:
-                return None
-            if (kid, alg) not in self._parsed:
-                self._parsed[(kid, alg)] = _pyjwk(jwk, alg, _ACCESS)
-            return self._parsed[(kid, alg)]
-
-    def _fetch(self) -> dict[str, dict[str, Any]]:
-        import httpx  # only deployments with an external provider need it
-
-        try:
-            response = httpx.get(
-                self.config.jwks_url,
-                timeout=self.config.timeout,
-                headers={"Accept": "application/json"},
-            )
-            response.raise_for_status()
-            document = response.json()
-        except (httpx.HTTPError, ValueError):
-            raise Unavailable("The identity provider's keys could not be fetched.") from None
-        found = document.get("keys") if isinstance(document, dict) else None
-        if not isinstance(found, list):
-            raise Unavailable("The identity provider's JWK Set is not valid.")
-        return {
-            jwk["kid"]: jwk
-            for jwk in found
-            if isinstance(jwk, dict)
-            and isinstance(jwk.get("kid"), str)
-            and jwk.get("kty") in ("EC", "RSA")
-            and jwk.get("use", "sig") == "sig"
-        }
 
 
 class TokenService:
@@ -434,7 +196,7 @@ class TokenService:
         self.db, self.keys, self.issuer, self.audience = db, keys, issuer, audience
         self.ttl, self.oidc, self.clock = ttl, oidc, clock
         self.algorithms = frozenset(algorithms)
-        self._remote = _RemoteJwks(oidc) if oidc is not None else None
+        self._external = OidcVerifier(oidc, db, clock=clock) if oidc is not None else None
         self._purged_at: float | None = None
 
     # -- issuing ---------------------------------------------------------------------
@@ -488,30 +250,33 @@ class TokenService:
         the provider's keys cannot be fetched.
         """
         oidc_algs = self.oidc.algorithms if self.oidc is not None else ()
-        alg, header, unverified = _peek(token, self.algorithms | set(oidc_algs), _ACCESS)
+        alg, header, unverified = jwtcheck.peek(
+            token, self.algorithms | set(oidc_algs), ACCESS_TOKEN
+        )
         if self.oidc is not None and unverified.get("iss") == self.oidc.issuer:
-            return self._verify_oidc(token, alg, header, self.oidc)
+            assert self._external is not None  # noqa: S101 - set whenever oidc is
+            return self._external.verify(token, alg, header)
         if alg not in self.algorithms:
-            raise NotAuthenticated(f"The {_ACCESS} algorithm is not accepted.")
+            raise NotAuthenticated(f"The {ACCESS_TOKEN} algorithm is not accepted.")
         if header.get("typ") != "at+jwt":
             raise NotAuthenticated("The token is not a Salus access token (typ).")
-        record = self.keys.lookup(_kid(header, _ACCESS))
+        record = self.keys.lookup(jwtcheck.kid(header, ACCESS_TOKEN))
         if record is None:
             raise NotAuthenticated("The token signing key is not known.")
         if record.retired:
             raise NotAuthenticated("The token signing key has been retired.")
         if record.alg != alg:
-            raise NotAuthenticated(f"The {_ACCESS} algorithm does not match its key.")
-        claims = _decode(
+            raise NotAuthenticated(f"The {ACCESS_TOKEN} algorithm does not match its key.")
+        claims = jwtcheck.decode(
             token,
             record.public_key,
             alg,
             audience=self.audience,
             issuer=self.issuer,
-            noun=_ACCESS,
+            noun=ACCESS_TOKEN,
             required=["exp", "iat", "iss", "aud", "sub", "jti", "org", "kind"],
         )
-        _check_times(claims, self.clock().timestamp(), _ACCESS)
+        jwtcheck.check_times(claims, self.clock().timestamp(), ACCESS_TOKEN)
         principal = _principal_from_claims(claims)
         self._check_still_active(principal)
         return principal
@@ -531,49 +296,6 @@ class TokenService:
         if not row.active:
             raise NotAuthenticated(f"The {who} is disabled.")
 
-    def _verify_oidc(
-        self, token: str, alg: str, header: Mapping[str, Any], oidc: OidcConfig
-    ) -> Principal:
-        """An external provider's token: OIDC Core §10.1.1 keys, RFC 9068 §4 validation."""
-        if alg not in oidc.algorithms:
-            raise NotAuthenticated(f"The {_ACCESS} algorithm is not accepted.")
-        assert self._remote is not None  # noqa: S101 - set whenever oidc is
-        key = self._remote.key(_kid(header, _ACCESS), alg)
-        if key is None:
-            raise NotAuthenticated("The token signing key is not known.")
-        claims = _decode(
-            token,
-            key,
-            alg,
-            audience=oidc.audience,
-            issuer=oidc.issuer,
-            required=["exp", "iat", "iss", "aud", "sub"],
-            noun=_ACCESS,
-        )
-        _check_times(claims, self.clock().timestamp(), _ACCESS)
-        org_id = _claim_path(claims, oidc.org_claim)
-        if not isinstance(org_id, str) or not org_id:
-            raise NotAuthenticated("The identity provider's token names no organization.")
-        with self.db.read() as conn:
-            org_active = conn.execute(
-                select(organizations.c.active).where(organizations.c.id == org_id)
-            ).scalar_one_or_none()
-        if org_active is None:
-            raise NotAuthenticated("The organization named by the token is not known.")
-        if not org_active:
-            raise NotAuthenticated("The organization is disabled.")
-        roles = _known_roles(_claim_path(claims, oidc.roles_claim))
-        jti = claims.get("jti")
-        return Principal(
-            kind=PrincipalKind.USER,
-            id=str(claims["sub"]),
-            org_id=org_id,
-            roles=roles,
-            scopes=scopes_for_roles(roles),
-            auth_method=AuthMethod.OIDC,
-            token_id=jti if isinstance(jti, str) else None,
-        )
-
     # -- client authentication -------------------------------------------------------
     def authenticate_client_assertion(
         self, assertion: str, *, token_endpoint_url: str
@@ -585,13 +307,15 @@ class TokenService:
         the token endpoint URL, an ``exp`` at most five minutes ahead and a
         ``jti`` never used before (kept in ``used_jtis`` until it expires).
         """
-        alg, header, unverified = _peek(assertion, ASSERTION_ALGORITHMS, _ASSERTION)
-        kid = _kid(header, _ASSERTION)
+        alg, header, unverified = jwtcheck.peek(assertion, ASSERTION_ALGORITHMS, CLIENT_ASSERTION)
+        kid = jwtcheck.kid(header, CLIENT_ASSERTION)
         client_id = unverified.get("iss")
         if not isinstance(client_id, str) or not client_id:
-            raise NotAuthenticated(f"The {_ASSERTION} lacks the required 'iss' claim.")
+            raise NotAuthenticated(f"The {CLIENT_ASSERTION} lacks the required 'iss' claim.")
         if unverified.get("sub") != client_id:
-            raise NotAuthenticated(f"The {_ASSERTION} 'sub' must equal its 'iss' (the client id).")
+            raise NotAuthenticated(
+                f"The {CLIENT_ASSERTION} 'sub' must equal its 'iss' (the client id)."
+            )
         row = self._client_row(client_id)
         if row is None or row.auth_method != AuthMethod.PRIVATE_KEY_JWT.value:
             raise NotAuthenticated("The client is not registered for private_key_jwt.")
@@ -605,23 +329,27 @@ class TokenService:
             None,
         )
         if jwk is None:
-            raise NotAuthenticated(f"The {_ASSERTION} key (kid) is not registered for this client.")
-        claims = _decode(
+            raise NotAuthenticated(
+                f"The {CLIENT_ASSERTION} key (kid) is not registered for this client."
+            )
+        claims = jwtcheck.decode(
             assertion,
-            _pyjwk(jwk, alg, _ASSERTION),
+            jwtcheck.pyjwk(jwk, alg, CLIENT_ASSERTION),
             alg,
             audience=token_endpoint_url,
             issuer=client_id,
             required=["iss", "sub", "aud", "exp", "jti"],
-            noun=_ASSERTION,
+            noun=CLIENT_ASSERTION,
         )
         now = self.clock()
-        exp = _check_times(claims, now.timestamp(), _ASSERTION)
+        exp = jwtcheck.check_times(claims, now.timestamp(), CLIENT_ASSERTION)
         if exp > now.timestamp() + ASSERTION_MAX_LIFETIME + LEEWAY:
-            raise NotAuthenticated(f"The {_ASSERTION} expires too far ahead (at most 5 minutes).")
+            raise NotAuthenticated(
+                f"The {CLIENT_ASSERTION} expires too far ahead (at most 5 minutes)."
+            )
         jti = claims["jti"]
         if not isinstance(jti, str) or not 0 < len(jti) <= 200:
-            raise NotAuthenticated(f"The {_ASSERTION} 'jti' claim is not valid.")
+            raise NotAuthenticated(f"The {CLIENT_ASSERTION} 'jti' claim is not valid.")
         if not row.active or not row.org_active:
             raise NotAuthenticated("The client is disabled.")
         self._use_jti(client_id, jti, exp, now)
@@ -658,15 +386,12 @@ class TokenService:
         stored: str | None = None
         if row is not None and row.auth_method == AuthMethod.CLIENT_SECRET.value:
             stored = row.secret_hash or None
-        try:
-            ok = _HASHER.verify(stored or _dummy_hash(), secret[:1024]) and stored is not None
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            ok = False
+        ok = verify_password(stored, secret[:1024])
         if not ok or row is None or stored is None:
             raise NotAuthenticated("The client credentials are not valid.")
         if not row.active or not row.org_active:
             raise NotAuthenticated("The client is disabled.")
-        if _HASHER.check_needs_rehash(stored):
+        if needs_rehash(stored):
             with self.db.write() as conn:
                 conn.execute(
                     clients.update()
