@@ -3,6 +3,8 @@ that the migrated schema and these definitions agree on both backends."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -13,6 +15,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Numeric,
     SmallInteger,
     String,
     Table,
@@ -23,6 +26,15 @@ from sqlalchemy import (
 from salus.db.types import BigIntPK, UTCDateTime
 
 __all__ = [
+    "fhir_history",
+    "fhir_idx_date",
+    "fhir_idx_number",
+    "fhir_idx_quantity",
+    "fhir_idx_reference",
+    "fhir_idx_string",
+    "fhir_idx_token",
+    "fhir_idx_uri",
+    "fhir_resources",
     "audit_checkpoints",
     "audit_events",
     "audit_head",
@@ -184,8 +196,11 @@ treatment_relationships = Table(
     Column("valid_until", UTCDateTime),
     Column("created_at", UTCDateTime, nullable=False),
 )
-Index("ix_treatment_patient_org", treatment_relationships.c.patient_key,
-      treatment_relationships.c.org_id)
+Index(
+    "ix_treatment_patient_org",
+    treatment_relationships.c.patient_key,
+    treatment_relationships.c.org_id,
+)
 
 #: A patient's consent rules (from FHIR Consent): permit or deny, per
 #: organization (NULL: every organization), per data category ("*": all).
@@ -274,3 +289,148 @@ audit_checkpoints = Table(
     Column("kid", String(64), nullable=False),
     Column("signature", Text, nullable=False),
 )
+
+# -- FHIR resources (see salus.fhir) ----------------------------------------------------
+
+#: The current version of every FHIR resource. ``body`` is the resource JSON,
+#: sealed (salus.storage.envelope.ValueSealer) unless encryption is disabled.
+#: ``org_id``, ``patient_key`` and ``category`` are what the policy filter uses.
+fhir_resources = Table(
+    "fhir_resources",
+    metadata,
+    Column("rid", BigIntPK, primary_key=True, autoincrement=True),
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("org_id", String(64), nullable=False),
+    Column("patient_key", String(64)),
+    Column("category", String(64), nullable=False),
+    Column("deleted", Boolean, nullable=False),
+    Column("last_updated", UTCDateTime, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    UniqueConstraint("res_type", "res_id"),
+)
+Index("ix_fhir_resources_type_updated", fhir_resources.c.res_type, fhir_resources.c.last_updated)
+Index("ix_fhir_resources_patient", fhir_resources.c.patient_key)
+
+#: Every version, including deletions (FHIR http.html#history).
+fhir_history = Table(
+    "fhir_history",
+    metadata,
+    Column("rid", BigInteger, primary_key=True, autoincrement=False),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("org_id", String(64), nullable=False),
+    Column("patient_key", String(64)),
+    Column("category", String(64), nullable=False),
+    Column("deleted", Boolean, nullable=False),
+    Column("method", String(6), nullable=False),
+    Column("last_updated", UTCDateTime, nullable=False),
+    Column("body", LargeBinary),
+)
+Index("ix_fhir_history_updated", fhir_history.c.last_updated)
+Index("ix_fhir_history_type_updated", fhir_history.c.res_type, fhir_history.c.last_updated)
+
+
+def _index_table(name: str, *columns: Column[Any]) -> Table:
+    """One search index table per parameter type (FHIR search.html), current versions only."""
+    table = Table(
+        name,
+        metadata,
+        Column("rid", BigInteger, nullable=False),
+        Column("res_type", String(64), nullable=False),
+        Column("param", String(64), nullable=False),
+        *columns,
+    )
+    Index(f"ix_{name}_rid", table.c.rid)
+    return table
+
+
+fhir_idx_token = _index_table(
+    "fhir_idx_token",
+    Column("system", String(255)),
+    Column("code", String(255)),
+    Column("text", String(255)),
+)
+Index(
+    "ix_fhir_idx_token_code",
+    fhir_idx_token.c.res_type,
+    fhir_idx_token.c.param,
+    fhir_idx_token.c.code,
+    fhir_idx_token.c.system,
+)
+
+fhir_idx_string = _index_table(
+    "fhir_idx_string",
+    Column("norm", String(255), nullable=False),
+    Column("exact", String(255), nullable=False),
+)
+Index(
+    "ix_fhir_idx_string_norm",
+    fhir_idx_string.c.res_type,
+    fhir_idx_string.c.param,
+    fhir_idx_string.c.norm,
+)
+
+fhir_idx_date = _index_table(
+    "fhir_idx_date",
+    Column("low", UTCDateTime, nullable=False),
+    Column("high", UTCDateTime, nullable=False),
+)
+Index("ix_fhir_idx_date_low", fhir_idx_date.c.res_type, fhir_idx_date.c.param, fhir_idx_date.c.low)
+Index(
+    "ix_fhir_idx_date_high", fhir_idx_date.c.res_type, fhir_idx_date.c.param, fhir_idx_date.c.high
+)
+
+fhir_idx_number = _index_table(
+    "fhir_idx_number",
+    Column("low", Numeric(38, 12), nullable=False),
+    Column("high", Numeric(38, 12), nullable=False),
+)
+Index(
+    "ix_fhir_idx_number_low",
+    fhir_idx_number.c.res_type,
+    fhir_idx_number.c.param,
+    fhir_idx_number.c.low,
+)
+
+fhir_idx_quantity = _index_table(
+    "fhir_idx_quantity",
+    Column("system", String(255)),
+    Column("code", String(255)),
+    Column("low", Numeric(38, 12), nullable=False),
+    Column("high", Numeric(38, 12), nullable=False),
+)
+Index(
+    "ix_fhir_idx_quantity_code",
+    fhir_idx_quantity.c.res_type,
+    fhir_idx_quantity.c.param,
+    fhir_idx_quantity.c.code,
+    fhir_idx_quantity.c.low,
+)
+
+fhir_idx_reference = _index_table(
+    "fhir_idx_reference",
+    Column("target_type", String(64)),
+    Column("target_id", String(64)),
+    Column("url", String(1024)),
+)
+Index(
+    "ix_fhir_idx_reference_target",
+    fhir_idx_reference.c.res_type,
+    fhir_idx_reference.c.param,
+    fhir_idx_reference.c.target_type,
+    fhir_idx_reference.c.target_id,
+)
+Index(
+    "ix_fhir_idx_reference_reverse",
+    fhir_idx_reference.c.target_type,
+    fhir_idx_reference.c.target_id,
+)
+
+fhir_idx_uri = _index_table(
+    "fhir_idx_uri",
+    Column("value", String(1024), nullable=False),
+)
+Index("ix_fhir_idx_uri_value", fhir_idx_uri.c.res_type, fhir_idx_uri.c.param, fhir_idx_uri.c.value)
