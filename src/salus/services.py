@@ -19,6 +19,9 @@ from salus.config import Settings
 from salus.db import Database, create_database, migrate
 from salus.db.migrate import current_revision, head_revision
 from salus.errors import ConfigurationError, Unavailable
+from salus.fhir.indexing import Indexer
+from salus.fhir.router import FhirRouter
+from salus.fhir.store import FhirStore
 from salus.jobs import JobQueue, JobRegistry
 from salus.security.care import CareService
 from salus.security.directory import Directory
@@ -71,6 +74,35 @@ def _counted(
     return run
 
 
+def build_fhir_store(sealer: ValueSealer | None, audit: AuditLog) -> FhirStore:
+    from salus.fhir.outcome import validate_or_raise
+    from salus.fhir.search.extract import patient_compartment
+
+    return FhirStore(
+        sealer, audit, Indexer(), validator=validate_or_raise, compartment=patient_compartment
+    )
+
+
+def build_fhir_router(
+    settings: Settings, db: Database, store: FhirStore, policy: PolicyEngine
+) -> FhirRouter:
+    from salus.fhir.capabilities import capability_statement
+    from salus.fhir.deidview import Pseudonymizer
+    from salus.fhir.query import type_lookup
+    from salus.fhir.search.registry import get_registry
+    from salus.fhir.searching import Searcher
+
+    registry = get_registry()
+    return FhirRouter(
+        db,
+        store,
+        policy,
+        searcher=Searcher(store, type_lookup(registry.params_for)),
+        pseudonymizer=Pseudonymizer(settings.secret_key.get_secret_value().encode()),
+        capabilities=lambda: capability_statement(registry, settings.base_url()),
+    )
+
+
 def build_object_store(settings: Settings) -> ObjectStore:
     if settings.blob_backend == "s3":
         from salus.storage.s3 import S3ObjectStore
@@ -118,6 +150,8 @@ class Services:
     edges: EdgeAuthenticator
     token_rate: RateLimiter
     login_rate: RateLimiter
+    fhir_store: FhirStore
+    fhir_router: FhirRouter
     job_handlers: JobRegistry = field(default_factory=JobRegistry)
     listeners: list[Listener] = field(default_factory=list)
     rewrappers: list[Rewrapper] = field(default_factory=list)
@@ -161,6 +195,8 @@ class Services:
             ),
         )
         org_kinds = OrgKinds(db)
+        policy = PolicyEngine(org_kinds.kind)
+        fhir_store = build_fhir_store(sealer, audit)
         services = cls(
             settings=settings,
             db=db,
@@ -173,11 +209,13 @@ class Services:
             directory=directory,
             signin=signin,
             care=CareService(db, audit, btg_minutes=settings.break_glass_minutes),
-            policy=PolicyEngine(org_kinds.kind),
+            policy=policy,
             org_kinds=org_kinds,
             edges=EdgeAuthenticator(db, directory),
             token_rate=RateLimiter(settings.rate_limit_token_per_minute),
             login_rate=RateLimiter(settings.rate_limit_login_per_minute),
+            fhir_store=fhir_store,
+            fhir_router=build_fhir_router(settings, db, fhir_store, policy),
         )
         services.rewrappers.append(Rewrapper("blobs", blobs.rewrap))
         services.rewrappers.append(Rewrapper("signing keys", _counted(signing_keys.rewrap)))

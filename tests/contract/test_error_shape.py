@@ -64,7 +64,6 @@ def _app_with_test_routes(settings: Settings, services: Services) -> Any:
     app.api.add_api_route("/test/crash", crash)
     app.api.add_api_route("/test/typed", typed)
     app.api.add_api_route("/test/upload", upload, methods=["POST"])
-    app.api.add_api_route("/fhir/test/raise", raiser(errors.NotFound))
     return app
 
 
@@ -139,8 +138,9 @@ def test_oversized_body_streamed(client: TestClient) -> None:
 
 
 def test_fhir_paths_answer_in_fhir_json(client: TestClient) -> None:
-    assert_outcome(client.get("/fhir/test/raise"), 404)
-    assert_outcome(client.get("/fhir/Unknown"), 404)
+    # The FHIR API needs a token: its refusals are OperationOutcomes in FHIR JSON too.
+    assert_outcome(client.get("/fhir/Patient/123"), 401)
+    assert_outcome(client.post("/fhir", content=b"{}"), 401)
 
 
 def test_not_ready_is_an_outcome(client: TestClient, tmp_path: Path) -> None:

@@ -131,7 +131,7 @@ def test_real_server_process(settings_factory: Any) -> None:
         _wait_for(ready, timeout=30)
         assert httpx.get(f"{base}/health").json() == {"status": "ok"}
         response = httpx.get(f"{base}/fhir/Patient", params={"name": NAME})
-        assert response.status_code == 404
+        assert response.status_code == 401  # no token: refused, audited, no name logged
         assert response.headers["content-type"].startswith("application/fhir+json")
         metrics = httpx.get(f"{base}/metrics").text
         assert "salus_http_requests_total" in metrics and "Nguyen" not in metrics

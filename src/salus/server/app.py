@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from salus import __version__
 from salus.config import Settings
+from salus.fhir.asgi import install_fhir_routes
 from salus.jobs import Worker
 from salus.metrics import Metrics
 from salus.server.admin_routes import install_admin_routes
@@ -116,4 +117,5 @@ def create_app(settings: Settings, services: Services | None = None) -> SalusApp
     install_auth_routes(api)
     install_admin_routes(api)
     install_audit_routes(api)
+    install_fhir_routes(api)
     return SalusApp(api, metrics, settings)

@@ -304,7 +304,12 @@ class BlobStore:
             reader.close()
 
     def _open_segments(
-        self, reader: ObjectReader, opener: SegmentOpener, first: int, last: int, size: int,
+        self,
+        reader: ObjectReader,
+        opener: SegmentOpener,
+        first: int,
+        last: int,
+        size: int,
         out: memoryview,
     ) -> int:
         """Open segments ``first..last`` into ``out``; returns plaintext bytes written."""
@@ -320,7 +325,9 @@ class BlobStore:
                 while index <= batch_end:
                     length = _SEALED_SEGMENT if index < final else got - offset
                     written += opener.open_into(
-                        index, buffer[offset : offset + length], out[written:],
+                        index,
+                        buffer[offset : offset + length],
+                        out[written:],
                         last=index == final,
                     )
                     offset += length

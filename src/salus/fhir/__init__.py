@@ -1,0 +1,1 @@
+"""FHIR R4: storage, validation, search, REST router and operations."""

@@ -1,0 +1,100 @@
+"""The ASGI adapter of the FHIR router: content types, headers, status codes.
+
+Mounted at ``/fhir``. Accepts ``application/fhir+json`` and ``application/json``
+(``_format=json`` too); XML is answered with 406. The principal comes from the
+bearer token or session cookie, the purpose of use from
+``X-Salus-Purpose-Of-Use``. Read interactions are audited (group commit)
+before the response leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from fastapi import FastAPI, Request
+from starlette.responses import JSONResponse, Response
+
+from salus.errors import NotAcceptable, UnsupportedMediaType
+from salus.fhir.router import FhirRequest
+from salus.server.security import current_principal, requested_purpose, services_of
+
+__all__ = ["FHIR_JSON", "install_fhir_routes"]
+
+FHIR_JSON = "application/fhir+json"
+_JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir"}
+_FORMATS = {"json", "application/json", "application/fhir+json"}
+_ROUTE_SHAPES = (
+    (re.compile(r"metadata"), "/fhir/metadata"),
+    (re.compile(r"_history"), "/fhir/_history"),
+    (re.compile(r"[A-Za-z]+/_history"), "/fhir/{type}/_history"),
+    (re.compile(r"[A-Za-z]+/_search"), "/fhir/{type}/_search"),
+    (re.compile(r"[A-Za-z]+/[^/]+/_history/[^/]+"), "/fhir/{type}/{id}/_history/{vid}"),
+    (re.compile(r"[A-Za-z]+/[^/]+/_history"), "/fhir/{type}/{id}/_history"),
+    (re.compile(r"[A-Za-z]+/[^/]+"), "/fhir/{type}/{id}"),
+    (re.compile(r"[A-Za-z]+"), "/fhir/{type}"),
+    (re.compile(r""), "/fhir"),
+)
+
+
+def _template(path: str) -> str:
+    """The route template for logs and metrics (never ids from the URL)."""
+    for pattern, template in _ROUTE_SHAPES:
+        if pattern.fullmatch(path):
+            return template
+    return "/fhir/*"
+
+
+def _check_accept(request: Request) -> None:
+    fmt = request.query_params.get("_format")
+    if fmt is not None and fmt not in _FORMATS:
+        raise NotAcceptable("Only JSON is supported (_format=json).")
+    accept = request.headers.get("accept", "")
+    if not accept:
+        return
+    types = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    if not types & (_JSON_TYPES | {"*/*", "application/*"}):
+        raise NotAcceptable("Only application/fhir+json is supported.")
+
+
+def _check_content_type(request: Request) -> None:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in _JSON_TYPES:
+        raise UnsupportedMediaType("Send FHIR resources as application/fhir+json.")
+
+
+def install_fhir_routes(api: FastAPI) -> None:
+    async def endpoint(request: Request) -> Response:
+        path = request.path_params.get("path", "").strip("/")
+        request.scope["salus.route"] = _template(path)
+        principal = await current_principal(request)
+        _check_accept(request)
+        body: bytes | None = None
+        if request.method in ("POST", "PUT", "PATCH"):
+            if not path.endswith("/_search"):  # POST _search sends a form
+                _check_content_type(request)
+            body = await request.body()
+        services = services_of(request)
+        base_url = f"{services.settings.base_url()}/fhir"
+        fhir_request = FhirRequest(
+            method=request.method,
+            path=path,
+            query=[(k, v) for k, v in request.query_params.multi_items() if k != "_format"],
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=body,
+            principal=principal,
+            purpose=requested_purpose(request),
+            base_url=base_url,
+        )
+        result = await asyncio.to_thread(services.fhir_router.handle, fhir_request)
+        for event in result.audit:
+            await services.audit.record_async(event)
+        if result.resource is None:
+            return Response(status_code=result.status, headers=result.headers)
+        return JSONResponse(
+            result.resource, status_code=result.status, headers=result.headers, media_type=FHIR_JSON
+        )
+
+    methods = ["GET", "POST", "PUT", "DELETE", "PATCH"]
+    api.add_route("/fhir/{path:path}", endpoint, methods=methods, include_in_schema=False)
+    api.add_route("/fhir", endpoint, methods=methods, include_in_schema=False)

@@ -1,0 +1,351 @@
+"""Batch and transaction Bundles (FHIR R4 http.html#transaction).
+
+A *transaction* is one database transaction: entries are processed in the
+order the specification sets (DELETE, POST, PUT, GET), ``urn:uuid:`` full URLs
+and conditional references (``Patient?identifier=…``) are resolved to the ids
+the server assigns or finds, ``ifNoneExist`` and ``ifMatch`` are honoured, and
+any failure rolls the whole Bundle back: nothing is left behind. A *batch*
+processes each entry on its own and reports each outcome.
+
+Conditional matching runs as a search under the caller's policy filter, so a
+conditional create or reference never matches, and so never reveals, another
+hospital's resource.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+from salus.errors import (
+    Conflict,
+    InvalidInput,
+    PreconditionFailed,
+    SalusError,
+    UnprocessableContent,
+)
+from salus.fhir.store import FhirStore, Stored
+from salus.security.policy import AccessRequest, Interaction, PolicyEngine
+from salus.security.principal import Principal, Purpose
+
+__all__ = ["BundleProcessor"]
+
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+_TYPE_ID = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})$")
+_TYPE = re.compile(r"^([A-Z][A-Za-z]+)$")
+MAX_ENTRIES = 10_000
+
+
+def _instant(value: datetime) -> str:
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _walk_references(value: Any) -> Iterator[dict[str, Any]]:
+    """Every ``{"reference": …}`` object inside a resource."""
+    if isinstance(value, dict):
+        if isinstance(value.get("reference"), str):
+            yield value
+        for item in value.values():
+            yield from _walk_references(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _walk_references(item)
+
+
+@dataclass(slots=True)
+class _Entry:
+    index: int
+    method: str
+    url: str
+    resource: dict[str, Any] | None
+    full_url: str | None
+    if_none_exist: str | None
+    if_match: int | None
+
+
+Matcher = Callable[[Any, str, list[tuple[str, str]]], list[Stored]]
+
+
+class BundleProcessor:
+    def __init__(self, db: Any, store: FhirStore, policy: PolicyEngine) -> None:
+        self.db = db
+        self.store = store
+        self.policy = policy
+
+    def process(
+        self,
+        bundle: dict[str, Any],
+        principal: Principal,
+        purpose: Purpose | None,
+        base_url: str,
+        match: Callable[[Any, str, list[tuple[str, str]]], list[Stored]],
+    ) -> dict[str, Any]:
+        kind = bundle.get("type")
+        if bundle.get("resourceType") != "Bundle" or kind not in ("transaction", "batch"):
+            raise InvalidInput(
+                "POST to the base takes a Bundle of type transaction or batch.",
+                expression=["Bundle.type"],
+            )
+        raw_entries = bundle.get("entry") or []
+        if not isinstance(raw_entries, list):
+            raise InvalidInput("Bundle.entry must be a list.", expression=["Bundle.entry"])
+        if len(raw_entries) > MAX_ENTRIES:
+            raise InvalidInput(f"A Bundle may have at most {MAX_ENTRIES} entries.")
+        entries = [self._entry(i, e) for i, e in enumerate(raw_entries)]
+        if kind == "transaction":
+            responses = self._transaction(entries, principal, purpose, base_url, match)
+        else:
+            responses = self._batch(entries, principal, purpose, base_url, match)
+        return {"resourceType": "Bundle", "type": f"{kind}-response", "entry": responses}
+
+    # -- parsing -----------------------------------------------------------------------
+    def _entry(self, index: int, raw: Any) -> _Entry:
+        where = f"Bundle.entry[{index}]"
+        if not isinstance(raw, dict) or not isinstance(raw.get("request"), dict):
+            raise InvalidInput("Every entry needs a request.", expression=[f"{where}.request"])
+        request = raw["request"]
+        method = str(request.get("method", "")).upper()
+        if method not in _ORDER:
+            raise InvalidInput("Unsupported entry method.", expression=[f"{where}.request.method"])
+        url = str(request.get("url", "")).strip().lstrip("/")
+        if not url:
+            raise InvalidInput(
+                "Every entry needs a request.url.", expression=[f"{where}.request.url"]
+            )
+        resource = raw.get("resource")
+        if method in ("POST", "PUT") and not isinstance(resource, dict):
+            raise InvalidInput(
+                "POST and PUT entries need a resource.", expression=[f"{where}.resource"]
+            )
+        if_match = None
+        if request.get("ifMatch"):
+            found = re.fullmatch(r'\s*(?:W/)?"?([0-9]{1,9})"?\s*', str(request["ifMatch"]))
+            if not found:
+                raise InvalidInput(
+                    "ifMatch must be a version ETag.", expression=[f"{where}.request.ifMatch"]
+                )
+            if_match = int(found.group(1))
+        full_url = raw.get("fullUrl")
+        return _Entry(
+            index,
+            method,
+            url,
+            resource if isinstance(resource, dict) else None,
+            str(full_url) if full_url else None,
+            request.get("ifNoneExist"),
+            if_match,
+        )
+
+    # -- transaction -------------------------------------------------------------------
+    def _transaction(
+        self,
+        entries: list[_Entry],
+        principal: Principal,
+        purpose: Purpose | None,
+        base_url: str,
+        match: Matcher,
+    ) -> list[dict[str, Any]]:
+        responses: dict[int, dict[str, Any]] = {}
+        with self.db.write() as conn:
+            ids = self._assign_ids(conn, entries, principal, purpose, match)
+            for entry in sorted(entries, key=lambda e: (_ORDER[e.method], e.index)):
+                try:
+                    responses[entry.index] = self._apply(
+                        conn, entry, principal, purpose, base_url, ids, match
+                    )
+                except SalusError as exc:
+                    exc.message = f"Bundle.entry[{entry.index}]: {exc.message}"
+                    exc.expression = [f"Bundle.entry[{entry.index}]"] + exc.expression
+                    raise  # rolls back the whole transaction
+        return [responses[i] for i in range(len(entries))]
+
+    def _assign_ids(
+        self,
+        conn: Any,
+        entries: list[_Entry],
+        principal: Principal,
+        purpose: Purpose | None,
+        match: Matcher,
+    ) -> dict[str, str]:
+        """``urn:uuid:`` full URLs → ``Type/id`` (new ids, or matches of ifNoneExist)."""
+        mapping: dict[str, str] = {}
+        from salus.fhir.store import new_id
+
+        for entry in entries:
+            if entry.method != "POST" or entry.resource is None:
+                continue
+            res_type = str(entry.resource.get("resourceType", ""))
+            target = None
+            if entry.if_none_exist:
+                found = self._match(conn, res_type, entry.if_none_exist, principal, purpose, match)
+                if len(found) > 1:
+                    raise PreconditionFailed(
+                        f"Bundle.entry[{entry.index}]: ifNoneExist matches several resources."
+                    )
+                if found:
+                    target = f"{res_type}/{found[0].res_id}"
+                    entry.method = "MATCHED"
+            if target is None:
+                target = f"{res_type}/{new_id()}"
+            if entry.full_url:
+                mapping[entry.full_url] = target
+            entry.url = target
+        return mapping
+
+    def _match(
+        self,
+        conn: Any,
+        res_type: str,
+        query: str,
+        principal: Principal,
+        purpose: Purpose | None,
+        match: Matcher,
+    ) -> list[Stored]:
+        params = parse_qsl(query.split("?", 1)[-1], keep_blank_values=True)
+        if not params:
+            raise InvalidInput("A conditional match needs search parameters.")
+        self.policy.authorize(principal, AccessRequest(res_type, Interaction.SEARCH, purpose))
+        return match(conn, res_type, params)
+
+    def _resolve(
+        self,
+        conn: Any,
+        resource: dict[str, Any],
+        ids: dict[str, str],
+        principal: Principal,
+        purpose: Purpose | None,
+        match: Matcher,
+    ) -> None:
+        for ref in _walk_references(resource):
+            value = ref["reference"]
+            if value in ids:
+                ref["reference"] = ids[value]
+            elif "?" in value and _TYPE.match(value.split("?", 1)[0]):
+                res_type = value.split("?", 1)[0]
+                found = self._match(conn, res_type, value, principal, purpose, match)
+                if len(found) != 1:
+                    raise PreconditionFailed(
+                        f"A conditional reference matches {len(found)} resources, not one."
+                    )
+                ref["reference"] = f"{res_type}/{found[0].res_id}"
+            elif value.startswith("urn:uuid:"):
+                raise UnprocessableContent("A urn:uuid reference names no entry of the Bundle.")
+
+    def _apply(
+        self,
+        conn: Any,
+        entry: _Entry,
+        principal: Principal,
+        purpose: Purpose | None,
+        base_url: str,
+        ids: dict[str, str],
+        match: Matcher,
+    ) -> dict[str, Any]:
+        method = entry.method
+        if method == "MATCHED":
+            res_type, res_id = entry.url.split("/")
+            return {"response": {"status": "200 OK", "location": f"{entry.url}"}}
+        if entry.resource is not None:
+            self._resolve(conn, entry.resource, ids, principal, purpose, match)
+        if method == "POST":
+            assert entry.resource is not None  # noqa: S101 - checked when parsed
+            res_type, res_id = entry.url.split("/")
+            self.policy.authorize(principal, AccessRequest(res_type, Interaction.CREATE, purpose))
+            stored = self.store.create(conn, principal, entry.resource, res_id=res_id)
+            return self._response("201 Created", stored, base_url)
+        if method in ("PUT", "DELETE"):
+            found = _TYPE_ID.match(entry.url.split("?", 1)[0])
+            if "?" in entry.url:
+                res_type = entry.url.split("?", 1)[0]
+                matches = self._match(conn, res_type, entry.url, principal, purpose, match)
+                if len(matches) > 1:
+                    raise PreconditionFailed("The conditional URL matches several resources.")
+                if method == "DELETE":
+                    if not matches:
+                        return {"response": {"status": "204 No Content"}}
+                    res_id = matches[0].res_id
+                else:
+                    from salus.fhir.store import new_id
+
+                    res_id = matches[0].res_id if matches else new_id()
+                    assert entry.resource is not None  # noqa: S101
+                    entry.resource["id"] = res_id
+            elif found:
+                res_type, res_id = found.group(1), found.group(2)
+            else:
+                raise InvalidInput("PUT and DELETE need Type/id or a conditional URL.")
+            interaction = Interaction.UPDATE if method == "PUT" else Interaction.DELETE
+            self.policy.authorize(principal, AccessRequest(res_type, interaction, purpose))
+            if method == "DELETE":
+                deleted = self.store.delete(
+                    conn, principal, res_type, res_id, if_match=entry.if_match
+                )
+                return {
+                    "response": {
+                        "status": "204 No Content",
+                        **({"etag": deleted.etag} if deleted else {}),
+                    }
+                }
+            assert entry.resource is not None  # noqa: S101
+            stored, created = self.store.update(
+                conn, principal, res_type, res_id, entry.resource, if_match=entry.if_match
+            )
+            return self._response("201 Created" if created else "200 OK", stored, base_url)
+        if method in ("GET", "HEAD"):
+            found = _TYPE_ID.match(entry.url)
+            if not found:
+                raise InvalidInput("Only reads (Type/id) are supported as GET entries.")
+            decision = self.policy.authorize(
+                principal, AccessRequest(found.group(1), Interaction.READ, purpose)
+            )
+            if decision.deidentify:
+                raise Conflict("De-identified access does not read by id.")
+            stored = self.store.read(conn, decision.require(), found.group(1), found.group(2))
+            response = self._response("200 OK", stored, base_url)
+            response["resource"] = stored.resource
+            return response
+        raise InvalidInput("Unsupported entry method.")
+
+    @staticmethod
+    def _response(status: str, stored: Stored, base_url: str) -> dict[str, Any]:
+        return {
+            "fullUrl": f"{base_url}/{stored.res_type}/{stored.res_id}",
+            "response": {
+                "status": status,
+                "location": stored.location,
+                "etag": stored.etag,
+                "lastModified": _instant(stored.last_updated),
+            },
+        }
+
+    # -- batch ---------------------------------------------------------------------------
+    def _batch(
+        self,
+        entries: list[_Entry],
+        principal: Principal,
+        purpose: Purpose | None,
+        base_url: str,
+        match: Matcher,
+    ) -> list[dict[str, Any]]:
+        responses = []
+        for entry in entries:
+            try:
+                with self.db.write() as conn:
+                    ids = self._assign_ids(conn, [entry], principal, purpose, match)
+                    responses.append(
+                        self._apply(conn, entry, principal, purpose, base_url, ids, match)
+                    )
+            except SalusError as exc:
+                responses.append(
+                    {
+                        "response": {
+                            "status": f"{exc.http_status}",
+                            "outcome": exc.to_operation_outcome(),
+                        }
+                    }
+                )
+        return responses

@@ -1,0 +1,135 @@
+"""Search index maintenance: one table per parameter type (FHIR search.html).
+
+Index rows describe the *current* version only and are replaced in the same
+transaction as the write (an update never leaves stale rows to match). The
+values come from :func:`salus.fhir.search.extract.extract`, which evaluates
+the official R4 SearchParameter expressions; this module only maps them to
+rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Table, delete, insert
+from sqlalchemy.engine import Connection
+
+from salus.db.tables import (
+    fhir_idx_date,
+    fhir_idx_number,
+    fhir_idx_quantity,
+    fhir_idx_reference,
+    fhir_idx_string,
+    fhir_idx_token,
+    fhir_idx_uri,
+)
+
+__all__ = ["INDEX_TABLES", "Indexer"]
+
+INDEX_TABLES: tuple[Table, ...] = (
+    fhir_idx_token,
+    fhir_idx_string,
+    fhir_idx_date,
+    fhir_idx_number,
+    fhir_idx_quantity,
+    fhir_idx_reference,
+    fhir_idx_uri,
+)
+_TEXT = 255
+_URL = 1024
+
+Extractor = Callable[[Mapping[str, Any]], Sequence[Any]]
+
+
+def _cut(value: Any, limit: int = _TEXT) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    return text[:limit]
+
+
+def _row(kind: str, value: Any) -> tuple[Table, dict[str, Any]] | None:
+    """The index table and column values of one extracted value (by its class name)."""
+    param = value.param
+    if kind == "TokenValue":
+        return fhir_idx_token, {
+            "param": param,
+            "system": _cut(value.system),
+            "code": _cut(value.code),
+            "text": _cut(value.text),
+        }
+    if kind == "StringValue":
+        return fhir_idx_string, {
+            "param": param,
+            "norm": _cut(value.normalized) or "",
+            "exact": _cut(value.exact) or "",
+        }
+    if kind == "DateValue":
+        return fhir_idx_date, {"param": param, "low": value.low, "high": value.high}
+    if kind == "NumberValue":
+        return fhir_idx_number, {"param": param, "low": value.low, "high": value.high}
+    if kind == "QuantityValue":
+        return fhir_idx_quantity, {
+            "param": param,
+            "system": _cut(value.system),
+            "code": _cut(value.code),
+            "low": value.low,
+            "high": value.high,
+        }
+    if kind == "ReferenceValue":
+        return fhir_idx_reference, {
+            "param": param,
+            "target_type": _cut(value.target_type, 64),
+            "target_id": _cut(value.target_id, 64),
+            "url": _cut(value.url, _URL),
+        }
+    if kind == "UriValue":
+        return fhir_idx_uri, {"param": param, "value": _cut(value.value, _URL) or ""}
+    return None  # composites are matched from their parts (search.html#composite)
+
+
+class Indexer:
+    def __init__(self, extract: Extractor | None = None) -> None:
+        if extract is None:
+            from salus.fhir.search.extract import extract as default_extract
+
+            extract = default_extract
+        self.extract = extract
+
+    def rows(
+        self, rid: int, res_type: str, resource: Mapping[str, Any]
+    ) -> dict[Table, list[dict[str, Any]]]:
+        grouped: dict[Table, list[dict[str, Any]]] = {}
+        seen: set[tuple[Any, ...]] = set()
+        for value in self.extract(resource):
+            mapped = _row(type(value).__name__, value)
+            if mapped is None:
+                continue
+            table, values = mapped
+            key = (table.name, *values.values())
+            if key in seen:  # the same value reached by two paths is one row
+                continue
+            seen.add(key)
+            values.update(rid=rid, res_type=res_type)
+            grouped.setdefault(table, []).append(values)
+        return grouped
+
+    def replace(
+        self,
+        conn: Connection,
+        rid: int,
+        res_type: str,
+        resource: Mapping[str, Any],
+        *,
+        fresh: bool = False,
+    ) -> None:
+        """Index the resource's current version (``fresh``: it has no rows yet)."""
+        if not fresh:
+            self.clear(conn, rid)
+        for table, rows in self.rows(rid, res_type, resource).items():
+            conn.execute(insert(table), rows)
+
+    def clear(self, conn: Connection, rid: int) -> None:
+        for table in INDEX_TABLES:
+            conn.execute(delete(table).where(table.c.rid == rid))

@@ -1,0 +1,512 @@
+"""FHIR search (search.html) as SQL over the index tables.
+
+Each parameter becomes an ``EXISTS`` sub-query on the index table of its
+type, correlated to the resource row; OR values (``a,b``) join inside one
+sub-query, repeated parameters (AND) add sub-queries. Chains
+(``subject:Patient.name=x``) and reverse chains (``_has:Observation:subject:
+code=x``) are sub-queries over resources that must themselves pass the
+caller's policy filter: a chain never reveals a resource the caller could not
+search for directly.
+
+Supported (R4): every parameter type but composite; prefixes
+``eq ne gt lt ge le sa eb ap`` for number, date and quantity with the
+precision rules of search.html (the index holds each value as an interval);
+modifiers ``:missing`` (all), ``:exact`` ``:contains`` (string), ``:not``
+``:text`` (token), ``:[type]`` and ``:identifier``-free references, ``:below``
+``:above`` (uri); ``_id``, ``_lastUpdated``; one level of chaining and of
+``_has``; ``_sort`` on ``_id``, ``_lastUpdated`` and string/date/token/number
+parameters.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    FromClause,
+    Select,
+    Table,
+    and_,
+    exists,
+    false,
+    func,
+    not_,
+    or_,
+    select,
+    true,
+)
+
+from salus.db.tables import (
+    fhir_idx_date,
+    fhir_idx_number,
+    fhir_idx_quantity,
+    fhir_idx_reference,
+    fhir_idx_string,
+    fhir_idx_token,
+    fhir_idx_uri,
+    fhir_resources,
+)
+from salus.errors import InvalidInput
+from salus.fhir.search.values import date_interval, decimal_range, normalize_string
+
+__all__ = ["CONTROL_PARAMS", "ParsedSearch", "SearchPlan", "build_search", "split_or"]
+
+#: Result parameters (search.html#Summary): not filters.
+CONTROL_PARAMS = frozenset(
+    {
+        "_count",
+        "_offset",
+        "_sort",
+        "_include",
+        "_revinclude",
+        "_summary",
+        "_elements",
+        "_total",
+        "_format",
+        "_pretty",
+        "_contained",
+        "_containedType",
+    }
+)
+_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+_TABLES: dict[str, Table] = {
+    "token": fhir_idx_token,
+    "string": fhir_idx_string,
+    "date": fhir_idx_date,
+    "number": fhir_idx_number,
+    "quantity": fhir_idx_quantity,
+    "reference": fhir_idx_reference,
+    "uri": fhir_idx_uri,
+}
+R = fhir_resources
+#: Aliases for one level of chaining and of _has; made once, so that the policy
+#: filter's cached SQL shapes stay few.
+CHAIN_TARGET = fhir_resources.alias("chained")
+CHAIN_REF = fhir_idx_reference.alias("chain_ref")
+HAS_SOURCE = fhir_resources.alias("has_source")
+HAS_REF = fhir_idx_reference.alias("has_ref")
+
+
+def split_or(value: str) -> list[str]:
+    """Split on commas not escaped with a backslash (search.html#escaping)."""
+    parts, current, escaped = [], [], False
+    for char in value:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ",":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _split_pipe(value: str) -> tuple[str | None, str]:
+    """``system|code`` (token, quantity) with ``\\|`` escapes."""
+    match = re.match(r"^((?:[^|\\]|\\.)*)\|(.*)$", value)
+    if match is None:
+        return None, value.replace("\\|", "|")
+    return match.group(1).replace("\\|", "|"), match.group(2).replace("\\|", "|")
+
+
+def _prefix(value: str) -> tuple[str, str]:
+    if len(value) > 2 and value[:2] in _PREFIXES and not value[2].isalpha():
+        return value[:2], value[2:]
+    return "eq", value
+
+
+def date_range(text: str) -> tuple[datetime, datetime]:
+    """The interval a search date stands for (search.html#date: implicit precision);
+    the same rule the index uses for stored values."""
+    interval = date_interval(text)
+    if interval is None:
+        raise InvalidInput(f"'{text}' is not a FHIR date or dateTime.")
+    return interval
+
+
+def _decimal_range(text: str) -> tuple[Decimal, Decimal, Decimal]:
+    """A search number and its implicit range (search.html#number)."""
+    try:
+        found = decimal_range(Decimal(text))
+    except ArithmeticError:
+        found = None
+    if found is None:
+        raise InvalidInput(f"'{text}' is not a number.")
+    low, high, number = found
+    return number, low, high
+
+
+def _range_condition(
+    prefix: str,
+    low_col: ColumnElement[Any],
+    high_col: ColumnElement[Any],
+    low: Any,
+    high: Any,
+    value: Any = None,
+) -> ColumnElement[bool]:
+    """search.html#prefix on intervals: the target [low_col, high_col] against the
+    search range [low, high]."""
+    if prefix == "eq":
+        return and_(low_col >= low, high_col <= high)
+    if prefix == "ne":
+        return or_(low_col < low, high_col > high)
+    if prefix == "gt":
+        return and_(high_col > high)
+    if prefix == "lt":
+        return and_(low_col < low)
+    if prefix == "ge":
+        return and_(high_col >= low)
+    if prefix == "le":
+        return and_(low_col <= high)
+    if prefix == "sa":
+        return and_(low_col > high)
+    if prefix == "eb":
+        return and_(high_col < low)
+    # ap: approximately, within 10 % of the value's distance (dates: one day either side)
+    if isinstance(low, datetime):
+        return and_(high_col >= low - timedelta(days=1), low_col <= high + timedelta(days=1))
+    spread = abs(value if value is not None else low) * Decimal("0.1")
+    return and_(high_col >= low - spread, low_col <= high + spread)
+
+
+@dataclass(frozen=True, slots=True)
+class ParamDef:
+    code: str
+    type: str
+    targets: tuple[str, ...] = ()
+
+
+ParamLookup = Callable[[str, str], ParamDef | None]
+
+
+@dataclass(slots=True)
+class ParsedSearch:
+    conditions: list[ColumnElement[bool]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+
+class SearchPlan:
+    """Turns (name, value) pairs into SQL conditions on ``fhir_resources``."""
+
+    def __init__(
+        self, lookup: ParamLookup, visible: Callable[[FromClause], ColumnElement[bool]]
+    ) -> None:
+        self.lookup = lookup
+        #: The caller's policy filter for another alias of fhir_resources (chains).
+        self.visible = visible
+
+    def condition(
+        self, res_type: str, name: str, value: str, resource: FromClause = R
+    ) -> ColumnElement[bool]:
+        if name.startswith("_has:"):
+            return self._has(res_type, name, value, resource)
+        base, _, modifier = name.partition(":")
+        chain: str | None = None
+        if "." in base:
+            base, chain = base.split(".", 1)
+        if "." in modifier:
+            modifier, chain = modifier.split(".", 1)
+        if base == "_id":
+            return self._id(value, modifier, resource)
+        if base == "_lastUpdated":
+            return self._last_updated(value, resource)
+        definition = self.lookup(res_type, base)
+        if definition is None:
+            raise InvalidInput(
+                f"Unknown search parameter '{base}' for {res_type}.", expression=[base]
+            )
+        if chain is not None:
+            return self._chain(res_type, definition, modifier, chain, value, resource)
+        if modifier == "missing":
+            return self._missing(definition, value, resource)
+        if definition.type == "composite" or definition.type == "special":
+            raise InvalidInput(
+                f"Search parameter '{base}' ({definition.type}) is not supported.",
+                expression=[base],
+            )
+        table = _TABLES[definition.type]
+        values = split_or(value)
+        if definition.type == "token" and modifier == "not":
+            inner = or_(*(self._token(table, v, "") for v in values))
+            return not_(self._exists(table, definition.code, inner, resource))
+        builder = getattr(self, f"_{definition.type}")
+        ors = [
+            builder(table, v, modifier)
+            if definition.type != "reference"
+            else self._reference(table, v, modifier, definition)
+            for v in values
+        ]
+        return self._exists(table, definition.code, or_(*ors), resource)
+
+    def _exists(
+        self, table: Table, param: str, condition: ColumnElement[bool], resource: FromClause
+    ) -> ColumnElement[bool]:
+        return exists(
+            select(table.c.rid).where(
+                table.c.rid == resource.c.rid, table.c.param == param, condition
+            )
+        )
+
+    # -- special parameters --------------------------------------------------------------
+    def _id(self, value: str, modifier: str, resource: FromClause) -> ColumnElement[bool]:
+        ids = [v for v in split_or(value) if v]
+        if modifier == "not":
+            return resource.c.res_id.not_in(ids)
+        return resource.c.res_id.in_(ids) if ids else false()
+
+    def _last_updated(self, value: str, resource: FromClause) -> ColumnElement[bool]:
+        ors = []
+        for item in split_or(value):
+            prefix, text = _prefix(item)
+            low, high = date_range(text)
+            ors.append(
+                _range_condition(
+                    prefix, resource.c.last_updated, resource.c.last_updated, low, high
+                )
+            )
+        return or_(*ors)
+
+    def _missing(
+        self, definition: ParamDef, value: str, resource: FromClause
+    ) -> ColumnElement[bool]:
+        if value not in ("true", "false"):
+            raise InvalidInput(":missing takes true or false.", expression=[definition.code])
+        table = _TABLES.get(definition.type)
+        if table is None:
+            raise InvalidInput(f"':missing' is not supported on '{definition.code}'.")
+        present = self._exists(table, definition.code, true(), resource)
+        return not_(present) if value == "true" else present
+
+    # -- by type -----------------------------------------------------------------------
+    def _string(self, table: Table, value: str, modifier: str) -> ColumnElement[bool]:
+        if modifier == "exact":
+            return table.c.exact == value
+        norm = normalize_string(value)
+        if modifier == "contains":
+            return table.c.norm.contains(norm, autoescape=True)
+        if modifier not in ("", "text"):
+            raise InvalidInput(f"Modifier ':{modifier}' does not apply to strings.")
+        return table.c.norm.startswith(norm, autoescape=True)
+
+    def _token(self, table: Table, value: str, modifier: str) -> ColumnElement[bool]:
+        if modifier == "text":
+            return table.c.text.isnot(None) & func.lower(table.c.text).contains(
+                value.lower(), autoescape=True
+            )
+        if modifier not in ("", "not"):
+            raise InvalidInput(f"Modifier ':{modifier}' is not supported on tokens.")
+        system, code = _split_pipe(value)
+        if system is None:
+            return table.c.code == code
+        if system == "":
+            return and_(table.c.system.is_(None), table.c.code == code)
+        if code == "":
+            return table.c.system == system
+        return and_(table.c.system == system, table.c.code == code)
+
+    def _date(self, table: Table, value: str, modifier: str) -> ColumnElement[bool]:
+        prefix, text = _prefix(value)
+        low, high = date_range(text)
+        return _range_condition(prefix, table.c.low, table.c.high, low, high)
+
+    def _number(self, table: Table, value: str, modifier: str) -> ColumnElement[bool]:
+        prefix, text = _prefix(value)
+        number, low, high = _decimal_range(text)
+        if prefix in ("gt", "lt", "ge", "le", "sa", "eb"):
+            low = high = number  # comparisons use the value itself
+        return _range_condition(prefix, table.c.low, table.c.high, low, high, number)
+
+    def _quantity(self, table: Table, value: str, modifier: str) -> ColumnElement[bool]:
+        prefix, rest = _prefix(value)
+        number_text, _, unit = rest.partition("|")
+        condition = self._number(table, f"{prefix}{number_text}", "")
+        if unit:
+            system, code = _split_pipe(unit)
+            if system:
+                condition = and_(condition, table.c.system == system)
+            if code:
+                condition = and_(condition, table.c.code == code)
+        return condition
+
+    def _uri(self, table: Table, value: str, modifier: str) -> ColumnElement[bool]:
+        if modifier == "below":
+            return table.c.value.startswith(value, autoescape=True)
+        if modifier == "above":
+            return func.substr(value, 1, func.length(table.c.value)) == table.c.value
+        return table.c.value == value
+
+    def _reference(
+        self, table: Table, value: str, modifier: str, definition: ParamDef
+    ) -> ColumnElement[bool]:
+        if modifier == "identifier":
+            raise InvalidInput("':identifier' is not supported yet on references.")
+        target_type = modifier or None
+        if "/" in value and not value.startswith(("http:", "https:", "urn:")):
+            parts = value.split("/")
+            if len(parts) >= 2:
+                target_type, target_id = parts[-2], parts[-1]
+                if "_history" in parts:
+                    index = parts.index("_history")
+                    target_type, target_id = parts[index - 2], parts[index - 1]
+            else:
+                target_id = value
+        elif value.startswith(("http:", "https:", "urn:")):
+            return table.c.url == value
+        else:
+            target_id = value
+        condition = table.c.target_id == target_id
+        if target_type:
+            condition = and_(condition, table.c.target_type == target_type)
+        return condition
+
+    # -- chains --------------------------------------------------------------------------
+    def _chain(
+        self,
+        res_type: str,
+        definition: ParamDef,
+        modifier: str,
+        chain: str,
+        value: str,
+        resource: FromClause,
+    ) -> ColumnElement[bool]:
+        if definition.type != "reference":
+            raise InvalidInput(f"'{definition.code}' is not a reference: it cannot be chained.")
+        targets = [modifier] if modifier else list(definition.targets)
+        if len(targets) != 1:
+            raise InvalidInput(
+                f"Chain through '{definition.code}' needs a type "
+                f"('{definition.code}:Type.{chain}')."
+            )
+        if resource is not R:
+            raise InvalidInput("Only one level of chaining is supported.")
+        target = CHAIN_TARGET
+        inner = self.condition(targets[0], chain, value, target)
+        ref = CHAIN_REF
+        matching = select(target.c.res_id).where(
+            target.c.res_type == targets[0],
+            target.c.deleted.is_(False),
+            inner,
+            self.visible(target),
+        )
+        return exists(
+            select(ref.c.rid).where(
+                ref.c.rid == resource.c.rid,
+                ref.c.param == definition.code,
+                ref.c.target_type == targets[0],
+                ref.c.target_id.in_(matching),
+            )
+        )
+
+    def _has(
+        self, res_type: str, name: str, value: str, resource: FromClause
+    ) -> ColumnElement[bool]:
+        parts = name.split(":")
+        if len(parts) != 4:
+            raise InvalidInput("_has is _has:Type:reference-param:search-param.")
+        _, other_type, ref_param, search_param = parts
+        definition = self.lookup(other_type, ref_param)
+        if definition is None or definition.type != "reference":
+            raise InvalidInput(f"'{ref_param}' is not a reference parameter of {other_type}.")
+        if resource is not R:
+            raise InvalidInput("Only one level of _has is supported.")
+        other = HAS_SOURCE
+        ref = HAS_REF
+        inner = self.condition(other_type, search_param, value, other)
+        return exists(
+            select(other.c.rid).where(
+                other.c.res_type == other_type,
+                other.c.deleted.is_(False),
+                ref.c.rid == other.c.rid,
+                ref.c.param == ref_param,
+                ref.c.target_type == resource.c.res_type,
+                ref.c.target_id == resource.c.res_id,
+                inner,
+                self.visible(other),
+            )
+        )
+
+    # -- sorting -------------------------------------------------------------------------
+    def sort_keys(self, res_type: str, sort: str | None) -> list[Any]:
+        keys: list[Any] = []
+        for item in [s for s in (sort or "").split(",") if s]:
+            descending = item.startswith("-")
+            name = item.lstrip("-")
+            if name == "_id":
+                column: Any = R.c.res_id
+            elif name == "_lastUpdated":
+                column = R.c.last_updated
+            else:
+                definition = self.lookup(res_type, name)
+                if definition is None or definition.type not in (
+                    "string",
+                    "date",
+                    "token",
+                    "number",
+                    "quantity",
+                    "uri",
+                ):
+                    raise InvalidInput(f"Cannot sort on '{name}'.", expression=["_sort"])
+                table = _TABLES[definition.type].alias(f"sort_{len(keys)}")
+                value_column = {
+                    "string": "norm",
+                    "date": "low",
+                    "token": "code",
+                    "number": "low",
+                    "quantity": "low",
+                    "uri": "value",
+                }[definition.type]
+                aggregate = func.max if descending else func.min
+                column = (
+                    select(aggregate(table.c[value_column]))
+                    .where(table.c.rid == R.c.rid, table.c.param == name)
+                    .scalar_subquery()
+                )
+            keys.append(column.desc() if descending else column.asc())
+        keys.append(R.c.rid.asc())
+        return keys
+
+
+def build_search(
+    plan: SearchPlan, res_type: str, params: Sequence[tuple[str, str]], *, lenient: bool
+) -> ParsedSearch:
+    parsed = ParsedSearch()
+    for name, value in params:
+        if name in CONTROL_PARAMS:
+            continue
+        try:
+            parsed.conditions.append(plan.condition(res_type, name, value))
+        except InvalidInput:
+            if not lenient:
+                raise
+            parsed.ignored.append(name)
+    return parsed
+
+
+def base_query(
+    res_type: str, conditions: Sequence[ColumnElement[bool]], visible: ColumnElement[bool]
+) -> Select[Any]:
+    return select(R.c.rid).where(
+        R.c.res_type == res_type, R.c.deleted.is_(False), visible, *conditions
+    )
+
+
+def type_lookup(params_for: Callable[[str], Mapping[str, Any]]) -> ParamLookup:
+    """A :data:`ParamLookup` over the search parameter registry."""
+
+    def lookup(res_type: str, code: str) -> ParamDef | None:
+        found = params_for(res_type).get(code)
+        if found is None:
+            return None
+        return ParamDef(found.code, found.type, tuple(found.targets or ()))
+
+    return lookup

@@ -1,0 +1,494 @@
+"""The FHIR REST router, free of HTTP (FHIR R4 http.html).
+
+A route table maps (method, path shape) to handlers. A handler takes a
+:class:`FhirRequest` and returns a :class:`FhirResponse`; any
+:class:`~salus.errors.SalusError` becomes an OperationOutcome at the edge.
+The ASGI adapter (:mod:`salus.fhir.asgi`) deals with content types, headers
+and status codes only. Every interaction is authorized by the policy engine
+(the filter goes into the SQL) and audited: writes inside their transaction,
+reads through the group-committed audit log before the response leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qs, parse_qsl
+
+from salus.audit.events import AuditEvent
+from salus.errors import (
+    Forbidden,
+    InvalidInput,
+    MethodNotAllowed,
+    NotFound,
+    PreconditionFailed,
+    UnprocessableContent,
+)
+from salus.fhir.bundle import BundleProcessor
+from salus.fhir.deidview import Pseudonymizer, deidentify
+from salus.fhir.searching import Searcher, merge_form
+from salus.fhir.store import FhirStore, Stored
+from salus.security.policy import AccessRequest, Decision, Interaction, PolicyEngine
+from salus.security.principal import Principal, Purpose
+
+__all__ = ["FhirRequest", "FhirResponse", "FhirRouter", "parse_json_body"]
+
+_TYPE = r"(?P<type>[A-Z][A-Za-z]{1,63})"
+_ID = r"(?P<id>[A-Za-z0-9\-.]{1,64})"
+_VID = r"(?P<vid>[0-9]{1,9})"
+MAX_COUNT = 1000
+DEFAULT_COUNT = 50
+#: A search touching more patients than this is audited per patient up to it,
+#: plus its match count (bulk access goes through $export, audited per export).
+MAX_AUDITED_PATIENTS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class FhirRequest:
+    method: str
+    path: str  # below the FHIR base, without a leading slash
+    query: list[tuple[str, str]]
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes | None
+    principal: Principal
+    purpose: Purpose | None
+    base_url: str
+
+    def param(self, name: str) -> str | None:
+        for key, value in self.query:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(slots=True)
+class FhirResponse:
+    status: int
+    resource: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    #: Read events the adapter records (group commit) before answering.
+    audit: list[AuditEvent] = field(default_factory=list)
+
+
+def parse_json_body(body: bytes | None) -> dict[str, Any]:
+    if not body:
+        raise InvalidInput("The request has no body.")
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("The body is not valid JSON.") from None
+    if not isinstance(value, dict):
+        raise InvalidInput("The body must be a JSON object (a FHIR resource).")
+    return value
+
+
+def _form(request: FhirRequest) -> dict[str, list[str]]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        raise InvalidInput("POST _search takes application/x-www-form-urlencoded.")
+    return parse_qs((request.body or b"").decode("utf-8", "replace"), keep_blank_values=True)
+
+
+def _http_date(value: datetime) -> str:
+    return value.strftime("%a, %d %b %Y %H:%M:%S GMT")
+
+
+def _instant(value: datetime) -> str:
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _if_match(headers: Mapping[str, str]) -> int | None:
+    value = headers.get("if-match")
+    if value is None:
+        return None
+    match = re.fullmatch(r'\s*(?:W/)?"?([0-9]{1,9})"?\s*', value)
+    if not match:
+        raise InvalidInput(
+            'If-Match must be a version ETag such as W/"3".', expression=["If-Match"]
+        )
+    return int(match.group(1))
+
+
+def _count(request: FhirRequest) -> int:
+    raw = request.param("_count")
+    if raw is None:
+        return DEFAULT_COUNT
+    if not raw.isdigit():
+        raise InvalidInput("_count must be a non-negative integer.", expression=["_count"])
+    return min(int(raw), MAX_COUNT)
+
+
+def _since(request: FhirRequest) -> datetime | None:
+    raw = request.param("_since")
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput("_since must be an instant.", expression=["_since"]) from None
+    if value.tzinfo is None:
+        raise InvalidInput("_since must include a time zone.", expression=["_since"])
+    return value
+
+
+Handler = Callable[[FhirRequest, re.Match[str]], FhirResponse]
+
+
+class FhirRouter:
+    def __init__(
+        self,
+        db: Any,
+        store: FhirStore,
+        policy: PolicyEngine,
+        *,
+        searcher: Searcher | None = None,
+        pseudonymizer: Pseudonymizer | None = None,
+        capabilities: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.policy = policy
+        self.searcher = searcher
+        self.pseudonymizer = pseudonymizer
+        self.capabilities = capabilities
+        self.routes: list[tuple[str, re.Pattern[str], Handler]] = [
+            ("GET", re.compile(r"metadata"), self._metadata),
+            ("POST", re.compile(r""), self._bundle),
+            ("GET", re.compile(r"_history"), self._history),
+            ("GET", re.compile(rf"{_TYPE}/_history"), self._history),
+            ("GET", re.compile(rf"{_TYPE}/{_ID}/_history/{_VID}"), self._vread),
+            ("GET", re.compile(rf"{_TYPE}/{_ID}/_history"), self._history),
+            ("POST", re.compile(rf"{_TYPE}/_search"), self._search),
+            ("GET", re.compile(rf"{_TYPE}/{_ID}"), self._read),
+            ("PUT", re.compile(rf"{_TYPE}/{_ID}"), self._update),
+            ("DELETE", re.compile(rf"{_TYPE}/{_ID}"), self._delete),
+            ("POST", re.compile(rf"{_TYPE}"), self._create),
+            ("GET", re.compile(rf"{_TYPE}"), self._search),
+        ]
+
+    def handle(self, request: FhirRequest) -> FhirResponse:
+        matched_path = False
+        for method, pattern, handler in self.routes:
+            match = pattern.fullmatch(request.path)
+            if match is None:
+                continue
+            matched_path = True
+            if method == request.method:
+                return handler(request, match)
+        if matched_path:
+            raise MethodNotAllowed()
+        raise NotFound("No FHIR interaction matches this URL.")
+
+    # -- helpers -----------------------------------------------------------------------
+    def _decide(self, request: FhirRequest, res_type: str, interaction: Interaction) -> Decision:
+        return self.policy.authorize(
+            request.principal, AccessRequest(res_type, interaction, request.purpose)
+        )
+
+    def _read_event(
+        self,
+        request: FhirRequest,
+        decision: Decision,
+        stored: Stored | None,
+        entity: str,
+        description: str,
+    ) -> AuditEvent:
+        patient = None
+        if stored is not None and stored.resource is not None:
+            patient = stored.res_id if stored.res_type == "Patient" else None
+        return AuditEvent.for_principal(
+            request.principal,
+            category="rest",
+            action="R",
+            entity=entity,
+            patient_key=patient,
+            purpose=decision.purpose,
+            description=description,
+        )
+
+    def _view(self, decision: Decision, resource: dict[str, Any] | None) -> dict[str, Any] | None:
+        """What a reader may see: de-identified for research and public health."""
+        if resource is None or not decision.deidentify:
+            return resource
+        if self.pseudonymizer is None:
+            raise Forbidden("De-identified access is not configured.")
+        return deidentify(resource, self.pseudonymizer)
+
+    def _with_headers(
+        self, stored: Stored, request: FhirRequest, status: int, body: dict[str, Any] | None
+    ) -> FhirResponse:
+        headers = {"ETag": stored.etag, "Last-Modified": _http_date(stored.last_updated)}
+        if status == 201 or request.method in ("POST", "PUT"):
+            headers["Location"] = f"{request.base_url}/{stored.location}"
+        return FhirResponse(status, body, headers)
+
+    def _prefer(self, request: FhirRequest, stored: Stored, status: int) -> FhirResponse:
+        prefer = request.headers.get("prefer", "")
+        if "return=minimal" in prefer:
+            return self._with_headers(stored, request, status, None)
+        if "return=OperationOutcome" in prefer:
+            outcome = {
+                "resourceType": "OperationOutcome",
+                "issue": [
+                    {
+                        "severity": "information",
+                        "code": "informational",
+                        "diagnostics": f"{stored.location} stored.",
+                    }
+                ],
+            }
+            return self._with_headers(stored, request, status, outcome)
+        return self._with_headers(stored, request, status, stored.resource)
+
+    # -- interactions ------------------------------------------------------------------
+    def _metadata(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
+        if self.capabilities is None:
+            raise NotFound()
+        return FhirResponse(200, self.capabilities())
+
+    def _read(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
+        res_type, res_id = match["type"], match["id"]
+        decision = self._decide(request, res_type, Interaction.READ)
+        if decision.deidentify:
+            raise Forbidden("De-identified access searches; it does not read by id.")
+        with self.db.read() as conn:
+            stored = self.store.read(conn, decision.require(), res_type, res_id)
+        response = self._with_headers(stored, request, 200, stored.resource)
+        response.audit.append(
+            self._read_event(request, decision, stored, f"{res_type}/{res_id}", "read")
+        )
+        return response
+
+    def _vread(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
+        res_type, res_id, vid = match["type"], match["id"], int(match["vid"])
+        decision = self._decide(request, res_type, Interaction.READ)
+        if decision.deidentify:
+            raise Forbidden("De-identified access searches; it does not read by id.")
+        with self.db.read() as conn:
+            stored = self.store.vread(conn, decision.require(), res_type, res_id, vid)
+        response = self._with_headers(stored, request, 200, stored.resource)
+        response.audit.append(
+            self._read_event(
+                request, decision, stored, f"{res_type}/{res_id}/_history/{vid}", "vread"
+            )
+        )
+        return response
+
+    def _history(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
+        groups = match.groupdict()
+        res_type, res_id = groups.get("type"), groups.get("id")
+        decision = (
+            self._decide(request, res_type or "*", Interaction.READ)
+            if res_type
+            else self._decide(request, "*", Interaction.SEARCH)
+        )
+        if decision.deidentify:
+            raise Forbidden("De-identified access does not include history.")
+        count = _count(request)
+        offset_raw = request.param("_offset") or "0"
+        if not offset_raw.isdigit():
+            raise InvalidInput("_offset must be a non-negative integer.", expression=["_offset"])
+        offset = int(offset_raw)
+        with self.db.read() as conn:
+            versions, total = self.store.history(
+                conn,
+                decision.require(),
+                res_type=res_type,
+                res_id=res_id,
+                since=_since(request),
+                count=count,
+                offset=offset,
+            )
+        base = "/".join(p for p in (res_type, res_id, "_history") if p)
+        bundle: dict[str, Any] = {
+            "resourceType": "Bundle",
+            "type": "history",
+            "total": total,
+            "link": [
+                {
+                    "relation": "self",
+                    "url": f"{request.base_url}/{base}?_count={count}&_offset={offset}",
+                }
+            ],
+            "entry": [],
+        }
+        if offset + count < total:
+            bundle["link"].append(
+                {
+                    "relation": "next",
+                    "url": f"{request.base_url}/{base}?_count={count}&_offset={offset + count}",
+                }
+            )
+        for stored in versions:
+            entry: dict[str, Any] = {
+                "fullUrl": f"{request.base_url}/{stored.res_type}/{stored.res_id}",
+                "request": {
+                    "method": "DELETE"
+                    if stored.deleted
+                    else ("POST" if stored.version == 1 else "PUT"),
+                    "url": f"{stored.res_type}/{stored.res_id}"
+                    if stored.version > 1 or stored.deleted
+                    else stored.res_type,
+                },
+                "response": {
+                    "status": "410"
+                    if stored.deleted
+                    else ("201" if stored.version == 1 else "200"),
+                    "etag": stored.etag,
+                    "lastModified": _instant(stored.last_updated),
+                },
+            }
+            if stored.resource is not None:
+                entry["resource"] = stored.resource
+            bundle["entry"].append(entry)
+        response = FhirResponse(200, bundle)
+        response.audit.append(
+            AuditEvent.for_principal(
+                request.principal,
+                category="rest",
+                action="R",
+                entity=base,
+                patient_key=res_id if res_type == "Patient" else None,
+                purpose=decision.purpose,
+                description="history",
+                detail={"interaction": "history"},
+            )
+        )
+        return response
+
+    def _search(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
+        """FHIR search.html: GET [type]?… and POST [type]/_search."""
+        if self.searcher is None:
+            raise NotFound("Search is not available.")
+        res_type = match["type"]
+        decision = self._decide(request, res_type, Interaction.SEARCH)
+        params = list(request.query)
+        if request.method == "POST":
+            params = merge_form(params, _form(request))
+        lenient = "handling=lenient" in request.headers.get("prefer", "")
+
+        def visible_for(other: str) -> Any:
+            included = self.policy.decide(
+                request.principal, AccessRequest(other, Interaction.READ, request.purpose)
+            )
+            return (
+                included.filter
+                if included.allowed and not (included.deidentify and not decision.deidentify)
+                else None
+            )
+
+        with self.db.read() as conn:
+            result = self.searcher.search(
+                conn,
+                decision.require(),
+                res_type,
+                params,
+                base_url=request.base_url,
+                lenient=lenient,
+                visible_for=visible_for,
+            )
+        bundle = result.bundle
+        if decision.deidentify:
+            for entry in bundle.get("entry", []):
+                resource = entry.get("resource")
+                if resource and resource.get("resourceType") != "OperationOutcome":
+                    entry["resource"] = self._view(decision, resource)
+                    entry.pop("fullUrl", None)
+        response = FhirResponse(200, bundle)
+        patients: list[str | None] = [
+            *sorted({s.patient_key for s in [*result.matches, *result.included] if s.patient_key})
+        ]
+        for patient in patients[:MAX_AUDITED_PATIENTS] or [None]:
+            response.audit.append(
+                AuditEvent.for_principal(
+                    request.principal,
+                    category="rest",
+                    action="R",
+                    entity=f"{res_type}?search",
+                    patient_key=patient,
+                    purpose=decision.purpose,
+                    description="search",
+                    detail={"interaction": "search-type", "matches": len(result.matches)},
+                    flags="deidentified" if decision.deidentify else None,
+                )
+            )
+        return response
+
+    def _matcher(
+        self, request: FhirRequest
+    ) -> Callable[[Any, str, list[tuple[str, str]]], list[Stored]]:
+        """Conditional matching: a search under the caller's own filter."""
+
+        def matches(conn: Any, res_type: str, params: list[tuple[str, str]]) -> list[Stored]:
+            if self.searcher is None:
+                raise NotFound("Search is not available.")
+            decision = self._decide(request, res_type, Interaction.SEARCH)
+            result = self.searcher.search(
+                conn,
+                decision.require(),
+                res_type,
+                [*params, ("_count", "2")],
+                base_url=request.base_url,
+            )
+            return result.matches
+
+        return matches
+
+    def _bundle(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
+        """Batch and transaction (http.html#transaction)."""
+        bundle = parse_json_body(request.body)
+        processor = BundleProcessor(self.db, self.store, self.policy)
+        result = processor.process(
+            bundle, request.principal, request.purpose, request.base_url, self._matcher(request)
+        )
+        return FhirResponse(200, result)
+
+    def _create(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
+        res_type = match["type"]
+        resource = parse_json_body(request.body)
+        if resource.get("resourceType") != res_type:
+            raise UnprocessableContent(
+                "The resource type does not match the URL.", expression=["resourceType"]
+            )
+        self._decide(request, res_type, Interaction.CREATE)
+        condition = request.headers.get("if-none-exist")
+        with self.db.write() as conn:
+            if condition:  # conditional create (http.html#ccreate)
+                params = parse_qsl(condition.split("?", 1)[-1], keep_blank_values=True)
+                found = self._matcher(request)(conn, res_type, params)
+                if len(found) > 1:
+                    raise PreconditionFailed("If-None-Exist matches several resources.")
+                if found:
+                    return self._with_headers(found[0], request, 200, None)
+            stored = self.store.create(conn, request.principal, resource)
+        return self._prefer(request, stored, 201)
+
+    def _update(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
+        res_type, res_id = match["type"], match["id"]
+        resource = parse_json_body(request.body)
+        self._decide(request, res_type, Interaction.UPDATE)
+        with self.db.write() as conn:
+            stored, created = self.store.update(
+                conn,
+                request.principal,
+                res_type,
+                res_id,
+                resource,
+                if_match=_if_match(request.headers),
+            )
+        return self._prefer(request, stored, 201 if created else 200)
+
+    def _delete(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
+        res_type, res_id = match["type"], match["id"]
+        self._decide(request, res_type, Interaction.DELETE)
+        with self.db.write() as conn:
+            stored = self.store.delete(
+                conn, request.principal, res_type, res_id, if_match=_if_match(request.headers)
+            )
+        if stored is None:
+            return FhirResponse(204)
+        return FhirResponse(204, None, {"ETag": stored.etag})

@@ -1,0 +1,343 @@
+"""The search interaction (FHIR search.html): parameters to SQL, the page of
+matches, ``_include``/``_revinclude``, ``_summary``, ``_elements``, ``_total``
+and the searchset Bundle with its paging links.
+
+Included resources pass the same policy filter as the matches: an
+``_include`` or ``_revinclude`` never brings in what the caller could not
+read directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from sqlalchemy import ColumnElement, func, select, tuple_
+from sqlalchemy.engine import Connection
+
+from salus.db.tables import fhir_idx_reference, fhir_resources
+from salus.errors import InvalidInput
+from salus.fhir.query import CONTROL_PARAMS, ParamLookup, SearchPlan, base_query, build_search
+from salus.fhir.store import RESOURCE_COLUMNS, FhirStore, Stored
+from salus.security.policy import RecordColumns, RecordFilter
+
+__all__ = ["SearchResult", "Searcher"]
+
+R = fhir_resources
+MAX_COUNT = 1000
+DEFAULT_COUNT = 50
+MAX_INCLUDES = 1000
+_MANDATORY = ("resourceType", "id", "meta")
+_SUMMARY_DROP = ("text", "contained")
+
+
+def _columns(table: Any) -> RecordColumns:
+    return RecordColumns(org=table.c.org_id, patient=table.c.patient_key, category=table.c.category)
+
+
+@dataclass(slots=True)
+class SearchResult:
+    bundle: dict[str, Any]
+    matches: list[Stored]
+    included: list[Stored]
+
+
+def _int_param(
+    params: Sequence[tuple[str, str]], name: str, default: int, maximum: int | None = None
+) -> int:
+    values = [v for k, v in params if k == name]
+    if not values:
+        return default
+    if not values[-1].isdigit():
+        raise InvalidInput(f"{name} must be a non-negative integer.", expression=[name])
+    value = int(values[-1])
+    return min(value, maximum) if maximum is not None else value
+
+
+def _last(params: Sequence[tuple[str, str]], name: str) -> str | None:
+    values = [v for k, v in params if k == name]
+    return values[-1] if values else None
+
+
+def _elements(
+    resource: dict[str, Any], elements: str | None, summary: str | None
+) -> dict[str, Any]:
+    if elements:
+        keep = {e.strip() for e in elements.split(",") if e.strip()}
+        trimmed = {k: v for k, v in resource.items() if k in keep or k in _MANDATORY}
+    elif summary in ("text",):
+        trimmed = {k: v for k, v in resource.items() if k in (*_MANDATORY, "text")}
+    elif summary in ("data",):
+        trimmed = {k: v for k, v in resource.items() if k != "text"}
+    elif summary == "true":
+        trimmed = {k: v for k, v in resource.items() if k not in _SUMMARY_DROP}
+    else:
+        return resource
+    meta = dict(trimmed.get("meta") or {})
+    tags = list(meta.get("tag") or [])
+    tags.append(
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"}
+    )
+    meta["tag"] = tags
+    trimmed["meta"] = meta
+    return trimmed
+
+
+class Searcher:
+    def __init__(self, store: FhirStore, lookup: ParamLookup) -> None:
+        self.store = store
+        self.lookup = lookup
+
+    def search(
+        self,
+        conn: Connection,
+        flt: RecordFilter,
+        res_type: str,
+        params: Sequence[tuple[str, str]],
+        *,
+        base_url: str,
+        lenient: bool = False,
+        visible_for: Callable[[str], RecordFilter | None] | None = None,
+    ) -> SearchResult:
+        """Run a search; ``visible_for(type)`` gives the filter for included types."""
+        plan = SearchPlan(self.lookup, lambda table: flt.where(_columns(table)))
+        parsed = build_search(plan, res_type, params, lenient=lenient)
+        visible = flt.where(RESOURCE_COLUMNS)
+        values = flt.params()
+        count = _int_param(params, "_count", DEFAULT_COUNT, MAX_COUNT)
+        offset = _int_param(params, "_offset", 0)
+        summary = _last(params, "_summary")
+        total_mode = _last(params, "_total") or "accurate"
+        query = base_query(res_type, parsed.conditions, visible)
+        total: int | None = None
+        if total_mode != "none" or summary == "count":
+            total = int(
+                conn.execute(
+                    select(func.count()).select_from(query.subquery()), values
+                ).scalar_one()
+            )
+        matches: list[Stored] = []
+        if summary != "count" and count > 0:
+            ordered = query.order_by(*plan.sort_keys(res_type, _last(params, "_sort")))
+            rids = [
+                int(r) for r in conn.execute(ordered.limit(count).offset(offset), values).scalars()
+            ]
+            found = self.store.by_rids(conn, rids)
+            matches = [found[rid] for rid in rids if rid in found]
+        included = self._includes(conn, res_type, matches, params, visible_for)
+        bundle = self._bundle(
+            res_type,
+            params,
+            base_url,
+            matches,
+            included,
+            total,
+            count,
+            offset,
+            summary,
+            _last(params, "_elements"),
+            parsed.ignored,
+        )
+        return SearchResult(bundle, matches, included)
+
+    def _includes(
+        self,
+        conn: Connection,
+        res_type: str,
+        matches: list[Stored],
+        params: Sequence[tuple[str, str]],
+        visible_for: Callable[[str], RecordFilter | None] | None,
+    ) -> list[Stored]:
+        if not matches or visible_for is None:
+            return []
+        found: dict[tuple[str, str], Stored] = {}
+        seen = {(m.res_type, m.res_id) for m in matches}
+        frontier = matches
+        for name, value in params:
+            if name.split(":")[0] not in ("_include", "_revinclude"):
+                continue
+            iterate = name.endswith(":iterate")
+            rounds = 3 if iterate else 1
+            frontier = matches
+            for _ in range(rounds):
+                new = (
+                    self._include(conn, frontier, value, visible_for)
+                    if name.startswith("_include")
+                    else self._revinclude(conn, frontier, value, visible_for)
+                )
+                fresh = [s for s in new if (s.res_type, s.res_id) not in seen]
+                for stored in fresh:
+                    seen.add((stored.res_type, stored.res_id))
+                    found[(stored.res_type, stored.res_id)] = stored
+                if not fresh or len(found) >= MAX_INCLUDES:
+                    break
+                frontier = fresh
+        return list(found.values())[:MAX_INCLUDES]
+
+    def _include(
+        self,
+        conn: Connection,
+        sources: list[Stored],
+        spec: str,
+        visible_for: Callable[[str], RecordFilter | None],
+    ) -> list[Stored]:
+        parts = spec.split(":")
+        if len(parts) < 2:
+            raise InvalidInput("_include is Type:param[:target].", expression=["_include"])
+        source_type, param = parts[0], parts[1]
+        target_type = parts[2] if len(parts) > 2 else None
+        ref = fhir_idx_reference
+        rids = select(R.c.rid).where(
+            R.c.res_type == source_type,
+            R.c.res_id.in_([s.res_id for s in sources if s.res_type == source_type]),
+        )
+        pairs = conn.execute(
+            select(ref.c.target_type, ref.c.target_id).where(
+                ref.c.rid.in_(rids),
+                ref.c.param == param if param != "*" else ref.c.param.isnot(None),
+            )
+        ).all()
+        result: list[Stored] = []
+        by_type: dict[str, set[str]] = {}
+        for t, i in pairs:
+            if t and i and (target_type is None or t == target_type):
+                by_type.setdefault(str(t), set()).add(str(i))
+        for t, ids in by_type.items():
+            flt = visible_for(t)
+            if flt is None:
+                continue
+            rows = (
+                conn.execute(
+                    select(R.c.rid).where(
+                        R.c.res_type == t,
+                        R.c.res_id.in_(sorted(ids)),
+                        R.c.deleted.is_(False),
+                        flt.where(RESOURCE_COLUMNS),
+                    ),
+                    flt.params(),
+                )
+                .scalars()
+                .all()
+            )
+            result.extend(self.store.by_rids(conn, [int(r) for r in rows]).values())
+        return result
+
+    def _revinclude(
+        self,
+        conn: Connection,
+        targets: list[Stored],
+        spec: str,
+        visible_for: Callable[[str], RecordFilter | None],
+    ) -> list[Stored]:
+        parts = spec.split(":")
+        if len(parts) < 2:
+            raise InvalidInput("_revinclude is Type:param.", expression=["_revinclude"])
+        source_type, param = parts[0], parts[1]
+        flt = visible_for(source_type)
+        if flt is None:
+            return []
+        ref = fhir_idx_reference
+        keys = sorted({(t.res_type, t.res_id) for t in targets})
+        conditions: list[ColumnElement[bool]] = [
+            tuple_(ref.c.target_type, ref.c.target_id).in_(keys)
+        ]
+        if param != "*":
+            conditions.append(ref.c.param == param)
+        rows = (
+            conn.execute(
+                select(R.c.rid).where(
+                    R.c.res_type == source_type,
+                    R.c.deleted.is_(False),
+                    flt.where(RESOURCE_COLUMNS),
+                    R.c.rid.in_(select(ref.c.rid).where(*conditions)),
+                ),
+                flt.params(),
+            )
+            .scalars()
+            .all()
+        )
+        return list(self.store.by_rids(conn, [int(r) for r in rows]).values())
+
+    def _bundle(
+        self,
+        res_type: str,
+        params: Sequence[tuple[str, str]],
+        base_url: str,
+        matches: list[Stored],
+        included: list[Stored],
+        total: int | None,
+        count: int,
+        offset: int,
+        summary: str | None,
+        elements: str | None,
+        ignored: list[str],
+    ) -> dict[str, Any]:
+        kept = [(k, v) for k, v in params if k not in ("_offset", "_format")]
+
+        def link(relation: str, at: int) -> dict[str, str]:
+            query = urlencode([*kept, ("_offset", str(at))]) if kept or at else ""
+            return {
+                "relation": relation,
+                "url": f"{base_url}/{res_type}" + (f"?{query}" if query else ""),
+            }
+
+        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+        if total is not None:
+            bundle["total"] = total
+        links = [link("self", offset)]
+        if summary != "count" and count > 0:
+            if total is None or offset + count < total:
+                if len(matches) == count:
+                    links.append(link("next", offset + count))
+            if offset > 0:
+                links.append(link("previous", max(0, offset - count)))
+        bundle["link"] = links
+        entries: list[dict[str, Any]] = []
+        for stored, mode in [*((m, "match") for m in matches), *((i, "include") for i in included)]:
+            if stored.resource is None:
+                continue
+            entries.append(
+                {
+                    "fullUrl": f"{base_url}/{stored.res_type}/{stored.res_id}",
+                    "resource": _elements(stored.resource, elements, summary),
+                    "search": {"mode": mode},
+                }
+            )
+        if ignored:
+            entries.append(
+                {
+                    "resource": {
+                        "resourceType": "OperationOutcome",
+                        "issue": [
+                            {
+                                "severity": "warning",
+                                "code": "not-supported",
+                                "diagnostics": f"Search parameter '{name}' was ignored.",
+                                "expression": [name],
+                            }
+                            for name in ignored
+                        ],
+                    },
+                    "search": {"mode": "outcome"},
+                }
+            )
+        if entries:
+            bundle["entry"] = entries
+        return bundle
+
+
+def search_params_of(query: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The filter parameters of a query string (result parameters removed)."""
+    return [(k, v) for k, v in query if k not in CONTROL_PARAMS]
+
+
+def merge_form(
+    query: Sequence[tuple[str, str]], form: Mapping[str, list[str]]
+) -> list[tuple[str, str]]:
+    """``POST [type]/_search``: form parameters join the query's (search.html#search)."""
+    merged = list(query)
+    for key, values in form.items():
+        merged.extend((key, v) for v in values)
+    return merged

@@ -1,0 +1,472 @@
+"""FHIR resources in the database: sealed, versioned, indexed, filtered.
+
+The store knows no HTTP (medplum's repository and HAPI's DAO layer play this
+part). Writes run inside the caller's transaction, so a transaction Bundle is
+one database transaction: the new version, its history row, its search index
+rows and its audit event commit together or not at all. Reads take the
+policy engine's :class:`~salus.security.policy.RecordFilter` and apply it in
+the SQL, never to results afterwards.
+
+Each version's body is sealed with its own data key for the context
+``fhir:<type>/<id>/<version>`` (:class:`~salus.storage.envelope.ValueSealer`),
+so a body copied onto another version or resource does not open.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.engine import Connection, RowMapping
+
+from salus.audit.chain import AuditLog
+from salus.audit.events import AuditEvent
+from salus.db.tables import fhir_history, fhir_resources
+from salus.db.types import utcnow
+from salus.errors import (
+    Conflict,
+    Forbidden,
+    Gone,
+    InvalidInput,
+    NotFound,
+    PreconditionFailed,
+    UnprocessableContent,
+)
+from salus.fhir.categories import category_of
+from salus.fhir.indexing import Indexer
+from salus.security.policy import RecordColumns, RecordFilter
+from salus.security.principal import Principal, PrincipalKind
+from salus.storage.envelope import ValueSealer
+
+__all__ = ["FhirStore", "Stored", "check_id", "new_id"]
+
+_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+RESOURCE_COLUMNS = RecordColumns(
+    org=fhir_resources.c.org_id,
+    patient=fhir_resources.c.patient_key,
+    category=fhir_resources.c.category,
+)
+HISTORY_COLUMNS = RecordColumns(
+    org=fhir_history.c.org_id,
+    patient=fhir_history.c.patient_key,
+    category=fhir_history.c.category,
+)
+
+
+def check_id(res_id: str) -> str:
+    """FHIR R4 datatypes.html#id: 1-64 of ``A-Z a-z 0-9 - .``."""
+    if not _ID.match(res_id):
+        raise InvalidInput("A resource id is 1-64 letters, digits, '-' or '.'.", expression=["id"])
+    return res_id
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    res_type: str
+    res_id: str
+    version: int
+    last_updated: datetime
+    deleted: bool
+    org_id: str
+    resource: dict[str, Any] | None
+    patient_key: str | None = None
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version}"'
+
+    @property
+    def location(self) -> str:
+        return f"{self.res_type}/{self.res_id}/_history/{self.version}"
+
+
+Validator = Callable[[Mapping[str, Any]], None]
+Compartment = Callable[[Mapping[str, Any]], str | None]
+
+
+class FhirStore:
+    def __init__(
+        self,
+        sealer: ValueSealer | None,
+        audit: AuditLog,
+        indexer: Indexer,
+        *,
+        validator: Validator | None = None,
+        compartment: Compartment | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.sealer = sealer
+        self.audit = audit
+        self.indexer = indexer
+        self.validator = validator
+        self.compartment = compartment or (lambda _resource: None)
+        self.clock = clock
+
+    # -- bodies ------------------------------------------------------------------------
+    def _seal(self, res_type: str, res_id: str, version: int, resource: Mapping[str, Any]) -> bytes:
+        raw = json.dumps(resource, separators=(",", ":"), ensure_ascii=False).encode()
+        if self.sealer is None:
+            return raw
+        return self.sealer.seal(raw, f"fhir:{res_type}/{res_id}/{version}".encode())
+
+    def _open(self, res_type: str, res_id: str, version: int, body: bytes) -> dict[str, Any]:
+        raw = bytes(body)
+        if self.sealer is not None and raw.startswith(ValueSealer.MAGIC):
+            raw = self.sealer.open(raw, f"fhir:{res_type}/{res_id}/{version}".encode())
+        loaded: dict[str, Any] = json.loads(raw)
+        return loaded
+
+    def _stored(self, row: RowMapping, with_body: bool = True) -> Stored:
+        body = row.get("body")
+        resource = (
+            self._open(row["res_type"], row["res_id"], row["version"], body)
+            if with_body and body is not None and not row["deleted"]
+            else None
+        )
+        return Stored(
+            str(row["res_type"]),
+            str(row["res_id"]),
+            int(row["version"]),
+            row["last_updated"],
+            bool(row["deleted"]),
+            str(row["org_id"]),
+            resource,
+            row["patient_key"],
+        )
+
+    # -- writes ------------------------------------------------------------------------
+    def _prepare(
+        self, resource: Mapping[str, Any], res_type: str, res_id: str, version: int, now: datetime
+    ) -> dict[str, Any]:
+        body = dict(resource)
+        body["id"] = res_id
+        meta = dict(body.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        body["meta"] = meta
+        if self.validator is not None:
+            self.validator(body)
+        return body
+
+    def _write(
+        self,
+        conn: Connection,
+        principal: Principal,
+        res_type: str,
+        res_id: str,
+        version: int,
+        body: dict[str, Any],
+        method: str,
+        now: datetime,
+        rid: int | None,
+        org_id: str,
+    ) -> Stored:
+        sealed = self._seal(res_type, res_id, version, body)
+        patient_key = self.compartment(body)
+        category = category_of(body)
+        values = {
+            "version": version,
+            "org_id": org_id,
+            "patient_key": patient_key,
+            "category": category,
+            "deleted": False,
+            "last_updated": now,
+            "body": sealed,
+        }
+        fresh = rid is None
+        if rid is None:
+            rid = int(
+                conn.execute(
+                    insert(fhir_resources)
+                    .values(res_type=res_type, res_id=res_id, **values)
+                    .returning(fhir_resources.c.rid)
+                ).scalar_one()
+            )
+        else:
+            conn.execute(update(fhir_resources).where(fhir_resources.c.rid == rid).values(**values))
+        conn.execute(
+            insert(fhir_history).values(
+                rid=rid, res_type=res_type, res_id=res_id, method=method, **values
+            )
+        )
+        self.indexer.replace(conn, rid, res_type, body, fresh=fresh)
+        self._audit(
+            conn,
+            principal,
+            "C" if method == "POST" else "U",
+            res_type,
+            res_id,
+            version,
+            patient_key,
+        )
+        return Stored(res_type, res_id, version, now, False, org_id, body, patient_key)
+
+    def _audit(
+        self,
+        conn: Connection,
+        principal: Principal,
+        action: str,
+        res_type: str,
+        res_id: str,
+        version: int,
+        patient_key: str | None,
+    ) -> None:
+        self.audit.append(
+            conn,
+            [
+                AuditEvent.for_principal(
+                    principal,
+                    category="rest",
+                    action=action,
+                    entity=f"{res_type}/{res_id}",
+                    patient_key=patient_key if res_type != "Patient" else res_id,
+                    description={"C": "create", "U": "update", "D": "delete"}[action],
+                    detail={"version": version},
+                )
+            ],
+        )
+
+    def _current(
+        self, conn: Connection, res_type: str, res_id: str, lock: bool = False
+    ) -> RowMapping | None:
+        query = select(fhir_resources).where(
+            fhir_resources.c.res_type == res_type, fhir_resources.c.res_id == res_id
+        )
+        if lock:
+            query = query.with_for_update()
+        return conn.execute(query).mappings().first()
+
+    @staticmethod
+    def _owner_check(principal: Principal, row: RowMapping) -> None:
+        if principal.kind is PrincipalKind.SYSTEM:
+            return
+        if row["org_id"] != principal.org_id:
+            raise Forbidden("Records can only be changed by the organization that holds them.")
+
+    def create(
+        self,
+        conn: Connection,
+        principal: Principal,
+        resource: Mapping[str, Any],
+        *,
+        res_id: str | None = None,
+    ) -> Stored:
+        """FHIR http.html#create: a new resource with a server-assigned id."""
+        res_type = _type_of(resource)
+        res_id = check_id(res_id) if res_id else new_id()
+        now = self.clock()
+        body = self._prepare(resource, res_type, res_id, 1, now)
+        if self._current(conn, res_type, res_id) is not None:
+            raise Conflict("A resource with this id already exists.")
+        return self._write(
+            conn, principal, res_type, res_id, 1, body, "POST", now, None, principal.org_id
+        )
+
+    def update(
+        self,
+        conn: Connection,
+        principal: Principal,
+        res_type: str,
+        res_id: str,
+        resource: Mapping[str, Any],
+        *,
+        if_match: int | None = None,
+    ) -> tuple[Stored, bool]:
+        """FHIR http.html#update (create-on-update when absent); returns (stored, created)."""
+        check_id(res_id)
+        if _type_of(resource) != res_type:
+            raise InvalidInput(
+                "The resource type does not match the URL.", expression=["resourceType"]
+            )
+        if resource.get("id") != res_id:
+            raise InvalidInput(
+                "The resource id must match the id in the URL.", expression=[f"{res_type}.id"]
+            )
+        row = self._current(conn, res_type, res_id, lock=True)
+        now = self.clock()
+        if row is None:
+            if if_match is not None:
+                raise PreconditionFailed("The resource does not exist in that version.")
+            body = self._prepare(resource, res_type, res_id, 1, now)
+            return self._write(
+                conn, principal, res_type, res_id, 1, body, "PUT", now, None, principal.org_id
+            ), True
+        self._owner_check(principal, row)
+        if if_match is not None and if_match != row["version"]:
+            raise PreconditionFailed(f"Version conflict: the current version is {row['version']}.")
+        version = int(row["version"]) + 1
+        body = self._prepare(resource, res_type, res_id, version, now)
+        created = bool(row["deleted"])
+        return self._write(
+            conn,
+            principal,
+            res_type,
+            res_id,
+            version,
+            body,
+            "PUT",
+            now,
+            int(row["rid"]),
+            str(row["org_id"]),
+        ), created
+
+    def delete(
+        self,
+        conn: Connection,
+        principal: Principal,
+        res_type: str,
+        res_id: str,
+        *,
+        if_match: int | None = None,
+    ) -> Stored | None:
+        """FHIR http.html#delete: a new, deleted version; None if there was nothing."""
+        row = self._current(conn, res_type, check_id(res_id), lock=True)
+        if row is None or row["deleted"]:
+            return None
+        self._owner_check(principal, row)
+        if if_match is not None and if_match != row["version"]:
+            raise PreconditionFailed(f"Version conflict: the current version is {row['version']}.")
+        now = self.clock()
+        version = int(row["version"]) + 1
+        values = {"version": version, "deleted": True, "last_updated": now}
+        conn.execute(
+            update(fhir_resources).where(fhir_resources.c.rid == row["rid"]).values(**values)
+        )
+        conn.execute(
+            insert(fhir_history).values(
+                rid=row["rid"],
+                res_type=res_type,
+                res_id=res_id,
+                org_id=row["org_id"],
+                patient_key=row["patient_key"],
+                category=row["category"],
+                method="DELETE",
+                body=None,
+                **values,
+            )
+        )
+        self.indexer.clear(conn, int(row["rid"]))
+        self._audit(conn, principal, "D", res_type, res_id, version, row["patient_key"])
+        return Stored(
+            res_type, res_id, version, now, True, str(row["org_id"]), None, row["patient_key"]
+        )
+
+    # -- reads -------------------------------------------------------------------------
+    def read(self, conn: Connection, flt: RecordFilter, res_type: str, res_id: str) -> Stored:
+        """FHIR http.html#read: 404 when absent or not visible, 410 when deleted."""
+        row = (
+            conn.execute(
+                select(fhir_resources).where(
+                    fhir_resources.c.res_type == res_type,
+                    fhir_resources.c.res_id == check_id(res_id),
+                    flt.where(RESOURCE_COLUMNS),
+                ),
+                flt.params(),
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            raise NotFound(f"{res_type}/{res_id} is not known.")
+        if row["deleted"]:
+            raise Gone(f"{res_type}/{res_id} has been deleted.")
+        return self._stored(row)
+
+    def vread(
+        self, conn: Connection, flt: RecordFilter, res_type: str, res_id: str, version: int
+    ) -> Stored:
+        row = (
+            conn.execute(
+                select(fhir_history).where(
+                    fhir_history.c.res_type == res_type,
+                    fhir_history.c.res_id == check_id(res_id),
+                    fhir_history.c.version == version,
+                    flt.where(HISTORY_COLUMNS),
+                ),
+                flt.params(),
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            raise NotFound(f"{res_type}/{res_id} has no version {version}.")
+        if row["deleted"]:
+            raise Gone(f"{res_type}/{res_id} version {version} is a deletion.")
+        return self._stored(row)
+
+    def history(
+        self,
+        conn: Connection,
+        flt: RecordFilter,
+        *,
+        res_type: str | None = None,
+        res_id: str | None = None,
+        since: datetime | None = None,
+        count: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[Stored], int]:
+        """FHIR http.html#history (instance, type, system): newest first, and the total."""
+        conditions: list[Any] = [flt.where(HISTORY_COLUMNS)]
+        if res_type is not None:
+            conditions.append(fhir_history.c.res_type == res_type)
+        if res_id is not None:
+            conditions.append(fhir_history.c.res_id == check_id(res_id))
+        if since is not None:
+            conditions.append(fhir_history.c.last_updated >= since)
+        where = and_(*conditions)
+        params = flt.params()
+        total = int(
+            conn.execute(
+                select(func.count()).select_from(fhir_history).where(where), params
+            ).scalar_one()
+        )
+        rows = (
+            conn.execute(
+                select(fhir_history)
+                .where(where)
+                .order_by(
+                    fhir_history.c.last_updated.desc(),
+                    fhir_history.c.rid.desc(),
+                    fhir_history.c.version.desc(),
+                )
+                .limit(count)
+                .offset(offset),
+                params,
+            )
+            .mappings()
+            .all()
+        )
+        return [self._stored(row) for row in rows], total
+
+    def by_rids(self, conn: Connection, rids: Sequence[int]) -> dict[int, Stored]:
+        """Current versions by internal id (search results; already filtered)."""
+        if not rids:
+            return {}
+        rows = conn.execute(select(fhir_resources).where(fhir_resources.c.rid.in_(list(rids))))
+        return {int(row["rid"]): self._stored(row) for row in rows.mappings()}
+
+    def purge(self, conn: Connection, res_type: str, res_id: str) -> None:
+        """Physically remove a resource and its history (operators only, audited)."""
+        row = self._current(conn, res_type, check_id(res_id), lock=True)
+        if row is None:
+            raise NotFound(f"{res_type}/{res_id} is not known.")
+        self.indexer.clear(conn, int(row["rid"]))
+        conn.execute(delete(fhir_history).where(fhir_history.c.rid == row["rid"]))
+        conn.execute(delete(fhir_resources).where(fhir_resources.c.rid == row["rid"]))
+
+
+def _type_of(resource: Mapping[str, Any]) -> str:
+    res_type = resource.get("resourceType")
+    if not isinstance(res_type, str) or not res_type:
+        raise UnprocessableContent("The resource has no resourceType.", expression=["resourceType"])
+    return res_type

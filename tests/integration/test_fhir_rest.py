@@ -1,0 +1,179 @@
+"""FHIR R4 REST interactions (http.html): create, read, vread, update,
+delete, history, conditional versions, Prefer, headers and bad input, on
+SQLite and PostgreSQL, through the HTTP API with access control on."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from salus.db.tables import audit_events, fhir_resources
+from tests.conftest import BACKENDS
+from tests.integration.security_world import World, make_world
+
+FHIR = "application/fhir+json"
+PATIENT = {
+    "resourceType": "Patient",
+    "name": [{"family": "Nguyễn", "given": ["Thị", "Bích"]}],
+    "gender": "female",
+    "birthDate": "1984-03-02",
+}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def world(request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with make_world(request.param, tmp_path_factory.mktemp("fhir")) as built:
+        yield built
+
+
+def fhir(world: World, who: str, method: str, path: str, body: Any = None,
+         **headers: str) -> Any:
+    sent = world.headers(who, **headers)
+    content = None
+    if body is not None:
+        content = json.dumps(body).encode()
+        sent.setdefault("Content-Type", FHIR)
+    return world.client.request(method, f"/fhir/{path}", content=content, headers=sent)
+
+
+def created(world: World, who: str = "a-feed", resource: dict[str, Any] | None = None) -> Any:
+    response = fhir(world, who, "POST", "Patient", resource or PATIENT)
+    assert response.status_code == 201, response.text
+    return response
+
+
+def test_create_and_read(world: World) -> None:
+    response = created(world)
+    body = response.json()
+    assert response.headers["content-type"].startswith(FHIR)
+    assert response.headers["etag"] == 'W/"1"'
+    assert response.headers["location"].endswith(f"/fhir/Patient/{body['id']}/_history/1")
+    assert "last-modified" in response.headers
+    assert body["meta"]["versionId"] == "1" and body["name"][0]["family"] == "Nguyễn"
+    read = fhir(world, "a-feed", "GET", f"Patient/{body['id']}")
+    assert read.status_code == 200 and read.json() == body
+    assert read.headers["etag"] == 'W/"1"'
+
+
+def test_other_hospitals_do_not_see_it(world: World) -> None:
+    patient_id = created(world).json()["id"]
+    assert fhir(world, "b-feed", "GET", f"Patient/{patient_id}").status_code == 404
+    assert fhir(world, "b-doc", "GET", f"Patient/{patient_id}").status_code == 404
+    assert fhir(world, "a-doc", "GET", f"Patient/{patient_id}").status_code == 200
+    assert fhir(world, "moh-analyst", "GET", f"Patient/{patient_id}").status_code == 403
+    assert fhir(world, "a-admin", "GET", f"Patient/{patient_id}").status_code == 403
+    assert fhir(world, None, "GET", f"Patient/{patient_id}").status_code == 401
+
+
+def test_update_versions_and_if_match(world: World) -> None:
+    patient = created(world).json()
+    changed = {**patient, "gender": "other"}
+    stale = fhir(world, "a-feed", "PUT", f"Patient/{patient['id']}", changed,
+                 **{"If-Match": 'W/"7"'})
+    assert stale.status_code == 412
+    ok = fhir(world, "a-feed", "PUT", f"Patient/{patient['id']}", changed,
+              **{"If-Match": 'W/"1"'})
+    assert ok.status_code == 200 and ok.json()["meta"]["versionId"] == "2"
+    assert ok.headers["etag"] == 'W/"2"'
+    old = fhir(world, "a-feed", "GET", f"Patient/{patient['id']}/_history/1")
+    assert old.status_code == 200 and old.json()["gender"] == "female"
+    foreign = fhir(world, "b-feed", "PUT", f"Patient/{patient['id']}", changed)
+    assert foreign.status_code == 403
+
+
+def test_create_on_update_and_id_checks(world: World) -> None:
+    new = fhir(world, "a-feed", "PUT", "Patient/hosp-a-mrn-1001",
+               {**PATIENT, "id": "hosp-a-mrn-1001"})
+    assert new.status_code == 201 and new.json()["id"] == "hosp-a-mrn-1001"
+    mismatch = fhir(world, "a-feed", "PUT", "Patient/abc", {**PATIENT, "id": "xyz"})
+    assert mismatch.status_code == 400
+    assert mismatch.json()["resourceType"] == "OperationOutcome"
+
+
+def test_delete_then_gone_and_history(world: World) -> None:
+    patient = created(world).json()
+    path = f"Patient/{patient['id']}"
+    assert fhir(world, "a-feed", "PUT", path, {**patient, "gender": "male"}).status_code == 200
+    assert fhir(world, "b-feed", "DELETE", path).status_code == 403
+    assert fhir(world, "a-feed", "DELETE", path).status_code == 204
+    assert fhir(world, "a-feed", "DELETE", path).status_code == 204  # idempotent
+    assert fhir(world, "a-feed", "GET", path).status_code == 410
+    history = fhir(world, "a-feed", "GET", f"{path}/_history").json()
+    assert history["type"] == "history" and history["total"] == 3
+    methods = [e["request"]["method"] for e in history["entry"]]
+    assert methods == ["DELETE", "PUT", "POST"]
+    assert "resource" not in history["entry"][0]
+    assert fhir(world, "a-feed", "GET", f"{path}/_history/3").status_code == 410
+    again = fhir(world, "a-feed", "PUT", path, {**patient, "gender": "female"})
+    assert again.status_code == 201 and again.json()["meta"]["versionId"] == "4"
+
+
+def test_type_and_system_history_are_filtered(world: World) -> None:
+    mine = created(world).json()["id"]
+    theirs = created(world, "b-feed").json()["id"]
+    ids_a = {e["resource"]["id"] for e in fhir(world, "a-feed", "GET",
+                                               "Patient/_history?_count=500").json()["entry"]
+             if "resource" in e}
+    assert mine in ids_a and theirs not in ids_a
+    system = fhir(world, "b-feed", "GET", "_history?_count=500").json()
+    ids_b = {e["resource"]["id"] for e in system["entry"] if "resource" in e}
+    assert theirs in ids_b and mine not in ids_b
+
+
+def test_prefer_return(world: World) -> None:
+    minimal = fhir(world, "a-feed", "POST", "Patient", PATIENT, Prefer="return=minimal")
+    assert minimal.status_code == 201 and minimal.content == b""
+    assert minimal.headers["location"]
+    outcome = fhir(world, "a-feed", "POST", "Patient", PATIENT,
+                   Prefer="return=OperationOutcome")
+    assert outcome.json()["resourceType"] == "OperationOutcome"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "content", "headers", "status"),
+    [
+        ("POST", "Patient", b"{not json", {"Content-Type": FHIR}, 400),
+        ("POST", "Patient", b"[1, 2]", {"Content-Type": FHIR}, 400),
+        ("POST", "Patient", b"{}", {"Content-Type": "text/plain"}, 415),
+        ("POST", "Patient", json.dumps({"resourceType": "Observation"}).encode(),
+         {"Content-Type": FHIR}, 422),
+        ("GET", "Patient/x", None, {"Accept": "application/fhir+xml"}, 406),
+        ("GET", "Patient/x?_format=xml", None, {}, 406),
+        ("GET", "Patient/not%20an%20id", None, {}, 404),
+        ("PATCH", "Patient/x", b"[]", {"Content-Type": FHIR}, 405),
+        ("GET", "Patient/abc/_history/notanumber", None, {}, 404),
+        ("PUT", "Patient/x", b"{}", {"Content-Type": FHIR, "If-Match": "garbage"}, 400),
+    ],
+)
+def test_bad_requests_get_outcomes(world: World, method: str, path: str,
+                                   content: bytes | None, headers: dict[str, str],
+                                   status: int) -> None:
+    sent = {**world.headers("a-feed"), **headers}
+    response = world.client.request(method, f"/fhir/{path}", content=content, headers=sent)
+    assert response.status_code == status, response.text
+    assert response.json()["resourceType"] == "OperationOutcome"
+    assert response.headers["content-type"].startswith(FHIR)
+
+
+def test_bodies_are_encrypted_at_rest(world: World) -> None:
+    patient_id = created(world).json()["id"]
+    with world.services.db.read() as conn:
+        body = conn.execute(select(fhir_resources.c.body).where(
+            fhir_resources.c.res_id == patient_id)).scalar_one()
+    assert b"Nguy" not in bytes(body) and b"1984" not in bytes(body)
+
+
+def test_reads_and_writes_are_audited(world: World) -> None:
+    patient_id = created(world).json()["id"]
+    fhir(world, "a-doc", "GET", f"Patient/{patient_id}")
+    with world.services.db.read() as conn:
+        rows = conn.execute(select(audit_events.c.action, audit_events.c.principal_id)
+                            .where(audit_events.c.patient_key == patient_id)).all()
+    actions = {(a, p) for a, p in rows}
+    assert ("C", "a-feed") in actions
+    assert ("R", world.user_ids["a-doc"]) in actions
