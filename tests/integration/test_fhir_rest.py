@@ -25,14 +25,14 @@ PATIENT = {
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def world(request: pytest.FixtureRequest,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
     with make_world(request.param, tmp_path_factory.mktemp("fhir")) as built:
         yield built
 
 
-def fhir(world: World, who: str, method: str, path: str, body: Any = None,
-         **headers: str) -> Any:
+def fhir(world: World, who: str, method: str, path: str, body: Any = None, **headers: str) -> Any:
     sent = world.headers(who, **headers)
     content = None
     if body is not None:
@@ -73,11 +73,11 @@ def test_other_hospitals_do_not_see_it(world: World) -> None:
 def test_update_versions_and_if_match(world: World) -> None:
     patient = created(world).json()
     changed = {**patient, "gender": "other"}
-    stale = fhir(world, "a-feed", "PUT", f"Patient/{patient['id']}", changed,
-                 **{"If-Match": 'W/"7"'})
+    stale = fhir(
+        world, "a-feed", "PUT", f"Patient/{patient['id']}", changed, **{"If-Match": 'W/"7"'}
+    )
     assert stale.status_code == 412
-    ok = fhir(world, "a-feed", "PUT", f"Patient/{patient['id']}", changed,
-              **{"If-Match": 'W/"1"'})
+    ok = fhir(world, "a-feed", "PUT", f"Patient/{patient['id']}", changed, **{"If-Match": 'W/"1"'})
     assert ok.status_code == 200 and ok.json()["meta"]["versionId"] == "2"
     assert ok.headers["etag"] == 'W/"2"'
     old = fhir(world, "a-feed", "GET", f"Patient/{patient['id']}/_history/1")
@@ -87,8 +87,9 @@ def test_update_versions_and_if_match(world: World) -> None:
 
 
 def test_create_on_update_and_id_checks(world: World) -> None:
-    new = fhir(world, "a-feed", "PUT", "Patient/hosp-a-mrn-1001",
-               {**PATIENT, "id": "hosp-a-mrn-1001"})
+    new = fhir(
+        world, "a-feed", "PUT", "Patient/hosp-a-mrn-1001", {**PATIENT, "id": "hosp-a-mrn-1001"}
+    )
     assert new.status_code == 201 and new.json()["id"] == "hosp-a-mrn-1001"
     mismatch = fhir(world, "a-feed", "PUT", "Patient/abc", {**PATIENT, "id": "xyz"})
     assert mismatch.status_code == 400
@@ -116,9 +117,11 @@ def test_delete_then_gone_and_history(world: World) -> None:
 def test_type_and_system_history_are_filtered(world: World) -> None:
     mine = created(world).json()["id"]
     theirs = created(world, "b-feed").json()["id"]
-    ids_a = {e["resource"]["id"] for e in fhir(world, "a-feed", "GET",
-                                               "Patient/_history?_count=500").json()["entry"]
-             if "resource" in e}
+    ids_a = {
+        e["resource"]["id"]
+        for e in fhir(world, "a-feed", "GET", "Patient/_history?_count=500").json()["entry"]
+        if "resource" in e
+    }
     assert mine in ids_a and theirs not in ids_a
     system = fhir(world, "b-feed", "GET", "_history?_count=500").json()
     ids_b = {e["resource"]["id"] for e in system["entry"] if "resource" in e}
@@ -129,8 +132,7 @@ def test_prefer_return(world: World) -> None:
     minimal = fhir(world, "a-feed", "POST", "Patient", PATIENT, Prefer="return=minimal")
     assert minimal.status_code == 201 and minimal.content == b""
     assert minimal.headers["location"]
-    outcome = fhir(world, "a-feed", "POST", "Patient", PATIENT,
-                   Prefer="return=OperationOutcome")
+    outcome = fhir(world, "a-feed", "POST", "Patient", PATIENT, Prefer="return=OperationOutcome")
     assert outcome.json()["resourceType"] == "OperationOutcome"
 
 
@@ -140,8 +142,13 @@ def test_prefer_return(world: World) -> None:
         ("POST", "Patient", b"{not json", {"Content-Type": FHIR}, 400),
         ("POST", "Patient", b"[1, 2]", {"Content-Type": FHIR}, 400),
         ("POST", "Patient", b"{}", {"Content-Type": "text/plain"}, 415),
-        ("POST", "Patient", json.dumps({"resourceType": "Observation"}).encode(),
-         {"Content-Type": FHIR}, 422),
+        (
+            "POST",
+            "Patient",
+            json.dumps({"resourceType": "Observation"}).encode(),
+            {"Content-Type": FHIR},
+            422,
+        ),
         ("GET", "Patient/x", None, {"Accept": "application/fhir+xml"}, 406),
         ("GET", "Patient/x?_format=xml", None, {}, 406),
         ("GET", "Patient/not%20an%20id", None, {}, 404),
@@ -150,9 +157,14 @@ def test_prefer_return(world: World) -> None:
         ("PUT", "Patient/x", b"{}", {"Content-Type": FHIR, "If-Match": "garbage"}, 400),
     ],
 )
-def test_bad_requests_get_outcomes(world: World, method: str, path: str,
-                                   content: bytes | None, headers: dict[str, str],
-                                   status: int) -> None:
+def test_bad_requests_get_outcomes(
+    world: World,
+    method: str,
+    path: str,
+    content: bytes | None,
+    headers: dict[str, str],
+    status: int,
+) -> None:
     sent = {**world.headers("a-feed"), **headers}
     response = world.client.request(method, f"/fhir/{path}", content=content, headers=sent)
     assert response.status_code == status, response.text
@@ -163,8 +175,9 @@ def test_bad_requests_get_outcomes(world: World, method: str, path: str,
 def test_bodies_are_encrypted_at_rest(world: World) -> None:
     patient_id = created(world).json()["id"]
     with world.services.db.read() as conn:
-        body = conn.execute(select(fhir_resources.c.body).where(
-            fhir_resources.c.res_id == patient_id)).scalar_one()
+        body = conn.execute(
+            select(fhir_resources.c.body).where(fhir_resources.c.res_id == patient_id)
+        ).scalar_one()
     assert b"Nguy" not in bytes(body) and b"1984" not in bytes(body)
 
 
@@ -172,8 +185,11 @@ def test_reads_and_writes_are_audited(world: World) -> None:
     patient_id = created(world).json()["id"]
     fhir(world, "a-doc", "GET", f"Patient/{patient_id}")
     with world.services.db.read() as conn:
-        rows = conn.execute(select(audit_events.c.action, audit_events.c.principal_id)
-                            .where(audit_events.c.patient_key == patient_id)).all()
+        rows = conn.execute(
+            select(audit_events.c.action, audit_events.c.principal_id).where(
+                audit_events.c.patient_key == patient_id
+            )
+        ).all()
     actions = {(a, p) for a, p in rows}
     assert ("C", "a-feed") in actions
     assert ("R", world.user_ids["a-doc"]) in actions

@@ -19,55 +19,90 @@ LOINC = "http://loinc.org"
 
 
 def _post(world: World, who: str, resource: dict[str, Any]) -> dict[str, Any]:
-    response = world.client.post(f"/fhir/{resource['resourceType']}", content=json.dumps(
-        resource).encode(), headers={**world.headers(who), "Content-Type": FHIR})
+    response = world.client.post(
+        f"/fhir/{resource['resourceType']}",
+        content=json.dumps(resource).encode(),
+        headers={**world.headers(who), "Content-Type": FHIR},
+    )
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
 
 
-def _obs(patient: str, code: str, value: float, when: str, unit: str = "mmol/L"
-         ) -> dict[str, Any]:
+def _obs(patient: str, code: str, value: float, when: str, unit: str = "mmol/L") -> dict[str, Any]:
     return {
-        "resourceType": "Observation", "status": "final",
+        "resourceType": "Observation",
+        "status": "final",
         "code": {"coding": [{"system": LOINC, "code": code}], "text": f"test {code}"},
         "subject": {"reference": f"Patient/{patient}"},
         "effectiveDateTime": when,
-        "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org",
-                          "code": unit},
+        "valueQuantity": {
+            "value": value,
+            "unit": unit,
+            "system": "http://unitsofmeasure.org",
+            "code": unit,
+        },
     }
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def world(request: pytest.FixtureRequest,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
     with make_world(request.param, tmp_path_factory.mktemp("search")) as built:
         ids: dict[str, str] = {}
-        ids["an"] = _post(built, "a-feed", {
-            "resourceType": "Patient", "name": [{"family": "Nguyễn", "given": ["Văn", "An"]}],
-            "gender": "male", "birthDate": "1970-05-20",
-            "identifier": [{"system": "urn:hosp-a:mrn", "value": "A-1001"}]})["id"]
-        ids["binh"] = _post(built, "a-feed", {
-            "resourceType": "Patient", "name": [{"family": "Trần", "given": ["Bình"]}],
-            "gender": "female", "birthDate": "1988-11-02"})["id"]
-        ids["kim"] = _post(built, "b-feed", {
-            "resourceType": "Patient", "name": [{"family": "김", "given": ["민준"]}],
-            "gender": "male", "birthDate": "1970-01-15",
-            "identifier": [{"system": "urn:hosp-b:mrn", "value": "B-77"}]})["id"]
-        ids["nguyen-b"] = _post(built, "b-feed", {
-            "resourceType": "Patient", "name": [{"family": "Nguyen", "given": ["Other"]}],
-            "gender": "male"})["id"]
+        ids["an"] = _post(
+            built,
+            "a-feed",
+            {
+                "resourceType": "Patient",
+                "name": [{"family": "Nguyễn", "given": ["Văn", "An"]}],
+                "gender": "male",
+                "birthDate": "1970-05-20",
+                "identifier": [{"system": "urn:hosp-a:mrn", "value": "A-1001"}],
+            },
+        )["id"]
+        ids["binh"] = _post(
+            built,
+            "a-feed",
+            {
+                "resourceType": "Patient",
+                "name": [{"family": "Trần", "given": ["Bình"]}],
+                "gender": "female",
+                "birthDate": "1988-11-02",
+            },
+        )["id"]
+        ids["kim"] = _post(
+            built,
+            "b-feed",
+            {
+                "resourceType": "Patient",
+                "name": [{"family": "김", "given": ["민준"]}],
+                "gender": "male",
+                "birthDate": "1970-01-15",
+                "identifier": [{"system": "urn:hosp-b:mrn", "value": "B-77"}],
+            },
+        )["id"]
+        ids["nguyen-b"] = _post(
+            built,
+            "b-feed",
+            {
+                "resourceType": "Patient",
+                "name": [{"family": "Nguyen", "given": ["Other"]}],
+                "gender": "male",
+            },
+        )["id"]
         ids["o1"] = _post(built, "a-feed", _obs(ids["an"], "2345-7", 5.4, "2026-01-10"))["id"]
         ids["o2"] = _post(built, "a-feed", _obs(ids["an"], "2345-7", 7.9, "2026-02-11"))["id"]
-        ids["o3"] = _post(built, "a-feed", _obs(ids["binh"], "718-7", 13.2, "2025-12-24",
-                                                 "g/dL"))["id"]
+        ids["o3"] = _post(built, "a-feed", _obs(ids["binh"], "718-7", 13.2, "2025-12-24", "g/dL"))[
+            "id"
+        ]
         ids["o4"] = _post(built, "b-feed", _obs(ids["kim"], "2345-7", 6.1, "2026-01-10"))["id"]
         built.ids = ids  # type: ignore[attr-defined]
         yield built
 
 
-def search(world: World, who: str, query: str, status: int = 200, **headers: str
-           ) -> dict[str, Any]:
+def search(world: World, who: str, query: str, status: int = 200, **headers: str) -> dict[str, Any]:
     response = world.client.get(f"/fhir/{query}", headers={**world.headers(who), **headers})
     assert response.status_code == status, response.text
     body: dict[str, Any] = response.json()
@@ -75,8 +110,11 @@ def search(world: World, who: str, query: str, status: int = 200, **headers: str
 
 
 def ids_of(bundle: dict[str, Any], mode: str = "match") -> set[str]:
-    return {e["resource"]["id"] for e in bundle.get("entry", [])
-            if e.get("search", {}).get("mode") == mode}
+    return {
+        e["resource"]["id"]
+        for e in bundle.get("entry", [])
+        if e.get("search", {}).get("mode") == mode
+    }
 
 
 def test_string_search_is_accent_and_case_insensitive(world: World) -> None:
@@ -98,19 +136,22 @@ def test_token_forms(world: World) -> None:
     assert ids_of(search(world, "a-feed", f"Observation?code={LOINC}|")) == {*both, ids["o3"]}
     assert ids_of(search(world, "a-feed", "Observation?code:not=2345-7")) == {ids["o3"]}
     assert ids_of(search(world, "a-feed", "Patient?identifier=urn:hosp-a:mrn|A-1001")) == {
-        ids["an"]}
-    assert ids_of(search(world, "a-feed", "Patient?gender=male,female")) == {ids["an"],
-                                                                            ids["binh"]}
+        ids["an"]
+    }
+    assert ids_of(search(world, "a-feed", "Patient?gender=male,female")) == {ids["an"], ids["binh"]}
 
 
 def test_dates_and_prefixes(world: World) -> None:
     ids = world.ids  # type: ignore[attr-defined]
     assert ids_of(search(world, "a-feed", "Observation?date=2026-01")) == {ids["o1"]}
-    assert ids_of(search(world, "a-feed", "Observation?date=ge2026-01-01")) == {ids["o1"],
-                                                                                ids["o2"]}
+    assert ids_of(search(world, "a-feed", "Observation?date=ge2026-01-01")) == {
+        ids["o1"],
+        ids["o2"],
+    }
     assert ids_of(search(world, "a-feed", "Observation?date=lt2026")) == {ids["o3"]}
-    assert ids_of(search(world, "a-feed",
-                         "Observation?date=ge2026-01-01&date=le2026-01-31")) == {ids["o1"]}
+    assert ids_of(search(world, "a-feed", "Observation?date=ge2026-01-01&date=le2026-01-31")) == {
+        ids["o1"]
+    }
     assert ids_of(search(world, "a-feed", "Patient?birthdate=1970")) == {ids["an"]}
     assert ids_of(search(world, "a-feed", "Patient?birthdate=sa1980")) == {ids["binh"]}
     search(world, "a-feed", "Patient?birthdate=not-a-date", status=400)
@@ -118,12 +159,14 @@ def test_dates_and_prefixes(world: World) -> None:
 
 def test_quantities(world: World) -> None:
     ids = world.ids  # type: ignore[attr-defined]
-    assert ids_of(search(world, "a-feed", "Observation?value-quantity=gt6")) == {ids["o2"],
-                                                                                 ids["o3"]}
+    assert ids_of(search(world, "a-feed", "Observation?value-quantity=gt6")) == {
+        ids["o2"],
+        ids["o3"],
+    }
     assert ids_of(search(world, "a-feed", "Observation?value-quantity=5.4")) == {ids["o1"]}
-    assert ids_of(search(world, "a-feed",
-                         "Observation?value-quantity=gt6|http://unitsofmeasure.org|mmol/L")
-                  ) == {ids["o2"]}
+    assert ids_of(
+        search(world, "a-feed", "Observation?value-quantity=gt6|http://unitsofmeasure.org|mmol/L")
+    ) == {ids["o2"]}
 
 
 def test_references_and_chains(world: World) -> None:
@@ -135,13 +178,16 @@ def test_references_and_chains(world: World) -> None:
     assert ids_of(search(world, "a-feed", f"Observation?patient={an}")) == both
     assert ids_of(search(world, "a-feed", "Observation?subject:Patient.family=nguyen")) == both
     assert ids_of(search(world, "a-feed", "Patient?_has:Observation:subject:code=718-7")) == {
-        ids["binh"]}
+        ids["binh"]
+    }
 
 
 def test_id_last_updated_missing(world: World) -> None:
     ids = world.ids  # type: ignore[attr-defined]
     assert ids_of(search(world, "a-feed", f"Patient?_id={ids['an']},{ids['binh']}")) == {
-        ids["an"], ids["binh"]}
+        ids["an"],
+        ids["binh"],
+    }
     assert ids_of(search(world, "a-feed", "Patient?_lastUpdated=gt2000-01-01")) >= {ids["an"]}
     assert ids_of(search(world, "a-feed", "Patient?identifier:missing=true")) == {ids["binh"]}
 
@@ -152,8 +198,9 @@ def test_sort_paging_total_and_summary(world: World) -> None:
     assert first["total"] == 3
     assert [e["resource"]["id"] for e in first["entry"]] == [ids["o2"]]
     next_url = next(link["url"] for link in first["link"] if link["relation"] == "next")
-    second = world.client.get("/fhir/" + next_url.split("/fhir/", 1)[1],
-                              headers=world.headers("a-feed")).json()
+    second = world.client.get(
+        "/fhir/" + next_url.split("/fhir/", 1)[1], headers=world.headers("a-feed")
+    ).json()
     assert [e["resource"]["id"] for e in second["entry"]] == [ids["o1"]]
     count = search(world, "a-feed", "Observation?_summary=count")
     assert count["total"] == 3 and "entry" not in count
@@ -173,16 +220,19 @@ def test_include_and_revinclude(world: World) -> None:
 
 def test_unknown_parameters(world: World) -> None:
     search(world, "a-feed", "Patient?shoe-size=42", status=400)
-    lenient = search(world, "a-feed", "Patient?shoe-size=42&gender=female",
-                     Prefer="handling=lenient")
+    lenient = search(
+        world, "a-feed", "Patient?shoe-size=42&gender=female", Prefer="handling=lenient"
+    )
     assert ids_of(lenient) == {world.ids["binh"]}  # type: ignore[attr-defined]
     assert any(e["search"]["mode"] == "outcome" for e in lenient["entry"])
 
 
 def test_post_search(world: World) -> None:
-    response = world.client.post("/fhir/Patient/_search", content=b"family=tran",
-                                 headers={**world.headers("a-feed"),
-                                          "Content-Type": "application/x-www-form-urlencoded"})
+    response = world.client.post(
+        "/fhir/Patient/_search",
+        content=b"family=tran",
+        headers={**world.headers("a-feed"), "Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert response.status_code == 200
     assert ids_of(response.json()) == {world.ids["binh"]}  # type: ignore[attr-defined]
 
@@ -216,8 +266,15 @@ def test_clinicians_follow_care_relationships(world: World) -> None:
     ids = world.ids  # type: ignore[attr-defined]
     kim = ids["kim"]
     assert ids_of(search(world, "a-doc", f"Observation?subject=Patient/{kim}")) == set()
-    assert world.call("a-feed", "POST", "/api/v1/care/treatment-relationships",
-                      json={"patient": kim, "source": "Encounter/referral"}).status_code == 201
+    assert (
+        world.call(
+            "a-feed",
+            "POST",
+            "/api/v1/care/treatment-relationships",
+            json={"patient": kim, "source": "Encounter/referral"},
+        ).status_code
+        == 201
+    )
     assert ids_of(search(world, "a-doc", f"Observation?subject=Patient/{kim}")) == {ids["o4"]}
     # the integration client (operations purpose) still does not see hospital B's data
     assert ids_of(search(world, "a-feed", f"Observation?subject=Patient/{kim}")) == set()

@@ -34,7 +34,7 @@ from salus.security.principal import Principal, Purpose
 
 __all__ = ["BundleProcessor"]
 
-_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+_ORDER = {"DELETE": 0, "POST": 1, "MATCHED": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _TYPE_ID = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})$")
 _TYPE = re.compile(r"^([A-Z][A-Za-z]+)$")
 MAX_ENTRIES = 10_000
@@ -109,7 +109,7 @@ class BundleProcessor:
             raise InvalidInput("Every entry needs a request.", expression=[f"{where}.request"])
         request = raw["request"]
         method = str(request.get("method", "")).upper()
-        if method not in _ORDER:
+        if method not in _ORDER or method == "MATCHED":
             raise InvalidInput("Unsupported entry method.", expression=[f"{where}.request.method"])
         url = str(request.get("url", "")).strip().lstrip("/")
         if not url:

@@ -339,12 +339,13 @@ def parse_reference(
     ``Patient/1`` → ``("Patient", "1", None, None)``;
     ``https://x.org/fhir/Patient/1/_history/2`` → ``("Patient", "1", <whole>, "2")``;
     ``http://x.org/Questionnaire/q|3.0`` → ``("Questionnaire", "q", "http://x.org/Questionnaire/q",
-    "3.0")``; ``urn:uuid:…`` and ``#id`` → ``(None, None, <whole>, None)``.
+    "3.0")``; ``urn:uuid:…``, ``#id`` and conditional references
+    (``Patient?identifier=s|v``) → ``(None, None, <whole>, None)``.
     """
     ref = reference.strip()
     if not ref:
         return None, None, None, None
-    if ref.startswith(("urn:", "#")):
+    if ref.startswith(("urn:", "#")) or "?" in ref:  # also conditional references (a search)
         return None, None, ref, None
     version = None
     absolute = "://" in ref
