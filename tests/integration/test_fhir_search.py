@@ -292,3 +292,11 @@ def test_researchers_get_pseudonymised_results(world: World) -> None:
     subjects = {e["resource"]["subject"]["reference"] for e in obs["entry"]}
     assert all(s.startswith("Patient/p-") for s in subjects)
     search(world, "uni-res", f"Patient/{world.ids['an']}", status=403)  # type: ignore[attr-defined]
+
+
+def test_gzip_responses(world: World) -> None:
+    response = world.client.get("/fhir/Patient?_count=100", headers={
+        **world.headers("a-feed"), "Accept-Encoding": "gzip"})
+    assert response.status_code == 200
+    assert response.headers.get("content-encoding") == "gzip"
+    assert response.json()["resourceType"] == "Bundle"  # the client decompresses

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.middleware.gzip import GZipMiddleware
 
 from salus import __version__
 from salus.config import Settings
@@ -112,6 +113,8 @@ def create_app(settings: Settings, services: Services | None = None) -> SalusApp
     )
     if services is not None:
         api.state.services = services
+    # Compress larger responses for clients that accept it (search Bundles, exports).
+    api.add_middleware(GZipMiddleware, minimum_size=500)
     install_error_handlers(api)
     install_system_routes(api, settings, metrics)
     install_auth_routes(api)
