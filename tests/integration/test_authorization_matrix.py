@@ -132,8 +132,11 @@ def test_matrix(world: World) -> None:
     missing = [rid for rid in refused if rid not in audited]
     assert not missing, f"{len(missing)} of {len(refused)} refusals were not audited"
     with world.services.db.read() as conn:
-        accesses = set(conn.execute(
-            select(audit_events.c.request_id).where(audit_events.c.outcome == 0)).scalars())
+        accesses = set(
+            conn.execute(
+                select(audit_events.c.request_id).where(audit_events.c.outcome == 0)
+            ).scalars()
+        )
     unaudited = [rid for rid in granted if rid not in accesses]
     assert not unaudited, f"{len(unaudited)} of {len(granted)} granted requests not audited"
 
@@ -243,3 +246,77 @@ def test_security_headers(world: World) -> None:
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.headers["x-frame-options"] == "DENY"
     assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+
+
+def test_fhir_matrix(world: World) -> None:
+    """Every principal against the FHIR interactions on a hospital A patient."""
+    import json
+
+    created = world.client.post(
+        "/fhir/Patient",
+        content=json.dumps({"resourceType": "Patient", "name": [{"family": "Phạm"}]}).encode(),
+        headers={**world.headers("a-feed"), "Content-Type": "application/fhir+json"},
+    )
+    assert created.status_code == 201
+    pid = created.json()["id"]
+    sees = {"a-doc", "a-doc2", "a-feed"}
+    same_type_other_org = {"b-doc", "b-feed"}
+    readers = sees | same_type_other_org
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "x"},
+        "subject": {"reference": f"Patient/{pid}"},
+    }
+    cases: list[tuple[str, str, Any, dict[str | None, int]]] = [
+        (
+            "GET",
+            f"/fhir/Patient/{pid}",
+            None,
+            {**{w: 200 for w in sees}, **{w: 404 for w in same_type_other_org}},
+        ),
+        ("GET", f"/fhir/Patient/{pid}/_history", None, {**{w: 200 for w in readers}}),
+        ("GET", f"/fhir/Patient?_id={pid}", None, {**{w: 200 for w in readers}, "uni-res": 200}),
+        ("POST", "/fhir/Observation", observation, {w: 201 for w in readers}),
+        ("DELETE", f"/fhir/Observation/{uuid.uuid4()}", None, {w: 204 for w in readers}),
+    ]
+    problems = []
+    refused: list[str] = []
+    for method, path, body, expected in cases:
+        for who in [None, *EVERYONE]:
+            rid = uuid.uuid4().hex
+            headers = {**world.headers(who), "X-Request-ID": rid}
+            content = None
+            if body is not None:
+                content = json.dumps(body).encode()
+                headers["Content-Type"] = "application/fhir+json"
+            response = world.client.request(method, path, content=content, headers=headers)
+            want = expected.get(who, 401 if who is None else 403)
+            if response.status_code != want:
+                problems.append(f"{who} {method} {path}: {response.status_code} != {want}")
+            if want in (401, 403):
+                refused.append(rid)
+            if response.status_code == 200 and "_id=" in path:
+                bundle = response.json()
+                total = bundle["total"]
+                if who in same_type_other_org and total != 0:
+                    problems.append(f"LEAK: {who} found hospital A's patient by _id")
+                if who == "uni-res":
+                    resource = bundle["entry"][0]["resource"]
+                    if "name" in resource or resource["id"] == pid:
+                        problems.append("LEAK: the researcher saw identifiers")
+            if (
+                response.status_code == 200
+                and path.endswith("/_history")
+                and who in same_type_other_org
+                and response.json()["total"] != 0
+            ):
+                problems.append(f"LEAK: {who} read hospital A's history")
+    assert not problems, "\n".join(problems)
+    with world.services.db.read() as conn:
+        audited = set(
+            conn.execute(
+                select(audit_events.c.request_id).where(audit_events.c.outcome == 4)
+            ).scalars()
+        )
+    assert not [r for r in refused if r not in audited]
