@@ -193,3 +193,85 @@ def test_reads_and_writes_are_audited(world: World) -> None:
     actions = {(a, p) for a, p in rows}
     assert ("C", "a-feed") in actions
     assert ("R", world.user_ids["a-doc"]) in actions
+
+
+def test_validate_operation(world: World) -> None:
+    ok = fhir(world, "a-feed", "POST", "Patient/$validate", PATIENT)
+    assert ok.status_code == 200
+    assert ok.json()["issue"][0]["severity"] == "information"
+    bad = fhir(world, "a-feed", "POST", "Patient/$validate", {**PATIENT, "gender": "x"})
+    assert bad.status_code == 200
+    issue = bad.json()["issue"][0]
+    assert issue["severity"] == "error" and issue["expression"] == ["Patient.gender"]
+    wrapped = fhir(
+        world,
+        "a-feed",
+        "POST",
+        "Patient/$validate",
+        {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": PATIENT}]},
+    )
+    assert wrapped.json()["issue"][0]["severity"] == "information"
+    other_profile = fhir(
+        world,
+        "a-feed",
+        "POST",
+        "Patient/$validate?profile=http://example.org/StructureDefinition/x",
+        PATIENT,
+    )
+    assert other_profile.status_code == 501
+
+
+def test_invalid_writes_name_the_element(world: World) -> None:
+    response = fhir(
+        world,
+        "a-feed",
+        "POST",
+        "Patient",
+        {**PATIENT, "birthDate": "02/03/1984", "gender": "unknown-ish"},
+    )
+    assert response.status_code == 400
+    expressions = {e for i in response.json()["issue"] for e in i["expression"]}
+    assert {"Patient.birthDate", "Patient.gender"} <= expressions
+    assert "02/03/1984" not in response.text  # values are never echoed
+
+
+def test_meta_and_everything(world: World) -> None:
+    patient = created(world).json()
+    meta = fhir(world, "a-feed", "GET", f"Patient/{patient['id']}/$meta").json()
+    assert meta["parameter"][0]["valueMeta"]["versionId"] == "1"
+    for code in ("2345-7", "718-7"):
+        assert (
+            fhir(
+                world,
+                "a-feed",
+                "POST",
+                "Observation",
+                {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                    "subject": {"reference": f"Patient/{patient['id']}"},
+                },
+            ).status_code
+            == 201
+        )
+    assert (
+        fhir(
+            world,
+            "b-feed",
+            "POST",
+            "Observation",
+            {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"text": "b"},
+                "subject": {"reference": f"Patient/{patient['id']}"},
+            },
+        ).status_code
+        == 201
+    )
+    bundle = fhir(world, "a-feed", "GET", f"Patient/{patient['id']}/$everything").json()
+    types = sorted(e["resource"]["resourceType"] for e in bundle["entry"])
+    assert types == ["Observation", "Observation", "Patient"]  # not hospital B's
+    assert fhir(world, "b-feed", "GET", f"Patient/{patient['id']}/$everything").status_code == 404
+    assert fhir(world, "uni-res", "GET", f"Patient/{patient['id']}/$everything").status_code == 403

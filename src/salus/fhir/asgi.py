@@ -29,6 +29,8 @@ _ROUTE_SHAPES = (
     (re.compile(r"_history"), "/fhir/_history"),
     (re.compile(r"[A-Za-z]+/_history"), "/fhir/{type}/_history"),
     (re.compile(r"[A-Za-z]+/_search"), "/fhir/{type}/_search"),
+    (re.compile(r"[A-Za-z]+/\$[a-z-]+"), "/fhir/{type}/$operation"),
+    (re.compile(r"[A-Za-z]+/[^/]+/\$[a-z-]+"), "/fhir/{type}/{id}/$operation"),
     (re.compile(r"[A-Za-z]+/[^/]+/_history/[^/]+"), "/fhir/{type}/{id}/_history/{vid}"),
     (re.compile(r"[A-Za-z]+/[^/]+/_history"), "/fhir/{type}/{id}/_history"),
     (re.compile(r"[A-Za-z]+/[^/]+"), "/fhir/{type}/{id}"),

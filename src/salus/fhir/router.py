@@ -30,6 +30,7 @@ from salus.errors import (
 )
 from salus.fhir.bundle import BundleProcessor
 from salus.fhir.deidview import Pseudonymizer, deidentify
+from salus.fhir.operations import everything, meta_parameters, validate_operation
 from salus.fhir.searching import Searcher, merge_form
 from salus.fhir.store import FhirStore, Stored
 from salus.security.policy import AccessRequest, Decision, Interaction, PolicyEngine
@@ -163,6 +164,9 @@ class FhirRouter:
             ("GET", re.compile(rf"{_TYPE}/{_ID}/_history/{_VID}"), self._vread),
             ("GET", re.compile(rf"{_TYPE}/{_ID}/_history"), self._history),
             ("POST", re.compile(rf"{_TYPE}/_search"), self._search),
+            ("POST", re.compile(rf"{_TYPE}/\$validate"), self._validate),
+            ("GET", re.compile(rf"{_TYPE}/{_ID}/\$meta"), self._meta),
+            ("GET", re.compile(rf"Patient/{_ID}/\$everything"), self._everything),
             ("GET", re.compile(rf"{_TYPE}/{_ID}"), self._read),
             ("PUT", re.compile(rf"{_TYPE}/{_ID}"), self._update),
             ("DELETE", re.compile(rf"{_TYPE}/{_ID}"), self._delete),
@@ -437,6 +441,101 @@ class FhirRouter:
             return result.matches
 
         return matches
+
+    def _validate(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
+        """resource-operation-validate: never stores anything."""
+        res_type = match["type"]
+        self._decide(request, res_type, Interaction.READ)
+        outcome = validate_operation(
+            res_type, parse_json_body(request.body), request.param("profile"), request.param("mode")
+        )
+        return FhirResponse(200, outcome)
+
+    def _meta(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
+        res_type, res_id = match["type"], match["id"]
+        decision = self._decide(request, res_type, Interaction.READ)
+        if decision.deidentify:
+            raise Forbidden("De-identified access does not read by id.")
+        with self.db.read() as conn:
+            stored = self.store.read(conn, decision.require(), res_type, res_id)
+        response = FhirResponse(200, meta_parameters(stored))
+        response.audit.append(
+            self._read_event(request, decision, stored, f"{res_type}/{res_id}/$meta", "meta")
+        )
+        return response
+
+    def _everything(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
+        """Patient/$everything (patient-operation-everything)."""
+        patient_id = match["id"]
+        decision = self._decide(request, "Patient", Interaction.READ)
+        if decision.deidentify:
+            raise Forbidden("De-identified access does not read single patients.")
+        flt = decision.require()
+        raw_types = request.param("_type")
+        types = {t for t in raw_types.split(",") if t} if raw_types else None
+        for res_type in types or ():
+            self._decide(request, res_type, Interaction.READ)
+        count = _count(request)
+        offset_raw = request.param("_offset") or "0"
+        if not offset_raw.isdigit():
+            raise InvalidInput("_offset must be a non-negative integer.", expression=["_offset"])
+        offset = int(offset_raw)
+        with self.db.read() as conn:
+            patient, page, total = everything(
+                conn,
+                self.store,
+                flt,
+                patient_id,
+                since=_since(request),
+                types=types,
+                count=count,
+                offset=offset,
+            )
+        entries = [
+            {
+                "fullUrl": f"{request.base_url}/{s.res_type}/{s.res_id}",
+                "resource": s.resource,
+                "search": {"mode": "match"},
+            }
+            for s in ([patient] if offset == 0 else []) + page
+            if s.resource
+        ]
+        bundle: dict[str, Any] = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": total + 1,
+            "entry": entries,
+            "link": [
+                {
+                    "relation": "self",
+                    "url": f"{request.base_url}/Patient/"
+                    f"{patient_id}/$everything?_count={count}&_offset={offset}",
+                }
+            ],
+        }
+        if offset + count < total:
+            bundle["link"].append(
+                {
+                    "relation": "next",
+                    "url": f"{request.base_url}/Patient/"
+                    f"{patient_id}/$everything?_count={count}"
+                    f"&_offset={offset + count}",
+                }
+            )
+        response = FhirResponse(200, bundle)
+        response.audit.append(
+            AuditEvent.for_principal(
+                request.principal,
+                category="rest",
+                action="R",
+                entity=f"Patient/{patient_id}/$everything",
+                patient_key=patient_id,
+                purpose=decision.purpose,
+                description="$everything",
+                detail={"interaction": "operation", "entries": len(entries)},
+            )
+        )
+        return response
 
     def _bundle(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
         """Batch and transaction (http.html#transaction)."""
