@@ -26,6 +26,7 @@ from sqlalchemy import (
 from salus.db.types import BigIntPK, UTCDateTime
 
 __all__ = [
+    "bulk_exports",
     "fhir_history",
     "fhir_idx_date",
     "fhir_idx_number",
@@ -434,3 +435,35 @@ fhir_idx_uri = _index_table(
     Column("value", String(1024), nullable=False),
 )
 Index("ix_fhir_idx_uri_value", fhir_idx_uri.c.res_type, fhir_idx_uri.c.param, fhir_idx_uri.c.value)
+
+
+# -- FHIR Bulk Data export (see salus.fhir.bulk) ---------------------------------------
+
+#: Bulk Data export requests (Bulk Data Access IG v2, export.html): who asked,
+#: what for, the job doing it, its state and, once complete, the manifest
+#: (output files as blob digests, sizes and counts; never resource content).
+bulk_exports = Table(
+    "bulk_exports",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("owner_kind", String(10), nullable=False),
+    Column("owner_id", String(100), nullable=False),
+    Column("owner_org", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("level", String(10), nullable=False),
+    Column("request_url", Text, nullable=False),
+    Column("params", JSON, nullable=False),
+    Column("job_id", BigInteger),
+    Column("progress", String(200)),
+    Column("transaction_time", UTCDateTime),
+    Column("error", Text),
+    Column("manifest", JSON),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+Index(
+    "ix_bulk_exports_owner",
+    bulk_exports.c.owner_kind,
+    bulk_exports.c.owner_id,
+    bulk_exports.c.status,
+)

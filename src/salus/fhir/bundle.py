@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -42,6 +43,25 @@ MAX_ENTRIES = 10_000
 
 def _instant(value: datetime) -> str:
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@contextmanager
+def _entry_errors(entry: _Entry) -> Iterator[None]:
+    """Name the entry in any error (the whole transaction is rolled back)."""
+    try:
+        yield
+    except SalusError as exc:
+        exc.message = f"Bundle.entry[{entry.index}]: {exc.message}"
+        exc.expression = [f"Bundle.entry[{entry.index}]"] + exc.expression
+        raise
+
+
+def _failed_entry(creates: list[Any], exc: SalusError) -> int | None:
+    """Which create a batched validation error belongs to (by the resource it names)."""
+    failed = getattr(exc, "resource_index", None)
+    if isinstance(failed, int) and 0 <= failed < len(creates):
+        return int(creates[failed].index)
+    return None
 
 
 def _walk_references(value: Any) -> Iterator[dict[str, Any]]:
@@ -152,16 +172,62 @@ class BundleProcessor:
         responses: dict[int, dict[str, Any]] = {}
         with self.db.write() as conn:
             ids = self._assign_ids(conn, entries, principal, purpose, match)
-            for entry in sorted(entries, key=lambda e: (_ORDER[e.method], e.index)):
-                try:
+            ordered = sorted(entries, key=lambda e: (_ORDER[e.method], e.index))
+            creates = [e for e in ordered if e.method == "POST"]
+            for entry in ordered:
+                if entry.method == "POST":
+                    if entry is creates[0]:  # every create at once, in the POST slot
+                        responses.update(
+                            self._create_all(
+                                conn, creates, principal, purpose, base_url, ids, match
+                            )
+                        )
+                    continue
+                with _entry_errors(entry):
                     responses[entry.index] = self._apply(
                         conn, entry, principal, purpose, base_url, ids, match
                     )
-                except SalusError as exc:
-                    exc.message = f"Bundle.entry[{entry.index}]: {exc.message}"
-                    exc.expression = [f"Bundle.entry[{entry.index}]"] + exc.expression
-                    raise  # rolls back the whole transaction
         return [responses[i] for i in range(len(entries))]
+
+    def _create_all(
+        self,
+        conn: Any,
+        creates: list[_Entry],
+        principal: Principal,
+        purpose: Purpose | None,
+        base_url: str,
+        ids: dict[str, str],
+        match: Matcher,
+    ) -> dict[int, dict[str, Any]]:
+        """The transaction's creates with one statement per table (store.create_many)."""
+        items: list[tuple[dict[str, Any], str | None]] = []
+        authorized: set[str] = set()
+        for entry in creates:
+            with _entry_errors(entry):
+                assert entry.resource is not None  # noqa: S101 - checked when parsed
+                self._resolve(conn, entry.resource, ids, principal, purpose, match)
+                res_type, res_id = entry.url.split("/")
+                if entry.resource.get("resourceType") != res_type:
+                    raise UnprocessableContent("The resource type does not match the URL.")
+                if res_type not in authorized:
+                    self.policy.authorize(
+                        principal, AccessRequest(res_type, Interaction.CREATE, purpose)
+                    )
+                    authorized.add(res_type)
+                items.append((entry.resource, res_id))
+        try:
+            stored = self.store.create_many(conn, principal, items)
+        except SalusError as exc:
+            # Validation names the element; say which entry it was in.
+            index = _failed_entry(creates, exc)
+            exc.message = (
+                f"Bundle.entry[{index}]: {exc.message}" if index is not None else exc.message
+            )
+            raise
+        return {
+            entry.index: self._response("201 Created", result, base_url)
+            for entry, result in zip(creates, stored, strict=True)
+        }
 
     def _assign_ids(
         self,

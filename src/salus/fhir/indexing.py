@@ -36,6 +36,7 @@ INDEX_TABLES: tuple[Table, ...] = (
     fhir_idx_reference,
     fhir_idx_uri,
 )
+_INSERTS = {table.name: insert(table) for table in INDEX_TABLES}
 _TEXT = 255
 _URL = 1024
 
@@ -128,7 +129,18 @@ class Indexer:
         if not fresh:
             self.clear(conn, rid)
         for table, rows in self.rows(rid, res_type, resource).items():
-            conn.execute(insert(table), rows)
+            conn.execute(_INSERTS[table.name], rows)
+
+    def insert_many(
+        self, conn: Connection, items: Sequence[tuple[int, str, Mapping[str, Any]]]
+    ) -> None:
+        """Index new resources (rid, type, body): one insert per index table."""
+        grouped: dict[Table, list[dict[str, Any]]] = {}
+        for rid, res_type, resource in items:
+            for table, rows in self.rows(rid, res_type, resource).items():
+                grouped.setdefault(table, []).extend(rows)
+        for table, rows in grouped.items():
+            conn.execute(_INSERTS[table.name], rows)
 
     def clear(self, conn: Connection, rid: int) -> None:
         for table in INDEX_TABLES:

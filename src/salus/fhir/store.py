@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, tuple_, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from salus.audit.chain import AuditLog
@@ -36,6 +36,7 @@ from salus.errors import (
     InvalidInput,
     NotFound,
     PreconditionFailed,
+    SalusError,
     UnprocessableContent,
 )
 from salus.fhir.categories import category_of
@@ -45,6 +46,9 @@ from salus.security.principal import Principal, PrincipalKind
 from salus.storage.envelope import ValueSealer
 
 __all__ = ["FhirStore", "Stored", "check_id", "new_id"]
+
+_INSERT_RESOURCE = insert(fhir_resources)
+_INSERT_HISTORY = insert(fhir_history)
 
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 RESOURCE_COLUMNS = RecordColumns(
@@ -271,6 +275,89 @@ class FhirStore:
         return self._write(
             conn, principal, res_type, res_id, 1, body, "POST", now, None, principal.org_id
         )
+
+    def create_many(
+        self,
+        conn: Connection,
+        principal: Principal,
+        items: Sequence[tuple[Mapping[str, Any], str | None]],
+    ) -> list[Stored]:
+        """Create several resources with a handful of statements (transaction
+        Bundles, bulk import): one insert per table for the whole batch, and one
+        audit append. ``items`` are (resource, id or None)."""
+        if not items:
+            return []
+        now = self.clock()
+        prepared: list[tuple[str, str, dict[str, Any]]] = []
+        for position, (resource, res_id) in enumerate(items):
+            res_type = _type_of(resource)
+            rid_id = check_id(res_id) if res_id else new_id()
+            try:
+                body = self._prepare(resource, res_type, rid_id, 1, now)
+            except SalusError as exc:
+                exc.resource_index = position  # type: ignore[attr-defined]
+                raise
+            prepared.append((res_type, rid_id, body))
+        keys = [(t, i) for t, i, _ in prepared]
+        if len(set(keys)) != len(keys):
+            raise Conflict("The same resource id appears twice.")
+        existing = conn.execute(
+            select(fhir_resources.c.res_type, fhir_resources.c.res_id).where(
+                tuple_(fhir_resources.c.res_type, fhir_resources.c.res_id).in_(keys)
+            )
+        ).first()
+        if existing is not None:
+            raise Conflict("A resource with this id already exists.")
+        rows: list[dict[str, Any]] = []
+        for res_type, res_id, body in prepared:
+            rows.append(
+                {
+                    "res_type": res_type,
+                    "res_id": res_id,
+                    "version": 1,
+                    "org_id": principal.org_id,
+                    "patient_key": self.compartment(body),
+                    "category": category_of(body),
+                    "deleted": False,
+                    "last_updated": now,
+                    "body": self._seal(res_type, res_id, 1, body),
+                }
+            )
+        rids = [
+            int(r)
+            for r in conn.execute(
+                _INSERT_RESOURCE.returning(fhir_resources.c.rid, sort_by_parameter_order=True),
+                rows,
+            ).scalars()
+        ]
+        conn.execute(
+            _INSERT_HISTORY,
+            [{**row, "rid": rid, "method": "POST"} for row, rid in zip(rows, rids, strict=True)],
+        )
+        self.indexer.insert_many(
+            conn, [(rid, t, body) for rid, (t, _, body) in zip(rids, prepared, strict=True)]
+        )
+        self.audit.append(
+            conn,
+            [
+                AuditEvent.for_principal(
+                    principal,
+                    category="rest",
+                    action="C",
+                    entity=f"{row['res_type']}/{row['res_id']}",
+                    patient_key=row["res_id"]
+                    if row["res_type"] == "Patient"
+                    else row["patient_key"],
+                    description="create",
+                    detail={"version": 1},
+                )
+                for row in rows
+            ],
+        )
+        return [
+            Stored(t, i, 1, now, False, principal.org_id, body, row["patient_key"])
+            for (t, i, body), row in zip(prepared, rows, strict=True)
+        ]
 
     def update(
         self,
