@@ -280,3 +280,41 @@ def test_bundle_shape_errors(world: World) -> None:
         headers={**world.headers("moh-analyst"), "Content-Type": FHIR},
     )
     assert refused.status_code == 403
+
+
+def test_conditional_update_and_source_never_cross_hospitals(world: World) -> None:
+    mrn = f"MRN-{uuid.uuid4().hex[:6]}"
+    source = f"urn:hosp-b:feed:{uuid.uuid4().hex[:6]}"
+    entry = patient_entry(mrn, "urn:shared:id", meta={"source": source})
+    post_bundle(
+        world, "b-feed", {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}
+    )
+    # _source finds hospital B's resource for B only
+    found_b = world.client.get(
+        f"/fhir/Patient?_source={source}", headers=world.headers("b-feed")
+    ).json()
+    found_a = world.client.get(
+        f"/fhir/Patient?_source={source}", headers=world.headers("a-feed")
+    ).json()
+    assert found_b["total"] == 1 and found_a["total"] == 0
+    # A conditional update by hospital A matches nothing of B's: it creates A's own.
+    update = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Patient",
+                    "gender": "female",
+                    "identifier": [{"system": "urn:shared:id", "value": mrn}],
+                },
+                "request": {"method": "PUT", "url": f"Patient?identifier=urn:shared:id|{mrn}"},
+            }
+        ],
+    }
+    result = post_bundle(world, "a-feed", update)
+    assert result["entry"][0]["response"]["status"] == "201 Created"
+    b_view = world.client.get(
+        f"/fhir/Patient?identifier=urn:shared:id|{mrn}", headers=world.headers("b-feed")
+    ).json()
+    assert b_view["total"] == 1 and "gender" not in b_view["entry"][0]["resource"]
