@@ -275,3 +275,48 @@ def test_meta_and_everything(world: World) -> None:
     assert types == ["Observation", "Observation", "Patient"]  # not hospital B's
     assert fhir(world, "b-feed", "GET", f"Patient/{patient['id']}/$everything").status_code == 404
     assert fhir(world, "uni-res", "GET", f"Patient/{patient['id']}/$everything").status_code == 403
+
+
+def test_conditional_create_update_delete(world: World) -> None:
+    mrn = f"C-{world.user_ids['a-doc'][:6]}"
+    with_id = {**PATIENT, "identifier": [{"system": "urn:hosp-a:mrn", "value": mrn}]}
+    first = fhir(
+        world,
+        "a-feed",
+        "POST",
+        "Patient",
+        with_id,
+        **{"If-None-Exist": f"identifier=urn:hosp-a:mrn|{mrn}"},
+    )
+    assert first.status_code == 201
+    again = fhir(
+        world,
+        "a-feed",
+        "POST",
+        "Patient",
+        with_id,
+        **{"If-None-Exist": f"identifier=urn:hosp-a:mrn|{mrn}"},
+    )
+    assert again.status_code == 200 and again.headers["etag"] == 'W/"1"'
+    updated = fhir(
+        world,
+        "a-feed",
+        "PUT",
+        f"Patient?identifier=urn:hosp-a:mrn|{mrn}",
+        {**with_id, "gender": "other"},
+    )
+    assert updated.status_code == 200 and updated.json()["id"] == first.json()["id"]
+    # Hospital B's conditional update does not find A's patient: it creates B's own.
+    b_side = fhir(world, "b-feed", "PUT", f"Patient?identifier=urn:hosp-a:mrn|{mrn}", with_id)
+    assert b_side.status_code == 201 and b_side.json()["id"] != first.json()["id"]
+    assert (
+        fhir(world, "b-feed", "DELETE", f"Patient?identifier=urn:hosp-a:mrn|{mrn}").status_code
+        == 204
+    )
+    assert fhir(world, "a-feed", "GET", f"Patient/{first.json()['id']}").status_code == 200
+    assert (
+        fhir(world, "a-feed", "DELETE", f"Patient?identifier=urn:hosp-a:mrn|{mrn}").status_code
+        == 204
+    )
+    assert fhir(world, "a-feed", "GET", f"Patient/{first.json()['id']}").status_code == 410
+    assert fhir(world, "a-feed", "DELETE", "Patient").status_code == 400

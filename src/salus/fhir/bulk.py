@@ -1,24 +1,18 @@
 """FHIR Bulk Data export, free of HTTP (Bulk Data Access IG v2,
 https://hl7.org/fhir/uv/bulkdata/export.html).
 
-Three levels of kick-off (IG §"Endpoint - All Patients", "Endpoint - Group of
-Patients", "Endpoint - System Level Export"): every resource the caller may
-search (system), every resource in a patient compartment (patient: the rows
-whose ``patient_key`` is set, the Patients included), or the compartments of
-the Patients that a Group names in ``Group.member.entity``. The kick-off is
-authorized per resource type by the policy engine (``search`` interaction);
-a type the caller may not search is refused when ``_type`` names it and
-skipped otherwise. De-identified principals (research, public health) get
-de-identified NDJSON (:mod:`salus.fhir.deidview`).
+Kick-off levels (IG §"Endpoint - System Level Export", "- All Patients", "- Group
+of Patients"): what the caller may search; what lies in a patient compartment
+(``patient_key`` set, Patients included); the compartments of the Patients in
+``Group.member.entity``. Each type is authorized by the policy engine
+(``search``): refused when ``_type`` names it, skipped otherwise.
+De-identified principals get de-identified NDJSON (:mod:`salus.fhir.deidview`).
 
-The work runs as a job (kind :data:`EXPORT_JOB`) in the durable queue: the
-handler rebuilds the principal from the job payload, decides again, streams
-the matching current, non-deleted resources per type in pages, each page
-under the caller's filter in the SQL, and writes NDJSON into the encrypted,
-content-addressed blob store. Only resources last updated at or before the
-export's ``transactionTime`` (and after ``_since``) are exported (IG
-§"Bulk Data Output File Request", §"Query Parameters"). State and manifest
-live in ``bulk_exports``; error texts stored there come from
+A job (:data:`EXPORT_JOB`) does the work: it rebuilds the principal from its
+payload, decides again, pages through current, non-deleted resources per type
+under the caller's filter in the SQL (last updated after ``_since`` and not
+after ``transactionTime``) and writes NDJSON into the encrypted blob store.
+State and manifest live in ``bulk_exports``; stored errors come from
 :func:`~salus.jobs.queue.describe_error` and carry no patient data.
 """
 
@@ -167,15 +161,6 @@ class Export:
         values["status"] = ExportState(values["status"])
         values["level"] = ExportLevel(values["level"])
         return cls(**values)
-
-    @property
-    def purpose(self) -> str | None:
-        value = self.params.get("purpose")
-        return str(value) if value else None
-
-    @property
-    def deidentified(self) -> bool:
-        return bool(self.params.get("deidentify"))
 
     def owned_by(self, principal: Principal) -> bool:
         """The principal that started it; a SYSTEM principal sees every export."""
@@ -378,11 +363,8 @@ class BulkExporter:
     # -- status, cancellation, files (IG §"Bulk Data Status Request") ------------------
     def get(self, export_id: str) -> Export:
         with self.services.db.read() as conn:
-            row = (
-                conn.execute(select(bulk_exports).where(bulk_exports.c.id == export_id))
-                .mappings()
-                .first()
-            )
+            query = select(bulk_exports).where(bulk_exports.c.id == export_id)
+            row = conn.execute(query).mappings().first()
         if row is None:
             raise NotFound("No such export.")
         return Export.from_row(row)
@@ -531,9 +513,9 @@ class BulkExporter:
         self, scope: _Scope, res_type: str, flt: RecordFilter
     ) -> Iterator[list[dict[str, Any]]]:
         """Non-empty pages of ``res_type``, keyset-paged on (last_updated, rid)."""
-        chunks: list[list[str]] | list[None] = scope.members or [None]
         if scope.members is not None and not scope.members:
             return  # a Group without Patient members
+        chunks: list[list[str] | None] = [*scope.members] if scope.members else [None]
         for members in chunks:
             after: tuple[datetime, int] | None = None
             while True:
@@ -553,7 +535,7 @@ class BulkExporter:
         members: list[str] | None,
         after: tuple[datetime, int] | None,
     ) -> tuple[list[tuple[datetime, int]], list[dict[str, Any]]]:
-        """One page under the caller's filter, in the SQL; bodies from the same snapshot."""
+        """One page under the caller's filter, in the SQL; a body changed since is left out."""
         request = scope.request
         conditions: list[Any] = [
             R.c.res_type == res_type,
@@ -568,12 +550,8 @@ class BulkExporter:
         if members is not None:
             conditions.append(R.c.patient_key.in_(members))
         if after is not None:
-            conditions.append(
-                or_(
-                    R.c.last_updated > after[0],
-                    and_(R.c.last_updated == after[0], R.c.rid > after[1]),
-                )
-            )
+            later = and_(R.c.last_updated == after[0], R.c.rid > after[1])
+            conditions.append(or_(R.c.last_updated > after[0], later))
         query = (
             select(R.c.rid, R.c.last_updated)
             .where(*conditions)

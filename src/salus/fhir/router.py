@@ -32,7 +32,7 @@ from salus.fhir.bundle import BundleProcessor
 from salus.fhir.deidview import Pseudonymizer, deidentify
 from salus.fhir.operations import everything, meta_parameters, validate_operation
 from salus.fhir.searching import Searcher, merge_form
-from salus.fhir.store import FhirStore, Stored
+from salus.fhir.store import FhirStore, Stored, new_id
 from salus.security.policy import AccessRequest, Decision, Interaction, PolicyEngine
 from salus.security.principal import Principal, Purpose
 
@@ -172,6 +172,8 @@ class FhirRouter:
             ("DELETE", re.compile(rf"{_TYPE}/{_ID}"), self._delete),
             ("POST", re.compile(rf"{_TYPE}"), self._create),
             ("GET", re.compile(rf"{_TYPE}"), self._search),
+            ("PUT", re.compile(rf"{_TYPE}"), self._conditional_update),
+            ("DELETE", re.compile(rf"{_TYPE}"), self._conditional_delete),
         ]
 
     def handle(self, request: FhirRequest) -> FhirResponse:
@@ -580,6 +582,54 @@ class FhirRouter:
                 if_match=_if_match(request.headers),
             )
         return self._prefer(request, stored, 201 if created else 200)
+
+    def _conditional_params(self, request: FhirRequest) -> list[tuple[str, str]]:
+        params = [(k, v) for k, v in request.query if not k.startswith("_") or k == "_id"]
+        if not params:
+            raise InvalidInput("A conditional update or delete needs search parameters.")
+        return params
+
+    def _conditional_update(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
+        """http.html#cond-update: PUT [type]?search — create, update the one match, or 412."""
+        res_type = match["type"]
+        resource = parse_json_body(request.body)
+        self._decide(request, res_type, Interaction.UPDATE)
+        params = self._conditional_params(request)
+        with self.db.write() as conn:
+            found = self._matcher(request)(conn, res_type, params)
+            if len(found) > 1:
+                raise PreconditionFailed("The search matches several resources.")
+            if found:
+                res_id = found[0].res_id
+                if resource.get("id") not in (None, res_id):
+                    raise InvalidInput(
+                        "The resource id does not match the one found.",
+                        expression=[f"{res_type}.id"],
+                    )
+            else:
+                res_id = str(resource.get("id") or new_id())
+            stored, created = self.store.update(
+                conn,
+                request.principal,
+                res_type,
+                res_id,
+                {**resource, "id": res_id},
+                if_match=_if_match(request.headers),
+            )
+        return self._prefer(request, stored, 201 if created else 200)
+
+    def _conditional_delete(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
+        """http.html#cdelete (single): delete the one match; 412 if several."""
+        res_type = match["type"]
+        self._decide(request, res_type, Interaction.DELETE)
+        params = self._conditional_params(request)
+        with self.db.write() as conn:
+            found = self._matcher(request)(conn, res_type, params)
+            if len(found) > 1:
+                raise PreconditionFailed("The search matches several resources.")
+            if found:
+                self.store.delete(conn, request.principal, res_type, found[0].res_id)
+        return FhirResponse(204)
 
     def _delete(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
         res_type, res_id = match["type"], match["id"]
