@@ -372,9 +372,10 @@ def _job_dict(job: Any) -> dict[str, Any]:
 
 def _register_subcommands() -> None:
     from salus.audit.cli import audit
+    from salus.fhir.cli import fhir
     from salus.security.cli import break_glass, client, grant, org, token, user
 
-    for command in (audit, org, user, client, grant, token, break_glass):
+    for command in (audit, org, user, client, grant, token, break_glass, fhir):
         main.add_command(command)
 
 

@@ -130,6 +130,10 @@ class FhirStore:
         loaded: dict[str, Any] = json.loads(raw)
         return loaded
 
+    def stored_from_row(self, row: RowMapping) -> Stored:
+        """A resource row (``fhir_resources`` or ``fhir_history``), its body opened."""
+        return self._stored(row)
+
     def _stored(self, row: RowMapping, with_body: bool = True) -> Stored:
         body = row.get("body")
         resource = (
