@@ -295,8 +295,23 @@ def test_researchers_get_pseudonymised_results(world: World) -> None:
 
 
 def test_gzip_responses(world: World) -> None:
-    response = world.client.get("/fhir/Patient?_count=100", headers={
-        **world.headers("a-feed"), "Accept-Encoding": "gzip"})
+    response = world.client.get(
+        "/fhir/Patient?_count=100", headers={**world.headers("a-feed"), "Accept-Encoding": "gzip"}
+    )
     assert response.status_code == 200
     assert response.headers.get("content-encoding") == "gzip"
     assert response.json()["resourceType"] == "Bundle"  # the client decompresses
+
+
+def test_reference_identifier_modifier(world: World) -> None:
+    obs = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "by identifier"},
+        "subject": {"identifier": {"system": "urn:hosp-a:mrn", "value": "A-1001"}},
+    }
+    created = _post(world, "a-feed", obs)["id"]
+    found = search(world, "a-feed", "Observation?subject:identifier=urn:hosp-a:mrn|A-1001")
+    assert ids_of(found) == {created}
+    assert ids_of(search(world, "a-feed", "Observation?subject:identifier=A-1001")) == {created}
+    assert ids_of(search(world, "b-feed", "Observation?subject:identifier=A-1001")) == set()

@@ -85,6 +85,15 @@ def _row(kind: str, value: Any) -> tuple[Table, dict[str, Any]] | None:
             "target_id": _cut(value.target_id, 64),
             "url": _cut(value.url, _URL),
         }
+    if kind == "ReferenceIdentifierValue":
+        # Reference.identifier, for the :identifier modifier (search.html#reference):
+        # a token row under a parameter name of its own.
+        return fhir_idx_token, {
+            "param": f"{param}:identifier",
+            "system": _cut(value.system),
+            "code": _cut(value.code),
+            "text": None,
+        }
     if kind == "UriValue":
         return fhir_idx_uri, {"param": param, "value": _cut(value.value, _URL) or ""}
     return None  # composites are matched from their parts (search.html#composite)

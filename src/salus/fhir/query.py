@@ -236,6 +236,11 @@ class SearchPlan:
             )
         table = _TABLES[definition.type]
         values = split_or(value)
+        if definition.type == "reference" and modifier == "identifier":
+            ors = [self._token(fhir_idx_token, v, "") for v in values]
+            return self._exists(
+                fhir_idx_token, f"{definition.code}:identifier", or_(*ors), resource
+            )
         if definition.type == "token" and modifier == "not":
             inner = or_(*(self._token(table, v, "") for v in values))
             return not_(self._exists(table, definition.code, inner, resource))
@@ -348,8 +353,6 @@ class SearchPlan:
     def _reference(
         self, table: Table, value: str, modifier: str, definition: ParamDef
     ) -> ColumnElement[bool]:
-        if modifier == "identifier":
-            raise InvalidInput("':identifier' is not supported yet on references.")
         target_type = modifier or None
         if "/" in value and not value.startswith(("http:", "https:", "urn:")):
             parts = value.split("/")
