@@ -320,3 +320,42 @@ def test_fhir_matrix(world: World) -> None:
             ).scalars()
         )
     assert not [r for r in refused if r not in audited]
+
+
+def test_fhir_audit_events(world: World) -> None:
+    local = world.client.get("/fhir/AuditEvent?_count=200", headers=world.headers("a-sec"))
+    assert local.status_code == 200
+    entries = local.json()["entry"]
+    assert entries and all(
+        any(
+            a.get("who", {}).get("identifier", {}).get("value") == "hosp-a"
+            for a in e["resource"]["agent"]
+        )
+        for e in entries
+    )
+    seq = entries[0]["resource"]["id"]
+    assert (
+        world.client.get(f"/fhir/AuditEvent/{seq}", headers=world.headers("a-sec")).status_code
+        == 200
+    )
+    assert (
+        world.client.get(f"/fhir/AuditEvent/{seq}", headers=world.headers("b-sec")).status_code
+        == 404
+    )
+    for who in ("a-doc", "a-feed", "uni-res", "a-admin"):
+        assert world.client.get("/fhir/AuditEvent", headers=world.headers(who)).status_code == 403
+    assert world.client.post(
+        "/fhir/AuditEvent",
+        content=b"{}",
+        headers={**world.headers("a-sec"), "Content-Type": "application/fhir+json"},
+    ).status_code in (400, 403)
+    patient = world.client.get(
+        "/fhir/AuditEvent?patient=P-1&date=ge2020-01-01", headers=world.headers("ops-sec")
+    ).json()
+    assert all(
+        any(
+            e2.get("what", {}).get("reference") == "Patient/P-1"
+            for e2 in e["resource"].get("entity", [])
+        )
+        for e in patient["entry"]
+    )

@@ -28,6 +28,7 @@ from salus.errors import (
     PreconditionFailed,
     UnprocessableContent,
 )
+from salus.fhir.auditevents import read_audit_event, search_audit_events
 from salus.fhir.bundle import BundleProcessor
 from salus.fhir.deidview import Pseudonymizer, deidentify
 from salus.fhir.operations import everything, meta_parameters, validate_operation
@@ -158,6 +159,8 @@ class FhirRouter:
         self.capabilities = capabilities
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = [
             ("GET", re.compile(r"metadata"), self._metadata),
+            ("GET", re.compile(r"AuditEvent"), self._audit_search),
+            ("GET", re.compile(rf"AuditEvent/{_ID}"), self._audit_read),
             ("POST", re.compile(r""), self._bundle),
             ("GET", re.compile(r"_history"), self._history),
             ("GET", re.compile(rf"{_TYPE}/_history"), self._history),
@@ -251,6 +254,39 @@ class FhirRouter:
         return self._with_headers(stored, request, status, stored.resource)
 
     # -- interactions ------------------------------------------------------------------
+    def _audit_search(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
+        """The audit trail as FHIR AuditEvent (security officers)."""
+        decision = self._decide(request, "AuditEvent", Interaction.SEARCH)
+        bundle = search_audit_events(self.db, decision.require(), request.query, request.base_url)
+        response = FhirResponse(200, bundle)
+        response.audit.append(
+            AuditEvent.for_principal(
+                request.principal,
+                category="rest",
+                action="R",
+                entity="AuditEvent?search",
+                purpose=decision.purpose,
+                description="audit trail searched",
+            )
+        )
+        return response
+
+    def _audit_read(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
+        decision = self._decide(request, "AuditEvent", Interaction.READ)
+        resource = read_audit_event(self.db, decision.require(), match["id"])
+        response = FhirResponse(200, resource)
+        response.audit.append(
+            AuditEvent.for_principal(
+                request.principal,
+                category="rest",
+                action="R",
+                entity=f"AuditEvent/{match['id']}",
+                purpose=decision.purpose,
+                description="audit event read",
+            )
+        )
+        return response
+
     def _metadata(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
         if self.capabilities is None:
             raise NotFound()
@@ -550,12 +586,12 @@ class FhirRouter:
 
     def _create(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
         res_type = match["type"]
+        self._decide(request, res_type, Interaction.CREATE)
         resource = parse_json_body(request.body)
         if resource.get("resourceType") != res_type:
             raise UnprocessableContent(
                 "The resource type does not match the URL.", expression=["resourceType"]
             )
-        self._decide(request, res_type, Interaction.CREATE)
         condition = request.headers.get("if-none-exist")
         with self.db.write() as conn:
             if condition:  # conditional create (http.html#ccreate)
