@@ -152,7 +152,7 @@ def test_prefer_return(world: World) -> None:
         ("GET", "Patient/x", None, {"Accept": "application/fhir+xml"}, 406),
         ("GET", "Patient/x?_format=xml", None, {}, 406),
         ("GET", "Patient/not%20an%20id", None, {}, 404),
-        ("PATCH", "Patient/x", b"[]", {"Content-Type": FHIR}, 405),
+        ("PATCH", "Patient/x", b"[]", {"Content-Type": "text/plain"}, 415),
         ("GET", "Patient/abc/_history/notanumber", None, {}, 404),
         ("PUT", "Patient/x", b"{}", {"Content-Type": FHIR, "If-Match": "garbage"}, 400),
     ],
@@ -320,3 +320,65 @@ def test_conditional_create_update_delete(world: World) -> None:
     )
     assert fhir(world, "a-feed", "GET", f"Patient/{first.json()['id']}").status_code == 410
     assert fhir(world, "a-feed", "DELETE", "Patient").status_code == 400
+
+
+def test_patch(world: World) -> None:
+    patient = created(world).json()
+    path = f"Patient/{patient['id']}"
+    json_patch = [
+        {"op": "replace", "path": "/gender", "value": "other"},
+        {"op": "add", "path": "/telecom", "value": [{"system": "phone", "value": "+84 1"}]},
+    ]
+    response = world.client.patch(
+        f"/fhir/{path}",
+        content=json.dumps(json_patch).encode(),
+        headers={
+            **world.headers("a-feed"),
+            "Content-Type": "application/json-patch+json",
+            "If-Match": 'W/"1"',
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["gender"] == "other" and response.json()["meta"]["versionId"] == "2"
+    fhirpath_patch = {
+        "resourceType": "Parameters",
+        "parameter": [
+            {
+                "name": "operation",
+                "part": [
+                    {"name": "type", "valueCode": "replace"},
+                    {"name": "path", "valueString": "Patient.gender"},
+                    {"name": "value", "valueCode": "female"},
+                ],
+            }
+        ],
+    }
+    second = world.client.patch(
+        f"/fhir/{path}",
+        content=json.dumps(fhirpath_patch).encode(),
+        headers={**world.headers("a-feed"), "Content-Type": FHIR},
+    )
+    assert second.status_code == 200 and second.json()["gender"] == "female"
+    stale = world.client.patch(
+        f"/fhir/{path}",
+        content=json.dumps(json_patch).encode(),
+        headers={
+            **world.headers("a-feed"),
+            "Content-Type": "application/json-patch+json",
+            "If-Match": 'W/"1"',
+        },
+    )
+    assert stale.status_code == 412
+    invalid = [{"op": "replace", "path": "/gender", "value": "not-a-gender"}]
+    bad = world.client.patch(
+        f"/fhir/{path}",
+        content=json.dumps(invalid).encode(),
+        headers={**world.headers("a-feed"), "Content-Type": "application/json-patch+json"},
+    )
+    assert bad.status_code == 400 and bad.json()["issue"][0]["expression"] == ["Patient.gender"]
+    foreign = world.client.patch(
+        f"/fhir/{path}",
+        content=json.dumps(json_patch).encode(),
+        headers={**world.headers("b-feed"), "Content-Type": "application/json-patch+json"},
+    )
+    assert foreign.status_code == 404

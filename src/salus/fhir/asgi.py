@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse, Response
 
 from salus.errors import NotAcceptable, UnsupportedMediaType
+from salus.fhir.patch import PATCH_MEDIA_TYPES
 from salus.fhir.router import FhirRequest
 from salus.server.security import current_principal, requested_purpose, services_of
 
@@ -65,6 +66,15 @@ def _check_content_type(request: Request) -> None:
         raise UnsupportedMediaType("Send FHIR resources as application/fhir+json.")
 
 
+def _check_patch_type(request: Request) -> None:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in PATCH_MEDIA_TYPES:
+        raise UnsupportedMediaType(
+            "Send JSON Patch (application/json-patch+json) or FHIRPath Patch "
+            "(application/fhir+json Parameters)."
+        )
+
+
 def install_fhir_routes(api: FastAPI) -> None:
     async def endpoint(request: Request) -> Response:
         path = request.path_params.get("path", "").strip("/")
@@ -73,7 +83,9 @@ def install_fhir_routes(api: FastAPI) -> None:
         _check_accept(request)
         body: bytes | None = None
         if request.method in ("POST", "PUT", "PATCH"):
-            if not path.endswith("/_search"):  # POST _search sends a form
+            if request.method == "PATCH":
+                _check_patch_type(request)
+            elif not path.endswith("/_search"):  # POST _search sends a form
                 _check_content_type(request)
             body = await request.body()
         services = services_of(request)

@@ -66,6 +66,7 @@ def capability_statement(registry: Any, base_url: str) -> dict[str, Any]:
         "implementation": {"description": "Salus health data hub", "url": f"{base_url}/fhir"},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json"],
         "rest": [
             {
                 "mode": "server",

@@ -32,6 +32,7 @@ from salus.fhir.auditevents import read_audit_event, search_audit_events
 from salus.fhir.bundle import BundleProcessor
 from salus.fhir.deidview import Pseudonymizer, deidentify
 from salus.fhir.operations import everything, meta_parameters, validate_operation
+from salus.fhir.patch import apply_patch
 from salus.fhir.searching import Searcher, merge_form
 from salus.fhir.store import FhirStore, Stored, new_id
 from salus.security.policy import AccessRequest, Decision, Interaction, PolicyEngine
@@ -173,6 +174,7 @@ class FhirRouter:
             ("GET", re.compile(rf"{_TYPE}/{_ID}"), self._read),
             ("PUT", re.compile(rf"{_TYPE}/{_ID}"), self._update),
             ("DELETE", re.compile(rf"{_TYPE}/{_ID}"), self._delete),
+            ("PATCH", re.compile(rf"{_TYPE}/{_ID}"), self._patch),
             ("POST", re.compile(rf"{_TYPE}"), self._create),
             ("GET", re.compile(rf"{_TYPE}"), self._search),
             ("PUT", re.compile(rf"{_TYPE}"), self._conditional_update),
@@ -618,6 +620,27 @@ class FhirRouter:
                 if_match=_if_match(request.headers),
             )
         return self._prefer(request, stored, 201 if created else 200)
+
+    def _patch(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
+        """http.html#patch: JSON Patch or FHIRPath Patch; the result is validated and
+        stored as a new version (If-Match honoured)."""
+        res_type, res_id = match["type"], match["id"]
+        decision = self._decide(request, res_type, Interaction.UPDATE)
+        with self.db.write() as conn:
+            current = self.store.read(conn, decision.require(), res_type, res_id)
+            assert current.resource is not None  # noqa: S101 - read raises for deletions
+            patched = apply_patch(
+                current.resource, request.body or b"", request.headers.get("content-type", "")
+            )
+            stored, _ = self.store.update(
+                conn,
+                request.principal,
+                res_type,
+                res_id,
+                patched,
+                if_match=_if_match(request.headers),
+            )
+        return self._prefer(request, stored, 200)
 
     def _conditional_params(self, request: FhirRequest) -> list[tuple[str, str]]:
         params = [(k, v) for k, v in request.query if not k.startswith("_") or k == "_id"]
