@@ -217,6 +217,9 @@ class Services:
             fhir_store=fhir_store,
             fhir_router=build_fhir_router(settings, db, fhir_store, policy),
         )
+        from salus.fhir.bulk import register_bulk_jobs
+
+        register_bulk_jobs(services)
         services.rewrappers.append(Rewrapper("blobs", blobs.rewrap))
         services.rewrappers.append(Rewrapper("signing keys", _counted(signing_keys.rewrap)))
         services.rewrappers.append(Rewrapper("second factors", _counted(signin.rewrap_totp)))

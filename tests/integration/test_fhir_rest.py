@@ -382,3 +382,25 @@ def test_patch(world: World) -> None:
         headers={**world.headers("b-feed"), "Content-Type": "application/json-patch+json"},
     )
     assert foreign.status_code == 404
+
+
+def test_capability_statement(world: World) -> None:
+    response = fhir(world, "a-feed", "GET", "metadata")
+    assert response.status_code == 200
+    statement = response.json()
+    assert statement["resourceType"] == "CapabilityStatement"
+    assert statement["fhirVersion"] == "4.0.1"
+    resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
+    assert len(resources) > 140
+    patient = resources["Patient"]
+    assert {i["code"] for i in patient["interaction"]} >= {
+        "read",
+        "vread",
+        "update",
+        "patch",
+        "delete",
+        "create",
+        "search-type",
+    }
+    assert {p["name"] for p in patient["searchParam"]} >= {"family", "birthdate", "identifier"}
+    assert {o["name"] for o in statement["rest"][0]["operation"]} >= {"export", "everything"}

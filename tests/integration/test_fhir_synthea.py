@@ -103,6 +103,7 @@ def test_synthea_patients_are_searchable(world: World) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 @pytest.mark.skipif(not CORPUS.is_dir(), reason="the shared Synthea corpus is not present")
 def test_every_corpus_bundle_loads(world: World) -> None:
     total = 0

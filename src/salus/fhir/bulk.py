@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from salus.services import Services
 
 __all__ = [
+    "ACTIVE",
     "EXPORT_JOB",
     "NDJSON",
     "Export",
@@ -312,11 +313,8 @@ class BulkExporter:
         decision = plan[0][1]
         export_id = str(uuid.uuid4())
         now = utcnow()
-        params = {
-            **request.to_json(),
-            "purpose": decision.purpose.value,
-            "deidentify": decision.deidentify,
-        }
+        params = {**request.to_json(), "purpose": decision.purpose.value}
+        params["deidentify"] = decision.deidentify
         with self.services.db.write() as conn:
             active = conn.execute(
                 select(func.count())
@@ -328,10 +326,7 @@ class BulkExporter:
                 )
             ).scalar_one()
             if int(active) >= self.max_active:
-                raise RateLimited(
-                    "Too many bulk exports in progress; wait for one to finish or cancel one.",
-                    headers={"Retry-After": "60"},
-                )
+                raise RateLimited("Too many exports in progress.", headers={"Retry-After": "60"})
             job_id = self.services.jobs.enqueue(
                 EXPORT_JOB,
                 {
@@ -381,19 +376,23 @@ class BulkExporter:
         return export
 
     def _notice_lost_job(self, export: Export) -> Export:
-        """A job that died without its handler noticing (lost worker) fails the export."""
+        """A job that died unnoticed (lost worker) or vanished fails the export."""
         assert export.job_id is not None  # noqa: S101 - checked by the caller
-        job = self.services.jobs.get(export.job_id)
-        if job.status is JobStatus.DEAD:
-            self._set_state(export.id, ExportState.FAILED, error=job.last_error or "job-dead")
-            return self.get(export.id)
-        return export
+        try:
+            job = self.services.jobs.get(export.job_id)
+            error = (job.last_error or "job-dead") if job.status is JobStatus.DEAD else None
+        except NotFound:
+            error = "job-missing: the export job no longer exists"
+        if error is None:
+            return export
+        self._set_state(export.id, ExportState.FAILED, error=error)
+        return self.get(export.id)
 
     def cancel(self, principal: Principal, export_id: str) -> Export:
         """IG §"Bulk Data Delete Request": later status requests answer 404."""
         export = self.owned(principal, export_id)
         self._set_state(export.id, ExportState.CANCELLED, only_from=None)
-        return export
+        return self.get(export.id)
 
     def file(self, principal: Principal, export_id: str, index: int) -> tuple[Export, OutputFile]:
         """IG §"File Request": an output file of a completed export of this principal."""
@@ -414,12 +413,10 @@ class BulkExporter:
         statement = update(bulk_exports).where(bulk_exports.c.id == export_id)
         if only_from is not None:
             statement = statement.where(bulk_exports.c.status.in_(list(only_from)))
-        progress = values.pop("progress", None)
+        values.setdefault("progress", "starting" if state is ExportState.IN_PROGRESS else None)
         with self.services.db.write() as conn:
             result = conn.execute(
-                statement.values(
-                    status=state.value, progress=progress, updated_at=utcnow(), **values
-                )
+                statement.values(status=state.value, updated_at=utcnow(), **values)
             )
         return bool(result.rowcount == 1)
 
@@ -430,10 +427,7 @@ class BulkExporter:
         principal = principal_from_payload(ctx.payload["principal"])
         purpose = Purpose(ctx.payload["purpose"]) if ctx.payload.get("purpose") else None
         tx = utcnow()
-        started = self._set_state(
-            export_id, ExportState.IN_PROGRESS, progress="starting", transaction_time=tx
-        )
-        if not started:
+        if not self._set_state(export_id, ExportState.IN_PROGRESS, transaction_time=tx):
             return  # cancelled, or already finished by an earlier attempt
         export = self.get(export_id)
         scope = _Scope(export_id, ctx, ExportRequest.from_json(export.params), tx)
@@ -519,9 +513,9 @@ class BulkExporter:
         for members in chunks:
             after: tuple[datetime, int] | None = None
             while True:
-                self._checkpoint(scope)
                 keys, resources = self._query(scope, res_type, flt, members, after)
                 if resources:
+                    self._checkpoint(scope)  # only pages with data: empty types stay cheap
                     yield resources
                 if len(keys) < self.page_size:
                     break

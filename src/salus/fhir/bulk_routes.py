@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -52,6 +52,7 @@ from salus.fhir.bulk import (
     ExportLevel,
     ExportRequest,
     ExportState,
+    OutputFile,
 )
 from salus.fhir.search.resource_types import is_resource_type
 from salus.fhir.store import check_id
@@ -225,12 +226,12 @@ def _kick_off(level: ExportLevel) -> Callable[[Request], Awaitable[Response]]:
             ExportLevel.PATIENT: "Patient/$export",
             ExportLevel.GROUP: f"Group/{_safe(group_id or '')}/$export",
         }[level]
+        base = f"{services.settings.base_url()}/fhir"
 
         def work() -> Export:
             accept = request.headers.get("accept")
-            if accept and not {t.split(";")[0].strip().lower() for t in accept.split(",")} & (
-                _ACCEPTED
-            ):
+            types = {t.split(";")[0].strip().lower() for t in (accept or "*/*").split(",")}
+            if not types & _ACCEPTED:
                 raise NotAcceptable("Kick-off responses are application/fhir+json.")
             prefer = _preferences(request)
             if "respond-async" not in prefer:
@@ -250,7 +251,6 @@ def _kick_off(level: ExportLevel) -> Callable[[Request], Awaitable[Response]]:
             url = f"{base}/{path}" + (f"?{query}" if query else "")
             return BulkExporter(services).kick_off(principal, purpose, export_request, url)
 
-        base = f"{services.settings.base_url()}/fhir"
         export = await _audited(
             services,
             principal,
@@ -321,16 +321,22 @@ async def _file(request: Request) -> Response:
     entity = f"$export-file/{_safe(export_id)}/{_safe(raw_index)}"
     exporter = BulkExporter(services)
 
-    def work() -> Export:
+    def work() -> tuple[Export, OutputFile, Iterator[bytes | bytearray]]:
         if not raw_index.isdigit() or len(raw_index) > 9:
             raise NotFound("No such export file.")
-        return exporter.file(principal, export_id, int(raw_index))[0]
+        export, output = exporter.file(principal, export_id, int(raw_index))
+        return export, output, services.blobs.stream(output.digest)
 
-    export = await _audited(services, principal, "R", entity, "bulk export file", work)
-    output = export.files()[int(raw_index)]
-    chunks = await asyncio.to_thread(services.blobs.stream, output.digest)
+    description = "bulk export file"
+    try:
+        export, output, chunks = await asyncio.to_thread(work)
+    except SalusError as exc:
+        await _audit(services, principal, "R", entity, description, error=exc)
+        raise
+    detail = {"type": output.type, "count": output.count}
+    await _audit(services, principal, "R", entity, description, export=export, detail=detail)
     return StreamingResponse(
-        chunks,
+        (memoryview(chunk) for chunk in chunks),
         media_type=NDJSON,
         headers={"Content-Length": str(output.size), "Cache-Control": "no-store"},
     )

@@ -16,6 +16,7 @@ INTERACTIONS = (
     "read",
     "vread",
     "update",
+    "patch",
     "delete",
     "history-instance",
     "history-type",
@@ -65,6 +66,7 @@ def capability_statement(registry: Any, base_url: str) -> dict[str, Any]:
         "software": {"name": "Salus", "version": __version__},
         "implementation": {"description": "Salus health data hub", "url": f"{base_url}/fhir"},
         "fhirVersion": "4.0.1",
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         "format": ["application/fhir+json", "json"],
         "patchFormat": ["application/json-patch+json", "application/fhir+json"],
         "rest": [
@@ -89,7 +91,29 @@ def capability_statement(registry: Any, base_url: str) -> dict[str, Any]:
                     ],
                 },
                 "resource": list(_rest_resources(registry)),
-                "interaction": [{"code": "history-system"}],
+                "interaction": [
+                    {"code": "history-system"},
+                    {"code": "transaction"},
+                    {"code": "batch"},
+                ],
+                "operation": [
+                    {
+                        "name": "export",
+                        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+                    },
+                    {
+                        "name": "everything",
+                        "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                    },
+                    {
+                        "name": "validate",
+                        "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+                    },
+                    {
+                        "name": "meta",
+                        "definition": "http://hl7.org/fhir/OperationDefinition/Resource-meta",
+                    },
+                ],
             }
         ],
     }

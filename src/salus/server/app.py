@@ -20,6 +20,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from salus import __version__
 from salus.config import Settings
 from salus.fhir.asgi import install_fhir_routes
+from salus.fhir.bulk_routes import install_bulk_routes
 from salus.jobs import Worker
 from salus.metrics import Metrics
 from salus.server.admin_routes import install_admin_routes
@@ -120,5 +121,6 @@ def create_app(settings: Settings, services: Services | None = None) -> SalusApp
     install_auth_routes(api)
     install_admin_routes(api)
     install_audit_routes(api)
+    install_bulk_routes(api)  # before the generic /fhir/{path} route
     install_fhir_routes(api)
     return SalusApp(api, metrics, settings)

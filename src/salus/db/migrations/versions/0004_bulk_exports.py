@@ -38,9 +38,7 @@ def upgrade() -> None:
         sa.Column("updated_at", UTCDateTime, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_bulk_exports"),
     )
-    op.create_index(
-        "ix_bulk_exports_owner", "bulk_exports", ["owner_kind", "owner_id", "status"]
-    )
+    op.create_index("ix_bulk_exports_owner", "bulk_exports", ["owner_kind", "owner_id", "status"])
 
 
 def downgrade() -> None:
