@@ -315,3 +315,68 @@ def test_reference_identifier_modifier(world: World) -> None:
     assert ids_of(found) == {created}
     assert ids_of(search(world, "a-feed", "Observation?subject:identifier=A-1001")) == {created}
     assert ids_of(search(world, "b-feed", "Observation?subject:identifier=A-1001")) == set()
+
+
+def test_composite_and_of_type(world: World) -> None:
+    bp = _post(
+        world,
+        "a-feed",
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": LOINC, "code": "85354-9"}]},
+            "subject": {"reference": f"Patient/{world.ids['an']}"},  # type: ignore[attr-defined]
+            "component": [
+                {
+                    "code": {"coding": [{"system": LOINC, "code": "8480-6"}]},
+                    "valueQuantity": {
+                        "value": 142,
+                        "system": "http://unitsofmeasure.org",
+                        "code": "mm[Hg]",
+                    },
+                },
+                {
+                    "code": {"coding": [{"system": LOINC, "code": "8462-4"}]},
+                    "valueQuantity": {
+                        "value": 91,
+                        "system": "http://unitsofmeasure.org",
+                        "code": "mm[Hg]",
+                    },
+                },
+            ],
+        },
+    )["id"]
+    systolic_high = "Observation?component-code-value-quantity=http://loinc.org|8480-6$gt140"
+    assert ids_of(search(world, "a-feed", systolic_high)) == {bp}
+    # the same values on different components do not combine
+    mixed = "Observation?component-code-value-quantity=8462-4$gt140"
+    assert ids_of(search(world, "a-feed", mixed)) == set()
+    glucose = "Observation?code-value-quantity=2345-7$lt6"
+    assert ids_of(search(world, "a-feed", glucose)) == {world.ids["o1"]}  # type: ignore[attr-defined]
+    search(world, "a-feed", "Observation?code-value-quantity=2345-7", status=400)
+    typed = _post(
+        world,
+        "a-feed",
+        {
+            "resourceType": "Patient",
+            "identifier": [
+                {
+                    "type": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                "code": "MR",
+                            }
+                        ]
+                    },
+                    "system": "urn:hosp-a:mrn",
+                    "value": "A-TYPED-1",
+                }
+            ],
+        },
+    )["id"]
+    of_type = (
+        "Patient?identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|A-TYPED-1"
+    )
+    assert ids_of(search(world, "a-feed", of_type)) == {typed}
+    assert ids_of(search(world, "b-feed", of_type)) == set()

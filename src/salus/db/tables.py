@@ -28,6 +28,7 @@ from salus.db.types import BigIntPK, UTCDateTime
 __all__ = [
     "bulk_exports",
     "fhir_history",
+    "fhir_idx_composite",
     "fhir_idx_date",
     "fhir_idx_number",
     "fhir_idx_quantity",
@@ -353,6 +354,9 @@ fhir_idx_token = _index_table(
     Column("system", String(255)),
     Column("code", String(255)),
     Column("text", String(255)),
+    #: Identifier.type (for :of-type).
+    Column("type_system", String(255)),
+    Column("type_code", String(255)),
 )
 Index(
     "ix_fhir_idx_token_code",
@@ -466,4 +470,26 @@ Index(
     bulk_exports.c.owner_kind,
     bulk_exports.c.owner_id,
     bulk_exports.c.status,
+)
+
+#: Composite parameters of two components (search.html#composite): the first a
+#: token (or reference), the second any type; one row per combination found on
+#: the same element (e.g. each Observation.component).
+fhir_idx_composite = _index_table(
+    "fhir_idx_composite",
+    Column("k_system", String(255)),
+    Column("k_code", String(255)),
+    Column("v_system", String(255)),
+    Column("v_code", String(255)),
+    Column("v_low", Numeric(38, 12)),
+    Column("v_high", Numeric(38, 12)),
+    Column("v_date_low", UTCDateTime),
+    Column("v_date_high", UTCDateTime),
+    Column("v_text", String(255)),
+)
+Index(
+    "ix_fhir_idx_composite_key",
+    fhir_idx_composite.c.res_type,
+    fhir_idx_composite.c.param,
+    fhir_idx_composite.c.k_code,
 )

@@ -16,6 +16,7 @@ from sqlalchemy import Table, delete, insert
 from sqlalchemy.engine import Connection
 
 from salus.db.tables import (
+    fhir_idx_composite,
     fhir_idx_date,
     fhir_idx_number,
     fhir_idx_quantity,
@@ -28,6 +29,7 @@ from salus.db.tables import (
 __all__ = ["INDEX_TABLES", "Indexer"]
 
 INDEX_TABLES: tuple[Table, ...] = (
+    fhir_idx_composite,
     fhir_idx_token,
     fhir_idx_string,
     fhir_idx_date,
@@ -59,6 +61,8 @@ def _row(kind: str, value: Any) -> tuple[Table, dict[str, Any]] | None:
             "system": _cut(value.system),
             "code": _cut(value.code),
             "text": _cut(value.text),
+            "type_system": _cut(value.type_system),
+            "type_code": _cut(value.type_code),
         }
     if kind == "StringValue":
         return fhir_idx_string, {
@@ -93,10 +97,53 @@ def _row(kind: str, value: Any) -> tuple[Table, dict[str, Any]] | None:
             "system": _cut(value.system),
             "code": _cut(value.code),
             "text": None,
+            "type_system": None,
+            "type_code": None,
         }
     if kind == "UriValue":
         return fhir_idx_uri, {"param": param, "value": _cut(value.value, _URL) or ""}
-    return None  # composites are matched from their parts (search.html#composite)
+    if kind == "CompositeValue":
+        return _composite_row(value)
+    return None
+
+
+def _composite_row(value: Any) -> tuple[Table, dict[str, Any]] | None:
+    """Two-component composites (the first a token or reference) as one row."""
+    if len(value.parts) != 2:
+        return None  # three-part composites (4 of 72 in R4) are not indexed yet
+    first, second = value.parts
+    row: dict[str, Any] = {
+        "param": value.param,
+        "k_system": None,
+        "k_code": None,
+        "v_system": None,
+        "v_code": None,
+        "v_low": None,
+        "v_high": None,
+        "v_date_low": None,
+        "v_date_high": None,
+        "v_text": None,
+    }
+    first_kind, second_kind = type(first).__name__, type(second).__name__
+    if first_kind == "TokenValue":
+        row.update(k_system=_cut(first.system), k_code=_cut(first.code))
+    elif first_kind == "ReferenceValue":
+        row.update(k_system=_cut(first.target_type), k_code=_cut(first.target_id))
+    else:
+        return None
+    if second_kind == "TokenValue":
+        row.update(v_system=_cut(second.system), v_code=_cut(second.code))
+    elif second_kind in ("QuantityValue", "NumberValue"):
+        row.update(v_low=second.low, v_high=second.high)
+        if second_kind == "QuantityValue":
+            row.update(v_system=_cut(second.system), v_code=_cut(second.code))
+    elif second_kind == "DateValue":
+        row.update(v_date_low=second.low, v_date_high=second.high)
+    elif second_kind == "StringValue":
+        row.update(v_text=_cut(second.normalized))
+    else:
+        return None
+    return fhir_idx_composite, row
 
 
 class Indexer:

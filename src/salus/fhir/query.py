@@ -43,6 +43,7 @@ from sqlalchemy import (
 )
 
 from salus.db.tables import (
+    fhir_idx_composite,
     fhir_idx_date,
     fhir_idx_number,
     fhir_idx_quantity,
@@ -119,6 +120,18 @@ def _split_pipe(value: str) -> tuple[str | None, str]:
     return match.group(1).replace("\\|", "|"), match.group(2).replace("\\|", "|")
 
 
+def _token_match(system_col: Any, code_col: Any, value: str) -> ColumnElement[bool]:
+    """``[system]|[code]`` forms of a token (search.html#token)."""
+    system, code = _split_pipe(value)
+    if system is None:
+        return and_(code_col == code)
+    if system == "":
+        return and_(system_col.is_(None), code_col == code)
+    if code == "":
+        return and_(system_col == system)
+    return and_(system_col == system, code_col == code)
+
+
 def _prefix(value: str) -> tuple[str, str]:
     if len(value) > 2 and value[:2] in _PREFIXES and not value[2].isalpha():
         return value[:2], value[2:]
@@ -184,6 +197,8 @@ class ParamDef:
     code: str
     type: str
     targets: tuple[str, ...] = ()
+    #: Types of a composite parameter's components.
+    components: tuple[str, ...] = ()
 
 
 ParamLookup = Callable[[str, str], ParamDef | None]
@@ -229,7 +244,9 @@ class SearchPlan:
             return self._chain(res_type, definition, modifier, chain, value, resource)
         if modifier == "missing":
             return self._missing(definition, value, resource)
-        if definition.type == "composite" or definition.type == "special":
+        if definition.type == "composite":
+            return self._composite(definition, value, resource)
+        if definition.type == "special":
             raise InvalidInput(
                 f"Search parameter '{base}' ({definition.type}) is not supported.",
                 expression=[base],
@@ -308,16 +325,64 @@ class SearchPlan:
             return table.c.text.isnot(None) & func.lower(table.c.text).contains(
                 value.lower(), autoescape=True
             )
+        if modifier == "of-type":
+            # identifier:of-type=type-system|type-code|value (search.html#token)
+            parts = re.split(r"(?<!\\)\|", value)
+            if len(parts) != 3 or not all(parts):
+                raise InvalidInput(":of-type takes type-system|type-code|value.")
+            return and_(
+                table.c.type_system == parts[0],
+                table.c.type_code == parts[1],
+                table.c.code == parts[2],
+            )
         if modifier not in ("", "not"):
             raise InvalidInput(f"Modifier ':{modifier}' is not supported on tokens.")
-        system, code = _split_pipe(value)
-        if system is None:
-            return table.c.code == code
-        if system == "":
-            return and_(table.c.system.is_(None), table.c.code == code)
-        if code == "":
-            return table.c.system == system
-        return and_(table.c.system == system, table.c.code == code)
+        return _token_match(table.c.system, table.c.code, value)
+
+    def _composite(
+        self, definition: ParamDef, value: str, resource: FromClause
+    ) -> ColumnElement[bool]:
+        """search.html#composite: ``a$b``, two components, the first a token."""
+        table = fhir_idx_composite
+        if len(definition.components) != 2:
+            raise InvalidInput(
+                f"Composite '{definition.code}' has more than two components; "
+                "it is not searchable yet."
+            )
+        second_type = definition.components[1]
+        ors = []
+        for item in split_or(value):
+            first, sep, second = item.partition("$")
+            if not sep or not first or not second:
+                raise InvalidInput(f"'{definition.code}' takes value1$value2.")
+            key = _token_match(table.c.k_system, table.c.k_code, first)
+            if second_type == "token":
+                other = _token_match(table.c.v_system, table.c.v_code, second)
+            elif second_type in ("quantity", "number"):
+                prefix, rest = _prefix(second)
+                number_text, _, unit = rest.partition("|")
+                number, low, high = _decimal_range(number_text)
+                if prefix in ("gt", "lt", "ge", "le", "sa", "eb"):
+                    low = high = number
+                other = _range_condition(prefix, table.c.v_low, table.c.v_high, low, high, number)
+                if unit:
+                    system, code = _split_pipe(unit)
+                    if system:
+                        other = and_(other, table.c.v_system == system)
+                    if code:
+                        other = and_(other, table.c.v_code == code)
+            elif second_type == "date":
+                prefix, text = _prefix(second)
+                low_d, high_d = date_range(text)
+                other = _range_condition(
+                    prefix, table.c.v_date_low, table.c.v_date_high, low_d, high_d
+                )
+            elif second_type == "string":
+                other = table.c.v_text.startswith(normalize_string(second), autoescape=True)
+            else:
+                raise InvalidInput(f"Composite '{definition.code}' is not searchable yet.")
+            ors.append(and_(key, other))
+        return self._exists(table, definition.code, or_(*ors), resource)
 
     def _date(self, table: Table, value: str, modifier: str) -> ColumnElement[bool]:
         prefix, text = _prefix(value)
@@ -510,6 +575,11 @@ def type_lookup(params_for: Callable[[str], Mapping[str, Any]]) -> ParamLookup:
         found = params_for(res_type).get(code)
         if found is None:
             return None
-        return ParamDef(found.code, found.type, tuple(found.targets or ()))
+        return ParamDef(
+            found.code,
+            found.type,
+            tuple(found.targets or ()),
+            tuple(c.type for c in (found.components or ())),
+        )
 
     return lookup
