@@ -23,7 +23,9 @@ INTERACTIONS = (
     "create",
     "search-type",
 )
-SEARCH_TYPES = frozenset({"number", "date", "string", "token", "reference", "quantity", "uri"})
+SEARCH_TYPES = frozenset(
+    {"number", "date", "string", "token", "reference", "quantity", "uri", "composite"}
+)
 
 
 @lru_cache(maxsize=4)
