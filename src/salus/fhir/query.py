@@ -243,9 +243,9 @@ class SearchPlan:
         if chain is not None:
             return self._chain(res_type, definition, modifier, chain, value, resource)
         if modifier == "missing":
-            return self._missing(definition, value, resource)
+            return self._missing(definition, value, resource, res_type)
         if definition.type == "composite":
-            return self._composite(definition, value, resource)
+            return self._composite(definition, value, resource, res_type)
         if definition.type == "special":
             raise InvalidInput(
                 f"Search parameter '{base}' ({definition.type}) is not supported.",
@@ -256,11 +256,11 @@ class SearchPlan:
         if definition.type == "reference" and modifier == "identifier":
             ors = [self._token(fhir_idx_token, v, "") for v in values]
             return self._exists(
-                fhir_idx_token, f"{definition.code}:identifier", or_(*ors), resource
+                fhir_idx_token, f"{definition.code}:identifier", or_(*ors), resource, res_type
             )
         if definition.type == "token" and modifier == "not":
             inner = or_(*(self._token(table, v, "") for v in values))
-            return not_(self._exists(table, definition.code, inner, resource))
+            return not_(self._exists(table, definition.code, inner, resource, res_type))
         builder = getattr(self, f"_{definition.type}")
         ors = [
             builder(table, v, modifier)
@@ -268,14 +268,25 @@ class SearchPlan:
             else self._reference(table, v, modifier, definition)
             for v in values
         ]
-        return self._exists(table, definition.code, or_(*ors), resource)
+        return self._exists(table, definition.code, or_(*ors), resource, res_type)
 
     def _exists(
-        self, table: Table, param: str, condition: ColumnElement[bool], resource: FromClause
+        self,
+        table: Table,
+        param: str,
+        condition: ColumnElement[bool],
+        resource: FromClause,
+        res_type: str,
     ) -> ColumnElement[bool]:
-        return exists(
+        """Resources with an index row of ``param`` matching ``condition``.
+
+        Written as ``rid IN (…)`` over the index table (not a correlated EXISTS)
+        so that both planners start from the index (type, param, value) and
+        probe resources by rid, instead of scanning every resource of the type.
+        """
+        return resource.c.rid.in_(
             select(table.c.rid).where(
-                table.c.rid == resource.c.rid, table.c.param == param, condition
+                table.c.res_type == res_type, table.c.param == param, condition
             )
         )
 
@@ -299,14 +310,14 @@ class SearchPlan:
         return or_(*ors)
 
     def _missing(
-        self, definition: ParamDef, value: str, resource: FromClause
+        self, definition: ParamDef, value: str, resource: FromClause, res_type: str
     ) -> ColumnElement[bool]:
         if value not in ("true", "false"):
             raise InvalidInput(":missing takes true or false.", expression=[definition.code])
         table = _TABLES.get(definition.type)
         if table is None:
             raise InvalidInput(f"':missing' is not supported on '{definition.code}'.")
-        present = self._exists(table, definition.code, true(), resource)
+        present = self._exists(table, definition.code, true(), resource, res_type)
         return not_(present) if value == "true" else present
 
     # -- by type -----------------------------------------------------------------------
@@ -340,7 +351,7 @@ class SearchPlan:
         return _token_match(table.c.system, table.c.code, value)
 
     def _composite(
-        self, definition: ParamDef, value: str, resource: FromClause
+        self, definition: ParamDef, value: str, resource: FromClause, res_type: str
     ) -> ColumnElement[bool]:
         """search.html#composite: ``a$b``, two components, the first a token."""
         table = fhir_idx_composite
@@ -382,7 +393,7 @@ class SearchPlan:
             else:
                 raise InvalidInput(f"Composite '{definition.code}' is not searchable yet.")
             ors.append(and_(key, other))
-        return self._exists(table, definition.code, or_(*ors), resource)
+        return self._exists(table, definition.code, or_(*ors), resource, res_type)
 
     def _date(self, table: Table, value: str, modifier: str) -> ColumnElement[bool]:
         prefix, text = _prefix(value)
