@@ -78,7 +78,7 @@ class AuditLog:
         checkpoint_file: Path | None = None,
         clock: Callable[[], datetime] = utcnow,
         batch_max: int = 256,
-        batch_delay: float = 0.002,
+        batch_delay: float = 0.0,
     ) -> None:
         self.db = db
         self.signer = signer
