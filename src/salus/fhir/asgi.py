@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 
 from salus.errors import NotAcceptable, UnsupportedMediaType
 from salus.fhir.patch import PATCH_MEDIA_TYPES
-from salus.fhir.router import FhirRequest
+from salus.fhir.rest import FhirRequest
 from salus.server.security import current_principal, requested_purpose, services_of
 
 __all__ = ["FHIR_JSON", "install_fhir_routes"]

@@ -11,13 +11,10 @@ reads through the group-committed audit log before the response leaves.
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs, parse_qsl
+from urllib.parse import parse_qsl
 
 from salus.audit.events import AuditEvent
 from salus.errors import (
@@ -33,109 +30,29 @@ from salus.fhir.bundle import BundleProcessor
 from salus.fhir.deidview import Pseudonymizer, deidentify
 from salus.fhir.operations import everything, meta_parameters, validate_operation
 from salus.fhir.patch import apply_patch
+from salus.fhir.rest import (
+    FhirRequest,
+    FhirResponse,
+    count_param,
+    form_params,
+    http_date,
+    if_match,
+    instant,
+    parse_json_body,
+    since_param,
+)
 from salus.fhir.searching import Searcher, merge_form
 from salus.fhir.store import FhirStore, Stored, new_id
 from salus.security.policy import AccessRequest, Decision, Interaction, PolicyEngine
-from salus.security.principal import Principal, Purpose
 
 __all__ = ["FhirRequest", "FhirResponse", "FhirRouter", "parse_json_body"]
 
 _TYPE = r"(?P<type>[A-Z][A-Za-z]{1,63})"
 _ID = r"(?P<id>[A-Za-z0-9\-.]{1,64})"
 _VID = r"(?P<vid>[0-9]{1,9})"
-MAX_COUNT = 1000
-DEFAULT_COUNT = 50
 #: A search touching more patients than this is audited per patient up to it,
 #: plus its match count (bulk access goes through $export, audited per export).
 MAX_AUDITED_PATIENTS = 200
-
-
-@dataclass(frozen=True, slots=True)
-class FhirRequest:
-    method: str
-    path: str  # below the FHIR base, without a leading slash
-    query: list[tuple[str, str]]
-    headers: Mapping[str, str]  # lower-case names
-    body: bytes | None
-    principal: Principal
-    purpose: Purpose | None
-    base_url: str
-
-    def param(self, name: str) -> str | None:
-        for key, value in self.query:
-            if key == name:
-                return value
-        return None
-
-
-@dataclass(slots=True)
-class FhirResponse:
-    status: int
-    resource: dict[str, Any] | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    #: Read events the adapter records (group commit) before answering.
-    audit: list[AuditEvent] = field(default_factory=list)
-
-
-def parse_json_body(body: bytes | None) -> dict[str, Any]:
-    if not body:
-        raise InvalidInput("The request has no body.")
-    try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("The body is not valid JSON.") from None
-    if not isinstance(value, dict):
-        raise InvalidInput("The body must be a JSON object (a FHIR resource).")
-    return value
-
-
-def _form(request: FhirRequest) -> dict[str, list[str]]:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/x-www-form-urlencoded":
-        raise InvalidInput("POST _search takes application/x-www-form-urlencoded.")
-    return parse_qs((request.body or b"").decode("utf-8", "replace"), keep_blank_values=True)
-
-
-def _http_date(value: datetime) -> str:
-    return value.strftime("%a, %d %b %Y %H:%M:%S GMT")
-
-
-def _instant(value: datetime) -> str:
-    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _if_match(headers: Mapping[str, str]) -> int | None:
-    value = headers.get("if-match")
-    if value is None:
-        return None
-    match = re.fullmatch(r'\s*(?:W/)?"?([0-9]{1,9})"?\s*', value)
-    if not match:
-        raise InvalidInput(
-            'If-Match must be a version ETag such as W/"3".', expression=["If-Match"]
-        )
-    return int(match.group(1))
-
-
-def _count(request: FhirRequest) -> int:
-    raw = request.param("_count")
-    if raw is None:
-        return DEFAULT_COUNT
-    if not raw.isdigit():
-        raise InvalidInput("_count must be a non-negative integer.", expression=["_count"])
-    return min(int(raw), MAX_COUNT)
-
-
-def _since(request: FhirRequest) -> datetime | None:
-    raw = request.param("_since")
-    if raw is None:
-        return None
-    try:
-        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidInput("_since must be an instant.", expression=["_since"]) from None
-    if value.tzinfo is None:
-        raise InvalidInput("_since must include a time zone.", expression=["_since"])
-    return value
 
 
 Handler = Callable[[FhirRequest, re.Match[str]], FhirResponse]
@@ -232,7 +149,7 @@ class FhirRouter:
     def _with_headers(
         self, stored: Stored, request: FhirRequest, status: int, body: dict[str, Any] | None
     ) -> FhirResponse:
-        headers = {"ETag": stored.etag, "Last-Modified": _http_date(stored.last_updated)}
+        headers = {"ETag": stored.etag, "Last-Modified": http_date(stored.last_updated)}
         if status == 201 or request.method in ("POST", "PUT"):
             headers["Location"] = f"{request.base_url}/{stored.location}"
         return FhirResponse(status, body, headers)
@@ -332,7 +249,7 @@ class FhirRouter:
         )
         if decision.deidentify:
             raise Forbidden("De-identified access does not include history.")
-        count = _count(request)
+        count = count_param(request)
         offset_raw = request.param("_offset") or "0"
         if not offset_raw.isdigit():
             raise InvalidInput("_offset must be a non-negative integer.", expression=["_offset"])
@@ -343,7 +260,7 @@ class FhirRouter:
                 decision.require(),
                 res_type=res_type,
                 res_id=res_id,
-                since=_since(request),
+                since=since_param(request),
                 count=count,
                 offset=offset,
             )
@@ -383,7 +300,7 @@ class FhirRouter:
                     if stored.deleted
                     else ("201" if stored.version == 1 else "200"),
                     "etag": stored.etag,
-                    "lastModified": _instant(stored.last_updated),
+                    "lastModified": instant(stored.last_updated),
                 },
             }
             if stored.resource is not None:
@@ -412,7 +329,7 @@ class FhirRouter:
         decision = self._decide(request, res_type, Interaction.SEARCH)
         params = list(request.query)
         if request.method == "POST":
-            params = merge_form(params, _form(request))
+            params = merge_form(params, form_params(request))
         lenient = "handling=lenient" in request.headers.get("prefer", "")
 
         def visible_for(other: str) -> Any:
@@ -515,7 +432,7 @@ class FhirRouter:
         types = {t for t in raw_types.split(",") if t} if raw_types else None
         for res_type in types or ():
             self._decide(request, res_type, Interaction.READ)
-        count = _count(request)
+        count = count_param(request)
         offset_raw = request.param("_offset") or "0"
         if not offset_raw.isdigit():
             raise InvalidInput("_offset must be a non-negative integer.", expression=["_offset"])
@@ -526,7 +443,7 @@ class FhirRouter:
                 self.store,
                 flt,
                 patient_id,
-                since=_since(request),
+                since=since_param(request),
                 types=types,
                 count=count,
                 offset=offset,
@@ -617,7 +534,7 @@ class FhirRouter:
                 res_type,
                 res_id,
                 resource,
-                if_match=_if_match(request.headers),
+                if_match=if_match(request.headers),
             )
         return self._prefer(request, stored, 201 if created else 200)
 
@@ -638,7 +555,7 @@ class FhirRouter:
                 res_type,
                 res_id,
                 patched,
-                if_match=_if_match(request.headers),
+                if_match=if_match(request.headers),
             )
         return self._prefer(request, stored, 200)
 
@@ -673,7 +590,7 @@ class FhirRouter:
                 res_type,
                 res_id,
                 {**resource, "id": res_id},
-                if_match=_if_match(request.headers),
+                if_match=if_match(request.headers),
             )
         return self._prefer(request, stored, 201 if created else 200)
 
@@ -695,7 +612,7 @@ class FhirRouter:
         self._decide(request, res_type, Interaction.DELETE)
         with self.db.write() as conn:
             stored = self.store.delete(
-                conn, request.principal, res_type, res_id, if_match=_if_match(request.headers)
+                conn, request.principal, res_type, res_id, if_match=if_match(request.headers)
             )
         if stored is None:
             return FhirResponse(204)
