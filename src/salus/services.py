@@ -185,8 +185,10 @@ class Services:
             audience=settings.base_url(),
             ttl=settings.auth_token_ttl,
             oidc=OidcConfig.from_settings(settings),
+            active_cache_seconds=5.0,
         )
         directory = Directory(db, audit, sealer)
+        directory.on_change = tokens.forget_accounts
         signin = SignIn(
             directory,
             login_policy=LoginPolicy(

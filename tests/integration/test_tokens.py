@@ -104,25 +104,51 @@ def _seed(db: Database) -> None:
         )
         conn.execute(
             users.insert().values(
-                id="u-1", username="alice", org_id="org-a", display_name="Alice",
-                password_hash="unused", active=True, created_at=now,
+                id="u-1",
+                username="alice",
+                org_id="org-a",
+                display_name="Alice",
+                password_hash="unused",
+                active=True,
+                created_at=now,
             )
         )
         conn.execute(
             clients.insert(),
             [
-                {"id": "c-jwt", "org_id": "org-a", "name": "EHR", "auth_method": "private_key_jwt",
-                 "jwks": jwks, "secret_hash": None, "active": True, "created_at": now},
-                {"id": "c-sec", "org_id": "org-a", "name": "Lab", "auth_method": "client_secret",
-                 "jwks": None, "secret_hash": hash_secret(SECRET), "active": True,
-                 "created_at": now},
+                {
+                    "id": "c-jwt",
+                    "org_id": "org-a",
+                    "name": "EHR",
+                    "auth_method": "private_key_jwt",
+                    "jwks": jwks,
+                    "secret_hash": None,
+                    "active": True,
+                    "created_at": now,
+                },
+                {
+                    "id": "c-sec",
+                    "org_id": "org-a",
+                    "name": "Lab",
+                    "auth_method": "client_secret",
+                    "jwks": None,
+                    "secret_hash": hash_secret(SECRET),
+                    "active": True,
+                    "created_at": now,
+                },
             ],
         )
         conn.execute(
             role_grants.insert(),
             [
-                {"principal_kind": "client", "principal_id": "c-jwt", "role": role,
-                 "org_id": org, "created_at": now, "created_by": "test"}
+                {
+                    "principal_kind": "client",
+                    "principal_id": "c-jwt",
+                    "role": role,
+                    "org_id": org,
+                    "created_at": now,
+                    "created_by": "test",
+                }
                 for role, org in (("hospital_integration", "org-a"), ("researcher", "org-b"))
             ],
         )
@@ -151,8 +177,11 @@ def tokens(seeded: Database, keys: SigningKeys) -> TokenService:
 
 def _user(**changes: Any) -> Principal:
     values: dict[str, Any] = {
-        "kind": PrincipalKind.USER, "id": "u-1", "org_id": "org-a",
-        "roles": frozenset({"clinician"}), "auth_method": AuthMethod.PASSWORD_TOTP,
+        "kind": PrincipalKind.USER,
+        "id": "u-1",
+        "org_id": "org-a",
+        "roles": frozenset({"clinician"}),
+        "auth_method": AuthMethod.PASSWORD_TOTP,
     }
     values.update(changes)
     return Principal(**values)
@@ -165,8 +194,9 @@ def _refused(message: str) -> Any:
 # -- issue and verify -------------------------------------------------------------------------
 @pytest.mark.parametrize("alg", ["ES256", "RS256"])
 def test_issue_and_verify_round_trip(seeded: Database, sealer: ValueSealer, alg: str) -> None:
-    service = TokenService(seeded, SigningKeys(seeded, sealer, alg), issuer=ISSUER,
-                           audience=ISSUER, ttl=120)
+    service = TokenService(
+        seeded, SigningKeys(seeded, sealer, alg), issuer=ISSUER, audience=ISSUER, ttl=120
+    )
     issued = service.issue(_user())
     assert issued.token_type == "Bearer" and issued.expires_in == 120
     assert issued.scope == "user/*.cruds"
@@ -182,8 +212,12 @@ def test_issue_and_verify_round_trip(seeded: Database, sealer: ValueSealer, alg:
 
     principal = service.verify(issued.access_token)
     assert principal == Principal(
-        kind=PrincipalKind.USER, id="u-1", org_id="org-a", roles=frozenset({"clinician"}),
-        scopes=frozenset({"user/*.cruds"}), auth_method=AuthMethod.PASSWORD_TOTP,
+        kind=PrincipalKind.USER,
+        id="u-1",
+        org_id="org-a",
+        roles=frozenset({"clinician"}),
+        scopes=frozenset({"user/*.cruds"}),
+        auth_method=AuthMethod.PASSWORD_TOTP,
         token_id=claims["jti"],
     )
 
@@ -202,20 +236,39 @@ def test_client_token_round_trip(tokens: TokenService) -> None:
 
 
 def test_expired_token_refused(seeded: Database, keys: SigningKeys, tokens: TokenService) -> None:
-    past = TokenService(seeded, keys, issuer=ISSUER, audience=ISSUER, ttl=60,
-                        clock=lambda: utcnow() - timedelta(minutes=5))
+    past = TokenService(
+        seeded,
+        keys,
+        issuer=ISSUER,
+        audience=ISSUER,
+        ttl=60,
+        clock=lambda: utcnow() - timedelta(minutes=5),
+    )
     with _refused("The access token has expired."):
         tokens.verify(past.issue(_user()).access_token)
     # Within the 30 s leeway it still passes.
-    recent = TokenService(seeded, keys, issuer=ISSUER, audience=ISSUER, ttl=60,
-                          clock=lambda: utcnow() - timedelta(seconds=75))
+    recent = TokenService(
+        seeded,
+        keys,
+        issuer=ISSUER,
+        audience=ISSUER,
+        ttl=60,
+        clock=lambda: utcnow() - timedelta(seconds=75),
+    )
     assert tokens.verify(recent.issue(_user()).access_token).id == "u-1"
 
 
-def test_not_yet_valid_token_refused(seeded: Database, keys: SigningKeys,
-                                     tokens: TokenService) -> None:
-    future = TokenService(seeded, keys, issuer=ISSUER, audience=ISSUER, ttl=600,
-                          clock=lambda: utcnow() + timedelta(minutes=5))
+def test_not_yet_valid_token_refused(
+    seeded: Database, keys: SigningKeys, tokens: TokenService
+) -> None:
+    future = TokenService(
+        seeded,
+        keys,
+        issuer=ISSUER,
+        audience=ISSUER,
+        ttl=600,
+        clock=lambda: utcnow() + timedelta(minutes=5),
+    )
     with _refused("The access token is not valid yet."):
         tokens.verify(future.issue(_user()).access_token)
 
@@ -225,8 +278,12 @@ def test_forged_signature_with_known_kid_refused(tokens: TokenService) -> None:
     header = jwt.get_unverified_header(genuine)
     claims = jwt.decode(genuine, options={"verify_signature": False})
     claims["roles"] = ["administrator"]
-    forged = jwt.encode(claims, ec.generate_private_key(ec.SECP256R1()), algorithm="ES256",
-                        headers={"kid": header["kid"], "typ": "at+jwt"})
+    forged = jwt.encode(
+        claims,
+        ec.generate_private_key(ec.SECP256R1()),
+        algorithm="ES256",
+        headers={"kid": header["kid"], "typ": "at+jwt"},
+    )
     with _refused("The token signature is not valid."):
         tokens.verify(forged)
     # A genuine header and payload with the signature of another token: refused too.
@@ -236,8 +293,9 @@ def test_forged_signature_with_known_kid_refused(tokens: TokenService) -> None:
         tokens.verify(spliced)
 
 
-def test_wrong_audience_and_issuer_refused(seeded: Database, keys: SigningKeys,
-                                           tokens: TokenService) -> None:
+def test_wrong_audience_and_issuer_refused(
+    seeded: Database, keys: SigningKeys, tokens: TokenService
+) -> None:
     elsewhere = TokenService(seeded, keys, issuer=ISSUER, audience="https://other.test", ttl=60)
     with _refused("The access token audience is not this server."):
         tokens.verify(elsewhere.issue(_user()).access_token)
@@ -262,8 +320,9 @@ def test_hmac_with_public_key_refused(keys: SigningKeys, tokens: TokenService) -
     public = keys.public_key(kid)
     assert public is not None
     for secret in (
-        public.public_bytes(serialization.Encoding.PEM,
-                            serialization.PublicFormat.SubjectPublicKeyInfo),
+        public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
         json.dumps(keys.jwks()["keys"][0]).encode(),
     ):
         header = {"alg": "HS256", "kid": kid, "typ": "at+jwt"}
@@ -273,40 +332,55 @@ def test_hmac_with_public_key_refused(keys: SigningKeys, tokens: TokenService) -
             tokens.verify(f"{signing_input}.{_b64(mac)}")
 
 
-def test_malformed_and_incomplete_tokens_refused(keys: SigningKeys,
-                                                 tokens: TokenService) -> None:
+def test_malformed_and_incomplete_tokens_refused(keys: SigningKeys, tokens: TokenService) -> None:
     for junk in ("", "abc", "a.b.c", "x" * 20_000):
         with _refused("The access token is malformed."):
             tokens.verify(junk)
     active = keys.active()
     now = int(utcnow().timestamp())
-    base = {"iss": ISSUER, "aud": ISSUER, "sub": "u-1", "iat": now, "exp": now + 60,
-            "jti": "j", "org": "org-a", "kind": "user"}
+    base = {
+        "iss": ISSUER,
+        "aud": ISSUER,
+        "sub": "u-1",
+        "iat": now,
+        "exp": now + 60,
+        "jti": "j",
+        "org": "org-a",
+        "kind": "user",
+    }
     for missing in ("sub", "exp", "iat", "aud"):
         claims = {k: v for k, v in base.items() if k != missing}
-        token = jwt.encode(claims, active.private_key, algorithm="ES256",
-                           headers={"kid": active.kid, "typ": "at+jwt"})
+        token = jwt.encode(
+            claims,
+            active.private_key,
+            algorithm="ES256",
+            headers={"kid": active.kid, "typ": "at+jwt"},
+        )
         with _refused(f"The access token lacks the required '{missing}' claim."):
             tokens.verify(token)
     untyped = jwt.encode(base, active.private_key, algorithm="ES256", headers={"kid": active.kid})
     with _refused("The token is not a Salus access token (typ)."):
         tokens.verify(untyped)
-    unknown = jwt.encode(base, active.private_key, algorithm="ES256",
-                         headers={"kid": "nope", "typ": "at+jwt"})
+    unknown = jwt.encode(
+        base, active.private_key, algorithm="ES256", headers={"kid": "nope", "typ": "at+jwt"}
+    )
     with _refused("The token signing key is not known."):
         tokens.verify(unknown)
     # RS256 under the kid of the ES256 key: the algorithm must be the key's.
-    mismatched = jwt.encode(base, STRANGER_KEY, algorithm="RS256",
-                            headers={"kid": active.kid, "typ": "at+jwt"})
+    mismatched = jwt.encode(
+        base, STRANGER_KEY, algorithm="RS256", headers={"kid": active.kid, "typ": "at+jwt"}
+    )
     with _refused("The access token algorithm does not match its key."):
         tokens.verify(mismatched)
     with _refused("The access token algorithm is not accepted."):
-        tokens.verify(jwt.encode(base, EC_CLIENT_KEY, algorithm="ES384",
-                                 headers={"kid": active.kid, "typ": "at+jwt"}))
+        tokens.verify(
+            jwt.encode(
+                base, EC_CLIENT_KEY, algorithm="ES384", headers={"kid": active.kid, "typ": "at+jwt"}
+            )
+        )
 
 
-def test_rotation_and_retirement(seeded: Database, keys: SigningKeys,
-                                 tokens: TokenService) -> None:
+def test_rotation_and_retirement(seeded: Database, keys: SigningKeys, tokens: TokenService) -> None:
     old_token = tokens.issue(_user()).access_token
     old_kid = jwt.get_unverified_header(old_token)["kid"]
     new_kid = keys.rotate()
@@ -325,8 +399,7 @@ def test_rotation_and_retirement(seeded: Database, keys: SigningKeys,
     with _refused("The token signing key has been retired."):
         tokens.verify(old_token)
     # Another process sees the retirement from the table.
-    fresh = TokenService(seeded, SigningKeys(seeded, None), issuer=ISSUER, audience=ISSUER,
-                         ttl=60)
+    fresh = TokenService(seeded, SigningKeys(seeded, None), issuer=ISSUER, audience=ISSUER, ttl=60)
     with _refused("The token signing key has been retired."):
         fresh.verify(old_token)
     assert fresh.verify(new_token).id == "u-1"
@@ -341,8 +414,9 @@ def test_rotation_and_retirement(seeded: Database, keys: SigningKeys,
     ],
     ids=["user", "client", "organization"],
 )
-def test_disabled_principal_refused_at_once(seeded: Database, tokens: TokenService,
-                                            table: Any, row_id: str, message: str) -> None:
+def test_disabled_principal_refused_at_once(
+    seeded: Database, tokens: TokenService, table: Any, row_id: str, message: str
+) -> None:
     token = tokens.issue(_user()).access_token
     client_token = tokens.issue(_directory(tokens).client_principal("c-jwt")).access_token
     tokens.verify(token)
@@ -418,8 +492,9 @@ def test_checkpoint_signatures(keys: SigningKeys) -> None:
     assert new_kid != kid
 
 
-def test_checkpoint_signature_is_not_a_token_signature(keys: SigningKeys,
-                                                       tokens: TokenService) -> None:
+def test_checkpoint_signature_is_not_a_token_signature(
+    keys: SigningKeys, tokens: TokenService
+) -> None:
     claims = jwt.decode(tokens.issue(_user()).access_token, options={"verify_signature": False})
     kid = keys.active().kid
     signing_input = f"{_segment({'alg': 'ES256', 'kid': kid, 'typ': 'at+jwt'})}.{_segment(claims)}"
@@ -447,29 +522,43 @@ def test_requested_scopes_are_narrowed_to_the_roles(tokens: TokenService) -> Non
 
 def test_narrow_scopes() -> None:
     assert narrow_scopes(["user/*.cruds"], ["user/Observation.rs", "user/Patient.r"]) == {
-        "user/Observation.rs", "user/Patient.r"}
+        "user/Observation.rs",
+        "user/Patient.r",
+    }
     assert narrow_scopes(["user/*.rs", "user/Observation.rs"], ["user/*.cruds"]) == {"user/*.rs"}
     assert narrow_scopes(["patient/*.read"], ["patient/*.cruds"]) == {"patient/*.rs"}
     assert narrow_scopes(["openid", "fhirUser", "user/*.rs"], []) == frozenset()
 
 
 # -- private_key_jwt (RFC 7523, SMART Backend Services) ---------------------------------------
-def _assertion(key: Any = EC_CLIENT_KEY, kid: str | None = "ck-ec", alg: str = "ES384",
-               headers: dict[str, Any] | None = None, **claims: Any) -> str:
+def _assertion(
+    key: Any = EC_CLIENT_KEY,
+    kid: str | None = "ck-ec",
+    alg: str = "ES384",
+    headers: dict[str, Any] | None = None,
+    **claims: Any,
+) -> str:
     now = int(utcnow().timestamp())
-    body = {"iss": "c-jwt", "sub": "c-jwt", "aud": TOKEN_URL, "iat": now, "exp": now + 240,
-            "jti": uuid.uuid4().hex}
+    body = {
+        "iss": "c-jwt",
+        "sub": "c-jwt",
+        "aud": TOKEN_URL,
+        "iat": now,
+        "exp": now + 240,
+        "jti": uuid.uuid4().hex,
+    }
     body.update(claims)
     body = {k: v for k, v in body.items() if v is not None}
     header = {"kid": kid} if kid is not None else {}
     return jwt.encode(body, key, algorithm=alg, headers={**header, **(headers or {})})
 
 
-@pytest.mark.parametrize(("key", "kid", "alg"), [(EC_CLIENT_KEY, "ck-ec", "ES384"),
-                                                 (RSA_CLIENT_KEY, "ck-rsa", "RS384")],
-                         ids=["ES384", "RS384"])
-def test_client_assertion_accepted_once(tokens: TokenService, key: Any, kid: str,
-                                        alg: str) -> None:
+@pytest.mark.parametrize(
+    ("key", "kid", "alg"),
+    [(EC_CLIENT_KEY, "ck-ec", "ES384"), (RSA_CLIENT_KEY, "ck-rsa", "RS384")],
+    ids=["ES384", "RS384"],
+)
+def test_client_assertion_accepted_once(tokens: TokenService, key: Any, kid: str, alg: str) -> None:
     assertion = _assertion(key, kid, alg)
     identity = tokens.authenticate_client_assertion(assertion, token_endpoint_url=TOKEN_URL)
     assert (identity.client_id, identity.org_id) == ("c-jwt", "org-a")
@@ -481,38 +570,80 @@ def test_client_assertion_accepted_once(tokens: TokenService, key: Any, kid: str
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: _assertion(aud="https://salus.test/other"),
-         "The client assertion audience is not this token endpoint."),
-        (lambda: _assertion(exp=int(utcnow().timestamp()) + 3600),
-         "The client assertion expires too far ahead (at most 5 minutes)."),
-        (lambda: _assertion(exp=int(utcnow().timestamp()) - 120),
-         "The client assertion has expired."),
+        (
+            lambda: _assertion(aud="https://salus.test/other"),
+            "The client assertion audience is not this token endpoint.",
+        ),
+        (
+            lambda: _assertion(exp=int(utcnow().timestamp()) + 3600),
+            "The client assertion expires too far ahead (at most 5 minutes).",
+        ),
+        (
+            lambda: _assertion(exp=int(utcnow().timestamp()) - 120),
+            "The client assertion has expired.",
+        ),
         (lambda: _assertion(exp=None), "The client assertion lacks the required 'exp' claim."),
         (lambda: _assertion(jti=None), "The client assertion lacks the required 'jti' claim."),
-        (lambda: _assertion(kid="ck-unknown"),
-         "The client assertion key (kid) is not registered for this client."),
-        (lambda: _assertion(key=STRANGER_KEY, kid="ck-rsa", alg="RS384"),
-         "The client assertion signature is not valid."),
-        (lambda: _assertion(key=RSA_CLIENT_KEY, kid="ck-rsa", alg="RS256"),
-         "The client assertion algorithm does not match its key."),
-        (lambda: _assertion(sub="someone-else"),
-         "The client assertion 'sub' must equal its 'iss' (the client id)."),
-        (lambda: _assertion(iss="c-sec", sub="c-sec"),
-         "The client is not registered for private_key_jwt."),
-        (lambda: _assertion(iss="c-nobody", sub="c-nobody"),
-         "The client is not registered for private_key_jwt."),
-        (lambda: _assertion(key=RSA_CLIENT_KEY, kid="ck-rsa", alg="PS256"),
-         "The client assertion algorithm is not accepted."),
+        (
+            lambda: _assertion(kid="ck-unknown"),
+            "The client assertion key (kid) is not registered for this client.",
+        ),
+        (
+            lambda: _assertion(key=STRANGER_KEY, kid="ck-rsa", alg="RS384"),
+            "The client assertion signature is not valid.",
+        ),
+        (
+            lambda: _assertion(key=RSA_CLIENT_KEY, kid="ck-rsa", alg="RS256"),
+            "The client assertion algorithm does not match its key.",
+        ),
+        (
+            lambda: _assertion(sub="someone-else"),
+            "The client assertion 'sub' must equal its 'iss' (the client id).",
+        ),
+        (
+            lambda: _assertion(iss="c-sec", sub="c-sec"),
+            "The client is not registered for private_key_jwt.",
+        ),
+        (
+            lambda: _assertion(iss="c-nobody", sub="c-nobody"),
+            "The client is not registered for private_key_jwt.",
+        ),
+        (
+            lambda: _assertion(key=RSA_CLIENT_KEY, kid="ck-rsa", alg="PS256"),
+            "The client assertion algorithm is not accepted.",
+        ),
         (lambda: _assertion(kid=None), "The client assertion names no signing key (kid)."),
-        (lambda: jwt.encode({"iss": "c-jwt", "sub": "c-jwt"}, "k" * 32, algorithm="HS256",
-                            headers={"kid": "ck-ec"}),
-         "Tokens signed with a shared secret (HS*) are not accepted."),
-        (lambda: f"{_segment({'alg': 'none', 'kid': 'ck-ec'})}.{_segment({'iss': 'c-jwt'})}.",
-         "Unsigned tokens are not accepted."),
+        (
+            lambda: jwt.encode(
+                {"iss": "c-jwt", "sub": "c-jwt"},
+                "k" * 32,
+                algorithm="HS256",
+                headers={"kid": "ck-ec"},
+            ),
+            "Tokens signed with a shared secret (HS*) are not accepted.",
+        ),
+        (
+            lambda: f"{_segment({'alg': 'none', 'kid': 'ck-ec'})}.{_segment({'iss': 'c-jwt'})}.",
+            "Unsigned tokens are not accepted.",
+        ),
     ],
-    ids=["wrong-aud", "exp-too-far", "expired", "no-exp", "no-jti", "unknown-kid",
-         "unregistered-key", "alg-not-of-key", "sub-not-iss", "secret-client", "unknown-client",
-         "ps256", "no-kid", "hs256", "none"],
+    ids=[
+        "wrong-aud",
+        "exp-too-far",
+        "expired",
+        "no-exp",
+        "no-jti",
+        "unknown-kid",
+        "unregistered-key",
+        "alg-not-of-key",
+        "sub-not-iss",
+        "secret-client",
+        "unknown-client",
+        "ps256",
+        "no-kid",
+        "hs256",
+        "none",
+    ],
 )
 def test_client_assertion_refused(tokens: TokenService, make: Any, message: str) -> None:
     assertion = make()
@@ -520,8 +651,9 @@ def test_client_assertion_refused(tokens: TokenService, make: Any, message: str)
         tokens.authenticate_client_assertion(assertion, token_endpoint_url=TOKEN_URL)
 
 
-def test_client_assertion_of_disabled_client_refused(seeded: Database,
-                                                     tokens: TokenService) -> None:
+def test_client_assertion_of_disabled_client_refused(
+    seeded: Database, tokens: TokenService
+) -> None:
     with seeded.write() as conn:
         conn.execute(update(clients).where(clients.c.id == "c-jwt").values(active=False))
     with _refused("The client is disabled."):
@@ -532,8 +664,11 @@ def test_client_assertion_of_disabled_client_refused(seeded: Database,
 
 def test_expired_jtis_are_purged(seeded: Database, tokens: TokenService) -> None:
     with seeded.write() as conn:
-        conn.execute(used_jtis.insert().values(client_id="c-jwt", jti="old",
-                                               expires_at=utcnow() - timedelta(hours=1)))
+        conn.execute(
+            used_jtis.insert().values(
+                client_id="c-jwt", jti="old", expires_at=utcnow() - timedelta(hours=1)
+            )
+        )
     tokens.authenticate_client_assertion(_assertion(), token_endpoint_url=TOKEN_URL)
     with seeded.read() as conn:
         left = conn.execute(select(used_jtis.c.jti)).scalars().all()
@@ -544,8 +679,13 @@ def test_expired_jtis_are_purged(seeded: Database, tokens: TokenService) -> None
 def test_client_secret(seeded: Database, tokens: TokenService) -> None:
     identity = tokens.authenticate_client_secret("c-sec", SECRET)
     assert (identity.client_id, identity.auth_method) == ("c-sec", AuthMethod.CLIENT_SECRET)
-    for client_id, secret in (("c-sec", SECRET + "x"), ("c-sec", ""), ("c-nobody", SECRET),
-                              ("c-jwt", SECRET), ("", SECRET)):
+    for client_id, secret in (
+        ("c-sec", SECRET + "x"),
+        ("c-sec", ""),
+        ("c-nobody", SECRET),
+        ("c-jwt", SECRET),
+        ("", SECRET),
+    ):
         with _refused("The client credentials are not valid."):
             tokens.authenticate_client_secret(client_id, secret)
     with seeded.write() as conn:
@@ -599,33 +739,53 @@ class _JwksServer:
 
 @pytest.fixture
 def idp() -> Iterator[_JwksServer]:
-    with _JwksServer({"keys": [_jwk(IDP_KEY, "idp-1", "RS256"),
-                               {"kty": "oct", "kid": "sym", "k": "c2VjcmV0"}]}) as server:
+    with _JwksServer(
+        {"keys": [_jwk(IDP_KEY, "idp-1", "RS256"), {"kty": "oct", "kid": "sym", "k": "c2VjcmV0"}]}
+    ) as server:
         yield server
 
 
 def _oidc_service(db: Database, keys: SigningKeys, url: str) -> TokenService:
-    oidc = OidcConfig(issuer=OIDC_ISSUER, jwks_url=url, audience="salus-api",
-                      org_claim="tenant", roles_claim="realm_access.roles", timeout=2.0)
+    oidc = OidcConfig(
+        issuer=OIDC_ISSUER,
+        jwks_url=url,
+        audience="salus-api",
+        org_claim="tenant",
+        roles_claim="realm_access.roles",
+        timeout=2.0,
+    )
     return TokenService(db, keys, issuer=ISSUER, audience=ISSUER, ttl=300, oidc=oidc)
 
 
 def _oidc_token(key: Any = IDP_KEY, kid: str = "idp-1", **claims: Any) -> str:
     now = int(utcnow().timestamp())
-    body = {"iss": OIDC_ISSUER, "sub": "kc-7f3a", "aud": ["salus-api", "account"],
-            "iat": now, "exp": now + 300, "jti": "oidc-1", "tenant": "org-b",
-            "realm_access": {"roles": ["researcher", "offline_access", "superuser"]}}
+    body = {
+        "iss": OIDC_ISSUER,
+        "sub": "kc-7f3a",
+        "aud": ["salus-api", "account"],
+        "iat": now,
+        "exp": now + 300,
+        "jti": "oidc-1",
+        "tenant": "org-b",
+        "realm_access": {"roles": ["researcher", "offline_access", "superuser"]},
+    }
     body.update(claims)
     return jwt.encode(body, key, algorithm="RS256", headers={"kid": kid})
 
 
-def test_oidc_token_verified_with_provider_keys(seeded: Database, keys: SigningKeys,
-                                                idp: _JwksServer) -> None:
+def test_oidc_token_verified_with_provider_keys(
+    seeded: Database, keys: SigningKeys, idp: _JwksServer
+) -> None:
     service = _oidc_service(seeded, keys, idp.url)
     principal = service.verify(_oidc_token())
     assert principal == Principal(
-        kind=PrincipalKind.USER, id="kc-7f3a", org_id="org-b", roles=frozenset({"researcher"}),
-        scopes=frozenset({"user/*.rs"}), auth_method=AuthMethod.OIDC, token_id="oidc-1",
+        kind=PrincipalKind.USER,
+        id="kc-7f3a",
+        org_id="org-b",
+        roles=frozenset({"researcher"}),
+        scopes=frozenset({"user/*.rs"}),
+        auth_method=AuthMethod.OIDC,
+        token_id="oidc-1",
     )
     # Roles as a space-separated string; keys are cached (one fetch so far).
     spaced = _oidc_token(realm_access={"roles": "clinician nobody"})
@@ -664,3 +824,17 @@ def test_oidc_provider_down_is_unavailable(seeded: Database, keys: SigningKeys) 
     service = _oidc_service(seeded, keys, f"http://127.0.0.1:{free_port()}/jwks")
     with pytest.raises(Unavailable, match="^The identity provider's keys could not be fetched.$"):
         service.verify(_oidc_token())
+
+
+def test_account_check_cache(seeded: Database, keys: SigningKeys) -> None:
+    cached = TokenService(
+        seeded, keys, issuer=ISSUER, audience=ISSUER, ttl=300, active_cache_seconds=60
+    )
+    token = cached.issue(_user()).access_token
+    cached.verify(token)
+    with seeded.write() as conn:
+        conn.execute(update(users).where(users.c.id == "u-1").values(active=False))
+    cached.verify(token)  # within the cache time, another process's change is not seen yet
+    cached.forget_accounts()  # what a directory change in this process does
+    with _refused("The user account is disabled."):
+        cached.verify(token)

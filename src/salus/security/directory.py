@@ -11,6 +11,7 @@ Who may change what is decided here, not by the caller:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import secrets
@@ -18,7 +19,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, delete, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
@@ -53,6 +54,20 @@ class NewClient:
     secret: str | None  # shown once, for client_secret clients
 
 
+_M = TypeVar("_M", bound=Callable[..., None])
+
+
+def _changes_principals(method: _M) -> _M:
+    """After the change commits, tell token caches (``Directory.on_change``)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Directory, *args: Any, **kwargs: Any) -> None:
+        method(self, *args, **kwargs)
+        self.on_change()
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _row(conn: Connection, query: Any) -> RowMapping | None:
     return conn.execute(query).mappings().first()
 
@@ -69,6 +84,8 @@ class Directory:
         self.db = db
         self.audit = audit
         self.sealer = sealer
+        #: Called after a change that can disable principals (token caches).
+        self.on_change: Callable[[], None] = lambda: None
         self.clock = clock
 
     # -- authority checks --------------------------------------------------------------
@@ -145,6 +162,7 @@ class Directory:
             )
             self._audit(conn, actor, "C", f"Organization/{org_id}", "organization created")
 
+    @_changes_principals
     def set_organization_active(self, actor: Principal, org_id: str, active: bool) -> None:
         with self.db.write() as conn:
             self._require_network_admin(conn, actor)
@@ -219,6 +237,7 @@ class Directory:
             raise NotFound("No such user.")
         return row
 
+    @_changes_principals
     def set_user_active(self, actor: Principal, user_id: str, active: bool) -> None:
         with self.db.write() as conn:
             user = self._user(conn, user_id)
@@ -333,6 +352,7 @@ class Directory:
                 self._grant(conn, actor, PrincipalKind.CLIENT, client_id, role, org_id)
         return NewClient(client_id, secret)
 
+    @_changes_principals
     def set_client_active(self, actor: Principal, client_id: str, active: bool) -> None:
         with self.db.write() as conn:
             row = _row(conn, select(clients.c.org_id).where(clients.c.id == client_id))
@@ -487,6 +507,7 @@ class Directory:
             self._require_admin(conn, actor, org_id)
             self._grant(conn, actor, kind, principal_id, role, org_id)
 
+    @_changes_principals
     def revoke_role(
         self, actor: Principal, kind: PrincipalKind, principal_id: str, role: str
     ) -> None:

@@ -190,6 +190,7 @@ class TokenService:
         oidc: OidcConfig | None = None,
         clock: Callable[[], datetime] = utcnow,
         algorithms: Collection[str] = ("ES256", "RS256"),
+        active_cache_seconds: float = 0.0,
     ) -> None:
         if oidc is not None and oidc.issuer == issuer:
             raise ConfigurationError("The external OIDC issuer must differ from Salus's own.")
@@ -198,6 +199,11 @@ class TokenService:
         self.algorithms = frozenset(algorithms)
         self._external = OidcVerifier(oidc, db, clock=clock) if oidc is not None else None
         self._purged_at: float | None = None
+        #: How long an "account still active" check is reused (0: never). Changes
+        #: made through the directory in this process clear it at once
+        #: (:meth:`forget_accounts`); other processes see them within this time.
+        self.active_cache_seconds = active_cache_seconds
+        self._active: dict[tuple[str, str, str], float] = {}
 
     # -- issuing ---------------------------------------------------------------------
     def issue(self, principal: Principal, *, scopes: frozenset[str] | None = None) -> IssuedToken:
@@ -281,8 +287,24 @@ class TokenService:
         self._check_still_active(principal)
         return principal
 
+    def forget_accounts(self) -> None:
+        """Drop cached account checks (called when the directory changes)."""
+        self._active.clear()
+
     def _check_still_active(self, principal: Principal) -> None:
-        """A disabled account, client or organization loses its tokens at once."""
+        """A disabled account, client or organization loses its tokens at once (or,
+        in other processes, within ``active_cache_seconds``)."""
+        key = (principal.kind.value, principal.id, principal.org_id)
+        now = time.monotonic()
+        if self.active_cache_seconds > 0 and self._active.get(key, 0.0) > now:
+            return
+        self._query_still_active(principal)
+        if self.active_cache_seconds > 0:
+            if len(self._active) > 100_000:
+                self._active.clear()
+            self._active[key] = now + self.active_cache_seconds
+
+    def _query_still_active(self, principal: Principal) -> None:
         table = users if principal.kind is PrincipalKind.USER else clients
         who = "user account" if principal.kind is PrincipalKind.USER else "client"
         with self.db.read() as conn:
