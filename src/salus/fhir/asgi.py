@@ -101,8 +101,8 @@ def install_fhir_routes(api: FastAPI) -> None:
             base_url=base_url,
         )
         result = await asyncio.to_thread(services.fhir_router.handle, fhir_request)
-        for event in result.audit:
-            await services.audit.record_async(event)
+        if result.audit:  # one group commit for all of them, not one commit each
+            await asyncio.gather(*(services.audit.record_async(e) for e in result.audit))
         if result.resource is None:
             return Response(status_code=result.status, headers=result.headers)
         return JSONResponse(
