@@ -193,6 +193,29 @@ def test_reads_and_writes_are_audited(world: World) -> None:
     actions = {(a, p) for a, p in rows}
     assert ("C", "a-feed") in actions
     assert ("R", world.user_ids["a-doc"]) in actions
+    # Reading a resource in the patient's compartment is an access to that patient too.
+    obs = fhir(
+        world,
+        "a-feed",
+        "POST",
+        "Observation",
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "x"},
+            "subject": {"reference": f"Patient/{patient_id}"},
+        },
+    ).json()
+    assert fhir(world, "a-doc2", "GET", f"Observation/{obs['id']}").status_code == 200
+    with world.services.db.read() as conn:
+        readers = set(
+            conn.execute(
+                select(audit_events.c.principal_id).where(
+                    audit_events.c.patient_key == patient_id, audit_events.c.action == "R"
+                )
+            ).scalars()
+        )
+    assert world.user_ids["a-doc2"] in readers
 
 
 def test_validate_operation(world: World) -> None:

@@ -58,6 +58,11 @@ MAX_AUDITED_PATIENTS = 200
 Handler = Callable[[FhirRequest, re.Match[str]], FhirResponse]
 
 
+def _patient_of(stored: Stored) -> str | None:
+    """The patient whose record a resource belongs to (its compartment)."""
+    return stored.res_id if stored.res_type == "Patient" else stored.patient_key
+
+
 class FhirRouter:
     def __init__(
         self,
@@ -117,25 +122,28 @@ class FhirRouter:
             request.principal, AccessRequest(res_type, interaction, request.purpose)
         )
 
+    @staticmethod
     def _read_event(
-        self,
         request: FhirRequest,
         decision: Decision,
-        stored: Stored | None,
         entity: str,
         description: str,
+        *,
+        patient_key: str | None = None,
+        detail: dict[str, Any] | None = None,
+        flags: str | None = None,
     ) -> AuditEvent:
-        patient = None
-        if stored is not None and stored.resource is not None:
-            patient = stored.res_id if stored.res_type == "Patient" else None
+        """The audit event of a read-type interaction (recorded before answering)."""
         return AuditEvent.for_principal(
             request.principal,
             category="rest",
             action="R",
             entity=entity,
-            patient_key=patient,
+            patient_key=patient_key,
             purpose=decision.purpose,
             description=description,
+            detail=detail,
+            flags=flags,
         )
 
     def _view(self, decision: Decision, resource: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -179,14 +187,7 @@ class FhirRouter:
         bundle = search_audit_events(self.db, decision.require(), request.query, request.base_url)
         response = FhirResponse(200, bundle)
         response.audit.append(
-            AuditEvent.for_principal(
-                request.principal,
-                category="rest",
-                action="R",
-                entity="AuditEvent?search",
-                purpose=decision.purpose,
-                description="audit trail searched",
-            )
+            self._read_event(request, decision, "AuditEvent?search", "audit trail searched")
         )
         return response
 
@@ -195,14 +196,7 @@ class FhirRouter:
         resource = read_audit_event(self.db, decision.require(), match["id"])
         response = FhirResponse(200, resource)
         response.audit.append(
-            AuditEvent.for_principal(
-                request.principal,
-                category="rest",
-                action="R",
-                entity=f"AuditEvent/{match['id']}",
-                purpose=decision.purpose,
-                description="audit event read",
-            )
+            self._read_event(request, decision, f"AuditEvent/{match['id']}", "audit event read")
         )
         return response
 
@@ -220,7 +214,9 @@ class FhirRouter:
             stored = self.store.read(conn, decision.require(), res_type, res_id)
         response = self._with_headers(stored, request, 200, stored.resource)
         response.audit.append(
-            self._read_event(request, decision, stored, f"{res_type}/{res_id}", "read")
+            self._read_event(
+                request, decision, f"{res_type}/{res_id}", "read", patient_key=_patient_of(stored)
+            )
         )
         return response
 
@@ -234,7 +230,11 @@ class FhirRouter:
         response = self._with_headers(stored, request, 200, stored.resource)
         response.audit.append(
             self._read_event(
-                request, decision, stored, f"{res_type}/{res_id}/_history/{vid}", "vread"
+                request,
+                decision,
+                f"{res_type}/{res_id}/_history/{vid}",
+                "vread",
+                patient_key=_patient_of(stored),
             )
         )
         return response
@@ -308,14 +308,12 @@ class FhirRouter:
             bundle["entry"].append(entry)
         response = FhirResponse(200, bundle)
         response.audit.append(
-            AuditEvent.for_principal(
-                request.principal,
-                category="rest",
-                action="R",
-                entity=base,
+            self._read_event(
+                request,
+                decision,
+                base,
+                "history",
                 patient_key=res_id if res_type == "Patient" else None,
-                purpose=decision.purpose,
-                description="history",
                 detail={"interaction": "history"},
             )
         )
@@ -365,14 +363,12 @@ class FhirRouter:
         ]
         for patient in patients[:MAX_AUDITED_PATIENTS] or [None]:
             response.audit.append(
-                AuditEvent.for_principal(
-                    request.principal,
-                    category="rest",
-                    action="R",
-                    entity=f"{res_type}?search",
+                self._read_event(
+                    request,
+                    decision,
+                    f"{res_type}?search",
+                    "search",
                     patient_key=patient,
-                    purpose=decision.purpose,
-                    description="search",
                     detail={"interaction": "search-type", "matches": len(result.matches)},
                     flags="deidentified" if decision.deidentify else None,
                 )
@@ -417,7 +413,13 @@ class FhirRouter:
             stored = self.store.read(conn, decision.require(), res_type, res_id)
         response = FhirResponse(200, meta_parameters(stored))
         response.audit.append(
-            self._read_event(request, decision, stored, f"{res_type}/{res_id}/$meta", "meta")
+            self._read_event(
+                request,
+                decision,
+                f"{res_type}/{res_id}/$meta",
+                "meta",
+                patient_key=_patient_of(stored),
+            )
         )
         return response
 
@@ -481,14 +483,12 @@ class FhirRouter:
             )
         response = FhirResponse(200, bundle)
         response.audit.append(
-            AuditEvent.for_principal(
-                request.principal,
-                category="rest",
-                action="R",
-                entity=f"Patient/{patient_id}/$everything",
+            self._read_event(
+                request,
+                decision,
+                f"Patient/{patient_id}/$everything",
+                "$everything",
                 patient_key=patient_id,
-                purpose=decision.purpose,
-                description="$everything",
                 detail={"interaction": "operation", "entries": len(entries)},
             )
         )
