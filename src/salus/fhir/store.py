@@ -270,15 +270,7 @@ class FhirStore:
         res_id: str | None = None,
     ) -> Stored:
         """FHIR http.html#create: a new resource with a server-assigned id."""
-        res_type = _type_of(resource)
-        res_id = check_id(res_id) if res_id else new_id()
-        now = self.clock()
-        body = self._prepare(resource, res_type, res_id, 1, now)
-        if self._current(conn, res_type, res_id) is not None:
-            raise Conflict("A resource with this id already exists.")
-        return self._write(
-            conn, principal, res_type, res_id, 1, body, "POST", now, None, principal.org_id
-        )
+        return self.create_many(conn, principal, [(resource, res_id)])[0]
 
     def create_many(
         self,

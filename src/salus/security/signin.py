@@ -19,7 +19,7 @@ from salus.audit.events import AuditEvent
 from salus.db.tables import organizations, users
 from salus.db.types import utcnow
 from salus.errors import NotAuthenticated
-from salus.security.directory import Directory
+from salus.security.directory import Directory, _row
 from salus.security.passwords import new_totp_secret, totp_uri, verify_password, verify_totp
 from salus.security.principal import AuthMethod, Principal, PrincipalKind
 from salus.security.roles import scopes_for_roles
@@ -32,10 +32,6 @@ __all__ = ["LoginPolicy", "SignIn"]
 class LoginPolicy:
     max_failures: int = 5
     lockout: timedelta = timedelta(minutes=15)
-
-
-def _row(conn: Connection, query: Any) -> RowMapping | None:
-    return conn.execute(query).mappings().first()
 
 
 class SignIn:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from salus.errors import Forbidden
 from salus.security.principal import Principal, PrincipalKind
-from salus.server.security import CurrentPrincipal, services_of
+from salus.server.security import CurrentPrincipal, audit_access, services_of
 
 __all__ = ["install_admin_routes"]
 
@@ -64,18 +64,9 @@ class EdgeIdentityIn(BaseModel):
 
 async def _audit_read(request: Request, who: Principal, entity: str) -> None:
     """Directory reads are accesses too: audited like every other."""
-    from salus.audit.events import AuditEvent
-    from salus.logging import request_id_var
 
-    await services_of(request).audit.record_async(
-        AuditEvent.for_principal(
-            who,
-            category="admin",
-            action="R",
-            entity=entity,
-            description="directory read",
-            request_id=request_id_var.get(),
-        )
+    await audit_access(
+        request, who, category="admin", action="R", entity=entity, description="directory read"
     )
 
 
@@ -252,16 +243,13 @@ def install_admin_routes(api: FastAPI) -> None:
         if await asyncio.to_thread(services.directory.org_kind_of, who.org_id) != "operator":
             raise Forbidden("Only network administrators rotate signing keys.")
         kid = await asyncio.to_thread(services.signing_keys.rotate)
-        from salus.audit.events import AuditEvent
 
-        await services.audit.record_async(
-            AuditEvent.for_principal(
-                who,
-                category="admin",
-                action="E",
-                outcome=0,
-                entity="SigningKey",
-                description=f"token signing key rotated: {kid}",
-            )
+        await audit_access(
+            request,
+            who,
+            category="admin",
+            action="E",
+            entity="SigningKey",
+            description=f"token signing key rotated: {kid}",
         )
         return {"kid": kid}

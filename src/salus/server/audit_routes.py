@@ -23,14 +23,12 @@ from fastapi import FastAPI, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from salus.audit.events import AuditEvent
 from salus.audit.fhir import patient_access_report, search_events, to_fhir
 from salus.db.tables import btg_grants, consents, treatment_relationships
 from salus.db.types import utcnow
 from salus.errors import Forbidden
-from salus.logging import request_id_var
 from salus.security.policy import AccessRequest, Interaction
-from salus.server.security import CurrentPrincipal, requested_purpose, services_of
+from salus.server.security import CurrentPrincipal, audit_access, requested_purpose, services_of
 
 __all__ = ["install_audit_routes"]
 
@@ -94,17 +92,15 @@ def install_audit_routes(api: FastAPI) -> None:
             limit=count,
             offset=offset,
         )
-        await services.audit.record_async(
-            AuditEvent.for_principal(
-                who,
-                category="rest",
-                action="R",
-                entity="AuditEvent?search",
-                patient_key=patient,
-                purpose=decision.purpose,
-                description="audit trail searched",
-                request_id=request_id_var.get(),
-            )
+        await audit_access(
+            request,
+            who,
+            category="rest",
+            action="R",
+            entity="AuditEvent?search",
+            patient_key=patient,
+            purpose=decision.purpose,
+            description="audit trail searched",
         )
         return {
             "resourceType": "Bundle",
@@ -130,17 +126,15 @@ def install_audit_routes(api: FastAPI) -> None:
                 services.db, patient, since=since, org_id=None if flt.all_orgs else flt.own_org
             )
         )
-        await services.audit.record_async(
-            AuditEvent.for_principal(
-                who,
-                category="rest",
-                action="R",
-                entity="patient-access-report",
-                patient_key=patient,
-                purpose=decision.purpose,
-                description="patient access report",
-                request_id=request_id_var.get(),
-            )
+        await audit_access(
+            request,
+            who,
+            category="rest",
+            action="R",
+            entity="patient-access-report",
+            patient_key=patient,
+            purpose=decision.purpose,
+            description="patient access report",
         )
         return {"patient": patient, "accesses": rows}
 
@@ -164,15 +158,13 @@ def install_audit_routes(api: FastAPI) -> None:
     ) -> list[dict[str, Any]]:
         services = services_of(request)
         rows = await asyncio.to_thread(services.care.list_break_glass, who, status, count, offset)
-        await services.audit.record_async(
-            AuditEvent.for_principal(
-                who,
-                category="security",
-                action="R",
-                entity="BreakGlass?list",
-                description="break-the-glass review queue read",
-                request_id=request_id_var.get(),
-            )
+        await audit_access(
+            request,
+            who,
+            category="security",
+            action="R",
+            entity="BreakGlass?list",
+            description="break-the-glass review queue read",
         )
         return rows
 
@@ -230,17 +222,15 @@ def install_audit_routes(api: FastAPI) -> None:
         result = await asyncio.to_thread(
             _access_basis, services, who.org_id, who.id, who.kind.value, patient, flt.care_sharing
         )
-        await services.audit.record_async(
-            AuditEvent.for_principal(
-                who,
-                category="rest",
-                action="R",
-                entity="patient-access-basis",
-                patient_key=patient,
-                purpose=decision.purpose,
-                description="access basis checked",
-                request_id=request_id_var.get(),
-            )
+        await audit_access(
+            request,
+            who,
+            category="rest",
+            action="R",
+            entity="patient-access-basis",
+            patient_key=patient,
+            purpose=decision.purpose,
+            description="access basis checked",
         )
         return result
 

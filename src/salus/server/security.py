@@ -26,6 +26,7 @@ __all__ = [
     "PURPOSE_HEADER",
     "SESSION_COOKIE",
     "CurrentPrincipal",
+    "audit_access",
     "audit_refusal",
     "client_address",
     "current_principal",
@@ -100,6 +101,31 @@ def requested_purpose(request: Request) -> Purpose | None:
             "Emergency access is requested through break-the-glass.", expression=[PURPOSE_HEADER]
         )
     return purpose
+
+
+async def audit_access(
+    request: Request,
+    who: Principal,
+    *,
+    category: str,
+    entity: str,
+    description: str,
+    action: str = "R",
+    patient_key: str | None = None,
+    purpose: Purpose | None = None,
+) -> None:
+    """Record a granted access or change in the audit trail (group commit; the
+    response waits for it). The request id comes from the request context."""
+    event = AuditEvent.for_principal(
+        who,
+        category=category,
+        action=action,
+        entity=entity,
+        description=description,
+        patient_key=patient_key,
+        purpose=purpose,
+    )
+    await services_of(request).audit.record_async(event)
 
 
 async def audit_refusal(request: Request, exc: SalusError, route: str) -> None:
