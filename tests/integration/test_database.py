@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from salus.db import Database, current_revision, head_revision, migrate
 from salus.db.engine import normalize_url
-from salus.db.tables import metadata
+from salus.db.schema import metadata
 from salus.errors import ConfigurationError
 
 

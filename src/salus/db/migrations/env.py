@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from salus.db.tables import metadata
+from salus.db.schema import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - guarded usage
