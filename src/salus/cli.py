@@ -372,10 +372,12 @@ def _job_dict(job: Any) -> dict[str, Any]:
 
 def _register_subcommands() -> None:
     from salus.audit.cli import audit
+    from salus.dicom.cli import dicom
     from salus.fhir.cli import fhir
+    from salus.hl7.cli import hl7
     from salus.security.cli import break_glass, client, grant, org, token, user
 
-    for command in (audit, org, user, client, grant, token, break_glass, fhir):
+    for command in (audit, org, user, client, grant, token, break_glass, fhir, dicom, hl7):
         main.add_command(command)
 
 

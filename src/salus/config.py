@@ -102,6 +102,10 @@ class Settings(BaseModel):
     jobs_backoff_max: float = Field(default=600.0, gt=0)
     jobs_lease_seconds: float = Field(default=300.0, gt=0)
 
+    # -- DICOM -----------------------------------------------------------------------
+
+    # -- HL7 v2 / MLLP ----------------------------------------------------------------
+
     # -- derived values ------------------------------------------------------------
     def database_url_value(self) -> str:
         """The SQLAlchemy URL; SQLite under the data folder by default."""

@@ -222,6 +222,10 @@ class Services:
         from salus.fhir.bulk import register_bulk_jobs
 
         register_bulk_jobs(services)
+        from salus import dicom, hl7
+
+        dicom.install(services)
+        hl7.install(services)
         services.rewrappers.append(Rewrapper("blobs", blobs.rewrap))
         services.rewrappers.append(Rewrapper("signing keys", _counted(signing_keys.rewrap)))
         services.rewrappers.append(Rewrapper("second factors", _counted(signin.rewrap_totp)))

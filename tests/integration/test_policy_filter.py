@@ -79,8 +79,9 @@ class World:
         )
         flt = decision.require()
         with self.db.read() as conn:
-            return set(conn.execute(select(records.c.id).where(flt.where(COLS)),
-                                    flt.params()).scalars())
+            return set(
+                conn.execute(select(records.c.id).where(flt.where(COLS)), flt.params()).scalars()
+            )
 
 
 @pytest.fixture
@@ -236,8 +237,11 @@ def test_patient_restricted_filter(world: World) -> None:
     )
     restricted = replace(decision.require(), patients=frozenset({"P2"}))
     with world.db.read() as conn:
-        ids = set(conn.execute(select(records.c.id).where(restricted.where(COLS)),
-                               restricted.params()).scalars())
+        ids = set(
+            conn.execute(
+                select(records.c.id).where(restricted.where(COLS)), restricted.params()
+            ).scalars()
+        )
     assert ids == {5}
 
 
@@ -274,16 +278,19 @@ def test_audit_of_care_changes(world: World, db: Database) -> None:
 
 
 def test_a_query_without_the_filter_values_fails_closed(world: World) -> None:
-    decision = world.policy.authorize(who("hosp-a", "clinician"),
-                                      AccessRequest("Observation", Interaction.SEARCH))
+    decision = world.policy.authorize(
+        who("hosp-a", "clinician"), AccessRequest("Observation", Interaction.SEARCH)
+    )
     with pytest.raises(Exception, match="policy_"), world.db.read() as conn:
         conn.execute(select(records.c.id).where(decision.require().where(COLS))).all()
 
 
 def test_filter_shapes_are_reused(world: World) -> None:
-    a = world.policy.authorize(who("hosp-a", "clinician"),
-                               AccessRequest("Observation", Interaction.SEARCH)).require()
-    b = world.policy.authorize(who("hosp-b", "clinician", "other"),
-                               AccessRequest("Observation", Interaction.SEARCH)).require()
+    a = world.policy.authorize(
+        who("hosp-a", "clinician"), AccessRequest("Observation", Interaction.SEARCH)
+    ).require()
+    b = world.policy.authorize(
+        who("hosp-b", "clinician", "other"), AccessRequest("Observation", Interaction.SEARCH)
+    ).require()
     assert a.where(COLS) is b.where(COLS)
     assert a.params()["policy_org"] == "hosp-a" and b.params()["policy_org"] == "hosp-b"

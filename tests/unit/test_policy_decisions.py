@@ -9,18 +9,32 @@ from salus.security.policy import AccessRequest, Interaction, PolicyEngine
 from salus.security.principal import Principal, PrincipalKind, Purpose
 from salus.security.roles import scopes_for_roles
 
-KINDS = {"hosp-a": "hospital", "hosp-b": "hospital", "ops": "operator", "moh": "authority",
-         "uni": "research"}
+KINDS = {
+    "hosp-a": "hospital",
+    "hosp-b": "hospital",
+    "ops": "operator",
+    "moh": "authority",
+    "uni": "research",
+}
 engine = PolicyEngine(KINDS.get)
 
 
 def who(org: str, *roles: str, kind: PrincipalKind = PrincipalKind.USER) -> Principal:
-    return Principal(kind=kind, id=f"{org}-{'-'.join(roles)}", org_id=org,
-                     roles=frozenset(roles), scopes=scopes_for_roles(set(roles)))
+    return Principal(
+        kind=kind,
+        id=f"{org}-{'-'.join(roles)}",
+        org_id=org,
+        roles=frozenset(roles),
+        scopes=scopes_for_roles(set(roles)),
+    )
 
 
-def req(rtype: str = "Observation", interaction: Interaction = Interaction.READ,
-        purpose: Purpose | None = None, target: str | None = None) -> AccessRequest:
+def req(
+    rtype: str = "Observation",
+    interaction: Interaction = Interaction.READ,
+    purpose: Purpose | None = None,
+    target: str | None = None,
+) -> AccessRequest:
     return AccessRequest(rtype, interaction, purpose, target)
 
 
@@ -80,13 +94,19 @@ def test_integration_client_writes_into_its_own_hospital() -> None:
 
 
 def test_unknown_purpose_for_role_is_refused() -> None:
-    assert not engine.decide(who("moh", "authority_analyst"),
-                             req("MeasureReport", purpose=Purpose.TREATMENT)).allowed
+    assert not engine.decide(
+        who("moh", "authority_analyst"), req("MeasureReport", purpose=Purpose.TREATMENT)
+    ).allowed
 
 
 def test_patient_scopes_need_a_launch_context() -> None:
-    app = Principal(kind=PrincipalKind.CLIENT, id="app", org_id="hosp-a",
-                    roles=frozenset({"clinician"}), scopes=frozenset({"patient/*.rs"}))
+    app = Principal(
+        kind=PrincipalKind.CLIENT,
+        id="app",
+        org_id="hosp-a",
+        roles=frozenset({"clinician"}),
+        scopes=frozenset({"patient/*.rs"}),
+    )
     assert not engine.decide(app, req()).allowed
 
 
@@ -97,8 +117,13 @@ def test_system_principal() -> None:
 
 
 @pytest.mark.parametrize(
-    "who_", [("hosp-a", "clinician"), ("uni", "researcher"),
-             ("hosp-a", "hospital_integration"), ("ops", "administrator")],
+    "who_",
+    [
+        ("hosp-a", "clinician"),
+        ("uni", "researcher"),
+        ("hosp-a", "hospital_integration"),
+        ("ops", "administrator"),
+    ],
 )
 def test_wildcard_scopes_do_not_open_the_audit_trail(who_: tuple[str, str]) -> None:
     principal = who(*who_)

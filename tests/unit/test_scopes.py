@@ -23,7 +23,10 @@ from salus.security.roles import ROLES, parse_scope, scopes_for_roles
 def test_parse(text: str, context: str, rtype: str, perms: str) -> None:
     scope = parse_scope(text)
     assert (scope.context, scope.resource_type, scope.permissions) == (
-        context, rtype, frozenset(perms))
+        context,
+        rtype,
+        frozenset(perms),
+    )
 
 
 @pytest.mark.parametrize(

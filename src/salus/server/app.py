@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.middleware.gzip import GZipMiddleware
 
-from salus import __version__
+from salus import __version__, dicom, hl7
 from salus.config import Settings
 from salus.fhir.asgi import install_fhir_routes
 from salus.fhir.bulk_routes import install_bulk_routes
@@ -121,6 +121,8 @@ def create_app(settings: Settings, services: Services | None = None) -> SalusApp
     install_auth_routes(api)
     install_admin_routes(api)
     install_audit_routes(api)
+    dicom.install_routes(api)
+    hl7.install_routes(api)
     install_bulk_routes(api)  # before the generic /fhir/{path} route
     install_fhir_routes(api)
     return SalusApp(api, metrics, settings)
