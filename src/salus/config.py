@@ -9,13 +9,14 @@ runs at import time. Every field is documented in ``docs/configuration.md``
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from salus.errors import ConfigurationError
 
@@ -103,6 +104,32 @@ class Settings(BaseModel):
     jobs_lease_seconds: float = Field(default=300.0, gt=0)
 
     # -- DICOM -----------------------------------------------------------------------
+    dicom_enabled: bool = False
+    dicom_host: str = "127.0.0.1"
+    dicom_port: int = Field(default=11112, ge=0, le=65535)
+    dicom_ae_title: str = Field(default="SALUS", min_length=1, max_length=16)
+    dicom_max_associations: int = Field(default=10, ge=1, le=1000)
+    dicom_timeout: float = Field(default=60.0, gt=0)
+    dicom_unknown_ae_client: str | None = None
+    dicom_move_destinations: dict[str, str] = Field(default_factory=dict)
+    dicom_tls_certfile: Path | None = None
+    dicom_tls_keyfile: Path | None = None
+    dicom_tls_cafile: Path | None = None
+    dicom_duplicate_policy: Literal["keep", "replace", "reject"] = "keep"
+    dicom_patient_conflict: Literal["update", "keep", "reject"] = "update"
+    dicom_stable_seconds: float = Field(default=60.0, ge=0)
+    dicom_fhir_sync: bool = True
+
+    @field_validator("dicom_move_destinations", mode="before")
+    @classmethod
+    def _dicom_destinations_json(cls, value: Any) -> Any:
+        """The environment gives a JSON object as text (``{"AE": "host:port"}``)."""
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else {}
+            except ValueError:
+                raise ValueError("must be a JSON object of AE title to host:port") from None
+        return value
 
     # -- HL7 v2 / MLLP ----------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from salus.audit.chain import AuditLog
 from salus.config import Settings
@@ -36,6 +36,9 @@ from salus.storage.blobstore import BlobStore, RewrapReport
 from salus.storage.envelope import ValueSealer
 from salus.storage.keys import FileKeyProvider, KeyProvider
 from salus.storage.objects import FileObjectStore, ObjectStore
+
+if TYPE_CHECKING:
+    from salus.dicom.archive import DicomArchive
 
 __all__ = ["Listener", "Rewrapper", "Services", "build_key_provider", "build_object_store"]
 
@@ -155,6 +158,7 @@ class Services:
     job_handlers: JobRegistry = field(default_factory=JobRegistry)
     listeners: list[Listener] = field(default_factory=list)
     rewrappers: list[Rewrapper] = field(default_factory=list)
+    dicom: DicomArchive | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, run_migrations: bool | None = None) -> Services:

@@ -3,6 +3,8 @@
 Two entry points tie this part into a Salus process: :func:`install` adds its
 services, listeners and job handlers when :class:`~salus.services.Services`
 is built, and :func:`install_routes` mounts DICOMweb under /dicomweb on the ASGI app.
+The archive core (:class:`~salus.dicom.archive.DicomArchive`, ``services.dicom``)
+is what every edge calls; ``docs/dicom.md`` describes it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,22 @@ __all__ = ["install", "install_routes"]
 
 
 def install(services: Services) -> None:
-    """Register this part's listeners, job handlers and re-wrappers."""
+    """Create the archive (``services.dicom``), its job handlers and, when
+    enabled, the DIMSE listener."""
+    from salus.dicom.archive import DicomArchive
+    from salus.dicom.events import register_jobs
+
+    settings = services.settings
+    services.dicom = DicomArchive.from_settings(
+        settings,
+        services.db,
+        services.blobs,
+        services.policy,
+        services.audit,
+        services.jobs,
+        services.value_sealer(),
+    )
+    register_jobs(services)
 
 
 def install_routes(api: FastAPI) -> None:

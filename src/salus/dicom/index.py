@@ -1,0 +1,248 @@
+"""Index writes: patients, studies, series and instances in one transaction.
+
+Rows are found or created with ``INSERT … ON CONFLICT DO NOTHING`` then a
+locking ``SELECT``, so two associations storing the first instances of one
+study at once meet on the same rows (PostgreSQL), and SQLite's single writer
+needs nothing more. Study and series statistics (PS3.4 C.3.4: number of
+related series and instances, modalities in study) are updated in the same
+transaction as the instance row, so they are never stale.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, RowMapping
+
+from salus.db.tables_dicom import dicom_instances, dicom_patients, dicom_series, dicom_studies
+from salus.dicom.parse import ParsedInstance
+from salus.errors import Conflict
+
+__all__ = [
+    "PatientConflict",
+    "StudyOwnedElsewhere",
+    "insert_instance",
+    "remove_instance",
+    "upsert_hierarchy",
+]
+
+log = logging.getLogger("salus.dicom")
+
+_PATIENT_IDENTITY = ("patient_name", "birth_date", "sex")
+
+
+class PatientConflict(Conflict):
+    """PS3.4 B.2.3 0xA900: the patient of an instance contradicts the stored one."""
+
+    code = "dicom-patient-conflict"
+
+    @classmethod
+    def default_message(cls) -> str:
+        return "The patient's name, birth date or sex differ from the stored patient."
+
+
+class StudyOwnedElsewhere(Conflict):
+    """An instance joins a study (or series) that another organization or patient holds."""
+
+    code = "dicom-study-conflict"
+
+    @classmethod
+    def default_message(cls) -> str:
+        return "The study or series already belongs to another organization or patient."
+
+
+def _insert_ignore(conn: Connection, table: Any, values: dict[str, Any], keys: list[str]) -> None:
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    conn.execute(dialect_insert(table).values(**values).on_conflict_do_nothing(index_elements=keys))
+
+
+def _locked(conn: Connection, table: Any, *where: Any) -> RowMapping:
+    row = conn.execute(select(table).where(*where).with_for_update()).mappings().first()
+    assert row is not None  # noqa: S101 - inserted just before
+    return row
+
+
+def _patient(
+    conn: Connection, org_id: str, parsed: ParsedInstance, policy: str, now: datetime
+) -> RowMapping:
+    values = parsed.patient
+    p = dicom_patients.c
+    _insert_ignore(
+        conn,
+        dicom_patients,
+        {**values, "org_id": org_id, "patient_key": None, "created_at": now, "updated_at": now},
+        ["org_id", "patient_id", "issuer"],
+    )
+    row = _locked(
+        conn,
+        dicom_patients,
+        p.org_id == org_id,
+        p.patient_id == values["patient_id"],
+        p.issuer == values["issuer"],
+    )
+    differs = [
+        name
+        for name in _PATIENT_IDENTITY
+        if values.get(name) and row[name] and values.get(name) != row[name]
+    ]
+    missing = {n: values[n] for n in _PATIENT_IDENTITY if values.get(n) and not row[n]}
+    if differs:
+        # Which attributes differ and the row's key, never the values (patient data).
+        log.warning(
+            "dicom patient identity conflict (policy %s): patient row %s differs in %s",
+            policy,
+            row["pk"],
+            ",".join(differs),
+        )
+        if policy == "reject":
+            raise PatientConflict()
+        if policy == "update":
+            missing.update({n: values[n] for n in differs})
+    if missing:
+        if "patient_name" in missing:
+            missing["patient_name_norm"] = values["patient_name_norm"]
+        conn.execute(
+            update(dicom_patients).where(p.pk == row["pk"]).values(**missing, updated_at=now)
+        )
+    return row
+
+
+def upsert_hierarchy(
+    conn: Connection, org_id: str, parsed: ParsedInstance, patient_policy: str, now: datetime
+) -> tuple[RowMapping, RowMapping, RowMapping]:
+    """Find or create (and lock) the patient, study and series of an instance."""
+    patient = _patient(conn, org_id, parsed, patient_policy, now)
+    s = dicom_studies.c
+    _insert_ignore(
+        conn,
+        dicom_studies,
+        {
+            **parsed.study,
+            "study_uid": parsed.study_uid,
+            "patient_pk": patient["pk"],
+            "org_id": org_id,
+            "patient_key": patient["patient_key"],
+            "modalities": None,
+            "num_series": 0,
+            "num_instances": 0,
+            "fhir_sync_pending": False,
+            "last_instance_at": now,
+            "created_at": now,
+            "updated_at": now,
+        },
+        ["study_uid"],
+    )
+    study = _locked(conn, dicom_studies, s.study_uid == parsed.study_uid)
+    if study["org_id"] != org_id or study["patient_pk"] != patient["pk"]:
+        raise StudyOwnedElsewhere()
+    changed = {k: v for k, v in parsed.study.items() if v is not None and study[k] != v}
+    if changed:
+        conn.execute(update(dicom_studies).where(s.pk == study["pk"]).values(**changed))
+    r = dicom_series.c
+    _insert_ignore(
+        conn,
+        dicom_series,
+        {
+            **parsed.series,
+            "series_uid": parsed.series_uid,
+            "study_pk": study["pk"],
+            "org_id": org_id,
+            "num_instances": 0,
+            "created_at": now,
+            "updated_at": now,
+        },
+        ["series_uid"],
+    )
+    series = _locked(conn, dicom_series, r.series_uid == parsed.series_uid)
+    if series["study_pk"] != study["pk"]:
+        raise StudyOwnedElsewhere("The series already belongs to another study.")
+    changed = {k: v for k, v in parsed.series.items() if v is not None and series[k] != v}
+    if changed:
+        conn.execute(update(dicom_series).where(r.pk == series["pk"]).values(**changed))
+    return patient, study, series
+
+
+def refresh_statistics(
+    conn: Connection, study_pk: int, series_pk: int | None, now: datetime
+) -> None:
+    """Recount a series and its study (PS3.4 C.3.4 NumberOfStudyRelated…, ModalitiesInStudy)."""
+    i, r, s = dicom_instances.c, dicom_series.c, dicom_studies.c
+    if series_pk is not None:
+        count = conn.execute(
+            select(func.count()).select_from(dicom_instances).where(i.series_pk == series_pk)
+        ).scalar_one()
+        conn.execute(
+            update(dicom_series)
+            .where(r.pk == series_pk)
+            .values(num_instances=int(count), updated_at=now)
+        )
+    rows = conn.execute(
+        select(r.modality, r.num_instances).where(r.study_pk == study_pk).order_by(r.pk)
+    ).all()
+    modalities: list[str] = []
+    for modality, _count in rows:
+        if modality and modality not in modalities:
+            modalities.append(modality)
+    conn.execute(
+        update(dicom_studies)
+        .where(s.pk == study_pk)
+        .values(
+            num_series=len(rows),
+            num_instances=sum(int(c) for _m, c in rows),
+            modalities="\\".join(modalities)[:200] or None,
+            updated_at=now,
+        )
+    )
+
+
+def insert_instance(
+    conn: Connection,
+    study: RowMapping,
+    series: RowMapping,
+    values: dict[str, Any],
+    now: datetime,
+) -> int:
+    """Insert the instance row and bring the counts up to date; returns its pk."""
+    pk = conn.execute(
+        dicom_instances.insert()
+        .values(
+            **values,
+            series_pk=series["pk"],
+            study_pk=study["pk"],
+            org_id=study["org_id"],
+            created_at=now,
+            updated_at=now,
+        )
+        .returning(dicom_instances.c.pk)
+    ).scalar_one()
+    refresh_statistics(conn, int(study["pk"]), int(series["pk"]), now)
+    return int(pk)
+
+
+def remove_instance(conn: Connection, row: RowMapping, now: datetime) -> None:
+    """Delete one instance row; empty series and studies (and patients) go with it."""
+    i, r, s, p = dicom_instances.c, dicom_series.c, dicom_studies.c, dicom_patients.c
+    conn.execute(delete(dicom_instances).where(i.pk == row["pk"]))
+    series_left = conn.execute(
+        select(func.count()).select_from(dicom_instances).where(i.series_pk == row["series_pk"])
+    ).scalar_one()
+    if not series_left:
+        conn.execute(delete(dicom_series).where(r.pk == row["series_pk"]))
+    study_pk = int(row["study_pk"])
+    study_left = conn.execute(
+        select(func.count()).select_from(dicom_series).where(r.study_pk == study_pk)
+    ).scalar_one()
+    if study_left:
+        refresh_statistics(conn, study_pk, int(row["series_pk"]) if series_left else None, now)
+        return
+    patient_pk = conn.execute(select(s.patient_pk).where(s.pk == study_pk)).scalar_one()
+    conn.execute(delete(dicom_studies).where(s.pk == study_pk))
+    others = conn.execute(
+        select(func.count()).select_from(dicom_studies).where(s.patient_pk == patient_pk)
+    ).scalar_one()
+    if not others:
+        conn.execute(delete(dicom_patients).where(p.pk == patient_pk))
