@@ -18,8 +18,19 @@ __all__ = ["install", "install_routes"]
 
 
 def install(services: Services) -> None:
-    """Register this part's listeners, job handlers and re-wrappers."""
+    """Build the HL7 runtime (``services.hl7``); register its listener and job handler."""
+    from salus.hl7.runtime import SEND_JOB, build
+    from salus.services import Rewrapper
+
+    runtime = build(services)
+    services.hl7 = runtime
+    services.listeners.append(runtime)
+    services.job_handlers.register(SEND_JOB, runtime.run_send_job)
+    services.rewrappers.append(Rewrapper("hl7 messages", runtime.store.rewrap))
 
 
 def install_routes(api: FastAPI) -> None:
-    """Mount this part's HTTP routes."""
+    """Mount this part's HTTP routes (``/api/hl7/messages``)."""
+    from salus.hl7.routes import add_routes
+
+    add_routes(api)

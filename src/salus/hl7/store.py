@@ -1,0 +1,285 @@
+"""The durable HL7 message store (table ``hl7_messages``).
+
+Every message that reaches Salus is recorded here, sealed with its own data
+key for the context ``hl7:<uid>`` (:class:`~salus.storage.envelope.ValueSealer`,
+as FHIR bodies are), before anything is acknowledged: accepted messages in
+state ``received`` (then ``applied`` or ``failed``), refused ones in state
+``rejected`` with the reason. A message that repeats the sending
+organization, facility and MSH-10 of a stored one is a duplicate: the store
+returns the original row instead of a new one (HL7 v2.8 2.10.1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.exc import IntegrityError
+
+from salus.db.engine import Database
+from salus.db.tables_hl7 import hl7_messages
+from salus.db.types import utcnow
+from salus.errors import NotFound
+from salus.storage.blobstore import RewrapReport
+from salus.storage.envelope import ValueSealer
+
+__all__ = ["MessageStore", "NewMessage"]
+
+#: Columns listed by ``salus hl7 list`` and the API (no body).
+SUMMARY = [c for c in hl7_messages.c if c.name != "body"]
+
+
+@dataclass(slots=True)
+class NewMessage:
+    raw: bytes
+    source: str
+    peer: str | None = None
+    org_id: str | None = None
+    client_id: str | None = None
+    sending_application: str | None = None
+    sending_facility: str = ""
+    control_id: str | None = None
+    message_type: str | None = None
+    version: str | None = None
+    processing_id: str | None = None
+    charset: str | None = None
+    ack_mode: str = "original"
+    state: str = "received"
+    ack_code: str | None = None
+    error_code: str | None = None
+    error_location: str | None = None
+    error: str | None = None
+
+
+def _clip(value: str | None, size: int) -> str | None:
+    return value[:size] if value is not None else None
+
+
+class MessageStore:
+    def __init__(self, db: Database, sealer: ValueSealer | None) -> None:
+        self.db = db
+        self.sealer = sealer
+
+    def _seal(self, uid: str, raw: bytes) -> bytes:
+        if self.sealer is None:
+            return raw
+        return self.sealer.seal(raw, f"hl7:{uid}".encode())
+
+    def body(self, row: RowMapping) -> bytes:
+        """The raw message of a row, opened."""
+        sealed = bytes(row["body"])
+        if self.sealer is not None and sealed.startswith(ValueSealer.MAGIC):
+            return self.sealer.open(sealed, f"hl7:{row['uid']}".encode())
+        return sealed
+
+    def record(self, item: NewMessage) -> tuple[RowMapping, bool]:
+        """Commit a received message; returns (row, duplicate).
+
+        With a known sender and MSH-10, an earlier row with the same
+        organization, facility and control id is returned instead (and
+        ``duplicate`` is True); nothing new is written then.
+        """
+        now = utcnow()
+        uid = str(uuid.uuid4())
+        values: dict[str, Any] = {
+            "uid": uid,
+            "received_at": now,
+            "updated_at": now,
+            "source": item.source,
+            "peer": _clip(item.peer, 64),
+            "org_id": item.org_id,
+            "client_id": item.client_id,
+            "sending_application": _clip(item.sending_application, 227),
+            "sending_facility": _clip(item.sending_facility, 227) or "",
+            "control_id": _clip(item.control_id, 199),
+            "message_type": _clip(item.message_type, 20),
+            "version": _clip(item.version, 10),
+            "processing_id": _clip(item.processing_id, 3),
+            "charset": _clip(item.charset, 40),
+            "ack_mode": item.ack_mode,
+            "size": len(item.raw),
+            "sha256": hashlib.sha256(item.raw).hexdigest(),
+            "body": self._seal(uid, item.raw),
+            "state": item.state,
+            "ack_code": item.ack_code,
+            "error_code": item.error_code,
+            "error_location": _clip(item.error_location, 40),
+            "error": _clip(item.error, 500),
+            "resources": None,
+            "attempts": 0,
+        }
+        keyed = item.org_id is not None and bool(item.control_id)
+        for _ in range(2):
+            try:
+                with self.db.write() as conn:
+                    if keyed:
+                        found = self._by_key(conn, item)
+                        if found is not None:
+                            return found, True
+                    new_id = conn.execute(
+                        insert(hl7_messages).values(**values).returning(hl7_messages.c.id)
+                    ).scalar_one()
+                    row = self._get(conn, int(new_id))
+                return row, False
+            except IntegrityError:
+                if not keyed:
+                    raise
+                continue  # a concurrent insert of the same key won: read it
+        with self.db.read() as conn:
+            found = self._by_key(conn, item)
+        if found is None:  # pragma: no cover - the unique key guarantees it
+            raise NotFound("The message store lost a duplicate.")
+        return found, True
+
+    def _by_key(self, conn: Connection, item: NewMessage) -> RowMapping | None:
+        return (
+            conn.execute(
+                select(hl7_messages).where(
+                    hl7_messages.c.org_id == item.org_id,
+                    hl7_messages.c.sending_facility == (_clip(item.sending_facility, 227) or ""),
+                    hl7_messages.c.control_id == _clip(item.control_id, 199),
+                )
+            )
+            .mappings()
+            .first()
+        )
+
+    def _get(self, conn: Connection, message_id: int, lock: bool = False) -> RowMapping:
+        query = select(hl7_messages).where(hl7_messages.c.id == message_id)
+        if lock:
+            query = query.with_for_update()
+        row = conn.execute(query).mappings().first()
+        if row is None:
+            raise NotFound("No such HL7 message.")
+        return row
+
+    def get(self, message_id: int) -> RowMapping:
+        with self.db.read() as conn:
+            return self._get(conn, message_id)
+
+    def by_uid(self, uid: str) -> RowMapping:
+        with self.db.read() as conn:
+            row = conn.execute(select(hl7_messages).where(hl7_messages.c.uid == uid)).mappings()
+            found = row.first()
+        if found is None:
+            raise NotFound("No such HL7 message.")
+        return found
+
+    def lock(self, conn: Connection, message_id: int) -> RowMapping:
+        return self._get(conn, message_id, lock=True)
+
+    def set_outcome(
+        self,
+        conn: Connection,
+        message_id: int,
+        *,
+        state: str,
+        ack_code: str | None,
+        error_code: str | None = None,
+        error_location: str | None = None,
+        error: str | None = None,
+        resources: Sequence[str] | None = None,
+        attempt: bool = True,
+        only_states: Sequence[str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> bool:
+        query = update(hl7_messages).where(hl7_messages.c.id == message_id)
+        if only_states is not None:
+            query = query.where(hl7_messages.c.state.in_(list(only_states)))
+        values: dict[str, Any] = {
+            "state": state,
+            "ack_code": ack_code,
+            "error_code": error_code,
+            "error_location": _clip(error_location, 40),
+            "error": _clip(error, 500),
+            "updated_at": utcnow(),
+            **(extra or {}),
+        }
+        if resources is not None:
+            values["resources"] = list(resources)
+        if attempt:
+            values["attempts"] = hl7_messages.c.attempts + 1
+        return bool(conn.execute(query.values(**values)).rowcount)
+
+    def pending(self, limit: int = 100, before: datetime | None = None) -> list[int]:
+        """Ids of messages committed but not applied yet, oldest first."""
+        query = select(hl7_messages.c.id).where(hl7_messages.c.state == "received")
+        if before is not None:
+            query = query.where(hl7_messages.c.received_at < before)
+        with self.db.read() as conn:
+            return [int(i) for i in conn.execute(query.order_by(hl7_messages.c.id).limit(limit))]
+
+    def list(
+        self,
+        *,
+        org_id: str | None = None,
+        state: str | None = None,
+        message_type: str | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        query = select(*SUMMARY)
+        if org_id is not None:
+            query = query.where(hl7_messages.c.org_id == org_id)
+        if state is not None:
+            query = query.where(hl7_messages.c.state == state)
+        if message_type is not None:
+            query = query.where(hl7_messages.c.message_type == message_type)
+        if before_id is not None:
+            query = query.where(hl7_messages.c.id < before_id)
+        with self.db.read() as conn:
+            rows = conn.execute(query.order_by(hl7_messages.c.id.desc()).limit(limit))
+            return [dict(r) for r in rows.mappings()]
+
+    def counts(self) -> dict[str, int]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(hl7_messages.c.state, func.count()).group_by(hl7_messages.c.state)
+            )
+            return {str(state): int(n) for state, n in rows}
+
+    def rewrap(self, progress: Callable[[int], None] | None = None) -> RewrapReport:
+        """Re-wrap every message's data key under the active master key (key rotation)."""
+        scanned = rewrapped = 0
+        if self.sealer is None:
+            return RewrapReport(0, 0)
+        last = 0
+        while True:
+            with self.db.read() as conn:
+                rows = (
+                    conn.execute(
+                        select(hl7_messages.c.id, hl7_messages.c.uid, hl7_messages.c.body)
+                        .where(hl7_messages.c.id > last)
+                        .order_by(hl7_messages.c.id)
+                        .limit(500)
+                    )
+                    .mappings()
+                    .all()
+                )
+            if not rows:
+                return RewrapReport(scanned, rewrapped)
+            changed = []
+            for row in rows:
+                last = int(row["id"])
+                sealed = bytes(row["body"])
+                if sealed.startswith(ValueSealer.MAGIC):
+                    new = self.sealer.rewrap(sealed, f"hl7:{row['uid']}".encode())
+                    if new is not None:
+                        changed.append((last, new))
+            with self.db.write() as conn:
+                for message_id, body in changed:
+                    conn.execute(
+                        update(hl7_messages)
+                        .where(hl7_messages.c.id == message_id)
+                        .values(body=body)
+                    )
+            scanned += len(rows)
+            rewrapped += len(changed)
+            if progress is not None:
+                progress(len(rows))
