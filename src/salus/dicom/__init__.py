@@ -36,6 +36,10 @@ def install(services: Services) -> None:
         services.value_sealer(),
     )
     register_jobs(services)
+    if settings.dicom_enabled:
+        from salus.dicom.dimse import DimseListener
+
+        services.listeners.append(DimseListener(services))
 
 
 def install_routes(api: FastAPI) -> None:

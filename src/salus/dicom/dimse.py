@@ -1,0 +1,481 @@
+"""The DIMSE edge: a pynetdicom SCP inside ``salus serve`` (PS3.4 Annexes A, B, C; PS3.7).
+
+Services: Verification (C-ECHO); Storage of every storage SOP class in every
+transfer syntax pydicom knows, data sets kept byte for byte as received;
+Patient Root and Study Root Query/Retrieve FIND, MOVE and GET at PATIENT,
+STUDY, SERIES and IMAGE level, relational (C.4.1.2.2.1); C-CANCEL stops a
+FIND, MOVE or GET between two responses.
+
+Who is calling: the calling AE title must be an active edge identity of a
+client (``salus client`` / :class:`~salus.security.edges.EdgeAuthenticator`,
+optionally tied to a TLS client certificate and a network); other AE titles
+are rejected at association time (A-ASSOCIATE-RJ, "calling AE title not
+recognized") unless ``SALUS_DICOM_UNKNOWN_AE_CLIENT`` names the client they
+act as. The client's organization and roles then decide every operation
+through the archive (policy engine, audit). An error raised by the archive
+becomes the DIMSE status of its class (:mod:`salus.errors`); anything else
+becomes 0xC000/0xC001 and is logged without data; the association carries on.
+
+Retrieval sends the stored data set bytes unchanged when the negotiated
+transfer syntax is the stored one (:func:`_encode_raw`), otherwise pydicom
+re-encodes it (native syntaxes only; compressed ones are not transcoded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Iterator
+from io import BytesIO
+from typing import TYPE_CHECKING, Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import UID, AllTransferSyntaxes
+from pynetdicom import AE, evt
+from pynetdicom import association as pynetdicom_association
+from pynetdicom import sop_class as pynetdicom_sop_class
+from pynetdicom.presentation import PresentationContext, build_context
+
+from salus.dicom.archive import DicomArchive
+from salus.dicom.matching import KEYS, Level, QueryValue
+from salus.dicom.parse import part10_from_dimse
+from salus.dicom.query import InstanceRef, Match
+from salus.errors import NotAuthenticated, SalusError
+from salus.security.principal import Principal
+from salus.thirdparty import quiet_pynetdicom
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
+    from pynetdicom.events import Event
+    from pynetdicom.transport import ThreadedAssociationServer
+
+    from salus.services import Services
+
+__all__ = ["DimseListener", "RawInstance", "identifier_values"]
+
+log = logging.getLogger("salus.dicom.dimse")
+
+STORAGE_SOP_CLASSES: list[str] = sorted(
+    {str(uid) for uid in getattr(pynetdicom_sop_class, "_STORAGE_CLASSES").values()}  # noqa: B009
+)
+TRANSFER_SYNTAXES = [str(uid) for uid in AllTransferSyntaxes]
+VERIFICATION = "1.2.840.10008.1.1"
+#: PS3.4 C.6.1.3 Patient Root and C.6.2.3 Study Root Query/Retrieve SOP classes.
+QR_FIND = ("1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1")
+QR_MOVE = ("1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.2.2")
+QR_GET = ("1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3")
+_PENDING = 0xFF00
+_CANCEL = 0xFE00
+_PRINCIPAL = "_salus_principal"
+
+
+class RawInstance(Dataset):
+    """A stored instance to send by C-STORE: carries the Part-10 bytes, so that the
+    data set goes out exactly as it was received (see :func:`_encode_raw`)."""
+
+    def __init__(self, ref: InstanceRef, part10: bytes | bytearray) -> None:
+        super().__init__()
+        self.SOPClassUID = UID(ref.sop_class_uid)
+        self.SOPInstanceUID = UID(ref.sop_instance_uid)
+        self.file_meta = FileMetaDataset()
+        self.file_meta.TransferSyntaxUID = UID(ref.transfer_syntax_uid)
+        object.__setattr__(self, "_salus_part10", bytes(part10))
+        object.__setattr__(self, "_salus_offset", ref.dataset_offset)
+
+
+_original_encode: Any = getattr(pynetdicom_association, "encode")  # noqa: B009
+
+
+def _encode_raw(
+    ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False
+) -> bytes | None:
+    """pynetdicom's data set encoder, short-circuited for :class:`RawInstance`."""
+    part10: bytes | None = getattr(ds, "_salus_part10", None)
+    if part10 is None:
+        encoded: bytes | None = _original_encode(ds, is_implicit_vr, is_little_endian, deflated)
+        return encoded
+    ts = UID(ds.file_meta.TransferSyntaxUID)
+    if (ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated) == (
+        is_implicit_vr,
+        is_little_endian,
+        deflated,
+    ):
+        return part10[int(ds._salus_offset) :]
+    full = dcmread(BytesIO(part10))  # another native syntax was negotiated: re-encode
+    reencoded: bytes | None = _original_encode(full, is_implicit_vr, is_little_endian, deflated)
+    return reencoded
+
+
+def _install_raw_encoder() -> None:
+    setattr(pynetdicom_association, "encode", _encode_raw)  # noqa: B010
+
+
+def identifier_values(identifier: Dataset) -> tuple[str, dict[str, QueryValue]]:
+    """The query level and the keys of a C-FIND/C-MOVE/C-GET identifier."""
+    level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+    keys: dict[str, QueryValue] = {}
+    for elem in identifier:
+        keyword = elem.keyword
+        if not keyword or keyword in ("QueryRetrieveLevel", "SpecificCharacterSet"):
+            continue
+        if elem.VR == "SQ":
+            items: list[dict[str, Any]] = []
+            for item in elem.value or []:
+                items.append(
+                    {
+                        sub.keyword: "" if sub.value is None else str(sub.value)
+                        for sub in item
+                        if sub.keyword
+                    }
+                )
+            keys[keyword] = items
+            continue
+        value = elem.value
+        if value is None:
+            keys[keyword] = ""
+        elif isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+            keys[keyword] = "\\".join(str(v) for v in value)
+        else:
+            keys[keyword] = str(value)
+    return level, keys
+
+
+def _response(identifier: Dataset, level: str, match: Match) -> Dataset:
+    """A C-FIND response identifier: every requested key, with its value or empty."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.QueryRetrieveLevel = level
+    for elem in identifier:
+        keyword = elem.keyword
+        if not keyword or keyword in ("QueryRetrieveLevel", "SpecificCharacterSet"):
+            continue
+        value = match.attributes.get(keyword)
+        if elem.VR == "SQ":
+            items = value if isinstance(value, list) else []
+            seq = []
+            for item in items:
+                sub = Dataset()
+                for name, text in item.items():
+                    setattr(sub, name, text)
+                seq.append(sub)
+            setattr(ds, keyword, Sequence(seq))
+            continue
+        if value is None:
+            ds.add_new(elem.tag, elem.VR, None)
+        elif keyword in KEYS and KEYS[keyword].vr in ("IS", "US"):
+            setattr(ds, keyword, int(value))
+        else:
+            text = str(value)
+            setattr(ds, keyword, text.split("\\") if "\\" in text else text)
+    return ds
+
+
+def _status(exc: BaseException, default: int = 0xC000) -> int:
+    if isinstance(exc, SalusError):
+        return int(exc.dimse_status)
+    log.error("DIMSE handler failed: %s", type(exc).__name__)
+    return default
+
+
+class DimseListener:
+    """The DIMSE SCP (a :class:`~salus.services.Listener`)."""
+
+    name = "dicom-dimse"
+
+    def __init__(self, services: Services) -> None:
+        assert services.dicom is not None  # noqa: S101 - installed before the listener
+        self.services = services
+        self.archive: DicomArchive = services.dicom
+        self.settings = services.settings
+        self.server: ThreadedAssociationServer | None = None
+        self.port: int = self.settings.dicom_port
+        self.ae = self._build_ae()
+
+    # -- set-up ------------------------------------------------------------------------
+    def _build_ae(self) -> AE:
+        quiet_pynetdicom()
+        _install_raw_encoder()
+        settings = self.settings
+        ae = AE(ae_title=settings.dicom_ae_title)
+        ae.maximum_associations = settings.dicom_max_associations
+        ae.acse_timeout = settings.dicom_timeout
+        ae.dimse_timeout = settings.dicom_timeout
+        ae.network_timeout = settings.dicom_timeout
+        ae.maximum_pdu_size = 0  # no limit on what we receive
+        ae.require_called_aet = False
+        ae.add_supported_context(VERIFICATION)
+        for sop_class in STORAGE_SOP_CLASSES:
+            # scu_role/scp_role: accept the SCP role a C-GET requestor asks for.
+            ae.add_supported_context(sop_class, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+        for model in (*QR_FIND, *QR_MOVE, *QR_GET):
+            ae.add_supported_context(model)
+        if settings.dicom_unknown_ae_client is None:
+            ae._require_calling_aet = _KnownAETitles(self)
+        return ae
+
+    def known_ae_titles(self) -> list[str]:
+        from sqlalchemy import select
+
+        from salus.db.tables import edge_identities
+
+        e = edge_identities.c
+        with self.services.db.read() as conn:
+            rows = conn.execute(
+                select(e.ae_title).where(e.kind == "dicom", e.active.is_(True))
+            ).scalars()
+            return sorted({str(t).strip() for t in rows if t})
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        settings = self.settings
+        if settings.dicom_tls_certfile is None or settings.dicom_tls_keyfile is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # PS3.15 B.9 (BCP 195)
+        ctx.load_cert_chain(str(settings.dicom_tls_certfile), str(settings.dicom_tls_keyfile))
+        if settings.dicom_tls_cafile is not None:
+            ctx.load_verify_locations(cafile=str(settings.dicom_tls_cafile))
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    def handlers(self) -> list[Any]:
+        return [
+            (evt.EVT_CONN_OPEN, self._on_connect),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_C_GET, self._on_get),
+            (evt.EVT_C_MOVE, self._on_move),
+        ]
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start_sync(self) -> None:
+        server = self.ae.start_server(
+            (self.settings.dicom_host, self.settings.dicom_port),
+            block=False,
+            ssl_context=self._ssl_context(),
+            evt_handlers=self.handlers(),
+        )
+        assert server is not None  # noqa: S101 - non-blocking start returns the server
+        self.server = server
+        self.port = int(server.server_address[1])
+        log.info("DIMSE listener on port %s as %s", self.port, self.settings.dicom_ae_title)
+
+    def stop_sync(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.start_sync)
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.stop_sync)
+
+    # -- associations ------------------------------------------------------------------
+    @staticmethod
+    def _on_connect(event: Event) -> None:
+        sock = getattr(event.assoc.dul.socket, "socket", None)
+        if sock is not None:  # PEERS.md: no 40 ms delayed-ACK stalls on loopback
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def _authenticate(self, assoc: Association) -> Principal:
+        calling = str(assoc.requestor.ae_title).strip()
+        address = str(assoc.requestor.address) if assoc.requestor.address else None
+        sock = getattr(assoc.dul.socket, "socket", None)
+        cert = None
+        if isinstance(sock, ssl.SSLSocket):
+            cert = sock.getpeercert(binary_form=True)
+        try:
+            return self.services.edges.dicom(calling, address, cert)
+        except NotAuthenticated:
+            client = self.settings.dicom_unknown_ae_client
+            if client is None:
+                raise
+            return self.services.directory.client_principal(client, None, address)
+
+    def _on_accepted(self, event: Event) -> None:
+        assoc = event.assoc
+        try:
+            principal = self._authenticate(assoc)
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, SalusError) else "authentication failed"
+            self.archive.record_refusal(None, "association", reason)
+            assoc.abort()
+            return
+        setattr(assoc, _PRINCIPAL, principal)
+        self.archive.audit.record(
+            [
+                self.archive._event(
+                    principal,
+                    "E",
+                    f"dicom association {self.settings.dicom_ae_title}",
+                    "association accepted",
+                )
+            ]
+        )
+
+    def _on_rejected(self, event: Event) -> None:
+        self.archive.record_refusal(None, "association", "calling AE title not recognized")
+
+    @staticmethod
+    def _principal(event: Event) -> Principal:
+        principal = getattr(event.assoc, _PRINCIPAL, None)
+        if principal is None:
+            raise NotAuthenticated("The association is not authenticated.")
+        return principal  # type: ignore[no-any-return]
+
+    # -- services ----------------------------------------------------------------------
+    def _on_echo(self, event: Event) -> int:
+        """PS3.4 A.4: Verification."""
+        try:
+            self._principal(event)
+        except SalusError as exc:
+            return int(exc.dimse_status)
+        return 0x0000
+
+    def _on_store(self, event: Event) -> int:
+        """PS3.4 B.2.3: store the data set as received; failure statuses per class."""
+        try:
+            principal = self._principal(event)
+            request: Any = event.request
+            raw = request.DataSet.getvalue() if request.DataSet is not None else b""
+            data = part10_from_dimse(
+                raw,
+                str(request.AffectedSOPClassUID),
+                str(request.AffectedSOPInstanceUID),
+                str(event.context.transfer_syntax),
+            )
+            self.archive.store(principal, data)
+        except SalusError as exc:
+            if exc.http_status in (401, 403):
+                self.archive.record_refusal(
+                    getattr(event.assoc, _PRINCIPAL, None), "C-STORE", exc.message
+                )
+            return int(exc.dimse_status)
+        except Exception as exc:
+            return _status(exc, 0xC000)
+        return 0x0000
+
+    def _query(self, event: Event) -> tuple[Principal, Level, dict[str, QueryValue]]:
+        principal = self._principal(event)
+        level_text, keys = identifier_values(event.identifier)
+        try:
+            level = Level(level_text)
+        except ValueError:
+            from salus.errors import InvalidInput
+
+            raise InvalidInput("QueryRetrieveLevel is missing or unknown.") from None
+        return principal, level, keys
+
+    def _on_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
+        """PS3.4 C.4.1: matches as Pending responses; C-CANCEL honoured between them."""
+        try:
+            principal, level, keys = self._query(event)
+            matches = self.archive.find(principal, level, keys)
+        except Exception as exc:
+            if isinstance(exc, SalusError) and exc.http_status in (401, 403):
+                self.archive.record_refusal(
+                    getattr(event.assoc, _PRINCIPAL, None), "C-FIND", exc.message
+                )
+            status = _status(exc, 0xC000)
+            yield (0xA900 if status == 0x0122 else status), None
+            return
+        identifier = event.identifier
+        for match in matches:
+            if event.is_cancelled:
+                yield _CANCEL, None
+                return
+            yield _PENDING, _response(identifier, level.value, match)
+
+    def _refs(self, event: Event, operation: str) -> list[InstanceRef]:
+        principal, level, keys = self._query(event)
+        try:
+            return self.archive.instances(principal, level, keys)
+        except SalusError as exc:
+            if exc.http_status in (401, 403):
+                self.archive.record_refusal(principal, operation, exc.message)
+            raise
+
+    def _send(self, event: Event, refs: list[InstanceRef]) -> Iterator[tuple[int, Dataset | None]]:
+        for ref in refs:
+            if event.is_cancelled:
+                yield _CANCEL, None
+                return
+            try:
+                data = self.archive.read(ref)
+            except Exception as exc:
+                log.error("C-GET/C-MOVE could not read a stored instance: %s", type(exc).__name__)
+                yield _PENDING, Dataset()  # counted as a failed sub-operation
+                continue
+            yield _PENDING, RawInstance(ref, data)
+
+    def _on_get(self, event: Event) -> Iterator[Any]:
+        """PS3.4 C.4.3: C-STORE sub-operations on the same association. A refusal
+        or bad identifier ends the C-GET with a failure status (0xC4xx)."""
+        refs = self._refs(event, "C-GET")
+        yield len(refs)
+        yield from self._send(event, refs)
+
+    def _on_move(self, event: Event) -> Iterator[Any]:
+        """PS3.4 C.4.2: C-STORE sub-operations on a new association to a configured
+        AE (unknown destination: 0xA801; refusal or bad identifier: 0xC5xx)."""
+        destination = str(event.move_destination or "").strip()
+        address = self.settings.dicom_move_destinations.get(destination)
+        if address is None:
+            yield None, None
+            return
+        host, _, port = address.rpartition(":")
+        refs: list[InstanceRef] = []
+        error: BaseException | None = None
+        try:
+            refs = self._refs(event, "C-MOVE")
+        except Exception as exc:
+            error = exc
+        yield host, int(port), {"contexts": _contexts_for(refs) or None}
+        if error is not None:
+            raise error
+        yield len(refs)
+        yield from self._send(event, refs)
+
+
+def _contexts_for(refs: list[InstanceRef]) -> list[PresentationContext]:
+    """Presentation contexts of a C-MOVE sub-association: one per SOP class (at most
+    128, PS3.8 9.3.2.2), offering each stored transfer syntax and the native ones."""
+    by_class: dict[str, list[str]] = {}
+    for ref in refs:
+        syntaxes = by_class.setdefault(ref.sop_class_uid, [])
+        if ref.transfer_syntax_uid not in syntaxes:
+            syntaxes.append(ref.transfer_syntax_uid)
+    contexts = []
+    for sop_class, syntaxes in list(by_class.items())[:128]:
+        for native in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2"):
+            if native not in syntaxes:
+                syntaxes.append(native)
+        contexts.append(build_context(sop_class, syntaxes))
+    return contexts
+
+
+class _KnownAETitles(list[str]):
+    """``AE.require_calling_aet`` read from the directory at each association, so
+    edge identities added or disabled take effect without a restart."""
+
+    def __init__(self, listener: DimseListener) -> None:
+        super().__init__(["\x00"])  # never empty: an empty list would accept anyone
+        self._listener = listener
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            titles = self._listener.known_ae_titles()
+        except Exception:
+            log.error("could not read the known AE titles; rejecting the association")
+            titles = []
+        return iter(titles or ["\x00"])

@@ -1,0 +1,140 @@
+"""A Salus DIMSE listener on a loopback port for the DICOM integration tests.
+
+Built on the security test world (hospitals A and B with their integration
+clients); AE ``MOD_A`` belongs to hospital A, ``MOD_B`` to hospital B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+
+from salus.dicom.archive import DicomArchive
+from salus.dicom.dimse import DimseListener
+from salus.jobs import Worker
+from salus.security.principal import Principal
+from salus.services import Services
+from salus.storage.keys import FileKeyProvider
+from tests.conftest import backend_database, settings_for
+from tests.integration.security_world import CLIENTS, ORGS, SYSTEM
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "dicom"
+STORE_AE = "STORE_SCP"
+
+
+@dataclass
+class DicomWorld:
+    services: Services
+    listener: DimseListener
+
+    @property
+    def archive(self) -> DicomArchive:
+        assert self.services.dicom is not None
+        return self.services.dicom
+
+    def principal(self, client_id: str = "a-feed") -> Principal:
+        return self.services.directory.client_principal(client_id)
+
+    @property
+    def port(self) -> int:
+        return self.listener.port
+
+    def drain_jobs(self) -> int:
+        services = self.services
+        return Worker(services.jobs, services.job_handlers).drain()
+
+    def associate(self, calling: str = "MOD_A", **contexts: Any) -> Association:
+        ae = AE(ae_title=calling)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+        for sop_class in contexts.get("classes", []):
+            ae.add_requested_context(sop_class, contexts.get("syntaxes"))
+        return ae.associate("127.0.0.1", self.port, ae_title="SALUS", **contexts.get("kw", {}))
+
+
+@contextmanager
+def dicom_world(backend: str, folder: Path, **overrides: Any) -> Iterator[DicomWorld]:
+    """Services (no HTTP app) with the test network's organizations and clients,
+    and a DIMSE listener on a free loopback port."""
+    values: dict[str, Any] = {
+        "dicom_port": 0,
+        "dicom_stable_seconds": 0.0,
+        "jobs_enabled": False,
+        "audit_checkpoint_seconds": 3600,
+    }
+    values.update(overrides)
+    with backend_database(backend, folder) as (url, schema):
+        settings = settings_for(url, schema, folder / "data", **values)
+        FileKeyProvider.create(settings.key_path())
+        services = Services.build(settings)
+        try:
+            directory = services.directory
+            for org_id, name, kind in ORGS:
+                directory.create_organization(SYSTEM, org_id, name, kind)
+            for client_id, (org_id, roles) in CLIENTS.items():
+                directory.create_client(
+                    SYSTEM,
+                    client_id=client_id,
+                    org_id=org_id,
+                    name=client_id,
+                    auth_method="client_secret",
+                    roles=roles,
+                )
+            directory.add_edge_identity(SYSTEM, kind="dicom", client_id="a-feed", ae_title="MOD_A")
+            directory.add_edge_identity(SYSTEM, kind="dicom", client_id="b-feed", ae_title="MOD_B")
+            listener = DimseListener(services)
+            listener.start_sync()
+            try:
+                yield DicomWorld(services, listener)
+            finally:
+                listener.stop_sync()
+        finally:
+            services.close()
+
+
+def sample(name: str) -> bytes:
+    return (DATA / name).read_bytes()
+
+
+def dataset_bytes(part10: bytes) -> bytes:
+    """The data set part of a Part-10 file (after the File Meta Information)."""
+    from salus.dicom.parse import _dataset_offset
+
+    return part10[_dataset_offset(part10) :]
+
+
+def read(name: str) -> Dataset:
+    return dcmread(DATA / name)
+
+
+class StoreSCP:
+    """A pynetdicom Storage SCP on loopback that keeps the raw data sets it receives."""
+
+    def __init__(self) -> None:
+        self.received: dict[str, bytes] = {}
+        self.ae = AE(ae_title=STORE_AE)
+        from salus.dicom.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+
+        explicit_first = sorted(TRANSFER_SYNTAXES, key=lambda ts: ts != "1.2.840.10008.1.2.1")
+        for sop_class in STORAGE_SOP_CLASSES:
+            self.ae.add_supported_context(sop_class, explicit_first)
+        self.server = self.ae.start_server(
+            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+        )
+        assert self.server is not None
+        self.port = int(self.server.server_address[1])
+
+    def _on_store(self, event: Any) -> int:
+        self.received[str(event.request.AffectedSOPInstanceUID)] = event.request.DataSet.getvalue()
+        return 0x0000
+
+    def stop(self) -> None:
+        assert self.server is not None
+        self.server.shutdown()
