@@ -94,6 +94,14 @@ def _walk_local(value: Any, refs: dict[str, str]) -> None:
             _walk_local(item, refs)
 
 
+def _same(existing: Resource, new: Resource) -> bool:
+    """Whether an update would change nothing (then no new version is written)."""
+    skip = ("meta", "id")
+    return {k: v for k, v in existing.items() if k not in skip} == {
+        k: v for k, v in new.items() if k not in skip
+    }
+
+
 class Hl7Service:
     def __init__(
         self,
@@ -178,8 +186,9 @@ class Hl7Service:
         try:
             message = parse_message(raw)
         except SalusError as exc:
+            # A message that cannot be read is rejected, whatever the class says.
             header, raw_header = loose_header(raw)
-            ack = _ack_for(exc)
+            ack = Ack("AR", hl7_code_of(exc), location_of(exc), exc.message)
             self._reject(raw, source, peer, header, None, ack)
             return Received(ack, header, raw_header)
         header = message.header
@@ -343,6 +352,10 @@ class Hl7Service:
                 continue
             new = copy.deepcopy(new)
             _walk_local(new, refs)
+            if existing is not None and _same(existing, new):
+                refs[step.key] = f"{step.res_type}/{existing['id']}"
+                bodies[step.key] = existing
+                continue
             if existing is not None:
                 self.policy.authorize(
                     principal, AccessRequest(step.res_type, Interaction.UPDATE, purpose)

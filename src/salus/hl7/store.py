@@ -213,7 +213,8 @@ class MessageStore:
         if before is not None:
             query = query.where(hl7_messages.c.received_at < before)
         with self.db.read() as conn:
-            return [int(i) for i in conn.execute(query.order_by(hl7_messages.c.id).limit(limit))]
+            rows = conn.execute(query.order_by(hl7_messages.c.id).limit(limit)).scalars()
+            return [int(i) for i in rows]
 
     def list(
         self,

@@ -67,6 +67,9 @@ def map_order(ctx: Context) -> Plan:
         is_orc = orc.name == "ORC"
         placer = (orc.get(2) if is_orc else "") or (obr.get(2) if obr else "")
         filler = (orc.get(3) if is_orc else "") or (obr.get(3) if obr else "")
+        group = orc.get(4) if is_orc else ""
+        if not placer and not filler and group:
+            placer = f"{group}-{index + 1}"  # ORC-4 placer group number
         if not placer and not filler:
             raise hl7_error(
                 InvalidInput("ORC-2 or OBR-2 (placer order number) is required."),
