@@ -62,7 +62,13 @@ log = logging.getLogger("salus.dicom.dimse")
 STORAGE_SOP_CLASSES: list[str] = sorted(
     {str(uid) for uid in getattr(pynetdicom_sop_class, "_STORAGE_CLASSES").values()}  # noqa: B009
 )
-TRANSFER_SYNTAXES = [str(uid) for uid in AllTransferSyntaxes]
+_NATIVE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")
+#: Accepted in this order of preference (pynetdicom takes the acceptor's order):
+#: a compressed or deflated syntax the sender proposes means it holds the data
+#: that way, so accepting it keeps the bytes as they are; native syntaxes last.
+TRANSFER_SYNTAXES = [str(uid) for uid in AllTransferSyntaxes if str(uid) not in _NATIVE] + list(
+    _NATIVE
+)
 VERIFICATION = "1.2.840.10008.1.1"
 #: PS3.4 C.6.1.3 Patient Root and C.6.2.3 Study Root Query/Retrieve SOP classes.
 QR_FIND = ("1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1")
