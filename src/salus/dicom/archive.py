@@ -72,7 +72,7 @@ RESOURCE_TYPE = "ImagingStudy"
 
 
 class DuplicateInstance(Conflict):
-    """0x0111 Duplicate SOP Instance (PS3.7 C.4.2.1.?, PS3.4 B.2.3): the ``reject`` policy."""
+    """Status 0x0111 Duplicate SOP Instance (PS3.7 Annex C): the ``reject`` policy."""
 
     dimse_status = 0x0111
     code = "dicom-duplicate-instance"
