@@ -125,6 +125,12 @@ class Hl7Runtime:
             self._peers[key] = (now + 5.0, principal)
         return principal
 
+    def forget_peers(self) -> None:
+        """Drop cached connection identities (after edge identities change)."""
+        with self._peer_lock:
+            self._peers.clear()
+        self.service.forget_principals()
+
     def answer(
         self, body: bytes, peer: str | None, cert: bytes | None, oversized: bool = False
     ) -> bytes | None:

@@ -146,6 +146,10 @@ class Hl7Service:
             self._principals[key] = (now + 5.0, principal)
         return principal
 
+    def forget_principals(self) -> None:
+        with self._lock:
+            self._principals.clear()
+
     def identify(
         self, header: Header, connection: Principal | None, address: str | None
     ) -> Principal:
