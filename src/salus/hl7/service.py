@@ -94,6 +94,12 @@ def _walk_local(value: Any, refs: dict[str, str]) -> None:
             _walk_local(item, refs)
 
 
+def _note(written: list[str], ref: str) -> None:
+    """The message's resulting references: written, or found unchanged."""
+    if ref not in written:
+        written.append(ref)
+
+
 def _same(existing: Resource, new: Resource) -> bool:
     """Whether an update would change nothing (then no new version is written)."""
     skip = ("meta", "id")
@@ -353,12 +359,14 @@ class Hl7Service:
                 if existing is not None:
                     refs[step.key] = f"{step.res_type}/{existing['id']}"
                     bodies[step.key] = existing
+                    _note(written, refs[step.key])
                 continue
             new = copy.deepcopy(new)
             _walk_local(new, refs)
             if existing is not None and _same(existing, new):
                 refs[step.key] = f"{step.res_type}/{existing['id']}"
                 bodies[step.key] = existing
+                _note(written, refs[step.key])
                 continue
             if existing is not None:
                 self.policy.authorize(
@@ -374,8 +382,7 @@ class Hl7Service:
                 stored = self.fhir.create(conn, principal, new)
             refs[step.key] = f"{stored.res_type}/{stored.res_id}"
             bodies[step.key] = stored.resource or new
-            if refs[step.key] not in written:
-                written.append(refs[step.key])
+            _note(written, refs[step.key])
         return written
 
     def _find(

@@ -4,6 +4,7 @@ from :class:`~salus.hl7.profiles.Profile`)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from salus.errors import InvalidInput
@@ -100,12 +101,28 @@ def patient_key(ctx: Context, pid: Segment) -> dict[str, Any]:
     return ids[0]
 
 
+_CHOICE = re.compile(
+    r"^(value|effective|deceased|multipleBirth|occurrence|onset|abatement|performed)[A-Z]"
+)
+
+
+def _choice_base(name: str) -> str | None:
+    """``valueQuantity`` → ``value``: one variant of a choice element replaces another."""
+    found = _CHOICE.match(name)
+    return found.group(1) if found else None
+
+
 def merge(existing: Resource | None, new: Resource, keep: tuple[str, ...] = ()) -> Resource:
     """An update from a snapshot message: new values win, identifiers accumulate,
     and ``keep`` elements (links set by merges…) survive."""
     if existing is None:
         return new
-    merged = {k: v for k, v in existing.items() if k not in ("meta", "text")}
+    replaced = {_choice_base(k) for k in new} - {None}
+    merged = {
+        k: v
+        for k, v in existing.items()
+        if k not in ("meta", "text") and _choice_base(k) not in replaced
+    }
     merged.update(new)
     merged["id"] = existing["id"]
     if "identifier" in existing or "identifier" in new:
