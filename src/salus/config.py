@@ -132,6 +132,18 @@ class Settings(BaseModel):
         return value
 
     # -- HL7 v2 / MLLP ----------------------------------------------------------------
+    mllp_enabled: bool = False
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int = Field(default=2575, ge=0, le=65535)
+    mllp_max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    mllp_read_timeout: float = Field(default=30.0, gt=0)
+    mllp_idle_timeout: float = Field(default=600.0, gt=0)
+    mllp_max_connections: int = Field(default=100, ge=1, le=10000)
+    mllp_tls_certfile: Path | None = None
+    mllp_tls_keyfile: Path | None = None
+    mllp_tls_cafile: Path | None = None
+    hl7_profiles_file: Path | None = None
+    hl7_apply: Literal["sync", "async"] = "sync"
 
     # -- derived values ------------------------------------------------------------
     def database_url_value(self) -> str:

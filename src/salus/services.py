@@ -39,6 +39,7 @@ from salus.storage.objects import FileObjectStore, ObjectStore
 
 if TYPE_CHECKING:
     from salus.dicom.archive import DicomArchive
+    from salus.hl7.runtime import Hl7Runtime
 
 __all__ = ["Listener", "Rewrapper", "Services", "build_key_provider", "build_object_store"]
 
@@ -159,6 +160,7 @@ class Services:
     listeners: list[Listener] = field(default_factory=list)
     rewrappers: list[Rewrapper] = field(default_factory=list)
     dicom: DicomArchive | None = None
+    hl7: Hl7Runtime | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, run_migrations: bool | None = None) -> Services:
