@@ -138,3 +138,82 @@ class StoreSCP:
     def stop(self) -> None:
         assert self.server is not None
         self.server.shutdown()
+
+
+# -- DICOMweb ------------------------------------------------------------------------
+#: One file per transfer syntax (explicit/implicit LE, big endian, deflated, RLE,
+#: JPEG baseline and extended, JPEG-LS, JPEG 2000 lossless and lossy, HTJ2K), and
+#: one without pixel data.
+WEB_SAMPLES = [
+    "CT_small.dcm",
+    "MR_small_implicit.dcm",
+    "MR_small_bigendian.dcm",
+    "image_dfl.dcm",
+    "MR_small_RLE.dcm",
+    "SC_rgb_jpeg_dcmtk.dcm",
+    "JPEG-lossy.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "MR_small_jp2klossless.dcm",
+    "JPEG2000.dcm",
+    "HTJ2K_08_RGB.dcm",
+    "rtplan.dcm",
+]
+
+
+_WEB_CACHE: dict[str, bytes] = {}
+
+
+def web_sample(name: str) -> bytes:
+    """A sample with UIDs of its own (several samples are one image in different
+    transfer syntaxes, with the same SOP Instance UID; one has no study UID),
+    written by pydicom in its own transfer syntax, pixel data untouched."""
+    if name not in _WEB_CACHE:
+        from io import BytesIO
+
+        from pydicom.uid import generate_uid
+
+        ds = dcmread(DATA / name)
+        ds.StudyInstanceUID = generate_uid(entropy_srcs=["study", name])
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=["series", name])
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=["instance", name])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.PatientID = "WEB-" + name.split(".")[0][:20]
+        buffer = BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        _WEB_CACHE[name] = buffer.getvalue()
+    return _WEB_CACHE[name]
+
+
+def stow_body(files: list[bytes], boundary: str = "salus-test-boundary") -> tuple[bytes, str]:
+    """A multipart/related STOW-RS body and its Content-Type."""
+    body = b""
+    for data in files:
+        body += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def split_multipart(content_type: str, body: bytes) -> list[tuple[dict[str, str], bytes]]:
+    """The parts of a multipart/related response (an independent, simple parser)."""
+    boundary = content_type.split("boundary=")[1].split(";")[0].strip().strip('"')
+    delimiter = b"--" + boundary.encode()
+    assert body.startswith(delimiter), body[:80]
+    assert body.rstrip(b"\r\n").endswith(delimiter + b"--")
+    parts = []
+    for chunk in body.split(b"\r\n" + delimiter)[:-1]:
+        chunk = chunk[len(delimiter) :] if chunk.startswith(delimiter) else chunk
+        head, _, payload = chunk.lstrip(b"\r\n").partition(b"\r\n\r\n")
+        headers = {}
+        for line in head.decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        parts.append((headers, payload))
+    return parts
+
+
+def uids(data: bytes) -> tuple[str, str, str]:
+    """(study, series, SOP instance) UIDs of a Part-10 file."""
+    from io import BytesIO
+
+    ds = dcmread(BytesIO(data), stop_before_pixels=True)
+    return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)

@@ -43,4 +43,7 @@ def install(services: Services) -> None:
 
 
 def install_routes(api: FastAPI) -> None:
-    """Mount this part's HTTP routes."""
+    """Mount this part's HTTP routes: DICOMweb under /dicomweb (:mod:`salus.dicom.web`)."""
+    from salus.dicom.web import install_dicomweb
+
+    install_dicomweb(api)

@@ -56,14 +56,14 @@ from salus.dicom.index import insert_instance, remove_instance, upsert_hierarchy
 from salus.dicom.matching import Level, QueryValue
 from salus.dicom.parse import ParsedInstance, parse_part10
 from salus.dicom.query import InstanceRef, Match, QueryPlanner
-from salus.errors import Conflict, Forbidden, NotFound
+from salus.errors import Conflict, Forbidden, InvalidInput, NotFound
 from salus.jobs import JobQueue
 from salus.security.policy import AccessRequest, Decision, Interaction, PolicyEngine, RecordFilter
 from salus.security.principal import Principal, Purpose
 from salus.storage.blobstore import BlobStore
 from salus.storage.envelope import ValueSealer
 
-__all__ = ["DicomArchive", "DuplicateInstance", "StoreResult"]
+__all__ = ["DicomArchive", "DuplicateInstance", "StoreResult", "StudyMismatch"]
 
 log = logging.getLogger("salus.dicom")
 
@@ -82,6 +82,16 @@ class DuplicateInstance(Conflict):
         return "An instance with this SOP Instance UID and other content is already stored."
 
 
+class StudyMismatch(InvalidInput):
+    """PS3.18 10.5.1: an instance posted to ``/studies/{study}`` is of another study."""
+
+    code = "dicom-study-mismatch"
+
+    @classmethod
+    def default_message(cls) -> str:
+        return "The instance belongs to another study than the one in the URL."
+
+
 @dataclass(frozen=True, slots=True)
 class StoreResult:
     outcome: str  # stored | duplicate | kept | replaced
@@ -91,6 +101,9 @@ class StoreResult:
     series_uid: str
     digest: str
     size: int
+    #: The index kept patient attributes that differ from the instance's (policy
+    #: ``keep``): a C-STORE/STOW warning 0xB000 (coercion of data elements).
+    coerced: bool = False
 
 
 class DicomArchive:
@@ -217,18 +230,35 @@ class DicomArchive:
         return loaded
 
     # -- store -------------------------------------------------------------------------
-    def store(self, principal: Principal, data: bytes) -> StoreResult:
+    def store(self, principal: Principal, data: bytes, study: str | None = None) -> StoreResult:
         """Keep one Part-10 file as received and index it (PS3.4 B.2.2 semantics).
 
         The blob is written first (content-addressed: the same bytes again write
         nothing), then the index rows, the events and the audit event commit in
-        one transaction; a refusal leaves no row. A blob left by a refused or
-        failed store is unreferenced, never half an instance.
+        one transaction; a refusal leaves no row, and the blob is deleted again
+        when no instance references it (a crash between the two leaves an
+        unreferenced blob, never half an instance).
         """
         self.authorize(principal, Interaction.CREATE)
         parsed = parse_part10(data)
+        if study is not None and parsed.study_uid != study:
+            raise StudyMismatch()
         digest = hashlib.sha256(data).hexdigest()
         blob = self.blobs.put(data)
+        try:
+            result = self._index(principal, parsed, data, digest, blob.size)
+        except BaseException:
+            # Refused or failed: the blob just written may be referenced by nothing.
+            self._collect_blobs([digest])
+            raise
+        if result.outcome == "kept":
+            self._collect_blobs([digest])
+        return result
+
+    def _index(
+        self, principal: Principal, parsed: ParsedInstance, data: bytes, digest: str, size: int
+    ) -> StoreResult:
+        """The transaction of :meth:`store`, after the blob is written."""
         now = self.clock()
         old_digest: str | None = None
         with self.db.write() as conn:
@@ -245,12 +275,12 @@ class DicomArchive:
                 if existing["org_id"] != principal.org_id:
                     raise DuplicateInstance("Another organization holds this SOP Instance UID.")
                 if existing["blob_digest"] == digest:
-                    return self._result("duplicate", parsed, digest, blob.size)
+                    return self._result("duplicate", parsed, digest, size)
                 if self.duplicate_policy == "reject":
                     raise DuplicateInstance()
                 if self.duplicate_policy == "keep":
                     log.info("dicom duplicate SOP instance kept (policy keep)")
-                    return self._result("kept", parsed, digest, blob.size)
+                    return self._result("kept", parsed, digest, size)
                 old_digest = str(existing["blob_digest"])
                 old_study = (
                     conn.execute(
@@ -262,14 +292,14 @@ class DicomArchive:
                 remove_instance(conn, existing, now)
                 if old_study is not None and old_study["study_uid"] != parsed.study_uid:
                     self._study_changed(conn, old_study, now, gone_check=True)
-            _patient, study, series = upsert_hierarchy(
+            _patient, study, series, coerced = upsert_hierarchy(
                 conn, principal.org_id, parsed, self.patient_policy, now
             )
             values = dict(parsed.instance)
             values.update(
                 sop_instance_uid=parsed.sop_instance_uid,
                 blob_digest=digest,
-                size=blob.size,
+                size=size,
                 dataset_offset=parsed.dataset_offset,
                 metadata_json=self._seal(parsed.sop_instance_uid, digest, parsed.metadata),
             )
@@ -296,7 +326,7 @@ class DicomArchive:
                         _entity(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid),
                         "replace instance" if old_digest else "store instance",
                         patient_key=study["patient_key"],
-                        detail={"size": blob.size, "transfer_syntax": parsed.transfer_syntax_uid},
+                        detail={"size": size, "transfer_syntax": parsed.transfer_syntax_uid},
                     )
                 ],
             )
@@ -306,10 +336,12 @@ class DicomArchive:
             self.blobs.put(data)
         if old_digest is not None:
             self._collect_blobs([old_digest])
-        return self._result("replaced" if old_digest else "stored", parsed, digest, blob.size)
+        return self._result("replaced" if old_digest else "stored", parsed, digest, size, coerced)
 
     @staticmethod
-    def _result(outcome: str, parsed: ParsedInstance, digest: str, size: int) -> StoreResult:
+    def _result(
+        outcome: str, parsed: ParsedInstance, digest: str, size: int, coerced: bool = False
+    ) -> StoreResult:
         return StoreResult(
             outcome,
             parsed.sop_class_uid,
@@ -318,6 +350,7 @@ class DicomArchive:
             parsed.series_uid,
             digest,
             size,
+            coerced,
         )
 
     def _study_changed(

@@ -68,7 +68,9 @@ def _locked(conn: Connection, table: Any, *where: Any) -> RowMapping:
 
 def _patient(
     conn: Connection, org_id: str, parsed: ParsedInstance, policy: str, now: datetime
-) -> RowMapping:
+) -> tuple[RowMapping, bool]:
+    """The locked patient row, and whether the index kept values that differ from
+    the instance's (policy ``keep``: PS3.4 B.2.3 0xB000, coercion)."""
     values = parsed.patient
     p = dicom_patients.c
     _insert_ignore(
@@ -108,14 +110,16 @@ def _patient(
         conn.execute(
             update(dicom_patients).where(p.pk == row["pk"]).values(**missing, updated_at=now)
         )
-    return row
+    return row, bool(differs) and policy == "keep"
 
 
 def upsert_hierarchy(
     conn: Connection, org_id: str, parsed: ParsedInstance, patient_policy: str, now: datetime
-) -> tuple[RowMapping, RowMapping, RowMapping]:
-    """Find or create (and lock) the patient, study and series of an instance."""
-    patient = _patient(conn, org_id, parsed, patient_policy, now)
+) -> tuple[RowMapping, RowMapping, RowMapping, bool]:
+    """Find or create (and lock) the patient, study and series of an instance; the
+    last value says whether the patient's indexed identity differs from the
+    instance's (kept by policy)."""
+    patient, coerced = _patient(conn, org_id, parsed, patient_policy, now)
     s = dicom_studies.c
     _insert_ignore(
         conn,
@@ -163,7 +167,7 @@ def upsert_hierarchy(
     changed = {k: v for k, v in parsed.series.items() if v is not None and series[k] != v}
     if changed:
         conn.execute(update(dicom_series).where(r.pk == series["pk"]).values(**changed))
-    return patient, study, series
+    return patient, study, series, coerced
 
 
 def refresh_statistics(

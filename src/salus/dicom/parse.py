@@ -35,6 +35,7 @@ __all__ = [
     "BULK_DATA_THRESHOLD",
     "IMPLEMENTATION_CLASS_UID",
     "ParsedInstance",
+    "Unreadable",
     "bulkdata_uri",
     "dataset_json",
     "norm_pn",
@@ -49,6 +50,18 @@ BULK_DATA_THRESHOLD = 1024
 IMPLEMENTATION_CLASS_UID = PYDICOM_IMPLEMENTATION_UID
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _TIME = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?$")
+
+
+class Unreadable(InvalidInput):
+    """Not a readable DICOM File: no File Meta Information, truncated, malformed
+    (C-STORE 0xA900 like any invalid data set; STOW-RS FailureReason 0xC000,
+    "cannot understand")."""
+
+    code = "dicom-unreadable"
+
+    @classmethod
+    def default_message(cls) -> str:
+        return "The file is not a readable DICOM data set."
 
 
 def norm_pn(value: str | None) -> str | None:
@@ -201,7 +214,7 @@ def _dataset_offset(data: bytes) -> int:
     """Where the data set starts: after the preamble and the group 0002 elements
     (explicit VR little endian, PS3.10 7.1)."""
     if data[128:132] != b"DICM":
-        raise InvalidInput("The file has no DICOM File Meta Information (no 'DICM' prefix).")
+        raise Unreadable("The file has no DICOM File Meta Information (no 'DICM' prefix).")
     pos = 132
     size = len(data)
     while pos + 8 <= size:
@@ -219,7 +232,7 @@ def _dataset_offset(data: bytes) -> int:
             pos += 8 + length
     if pos == size:
         return pos
-    raise InvalidInput("The File Meta Information is truncated.")
+    raise Unreadable("The File Meta Information is truncated.")
 
 
 def _check_pixel_data(ds: Dataset, ts: str) -> None:
@@ -236,7 +249,7 @@ def _check_pixel_data(ds: Dataset, ts: str) -> None:
         raise InvalidInput("The image pixel module is incomplete.") from None
     expected = rows * columns * samples * frames * bits // 8
     if len(ds.PixelData) < expected:
-        raise InvalidInput("The Pixel Data is shorter than the image attributes say (truncated).")
+        raise Unreadable("The Pixel Data is shorter than the image attributes say (truncated).")
 
 
 def parse_part10(data: bytes) -> ParsedInstance:
@@ -249,9 +262,9 @@ def parse_part10(data: bytes) -> ParsedInstance:
         for _elem in ds:
             pass
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError):
-        raise InvalidInput("The file is not a readable DICOM data set.") from None
+        raise Unreadable() from None
     except Exception:  # pydicom raises many kinds on malformed input
-        raise InvalidInput("The file is not a readable DICOM data set.") from None
+        raise Unreadable() from None
     ts = ds.file_meta.get("TransferSyntaxUID") if ds.file_meta is not None else None
     if not ts:
         raise InvalidInput("The file names no transfer syntax.", expression=["TransferSyntaxUID"])
