@@ -14,19 +14,15 @@ WADO-URI); :mod:`.media` (Accept negotiation, multipart/related) and
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 
 __all__ = ["install_dicomweb"]
 
 
 def install_dicomweb(api: FastAPI) -> None:
     from salus.dicom.web import qido, rendered, retrieve, stow
-    from salus.dicom.web.common import PREFIX
 
-    router = APIRouter(prefix=PREFIX)
-    # Literal paths before the {study} patterns they could be mistaken for.
-    router.include_router(rendered.router)
-    router.include_router(qido.router)
-    router.include_router(stow.router)
-    router.include_router(retrieve.router)
-    api.include_router(router)
+    # Each router carries the /dicomweb prefix on its routes (not a parent router's),
+    # so the route templates in access logs, metrics and audit events are complete.
+    for module in (rendered, qido, stow, retrieve):
+        api.include_router(module.router)

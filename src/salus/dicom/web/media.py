@@ -231,13 +231,34 @@ class MultipartReader:
             while True:
                 found = buf.find(marker, scan)
                 if found >= 0:
-                    break
-                scan = max(0, len(buf) - len(marker))
+                    verdict = self._is_delimiter(buf, found + len(marker))
+                    if verdict is True:
+                        break
+                    if verdict is False:  # the boundary text inside a value: data
+                        scan = found + 1
+                        continue
+                else:
+                    scan = max(0, len(buf) - len(marker))
                 if not await more():
                     raise InvalidInput("The multipart body is truncated.")
             body = bytes(buf[:found])
             del buf[: found + len(marker)]
             yield Part(headers, body)
+
+    @staticmethod
+    def _is_delimiter(buf: bytearray, end: int) -> bool | None:
+        """Whether the boundary ending at ``end`` is a delimiter: followed by
+        ``--`` or by optional white space and CRLF (RFC 2046 5.1.1); None when
+        more bytes are needed to tell."""
+        tail = bytes(buf[end : end + 80])
+        if tail.startswith(b"--"):
+            return True
+        stripped = tail.lstrip(b" \t")
+        if stripped.startswith(b"\r\n"):
+            return True
+        if len(stripped) < 2 and len(tail) < 80:
+            return None if stripped in (b"", b"\r", b"-") else False
+        return False
 
     async def _headers(
         self, buf: bytearray, fetch: Callable[[], Awaitable[bool]]

@@ -42,7 +42,7 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from salus.dicom.matching import KEYS, Level, QueryValue
 from salus.dicom.query import Match
-from salus.dicom.web.common import archive_of, check_uid, dicomweb_root
+from salus.dicom.web.common import PREFIX, archive_of, check_uid, dicomweb_root
 from salus.dicom.web.dicomjson import element, tag_of
 from salus.dicom.web.media import DICOM_JSON, parse_accept
 from salus.errors import InvalidInput, NotAcceptable
@@ -50,7 +50,7 @@ from salus.server.security import CurrentPrincipal, requested_purpose, services_
 
 __all__ = ["QidoQuery", "parse_query", "router"]
 
-router = APIRouter()
+router = APIRouter(prefix=PREFIX)
 
 _RESERVED = {"includefield", "fuzzymatching", "limit", "offset"}
 _LEVEL_ORDER = [Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE]

@@ -40,7 +40,7 @@ from salus.dicom.render import (
     render,
 )
 from salus.dicom.transcode import EXPLICIT_LE, read_dataset
-from salus.dicom.web.common import IDENTITY, archive_of, check_uid
+from salus.dicom.web.common import IDENTITY, PREFIX, archive_of, check_uid
 from salus.dicom.web.media import DICOM, parse_accept
 from salus.dicom.web.retrieve import instance_refs, prepare_instance
 from salus.errors import InvalidInput, NotAcceptable, NotFound, NotSupported
@@ -49,7 +49,7 @@ from salus.server.security import CurrentPrincipal, requested_purpose
 
 __all__ = ["router"]
 
-router = APIRouter()
+router = APIRouter(prefix=PREFIX)
 
 
 def _rendered_type(request: Request) -> str:

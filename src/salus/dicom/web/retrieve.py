@@ -46,7 +46,7 @@ from salus.dicom.transcode import (
     read_dataset,
     to_native,
 )
-from salus.dicom.web.common import archive_of, check_uid, dicomweb_root, stream_multipart
+from salus.dicom.web.common import PREFIX, archive_of, check_uid, dicomweb_root, stream_multipart
 from salus.dicom.web.media import (
     ANY_SYNTAX,
     DICOM,
@@ -66,7 +66,7 @@ from salus.server.security import CurrentPrincipal, requested_purpose
 __all__ = ["choose_syntax", "router"]
 
 log = logging.getLogger("salus.dicom.web")
-router = APIRouter()
+router = APIRouter(prefix=PREFIX)
 
 
 def choose_syntax(stored: str, acceptable: list[str]) -> str | None:

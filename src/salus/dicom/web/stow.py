@@ -46,7 +46,7 @@ from fastapi.responses import Response
 from salus.dicom.archive import DuplicateInstance, StoreResult, StudyMismatch
 from salus.dicom.index import PatientConflict, StudyOwnedElsewhere
 from salus.dicom.parse import Unreadable
-from salus.dicom.web.common import archive_of, check_uid, dicomweb_root
+from salus.dicom.web.common import PREFIX, archive_of, check_uid, dicomweb_root
 from salus.dicom.web.dicomjson import element, to_xml
 from salus.dicom.web.media import (
     DICOM,
@@ -75,7 +75,7 @@ from salus.server.security import CurrentPrincipal, audit_access
 __all__ = ["failure_reason", "router"]
 
 log = logging.getLogger("salus.dicom.web")
-router = APIRouter()
+router = APIRouter(prefix=PREFIX)
 
 PROCESSING_FAILURE = 0x0110
 DUPLICATE = 0x0111
