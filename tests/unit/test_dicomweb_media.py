@@ -53,7 +53,9 @@ def test_frames_negotiation() -> None:
     assert frames_native(parse_accept('multipart/related; type="image/jpeg"'), JPEG) is False
     octet = 'multipart/related; type="application/octet-stream"'
     assert frames_native(parse_accept(octet), JPEG) is True
-    assert frames_native(parse_accept(octet + "; transfer-syntax=*"), JPEG) is False
+    assert frames_native(parse_accept(octet + "; transfer-syntax=*"), JPEG) is True
+    assert frames_native(parse_accept('multipart/related; type="*/*"'), JPEG) is False
+    assert frames_native(parse_accept('multipart/related; type="*/*"'), EXPLICIT) is True
     assert frames_native(parse_accept(octet), EXPLICIT) is True
     with pytest.raises(NotAcceptable):
         frames_native(parse_accept('multipart/related; type="image/jp2"'), JPEG)

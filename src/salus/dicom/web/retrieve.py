@@ -36,6 +36,7 @@ from fastapi.responses import Response
 from salus.dicom.matching import Level, QueryValue
 from salus.dicom.query import InstanceRef
 from salus.dicom.transcode import (
+    EXPLICIT_LE,
     NATIVE,
     NotConvertible,
     bulk_value,
@@ -230,24 +231,25 @@ async def instance_metadata(
 # -- frames and bulk data ------------------------------------------------------------
 def frames_native(ranges: list[MediaRange], stored: str) -> bool:
     """Whether frames go out as native pixels (True) or as stored (False),
-    following the client's preferences (PS3.18 8.7.3.3, 8.7.3.5)."""
+    following the client's preferences (PS3.18 8.7.3.3, 8.7.3.5): ``*/*`` means
+    as stored; ``application/octet-stream`` (Explicit VR Little Endian or ``*``)
+    native; the stored syntax's media type (``image/jpeg``…) as stored."""
     compressed = is_compressed(stored)
     for media in ranges:
-        inner = media.inner if media.type == MULTIPART else media.type
+        if media.type == MULTIPART:
+            inner = media.inner or "*/*"
+        elif media.type == "multipart/*":
+            inner = "*/*"
+        else:
+            inner = media.type
         syntax = media.transfer_syntax
-        if media.type in ("*/*", "multipart/*") or (media.type == MULTIPART and inner is None):
+        if inner == "*/*":
             return not compressed
-        if inner == OCTET:
-            if syntax in (None, "1.2.840.10008.1.2.1"):
-                return True
-            if syntax == ANY_SYNTAX:
-                return not compressed
-            continue
-        if inner is None or not compressed:
-            continue
-        if MediaRange(inner).matches(media_type_of(stored)):
+        if compressed and MediaRange(inner).matches(media_type_of(stored)):
             if syntax in (None, ANY_SYNTAX, stored):
                 return False
+        if MediaRange(inner).matches(OCTET) and syntax in (None, ANY_SYNTAX, EXPLICIT_LE):
+            return True
     raise NotAcceptable(
         'Frames are offered as multipart/related; type="application/octet-stream" or in '
         "the media type of their stored transfer syntax."
@@ -336,7 +338,7 @@ async def retrieve_bulkdata(
     for media in parse_accept(request.headers.get("accept")):
         inner = media.inner if media.type == MULTIPART else None
         if media.type in ("*/*", "multipart/*") or (
-            media.type == MULTIPART and inner in (None, OCTET)
+            media.type == MULTIPART and (inner is None or MediaRange(inner).matches(OCTET))
         ):
             accepted = True
             break
