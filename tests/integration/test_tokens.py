@@ -838,3 +838,48 @@ def test_account_check_cache(seeded: Database, keys: SigningKeys) -> None:
     cached.forget_accounts()  # what a directory change in this process does
     with _refused("The user account is disabled."):
         cached.verify(token)
+
+
+def test_verified_token_cache(seeded: Database, keys: SigningKeys) -> None:
+    """A token verified once is recognised without a signature check, but never
+    past its expiry, its key's retirement or its account's being disabled."""
+    clock = [utcnow()]
+    cached = TokenService(
+        seeded,
+        keys,
+        issuer=ISSUER,
+        audience=ISSUER,
+        ttl=300,
+        active_cache_seconds=60,
+        clock=lambda: clock[0],
+    )
+    token = cached.issue(_user()).access_token
+    assert cached.verify_cached(token) is None  # never seen: the full path
+    principal = cached.verify(token)
+    hit = cached.verify_cached(token)
+    assert hit is not None and hit.id == principal.id == "u-1"
+    assert cached.verify_cached(token + "x") is None  # another string, not a prefix match
+
+    clock[0] = clock[0] + timedelta(seconds=400)  # past exp (and the leeway)
+    assert cached.verify_cached(token) is None
+    with _refused("The access token has expired."):
+        cached.verify(token)
+
+    clock[0] = utcnow()
+    cached.verify(token)
+    cached.forget_accounts()  # a directory change in this process
+    assert cached.verify_cached(token) is None
+    cached.verify(token)
+    assert cached.verify_cached(token) is not None
+    old_kid = jwt.get_unverified_header(token)["kid"]
+    keys.rotate()
+    keys.retire(old_kid)
+    assert cached.verify_cached(token) is None
+    with _refused("The token signing key has been retired."):
+        cached.verify(token)
+
+
+def test_verified_token_cache_is_off_without_account_cache(tokens: TokenService) -> None:
+    token = tokens.issue(_user()).access_token
+    tokens.verify(token)
+    assert tokens.verify_cached(token) is None  # active_cache_seconds=0: always the full path

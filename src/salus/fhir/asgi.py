@@ -39,6 +39,9 @@ _ROUTE_SHAPES = (
     (re.compile(r""), "/fhir"),
 )
 
+#: read and vread: ``Type/id`` and ``Type/id/_history/vid`` (no operations, no _search).
+_BY_ID = re.compile(r"[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}(?:/_history/[0-9]{1,18})?")
+
 
 def _template(path: str) -> str:
     """The route template for logs and metrics (never ids from the URL)."""
@@ -100,7 +103,12 @@ def install_fhir_routes(api: FastAPI) -> None:
             purpose=requested_purpose(request),
             base_url=base_url,
         )
-        result = await asyncio.to_thread(services.fhir_router.handle, fhir_request)
+        if request.method == "GET" and _BY_ID.fullmatch(path):
+            # A read or vread is one primary-key lookup: run it on the event loop
+            # rather than pay a thread hand-off that costs more than the lookup.
+            result = services.fhir_router.handle(fhir_request)
+        else:
+            result = await asyncio.to_thread(services.fhir_router.handle, fhir_request)
         if result.audit:  # one group commit for all of them, not one commit each
             await asyncio.gather(*(services.audit.record_async(e) for e in result.audit))
         if result.resource is None:

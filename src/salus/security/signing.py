@@ -362,6 +362,14 @@ class SigningKeys:
             self._keys[kid] = record
         return record
 
+    def cached(self, kid: str) -> SigningKey | None:
+        """The key with this kid if the cache is fresh and holds it; None otherwise
+        (never touches the database: for fast paths that fall back to :meth:`lookup`)."""
+        loaded = self._loaded_at
+        if loaded is None or time.monotonic() - loaded >= self.cache_seconds:
+            return None
+        return self._keys.get(kid)
+
     def public_key(self, kid: str) -> PublicKey | None:
         """The public key for a kid, or None when unknown or retired."""
         record = self.lookup(kid)

@@ -52,6 +52,9 @@ from salus.security.principal import AuthMethod, Principal, PrincipalKind
 from salus.security.roles import Scope, parse_scope, scopes_for_roles
 from salus.security.signing import SigningKeys
 
+#: Most verified tokens remembered by one process (cleared when full).
+VERIFIED_CACHE_SIZE = 50_000
+
 __all__ = [
     "ASSERTION_ALGORITHMS",
     "ASSERTION_MAX_LIFETIME",
@@ -204,6 +207,11 @@ class TokenService:
         #: (:meth:`forget_accounts`); other processes see them within this time.
         self.active_cache_seconds = active_cache_seconds
         self._active: dict[tuple[str, str, str], float] = {}
+        #: Salus's own tokens already verified in this process: token -> (principal,
+        #: exp, kid). Checking a signature costs more than the rest of a read by
+        #: id; a token seen before is only checked for expiry, for its key's
+        #: retirement and (through the account cache) for its account.
+        self._verified: dict[str, tuple[Principal, float, str]] = {}
 
     # -- issuing ---------------------------------------------------------------------
     def issue(self, principal: Principal, *, scopes: frozenset[str] | None = None) -> IssuedToken:
@@ -282,14 +290,39 @@ class TokenService:
             noun=ACCESS_TOKEN,
             required=["exp", "iat", "iss", "aud", "sub", "jti", "org", "kind"],
         )
-        jwtcheck.check_times(claims, self.clock().timestamp(), ACCESS_TOKEN)
+        exp = jwtcheck.check_times(claims, self.clock().timestamp(), ACCESS_TOKEN)
         principal = _principal_from_claims(claims)
         self._check_still_active(principal)
+        if self.active_cache_seconds > 0:
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.clear()
+            self._verified[token] = (principal, exp, record.kid)
+        return principal
+
+    def verify_cached(self, token: str) -> Principal | None:
+        """The principal of a token this process has verified before, when that
+        needs neither the database nor a signature check; otherwise None (the
+        caller then runs :meth:`verify`). Never raises: a token that has expired,
+        whose key was retired or whose account check is stale takes the full path."""
+        hit = self._verified.get(token)
+        if hit is None:
+            return None
+        principal, exp, kid = hit
+        if exp <= self.clock().timestamp() - jwtcheck.LEEWAY:
+            self._verified.pop(token, None)
+            return None
+        record = self.keys.cached(kid)
+        if record is None or record.retired:
+            return None
+        key = (principal.kind.value, principal.id, principal.org_id)
+        if self._active.get(key, 0.0) <= time.monotonic():
+            return None
         return principal
 
     def forget_accounts(self) -> None:
         """Drop cached account checks (called when the directory changes)."""
         self._active.clear()
+        self._verified.clear()
 
     def _check_still_active(self, principal: Principal) -> None:
         """A disabled account, client or organization loses its tokens at once (or,

@@ -66,7 +66,10 @@ async def current_principal(request: Request) -> Principal:
         raise NotAuthenticated(headers=_CHALLENGE)
     services = services_of(request)
     try:
-        principal = await asyncio.to_thread(services.tokens.verify, token)
+        cached = services.tokens.verify_cached(token)
+        if cached is None:
+            cached = await asyncio.to_thread(services.tokens.verify, token)
+        principal = cached
     except NotAuthenticated as exc:
         exc.headers.setdefault("WWW-Authenticate", _CHALLENGE["WWW-Authenticate"])
         raise
