@@ -126,7 +126,9 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     with _errors():
         settings = _settings(ctx, http_host=host, http_port=port)
         settings.check_safe()
-        run_server(settings)
+        status = run_server(settings)
+    if status:
+        sys.exit(status)
 
 
 @main.group()

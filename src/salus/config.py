@@ -67,6 +67,7 @@ class Settings(BaseModel):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
     http_max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    http_workers: int = Field(default=0, ge=0, le=64)
     shutdown_timeout: float = Field(default=30.0, ge=0)
     metrics_enabled: bool = True
 
@@ -174,6 +175,12 @@ class Settings(BaseModel):
     def audit_checkpoint_path(self) -> Path:
         """Append-only copy of the signed audit checkpoints, outside the database."""
         return self.data_dir / "audit" / "checkpoints.log"
+
+    def effective_http_workers(self) -> int:
+        """Server processes: the setting, or one per core (at most 8) when 0."""
+        if self.http_workers:
+            return self.http_workers
+        return max(1, min(8, os.cpu_count() or 1))
 
     def effective_job_workers(self) -> int:
         """SQLite has one writer: its queue runs a single worker."""

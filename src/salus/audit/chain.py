@@ -36,7 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -65,6 +65,18 @@ HEAD_ID = 1
 class ChainHead(NamedTuple):
     seq: int
     hash: str
+
+
+# Statements of every append, built once.
+_LOCK_HEAD = (
+    select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == HEAD_ID).with_for_update()
+)
+_INSERT_EVENTS = insert(audit_events)
+_MOVE_HEAD = (
+    update(audit_head)
+    .where(audit_head.c.id == bindparam("h_id"), audit_head.c.seq == bindparam("h_old"))
+    .values(seq=bindparam("h_seq"), hash=bindparam("h_hash"))
+)
 
 
 class AuditLog:
@@ -114,11 +126,9 @@ class AuditLog:
             row = event.row(seq=seq, recorded_at=recorded_at, prev_hash=prev_hash)
             rows.append(row)
             prev_hash = row["hash"]
-        conn.execute(insert(audit_events), rows)
+        conn.execute(_INSERT_EVENTS, rows)
         moved = conn.execute(
-            update(audit_head)
-            .where(audit_head.c.id == HEAD_ID, audit_head.c.seq == head.seq)
-            .values(seq=seq, hash=prev_hash)
+            _MOVE_HEAD, {"h_id": HEAD_ID, "h_old": head.seq, "h_seq": seq, "h_hash": prev_hash}
         )
         if moved.rowcount != 1:
             raise IntegrityError("The audit chain head moved during an append.")
@@ -150,11 +160,7 @@ class AuditLog:
 
     @staticmethod
     def _lock_head(conn: Connection) -> ChainHead:
-        locked = (
-            select(audit_head.c.seq, audit_head.c.hash)
-            .where(audit_head.c.id == HEAD_ID)
-            .with_for_update()
-        )
+        locked = _LOCK_HEAD
         row = conn.execute(locked).first()
         if row is None:
             # First event ever. Concurrent creators: the loser's insert waits for

@@ -289,10 +289,13 @@ class AuditEvent:
 
     def row(self, *, seq: int, recorded_at: datetime, prev_hash: str) -> dict[str, Any]:
         """The ``audit_events`` row of this event at ``seq`` (hash included)."""
-        values: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        values: dict[str, Any] = {name: getattr(self, name) for name in _EVENT_FIELDS}
         values.update(seq=seq, recorded_at=recorded_at, prev_hash=prev_hash)
         values["hash"] = event_hash(prev_hash, values)
         return values
+
+
+_EVENT_FIELDS = tuple(f.name for f in fields(AuditEvent))
 
 
 def _join_flags(flags: Iterable[AuditFlag | str] | str | None) -> str | None:

@@ -9,6 +9,7 @@ deferred and run beside the writer.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import threading
@@ -23,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from salus.errors import ConfigurationError, Unavailable
 
-__all__ = ["Database", "create_database", "normalize_url"]
+__all__ = ["Database", "WriterLock", "create_database", "normalize_url"]
 
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -41,20 +42,61 @@ def normalize_url(url: str) -> URL:
     return parsed
 
 
+class WriterLock:
+    """Mutual exclusion of SQLite writers: a re-entrant thread lock, plus an
+    exclusive ``flock`` on ``path`` (when given) across processes."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._thread_lock = threading.RLock()
+        self._path = path
+        self._fd: int | None = None
+        self._depth = 0
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        try:
+            if self._depth == 0 and self._path is not None:
+                if self._fd is None:
+                    self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+                fcntl.flock(self._fd, fcntl.LOCK_EX)  # blocks without the GIL
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        self._depth += 1
+
+    def __exit__(self, *_: object) -> None:
+        self._depth -= 1
+        try:
+            if self._depth == 0 and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def close(self) -> None:
+        with self._thread_lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
 class Database:
     """One engine plus the transaction helpers the services use."""
 
     def __init__(self, engine: Engine, schema: str | None = None) -> None:
         self.engine = engine
         self.schema = schema
-        # SQLite has one writer at a time. Writers of this process queue on a
-        # lock (woken as soon as the writer before them commits) rather than
-        # on SQLite's busy handler, which sleeps in growing steps of up to
-        # 100 ms and collapses throughput under concurrent writes. Writers of
-        # other processes still meet on the busy timeout.
-        self._writer: threading.RLock | None = (
-            threading.RLock() if engine.dialect.name == "sqlite" else None
-        )
+        # SQLite has one writer at a time. Writers queue on a lock (woken as
+        # soon as the writer before them commits) rather than on SQLite's busy
+        # handler, which sleeps in growing steps of up to 100 ms and collapses
+        # throughput under concurrent writes: a thread lock within the process
+        # and, for a database file, an flock beside it across the processes
+        # of one server (SALUS_HTTP_WORKERS) and the CLI.
+        self._writer: WriterLock | None = None
+        if engine.dialect.name == "sqlite":
+            database = engine.url.database or ""
+            self._writer = WriterLock(
+                None if database in ("", ":memory:") else Path(database + ".writer-lock")
+            )
 
     @property
     def dialect(self) -> str:
@@ -97,6 +139,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._writer is not None:
+            self._writer.close()
 
 
 def _sqlite_engine(url: URL, echo: bool) -> Engine:

@@ -13,14 +13,18 @@ import asyncio
 import re
 
 from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from salus.errors import NotAcceptable, UnsupportedMediaType
 from salus.fhir.patch import PATCH_MEDIA_TYPES
 from salus.fhir.rest import FhirRequest
+from salus.server.errors import handle_error
 from salus.server.security import current_principal, requested_purpose, services_of
 
-__all__ = ["FHIR_JSON", "install_fhir_routes"]
+__all__ = ["FHIR_JSON", "FhirApp", "endpoint"]
 
 FHIR_JSON = "application/fhir+json"
 _JSON_TYPES = {"application/fhir+json", "application/json", "application/json+fhir"}
@@ -78,45 +82,85 @@ def _check_patch_type(request: Request) -> None:
         )
 
 
-def install_fhir_routes(api: FastAPI) -> None:
-    async def endpoint(request: Request) -> Response:
-        path = request.path_params.get("path", "").strip("/")
-        request.scope["salus.route"] = _template(path)
-        principal = await current_principal(request)
-        _check_accept(request)
-        body: bytes | None = None
-        if request.method in ("POST", "PUT", "PATCH"):
-            if request.method == "PATCH":
-                _check_patch_type(request)
-            elif not path.endswith("/_search"):  # POST _search sends a form
-                _check_content_type(request)
-            body = await request.body()
-        services = services_of(request)
-        base_url = f"{services.settings.base_url()}/fhir"
-        fhir_request = FhirRequest(
-            method=request.method,
-            path=path,
-            query=[(k, v) for k, v in request.query_params.multi_items() if k != "_format"],
-            headers={k.lower(): v for k, v in request.headers.items()},
-            body=body,
-            principal=principal,
-            purpose=requested_purpose(request),
-            base_url=base_url,
-        )
-        if request.method == "GET" and _BY_ID.fullmatch(path):
-            # A read or vread is one primary-key lookup: run it on the event loop
-            # rather than pay a thread hand-off that costs more than the lookup.
-            result = services.fhir_router.handle(fhir_request)
-        else:
-            result = await asyncio.to_thread(services.fhir_router.handle, fhir_request)
-        if result.audit:  # one group commit for all of them, not one commit each
-            await asyncio.gather(*(services.audit.record_async(e) for e in result.audit))
-        if result.resource is None:
-            return Response(status_code=result.status, headers=result.headers)
-        return JSONResponse(
-            result.resource, status_code=result.status, headers=result.headers, media_type=FHIR_JSON
-        )
+async def endpoint(request: Request) -> Response:
+    """One FHIR interaction: HTTP in, :class:`FhirRequest` to the router, HTTP out."""
+    path = request.path_params.get("path", "").strip("/")
+    request.scope["salus.route"] = _template(path)
+    principal = await current_principal(request)
+    _check_accept(request)
+    body: bytes | None = None
+    if request.method in ("POST", "PUT", "PATCH"):
+        if request.method == "PATCH":
+            _check_patch_type(request)
+        elif not path.endswith("/_search"):  # POST _search sends a form
+            _check_content_type(request)
+        body = await request.body()
+    services = services_of(request)
+    fhir_request = FhirRequest(
+        method=request.method,
+        path=path,
+        query=[(k, v) for k, v in request.query_params.multi_items() if k != "_format"],
+        headers={k.lower(): v for k, v in request.headers.items()},
+        body=body,
+        principal=principal,
+        purpose=requested_purpose(request),
+        base_url=f"{services.settings.base_url()}/fhir",
+    )
+    if request.method == "GET" and _BY_ID.fullmatch(path):
+        # A read or vread is one primary-key lookup: run it on the event loop
+        # rather than pay a thread hand-off that costs more than the lookup.
+        result = services.fhir_router.handle(fhir_request)
+    else:
+        result = await asyncio.to_thread(services.fhir_router.handle, fhir_request)
+    if len(result.audit) == 1:
+        await services.audit.record_async(result.audit[0])
+    elif result.audit:  # one group commit for all of them, not one commit each
+        await asyncio.gather(*(services.audit.record_async(e) for e in result.audit))
+    if result.resource is None:
+        return Response(status_code=result.status, headers=result.headers)
+    return JSONResponse(
+        result.resource, status_code=result.status, headers=result.headers, media_type=FHIR_JSON
+    )
 
-    methods = ["GET", "POST", "PUT", "DELETE", "PATCH"]
-    api.add_route("/fhir/{path:path}", endpoint, methods=methods, include_in_schema=False)
-    api.add_route("/fhir", endpoint, methods=methods, include_in_schema=False)
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"})
+
+
+class FhirApp:
+    """The FHIR REST API at ``/fhir`` as a plain ASGI app.
+
+    FHIR interactions are most of a hub's traffic and share one endpoint, so
+    they skip FastAPI's router and middleware stack (which cost more than a
+    read by id): the app dispatches here first (:meth:`handles`), with the
+    same error handlers, gzip and request context. Bulk Data ``$export``
+    routes stay on FastAPI.
+    """
+
+    def __init__(self, api: FastAPI) -> None:
+        self.api = api
+        self._asgi = GZipMiddleware(self._serve, minimum_size=500)
+
+    @staticmethod
+    def handles(scope: Scope) -> bool:
+        path: str = scope["path"]
+        return (path == "/fhir" or path.startswith("/fhir/")) and "$export" not in path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        for name, value in scope["headers"]:
+            if name == b"accept-encoding" and b"gzip" in value:
+                await self._asgi(scope, receive, send)
+                return
+        await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = self.api
+        scope["path_params"] = {"path": scope["path"][len("/fhir") :]}
+        request = Request(scope, receive)
+        try:
+            if scope["method"] not in _METHODS:
+                allow = ", ".join(sorted(_METHODS))
+                raise HTTPException(status_code=405, headers={"Allow": allow})
+            response = await endpoint(request)
+        except Exception as exc:
+            response = await handle_error(request, exc)
+        await response(scope, receive, send)

@@ -1,8 +1,8 @@
 """HTTP routes of FHIR Bulk Data export (Bulk Data Access IG v2,
 https://hl7.org/fhir/uv/bulkdata/export.html).
 
-Registered (by :func:`install_bulk_routes`) before the generic
-``/fhir/{path:path}`` route:
+Registered on FastAPI by :func:`install_bulk_routes` (every other ``/fhir``
+path goes to :class:`~salus.fhir.asgi.FhirApp`):
 
 * ``GET /fhir/$export``, ``GET /fhir/Patient/$export``,
   ``GET /fhir/Group/{id}/$export``: IG §"Bulk Data Kick-off Request";

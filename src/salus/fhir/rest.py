@@ -8,7 +8,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -80,8 +80,17 @@ def form_params(request: FhirRequest) -> dict[str, list[str]]:
     return parse_qs((request.body or b"").decode("utf-8", "replace"), keep_blank_values=True)
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def http_date(value: datetime) -> str:
-    return value.strftime("%a, %d %b %Y %H:%M:%S GMT")
+    """RFC 9110 §5.6.7 IMF-fixdate, in English whatever the process locale."""
+    v = value.astimezone(UTC) if value.tzinfo is not None else value
+    return (
+        f"{_DAYS[v.weekday()]}, {v.day:02d} {_MONTHS[v.month - 1]} {v.year:04d} "
+        f"{v.hour:02d}:{v.minute:02d}:{v.second:02d} GMT"
+    )
 
 
 def instant(value: datetime) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, tuple_, update
+from sqlalchemy import Select, Table, and_, bindparam, delete, func, insert, select, tuple_, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from salus.audit.chain import AuditLog
@@ -51,6 +51,29 @@ _INSERT_RESOURCE = insert(fhir_resources)
 _INSERT_HISTORY = insert(fhir_history)
 
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+#: Statements of read and vread, one per access-filter shape (building a
+#: SQLAlchemy statement costs more than running it).
+_BY_ID: dict[tuple[Any, ...], Select[Any]] = {}
+
+
+def _by_id_statement(
+    table: Table, cols: RecordColumns, flt: RecordFilter, *, versioned: bool
+) -> Select[Any]:
+    condition = flt.where(cols)
+    key = (table.name, id(condition))
+    statement = _BY_ID.get(key)
+    if statement is None:
+        statement = select(table).where(
+            table.c.res_type == bindparam("_rt"),
+            table.c.res_id == bindparam("_rid"),
+            condition,
+        )
+        if versioned:
+            statement = statement.where(table.c.version == bindparam("_vid"))
+        _BY_ID[key] = statement
+    return statement
+
+
 RESOURCE_COLUMNS = RecordColumns(
     org=fhir_resources.c.org_id,
     patient=fhir_resources.c.patient_key,
@@ -447,18 +470,10 @@ class FhirStore:
     # -- reads -------------------------------------------------------------------------
     def read(self, conn: Connection, flt: RecordFilter, res_type: str, res_id: str) -> Stored:
         """FHIR http.html#read: 404 when absent or not visible, 410 when deleted."""
-        row = (
-            conn.execute(
-                select(fhir_resources).where(
-                    fhir_resources.c.res_type == res_type,
-                    fhir_resources.c.res_id == check_id(res_id),
-                    flt.where(RESOURCE_COLUMNS),
-                ),
-                flt.params(),
-            )
-            .mappings()
-            .first()
-        )
+        statement = _by_id_statement(fhir_resources, RESOURCE_COLUMNS, flt, versioned=False)
+        params = flt.params()
+        params["_rt"], params["_rid"] = res_type, check_id(res_id)
+        row = conn.execute(statement, params).mappings().first()
         if row is None:
             raise NotFound(f"{res_type}/{res_id} is not known.")
         if row["deleted"]:
@@ -468,19 +483,10 @@ class FhirStore:
     def vread(
         self, conn: Connection, flt: RecordFilter, res_type: str, res_id: str, version: int
     ) -> Stored:
-        row = (
-            conn.execute(
-                select(fhir_history).where(
-                    fhir_history.c.res_type == res_type,
-                    fhir_history.c.res_id == check_id(res_id),
-                    fhir_history.c.version == version,
-                    flt.where(HISTORY_COLUMNS),
-                ),
-                flt.params(),
-            )
-            .mappings()
-            .first()
-        )
+        statement = _by_id_statement(fhir_history, HISTORY_COLUMNS, flt, versioned=True)
+        params = flt.params()
+        params["_rt"], params["_rid"], params["_vid"] = res_type, check_id(res_id), version
+        row = conn.execute(statement, params).mappings().first()
         if row is None:
             raise NotFound(f"{res_type}/{res_id} has no version {version}.")
         if row["deleted"]:

@@ -188,6 +188,10 @@ def _build(
     return condition
 
 
+#: The condition that lets nothing through (one object: statement caches key on it).
+_NOTHING = false()
+
+
 @dataclass(frozen=True, slots=True)
 class RecordFilter:
     """Which records a decision lets through, as a SQL condition plus its values.
@@ -212,7 +216,7 @@ class RecordFilter:
 
     def where(self, cols: RecordColumns) -> ColumnElement[bool]:
         if self.patients is not None and not self.patients:
-            return false()
+            return _NOTHING
         key = (
             id(cols.org),
             id(cols.patient),

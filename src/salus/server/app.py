@@ -19,7 +19,7 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from salus import __version__, dicom, hl7
 from salus.config import Settings
-from salus.fhir.asgi import install_fhir_routes
+from salus.fhir.asgi import FhirApp
 from salus.fhir.bulk_routes import install_bulk_routes
 from salus.jobs import Worker
 from salus.metrics import Metrics
@@ -42,8 +42,9 @@ class SalusApp:
     def __init__(self, api: FastAPI, metrics: Metrics, settings: Settings) -> None:
         self.api = api
         self.metrics = metrics
+        self.fhir = FhirApp(api)
         self._asgi = RequestContextMiddleware(
-            api,
+            self._dispatch,
             metrics=metrics if settings.metrics_enabled else None,
             max_body_bytes=settings.http_max_body_bytes,
             hsts=settings.base_url().startswith("https://"),
@@ -57,10 +58,20 @@ class SalusApp:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self._asgi(scope, receive, send)
 
+    async def _dispatch(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and self.fhir.handles(scope):
+            await self.fhir(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
 
-def create_app(settings: Settings, services: Services | None = None) -> SalusApp:
+
+def create_app(
+    settings: Settings, services: Services | None = None, *, primary: bool = True
+) -> SalusApp:
     """Build the application. With ``services`` given, the caller owns them
-    (tests); otherwise they are built at start-up and closed at shutdown."""
+    (tests); otherwise they are built at start-up and closed at shutdown.
+    Only a ``primary`` process runs the protocol listeners, the job workers and
+    the audit checkpoints (see :mod:`salus.server.workers`)."""
     metrics = Metrics()
 
     @asynccontextmanager
@@ -75,13 +86,15 @@ def create_app(settings: Settings, services: Services | None = None) -> SalusApp
         workers: list[asyncio.Task[None]] = []
         started: list[Any] = []
         await asyncio.to_thread(svc.signing_keys.ensure_active)
-        await svc.audit.start(checkpoint_interval=settings.audit_checkpoint_seconds)
+        await svc.audit.start(
+            checkpoint_interval=settings.audit_checkpoint_seconds if primary else None
+        )
         try:
-            for listener in svc.listeners:
+            for listener in svc.listeners if primary else ():
                 await listener.start()
                 started.append(listener)
                 log.info("listener started", extra={"listener": listener.name})
-            if settings.jobs_enabled:
+            if settings.jobs_enabled and primary:
                 for index in range(settings.effective_job_workers()):
                     worker = Worker(
                         svc.jobs, svc.job_handlers, poll_interval=settings.jobs_poll_interval
@@ -123,6 +136,5 @@ def create_app(settings: Settings, services: Services | None = None) -> SalusApp
     install_audit_routes(api)
     dicom.install_routes(api)
     hl7.install_routes(api)
-    install_bulk_routes(api)  # before the generic /fhir/{path} route
-    install_fhir_routes(api)
+    install_bulk_routes(api)  # the rest of /fhir is FhirApp (SalusApp dispatches to it)
     return SalusApp(api, metrics, settings)

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from salus import errors
 from salus.logging import request_id_var
 
-__all__ = ["error_response", "install_error_handlers", "media_type_for"]
+__all__ = ["error_response", "handle_error", "install_error_handlers", "media_type_for"]
 
 log = logging.getLogger("salus.http")
 
@@ -82,35 +82,51 @@ def _validation_error(exc: RequestValidationError) -> errors.SalusError:
     )
 
 
+async def _salus_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.SalusError)  # noqa: S101 - registered for this type
+    if exc.http_status >= 500:
+        log.error("request failed", exc_info=exc, extra={"code": exc.code})
+    if exc.http_status in (401, 403):
+        from salus.server.middleware import route_template
+        from salus.server.security import audit_refusal
+
+        await audit_refusal(request, exc, route_template(request.scope))
+    return error_response(exc, request.url.path)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)  # noqa: S101
+    return error_response(_from_http_exception(exc), request.url.path)
+
+
+async def _request_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)  # noqa: S101
+    return error_response(_validation_error(exc), request.url.path)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.error("unexpected error", exc_info=exc)
+    return error_response(errors.SalusError(), request.url.path)
+
+
+_HANDLERS: dict[Any, Any] = {
+    errors.SalusError: _salus_error,
+    HTTPException: _http_error,
+    RequestValidationError: _request_validation_error,
+    Exception: _unexpected,
+}
+
+
+async def handle_error(request: Request, exc: Exception) -> Response:
+    """The error response for ``exc``: what the app's handlers answer, for ASGI
+    paths that do not go through FastAPI's exception middleware."""
+    for exc_class, handler in _HANDLERS.items():
+        if isinstance(exc, exc_class):
+            response: Response = await handler(request, exc)
+            return response
+    raise exc  # pragma: no cover - Exception matches everything above
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    async def salus_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, errors.SalusError)  # noqa: S101 - registered for this type
-        if exc.http_status >= 500:
-            log.error("request failed", exc_info=exc, extra={"code": exc.code})
-        if exc.http_status in (401, 403):
-            from salus.server.middleware import route_template
-            from salus.server.security import audit_refusal
-
-            await audit_refusal(request, exc, route_template(request.scope))
-        return error_response(exc, request.url.path)
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)  # noqa: S101
-        return error_response(_from_http_exception(exc), request.url.path)
-
-    async def validation_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)  # noqa: S101
-        return error_response(_validation_error(exc), request.url.path)
-
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        log.error("unexpected error", exc_info=exc)
-        return error_response(errors.SalusError(), request.url.path)
-
-    handlers: dict[Any, Any] = {
-        errors.SalusError: salus_error,
-        HTTPException: http_error,
-        RequestValidationError: validation_error,
-        Exception: unexpected,
-    }
-    for exc_class, handler in handlers.items():
+    for exc_class, handler in _HANDLERS.items():
         app.add_exception_handler(exc_class, handler)

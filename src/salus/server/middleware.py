@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -85,14 +85,15 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
+        headers = dict(scope.get("headers") or [])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _SAFE_ID.match(incoming) else os.urandom(16).hex()
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
         response_started = False
 
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await self._send_too_large(scope, send, request_id)
             self._record(scope, 413, started, request_id)
@@ -171,8 +172,9 @@ class RequestContextMiddleware:
         method = str(scope.get("method", ""))
         route = route_template(scope)
         if self.metrics is not None:
-            self.metrics.http_requests.labels(method, route, str(status)).inc()
-            self.metrics.http_duration.labels(method, route).observe(elapsed)
+            self.metrics.observe_request(method, route, status, elapsed)
+        if not access_log.isEnabledFor(logging.INFO):
+            return
         extra: dict[str, Any] = {
             "method": method,
             "route": route,

@@ -2,18 +2,42 @@
 
 from __future__ import annotations
 
+import socket
+
 import uvicorn
 
 from salus.config import Settings
+from salus.errors import ConfigurationError
 from salus.server.app import create_app
 
-__all__ = ["run_server"]
+__all__ = ["run_server", "serve_app"]
 
 
-def run_server(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM; in-flight requests get ``shutdown_timeout``."""
+def run_server(settings: Settings) -> int:
+    """Serve until SIGINT/SIGTERM; in-flight requests get ``shutdown_timeout``.
+
+    With more than one HTTP worker (``SALUS_HTTP_WORKERS``) a supervisor runs
+    them (:mod:`salus.server.workers`); returns the exit status."""
+    workers = settings.effective_http_workers()
+    if workers == 1:
+        serve_app(settings, primary=True)
+        return 0
+    from salus.server.workers import Supervisor
+
+    try:
+        return Supervisor(settings, workers).run()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"Cannot listen on {settings.http_host}:{settings.http_port} ({exc.strerror})."
+        ) from None
+
+
+def serve_app(
+    settings: Settings, *, primary: bool, sockets: list[socket.socket] | None = None
+) -> None:
+    """One server process: the app under uvicorn, on ``sockets`` when given."""
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, primary=primary),
         host=settings.http_host,
         port=settings.http_port,
         lifespan="on",
@@ -24,4 +48,4 @@ def run_server(settings: Settings) -> None:
         ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
         ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
     )
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=sockets)

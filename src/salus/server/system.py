@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
 from salus import __version__
@@ -88,7 +88,7 @@ def install_system_routes(api: FastAPI, settings: Settings, metrics: Metrics) ->
         """Prometheus text exposition."""
         if not settings.metrics_enabled:
             raise NotFound()
-        data = await asyncio.to_thread(generate_latest, metrics.registry)
+        data = await asyncio.to_thread(metrics.render)
         return Response(data, media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/api/v1/version", response_model=Version, tags=["system"])
