@@ -15,7 +15,7 @@ hospital's resource.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,7 +29,7 @@ from salus.errors import (
     SalusError,
     UnprocessableContent,
 )
-from salus.fhir.store import FhirStore, Stored
+from salus.fhir.store import FhirStore, PreparedCreates, Stored
 from salus.security.policy import AccessRequest, Interaction, PolicyEngine
 from salus.security.principal import Principal, Purpose
 
@@ -62,6 +62,19 @@ def _failed_entry(creates: list[Any], exc: SalusError) -> int | None:
     if isinstance(failed, int) and 0 <= failed < len(creates):
         return int(creates[failed].index)
     return None
+
+
+def _creates_only(entries: list[_Entry]) -> bool:
+    """Whether a transaction only creates, with no condition that needs the
+    database (``ifNoneExist``, conditional references)."""
+    for entry in entries:
+        if entry.method != "POST" or entry.if_none_exist or entry.resource is None:
+            return False
+        for ref in _walk_references(entry.resource):
+            value = ref["reference"]
+            if "?" in value and _TYPE.match(value.split("?", 1)[0]):
+                return False
+    return True
 
 
 def _walk_references(value: Any) -> Iterator[dict[str, Any]]:
@@ -169,6 +182,8 @@ class BundleProcessor:
         base_url: str,
         match: Matcher,
     ) -> list[dict[str, Any]]:
+        if _creates_only(entries):
+            return self._creates_transaction(entries, principal, purpose, base_url, match)
         responses: dict[int, dict[str, Any]] = {}
         with self.db.write() as conn:
             ids = self._assign_ids(conn, entries, principal, purpose, match)
@@ -189,6 +204,27 @@ class BundleProcessor:
                     )
         return [responses[i] for i in range(len(entries))]
 
+    def _creates_transaction(
+        self,
+        entries: list[_Entry],
+        principal: Principal,
+        purpose: Purpose | None,
+        base_url: str,
+        match: Matcher,
+    ) -> list[dict[str, Any]]:
+        """A transaction of new resources only (no conditions): ids, references,
+        validation, sealing and index values are worked out before the write
+        transaction, which then holds only the inserts."""
+        ids = self._assign_ids(None, entries, principal, purpose, match)
+        items = self._create_items(None, entries, principal, purpose, ids, match)
+        batch = self._prepared(entries, lambda: self.store.prepare_creates(principal, items, True))
+        with self.db.write() as conn:
+            stored = self.store.commit_creates(conn, batch)
+        return [
+            self._response("201 Created", result, base_url)
+            for result in stored  # entries are in Bundle order
+        ]
+
     def _create_all(
         self,
         conn: Any,
@@ -200,7 +236,24 @@ class BundleProcessor:
         match: Matcher,
     ) -> dict[int, dict[str, Any]]:
         """The transaction's creates with one statement per table (store.create_many)."""
-        items: list[tuple[dict[str, Any], str | None]] = []
+        items = self._create_items(conn, creates, principal, purpose, ids, match)
+        batch = self._prepared(creates, lambda: self.store.prepare_creates(principal, items, True))
+        stored = self.store.commit_creates(conn, batch)
+        return {
+            entry.index: self._response("201 Created", result, base_url)
+            for entry, result in zip(creates, stored, strict=True)
+        }
+
+    def _create_items(
+        self,
+        conn: Any,
+        creates: list[_Entry],
+        principal: Principal,
+        purpose: Purpose | None,
+        ids: dict[str, str],
+        match: Matcher,
+    ) -> list[tuple[Mapping[str, Any], str | None]]:
+        items: list[tuple[Mapping[str, Any], str | None]] = []
         authorized: set[str] = set()
         for entry in creates:
             with _entry_errors(entry):
@@ -215,8 +268,12 @@ class BundleProcessor:
                     )
                     authorized.add(res_type)
                 items.append((entry.resource, res_id))
+        return items
+
+    @staticmethod
+    def _prepared(creates: list[_Entry], prepare: Callable[[], PreparedCreates]) -> PreparedCreates:
         try:
-            stored = self.store.create_many(conn, principal, items)
+            return prepare()
         except SalusError as exc:
             # Validation names the element; say which entry it was in.
             index = _failed_entry(creates, exc)
@@ -224,10 +281,6 @@ class BundleProcessor:
                 f"Bundle.entry[{index}]: {exc.message}" if index is not None else exc.message
             )
             raise
-        return {
-            entry.index: self._response("201 Created", result, base_url)
-            for entry, result in zip(creates, stored, strict=True)
-        }
 
     def _assign_ids(
         self,

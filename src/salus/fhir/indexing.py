@@ -195,8 +195,14 @@ class Indexer:
         for rid, res_type, resource in items:
             for table, rows in self.rows(rid, res_type, resource).items():
                 grouped.setdefault(table, []).extend(rows)
+        self.insert_rows(conn, grouped)
+
+    @staticmethod
+    def insert_rows(conn: Connection, grouped: Mapping[Table, list[dict[str, Any]]]) -> None:
+        """Insert index rows made by :meth:`rows` (one statement per table)."""
         for table, rows in grouped.items():
-            conn.execute(_INSERTS[table.name], rows)
+            if rows:
+                conn.execute(_INSERTS[table.name], rows)
 
     def clear(self, conn: Connection, rid: int) -> None:
         for table in INDEX_TABLES:

@@ -512,6 +512,7 @@ class FhirRouter:
                 "The resource type does not match the URL.", expression=["resourceType"]
             )
         condition = request.headers.get("if-none-exist")
+        batch = self.store.prepare_creates(request.principal, [(resource, None)])
         with self.db.write() as conn:
             if condition:  # conditional create (http.html#ccreate)
                 params = parse_qsl(condition.split("?", 1)[-1], keep_blank_values=True)
@@ -520,7 +521,7 @@ class FhirRouter:
                     raise PreconditionFailed("If-None-Exist matches several resources.")
                 if found:
                     return self._with_headers(found[0], request, 200, None)
-            stored = self.store.create(conn, request.principal, resource)
+            [stored] = self.store.commit_creates(conn, batch)
         return self._prefer(request, stored, 201)
 
     def _update(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:

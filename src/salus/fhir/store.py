@@ -121,6 +121,19 @@ Validator = Callable[[Mapping[str, Any]], None]
 Compartment = Callable[[Mapping[str, Any]], str | None]
 
 
+@dataclass(slots=True)
+class PreparedCreates:
+    """New resources ready to be written (see :meth:`FhirStore.prepare_creates`)."""
+
+    principal: Principal
+    now: datetime
+    prepared: list[tuple[str, str, dict[str, Any]]]
+    chosen_ids: list[tuple[str, str]]
+    rows: list[dict[str, Any]]
+    index_rows: list[dict[Table, list[dict[str, Any]]]]
+    events: list[AuditEvent]
+
+
 class FhirStore:
     def __init__(
         self,
@@ -304,8 +317,19 @@ class FhirStore:
         """Create several resources with a handful of statements (transaction
         Bundles, bulk import): one insert per table for the whole batch, and one
         audit append. ``items`` are (resource, id or None)."""
-        if not items:
-            return []
+        return self.commit_creates(conn, self.prepare_creates(principal, items))
+
+    def prepare_creates(
+        self,
+        principal: Principal,
+        items: Sequence[tuple[Mapping[str, Any], str | None]],
+        new_ids: bool = False,
+    ) -> PreparedCreates:
+        """The work of :meth:`create_many` that needs no database: validation,
+        ids, ``meta``, sealing, index values and audit events. Done before the
+        write transaction, it keeps that transaction (one writer at a time on
+        SQLite) short. ``new_ids``: the given ids were just made by the server
+        (:func:`new_id`), so they need no check against existing ones."""
         now = self.clock()
         prepared: list[tuple[str, str, dict[str, Any]]] = []
         for position, (resource, res_id) in enumerate(items):
@@ -317,65 +341,85 @@ class FhirStore:
                 exc.resource_index = position  # type: ignore[attr-defined]
                 raise
             prepared.append((res_type, rid_id, body))
-        keys = [(t, i) for t, i, _ in prepared]
-        if len(set(keys)) != len(keys):
+        # Ids the server assigns are random UUIDs; only ids the caller chose (bulk
+        # import) can already be taken. The unique key stays the last word.
+        chosen = [
+            (t, i)
+            for (t, i, _), (_, given) in zip(prepared, items, strict=True)
+            if given and not new_ids
+        ]
+        if len(set(chosen)) != len(chosen):
             raise Conflict("The same resource id appears twice.")
-        existing = conn.execute(
-            select(fhir_resources.c.res_type, fhir_resources.c.res_id).where(
-                tuple_(fhir_resources.c.res_type, fhir_resources.c.res_id).in_(keys)
-            )
-        ).first()
-        if existing is not None:
-            raise Conflict("A resource with this id already exists.")
         rows: list[dict[str, Any]] = []
+        index_rows: list[dict[Table, list[dict[str, Any]]]] = []
+        events: list[AuditEvent] = []
         for res_type, res_id, body in prepared:
+            patient_key = self.compartment(body)
             rows.append(
                 {
                     "res_type": res_type,
                     "res_id": res_id,
                     "version": 1,
                     "org_id": principal.org_id,
-                    "patient_key": self.compartment(body),
+                    "patient_key": patient_key,
                     "category": category_of(body),
                     "deleted": False,
                     "last_updated": now,
                     "body": self._seal(res_type, res_id, 1, body),
                 }
             )
-        rids = [
-            int(r)
-            for r in conn.execute(
-                _INSERT_RESOURCE.returning(fhir_resources.c.rid, sort_by_parameter_order=True),
-                rows,
-            ).scalars()
-        ]
-        conn.execute(
-            _INSERT_HISTORY,
-            [{**row, "rid": rid, "method": "POST"} for row, rid in zip(rows, rids, strict=True)],
-        )
-        self.indexer.insert_many(
-            conn, [(rid, t, body) for rid, (t, _, body) in zip(rids, prepared, strict=True)]
-        )
-        self.audit.append(
-            conn,
-            [
+            index_rows.append(self.indexer.rows(0, res_type, body))
+            events.append(
                 AuditEvent.for_principal(
                     principal,
                     category="rest",
                     action="C",
-                    entity=f"{row['res_type']}/{row['res_id']}",
-                    patient_key=row["res_id"]
-                    if row["res_type"] == "Patient"
-                    else row["patient_key"],
+                    entity=f"{res_type}/{res_id}",
+                    patient_key=res_id if res_type == "Patient" else patient_key,
                     description="create",
                     detail={"version": 1},
                 )
-                for row in rows
+            )
+        return PreparedCreates(principal, now, prepared, chosen, rows, index_rows, events)
+
+    def commit_creates(self, conn: Connection, batch: PreparedCreates) -> list[Stored]:
+        """Write what :meth:`prepare_creates` made, in the caller's transaction."""
+        if not batch.rows:
+            return []
+        if batch.chosen_ids:
+            existing = conn.execute(
+                select(fhir_resources.c.res_type, fhir_resources.c.res_id).where(
+                    tuple_(fhir_resources.c.res_type, fhir_resources.c.res_id).in_(batch.chosen_ids)
+                )
+            ).first()
+            if existing is not None:
+                raise Conflict("A resource with this id already exists.")
+        rids = [
+            int(r)
+            for r in conn.execute(
+                _INSERT_RESOURCE.returning(fhir_resources.c.rid, sort_by_parameter_order=True),
+                batch.rows,
+            ).scalars()
+        ]
+        conn.execute(
+            _INSERT_HISTORY,
+            [
+                {**row, "rid": rid, "method": "POST"}
+                for row, rid in zip(batch.rows, rids, strict=True)
             ],
         )
+        grouped: dict[Table, list[dict[str, Any]]] = {}
+        for rid, tables in zip(rids, batch.index_rows, strict=True):
+            for table, values in tables.items():
+                for value in values:
+                    value["rid"] = rid
+                grouped.setdefault(table, []).extend(values)
+        self.indexer.insert_rows(conn, grouped)
+        self.audit.append(conn, batch.events)
+        org_id = batch.principal.org_id
         return [
-            Stored(t, i, 1, now, False, principal.org_id, body, row["patient_key"])
-            for (t, i, body), row in zip(prepared, rows, strict=True)
+            Stored(t, i, 1, batch.now, False, org_id, body, row["patient_key"])
+            for (t, i, body), row in zip(batch.prepared, batch.rows, strict=True)
         ]
 
     def update(
