@@ -1,0 +1,871 @@
+"""FHIR R4 write and read throughput with ``wrk`` as the load generator.
+
+``fhir_bench.py`` drives the server from Python (8 threads of httpx), which on a
+2-core machine burns about as much CPU as the server does, so its throughput
+phases partly measure the client. This benchmark measures the same throughput
+phases with ``wrk`` (C, event loop; Debian package ``wrk``) and Lua scripts it
+writes into a temporary folder, against the same server set-up: a real
+``salus serve`` process per backend (``fhir_bench.Server``: SQLite in a
+temporary data folder; PostgreSQL too when ``SALUS_BENCH_DATABASE_URL`` is
+set, its ``public`` schema dropped and made again so that every run starts
+empty), jobs off, log level WARNING, security and audit on, a
+``hospital_integration`` client with a bearer token.
+
+Phases, each ``--rounds`` (3) rounds of ``--seconds`` (10) with
+``--connections`` (8) keep-alive connections on ``--threads`` (2) wrk threads;
+the median round is reported with the min and max:
+
+1. ``POST /fhir/Patient`` one by one: 40 distinct generated Patients rotated,
+   each request with its own identifier value (``MRN-round-thread-n``);
+2. ``POST /fhir/Observation`` one by one, each referring to a random existing
+   Patient (ids taken with ``GET /fhir/Patient?_count=500&_elements=id``,
+   following the ``next`` links, up to ``--max-ids`` (30,000), into a file the
+   Lua script reads; taken again after the Patient Bundles for 3-5);
+3. transaction Bundles (FHIR ``http.html#transaction``) of 100 new Patients,
+   then of 100 Observations referring to existing Patients; 20 distinct
+   pre-generated Bundles of each kind, rotated; resources/s = Bundles/s x 100;
+4. ``GET /fhir/Patient/{id}`` of a random Patient, requests/s;
+5. ``PUT /fhir/Patient/{id}`` (update, ``http.html#update``; the body carries
+   the id): each wrk thread walks its own slice of the Patients not updated in
+   an earlier round, so every update hits a distinct Patient, requests/s.
+
+Every response is checked: a Lua ``response()`` counts the non-2xx ones (and
+keeps the first for the report), wrk's ``Non-2xx or 3xx responses`` line and
+its socket errors are read too; a phase with any error is reported as FAILED
+and the benchmark exits with status 1. CPU use per round, in cores: the server
+(the ``salus serve`` process and all its descendants: worker processes count),
+wrk, PostgreSQL (its processes, less the backends of other databases: the
+PostgreSQL server is shared), other processes, and the whole machine busy, so
+that a figure limited by the machine or by a neighbour shows as such.
+Each round starts once the server has gone idle after the previous one (wrk
+leaves requests in flight when it stops).
+
+The table per backend puts each median beside Medplum 4.5.2's figures
+(``../shared/PEERS.md``: PostgreSQL 15, 8 clients, fresh database) and the
+issue's targets: at least twice Medplum on every write figure, transaction
+Bundles at least 2,000 resources/s, reads at least 1,200 requests/s.
+
+How to run (repository root, in the project's virtualenv; ``/usr/bin/wrk``
+from the Debian package ``wrk``; about 6-7 minutes for both backends with the
+defaults)::
+
+    SALUS_BENCH_DATABASE_URL=postgresql://salus:salus@127.0.0.1:5432/salus_bench \\
+        python bench/fhir_load_bench.py [--backends sqlite,postgresql] [--seconds 10]
+            [--rounds 3] [--workers N] [--json out.json]
+
+PostgreSQL: create the database once with
+``su postgres -c "createdb -O salus salus_bench"``. ``--workers N`` sets
+``SALUS_HTTP_WORKERS`` for the server (left unset by
+default: the server's own default). A quick check that everything works:
+``--seconds 2 --rounds 1``. Without ``wrk`` on PATH the benchmark says so and
+exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fhir_bench import (  # noqa: E402 - the shared benchmark helpers
+    BUNDLE_TARGET,
+    CLK_TCK,
+    MEDPLUM,
+    Data,
+    Server,
+    encode,
+    environment,
+    postgres_version,
+    reset_postgres,
+    sqlite_version,
+    transaction,
+)
+
+READ_TARGET = 1200.0  # requests/s: Medplum's reads by id (low end of 1,200-1,300)
+BUNDLE_SIZE = 100
+MARK = "@@SALUS@@"  # placeholder in body templates, filled in by the Lua scripts
+
+
+# -- CPU accounting ------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Proc:
+    ppid: int
+    name: str
+    own: float  # utime + stime, seconds
+    cpu: float  # own + cutime + cstime: with its reaped children
+
+
+def processes() -> dict[int, Proc]:
+    table: dict[int, Proc] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = text[text.find("(") + 1 : text.rfind(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        own = int(fields[11]) + int(fields[12])
+        table[int(entry.name)] = Proc(
+            int(fields[1]), name, own / CLK_TCK, (own + int(fields[13]) + int(fields[14])) / CLK_TCK
+        )
+    return table
+
+
+def tree_cpu(table: dict[int, Proc], root: int) -> float:
+    """CPU seconds of ``root`` and all its descendants, reaped children included.
+
+    A process that exits and is reaped inside the tree moves its time into its parent's
+    ``cutime``/``cstime``, so a difference of two samples counts it exactly once (the
+    ``salus serve`` supervisor and its worker processes).
+    """
+    children: dict[int, list[int]] = {}
+    for pid, proc in table.items():
+        children.setdefault(proc.ppid, []).append(pid)
+    total, stack, seen = 0.0, [root] if root in table else [], set()
+    while stack:
+        pid = stack.pop()
+        if pid not in seen:
+            seen.add(pid)
+            total += table[pid].cpu
+            stack.extend(children.get(pid, ()))
+    return total
+
+
+#: ``postgres: [cluster: ]user database host(port) activity``: a client backend.
+_BACKEND = re.compile(r"postgres: (?:\S+: )?\S+ (\S+) (?:\S+\(\d+\)|\[local\]) ")
+
+
+def postgres_cpu(table: dict[int, Proc], database: str) -> dict[int, float]:
+    """Own CPU seconds of each PostgreSQL process, by pid, except other databases' backends.
+
+    The PostgreSQL server is shared with other sessions' test suites: their backends are
+    left out. Per process, so a connection closed during a round loses its time instead of
+    making the figure negative: a floor (the server keeps its connections in a pool).
+    """
+    out: dict[int, float] = {}
+    for pid, proc in table.items():
+        if not proc.name.startswith("postgres"):
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, UnicodeDecodeError):
+            continue
+        match = _BACKEND.match(cmdline)
+        if match is None or match.group(1) == database:
+            out[pid] = proc.own
+    return out
+
+
+def machine() -> tuple[float, float]:
+    """(busy, total) seconds of all CPUs since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    total = sum(values[:8])
+    return (total - values[3] - values[4]) / CLK_TCK, total / CLK_TCK
+
+
+@dataclass
+class Cpu:
+    """CPU use during a round, in cores (CPU seconds per wall second)."""
+
+    wrk: float = 0.0
+    server: float = 0.0
+    postgres: float = 0.0
+    others: float = 0.0  # busy cores not accounted to the three above
+    machine_busy: float = 0.0  # fraction of all CPUs busy
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    wall: float
+    server: float
+    postgres: dict[int, float]
+    children: float  # this process's reaped children: wrk
+    busy: float
+    total: float
+
+
+class Meter:
+    def __init__(self, server_pid: int, database: str | None) -> None:
+        self.server_pid = server_pid
+        self.database = database  # PostgreSQL database name, None for SQLite
+
+    def sample(self) -> Sample:
+        table = processes()
+        busy, total = machine()
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return Sample(
+            time.perf_counter(),
+            tree_cpu(table, self.server_pid),
+            postgres_cpu(table, self.database) if self.database else {},
+            usage.ru_utime + usage.ru_stime,
+            busy,
+            total,
+        )
+
+    def server_cpu(self) -> float:
+        return tree_cpu(processes(), self.server_pid)
+
+    @staticmethod
+    def since(start: Sample, end: Sample) -> Cpu:
+        wall = max(end.wall - start.wall, 1e-9)
+        postgres = sum(
+            max(0.0, t - start.postgres.get(pid, 0.0)) for pid, t in end.postgres.items()
+        )
+        cpu = Cpu(
+            server=(end.server - start.server) / wall,
+            postgres=postgres / wall,
+            wrk=(end.children - start.children) / wall,
+            machine_busy=(end.busy - start.busy) / max(end.total - start.total, 1e-9),
+        )
+        busy_cores = cpu.machine_busy * (os.cpu_count() or 1)
+        cpu.others = max(0.0, busy_cores - cpu.wrk - cpu.server - cpu.postgres)
+        return cpu
+
+    def settle(self, limit_s: float = 10.0) -> None:
+        """Wait until the server has finished what wrk left in flight (under 5% of a core)."""
+        deadline = time.monotonic() + limit_s
+        before = self.server_cpu()
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            now = self.server_cpu()
+            if (now - before) / 0.25 < 0.05:
+                return
+            before = now
+
+
+# -- Lua -------------------------------------------------------------------------------------
+LUA_COMMON = r"""
+wrk.headers["Authorization"] = "Bearer @TOKEN@"
+wrk.headers["Content-Type"] = "application/fhir+json"
+wrk.headers["Accept"] = "application/fhir+json"
+local threads = {}
+local count = 0
+function setup(thread)
+  thread:set("index", count)
+  count = count + 1
+  table.insert(threads, thread)
+end
+bad = 0
+first = ""
+used = 0
+wrapped = 0
+function response(status, headers, body)
+  if status < 200 or status > 299 then
+    bad = bad + 1
+    if first == "" then
+      first = (tostring(status) .. " " .. string.sub(body or "", 1, 300)):gsub("%c", " ")
+    end
+  end
+end
+local function lines(path)
+  local out = {}
+  for line in io.lines(path) do
+    if line ~= "" then table.insert(out, line) end
+  end
+  return out
+end
+local function split(templates)
+  local out = {}
+  for i, t in ipairs(templates) do
+    local a, b = string.find(t, "@MARK@", 1, true)
+    out[i] = {string.sub(t, 1, a - 1), string.sub(t, b + 1)}
+  end
+  return out
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("WRK\tsummary\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", summary.requests,
+    summary.duration, e.connect, e.read, e.write, e.status, e.timeout))
+  io.write(string.format("WRK\tlatency\t%d\t%d\t%d\t%d\n", latency:percentile(50),
+    latency:percentile(95), latency:percentile(99), latency.max))
+  for _, t in ipairs(threads) do
+    io.write(string.format("WRK\tthread\t%d\t%d\t%d\t%d\t%s\n", t:get("index"), t:get("bad"),
+      t:get("used"), t:get("wrapped"), t:get("first")))
+  end
+end
+"""
+
+LUA_PHASE = {
+    # Templates: one body a line, MARK where the request's own value goes.
+    "post_patient": r"""
+local bodies, round, n
+function init(args)
+  bodies = split(lines(args[1])); round = args[2]; n = 0
+end
+function request()
+  n = n + 1
+  local b = bodies[n % #bodies + 1]
+  return wrk.format("POST", "/fhir/Patient", nil,
+                    b[1] .. round .. "-" .. index .. "-" .. n .. b[2])
+end
+""",
+    "post_observation": r"""
+local bodies, ids, n
+function init(args)
+  bodies = split(lines(args[1])); ids = lines(args[3]); n = 0
+  math.randomseed(os.time() * 16 + index * 7919 + tonumber(args[2]))
+end
+function request()
+  n = n + 1
+  local b = bodies[n % #bodies + 1]
+  return wrk.format("POST", "/fhir/Observation", nil, b[1] .. ids[math.random(#ids)] .. b[2])
+end
+""",
+    # Whole request strings made once: the Bundles are large.
+    "bundle": r"""
+local reqs, n
+function init(args)
+  reqs = {}; n = index
+  for i, body in ipairs(lines(args[1])) do reqs[i] = wrk.format("POST", "/fhir", nil, body) end
+end
+function request()
+  n = n + 1
+  return reqs[n % #reqs + 1]
+end
+""",
+    "read": r"""
+local ids
+function init(args)
+  ids = lines(args[3])
+  math.randomseed(os.time() * 16 + index * 7919 + tonumber(args[2]))
+end
+function request()
+  return wrk.format("GET", "/fhir/Patient/" .. ids[math.random(#ids)])
+end
+""",
+    # Thread k of T walks ids[k*L/T+1 .. (k+1)*L/T]: distinct Patients, disjoint slices.
+    "update": r"""
+local bodies, ids, low, size
+function init(args)
+  bodies = split(lines(args[1])); ids = lines(args[3])
+  local t = tonumber(args[4])
+  low = math.floor(index * #ids / t); size = math.floor((index + 1) * #ids / t) - low
+end
+function request()
+  if used >= size then wrapped = wrapped + 1 end
+  local id = ids[low + used % size + 1]
+  used = used + 1
+  local b = bodies[used % #bodies + 1]
+  return wrk.format("PUT", "/fhir/Patient/" .. id, nil, b[1] .. id .. b[2])
+end
+""",
+}
+
+
+# -- one phase ------------------------------------------------------------------------------
+@dataclass
+class Round:
+    requests: int
+    duration_s: float
+    rate: float  # resources (or requests) per second
+    errors: int
+    first_error: str
+    latency_ms: dict[str, float]
+    cpu: Cpu
+    wrapped: int = 0  # updates that had to reuse a Patient (the slice ran out)
+
+
+@dataclass
+class PhaseResult:
+    key: str
+    name: str
+    unit: str
+    rounds: list[Round] = field(default_factory=list)
+
+    @property
+    def errors(self) -> int:
+        return sum(r.errors for r in self.rounds)
+
+    @property
+    def median_round(self) -> Round:
+        ordered = sorted(self.rounds, key=lambda r: r.rate)
+        return ordered[(len(ordered) - 1) // 2]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(r.rate for r in self.rounds)
+
+
+_NON2XX = re.compile(r"Non-2xx or 3xx responses:\s*(\d+)")
+
+
+class Wrk:
+    def __init__(
+        self, binary: str, server: Server, meter: Meter, folder: Path, args: argparse.Namespace
+    ) -> None:
+        self.binary = binary
+        self.server = server
+        self.meter = meter
+        self.folder = folder
+        self.args = args
+        self.round_no = 0
+
+    def run(
+        self,
+        key: str,
+        name: str,
+        script: str,
+        files: dict[str, list[str]],
+        per_request: int = 1,
+        rounds: int | None = None,
+    ) -> tuple[PhaseResult, list[list[int]]]:
+        """``--rounds`` rounds of one phase; also returns, per round, ``used`` per thread."""
+        token = self.server.token()
+        lua = LUA_COMMON.replace("@TOKEN@", token).replace("@MARK@", MARK) + LUA_PHASE[script]
+        path = self.folder / f"{key}.lua"
+        path.write_text(lua)
+        paths = []
+        for label in ("bodies", "ids"):
+            target = self.folder / f"{key}-{label}.txt"
+            target.write_text("\n".join(files.get(label, [])) + "\n")
+            paths.append(str(target))
+        result = PhaseResult(key, name, "res/s" if key.startswith(("post", "bundle")) else "req/s")
+        used: list[list[int]] = []
+        for _ in range(rounds or self.args.rounds):
+            self.round_no += 1
+            self.meter.settle()
+            command = [
+                self.binary,
+                f"-t{self.args.threads}",
+                f"-c{self.args.connections}",
+                f"-d{self.args.seconds}s",
+                "--timeout",
+                "60s",
+                "-s",
+                str(path),
+                self.server.base,
+                "--",
+                paths[0],
+                str(self.round_no),
+                paths[1],
+                str(self.args.threads),
+            ]
+            start = self.meter.sample()
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            end = self.meter.sample()
+            one, threads_used = self._parse(done, per_request, Meter.since(start, end))
+            result.rounds.append(one)
+            used.append(threads_used)
+            print(
+                f"  {name} round {len(result.rounds)}: {one.rate:,.0f} {result.unit} "
+                f"({one.requests:,} requests in {one.duration_s:.1f} s), p50 "
+                f"{one.latency_ms['p50']:.1f} ms p95 {one.latency_ms['p95']:.1f} ms; CPU "
+                f"cores server {one.cpu.server:.2f} wrk {one.cpu.wrk:.2f} postgres "
+                f"{one.cpu.postgres:.2f} others {one.cpu.others:.2f} machine "
+                f"{one.cpu.machine_busy:.0%}"
+                + (f"; {one.errors} ERRORS: {one.first_error}" if one.errors else ""),
+                flush=True,
+            )
+        if result.errors:
+            print(f"  {name}: FAILED, {result.errors} errors", file=sys.stderr, flush=True)
+        return result, used
+
+    @staticmethod
+    def _parse(
+        done: subprocess.CompletedProcess[str], per_request: int, cpu: Cpu
+    ) -> tuple[Round, list[int]]:
+        rows = [line.split("\t") for line in done.stdout.splitlines() if line.startswith("WRK\t")]
+        summary = next((r for r in rows if r[1] == "summary"), None)
+        latency = next((r for r in rows if r[1] == "latency"), None)
+        if done.returncode != 0 or summary is None or latency is None:
+            raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+        requests, duration_us, *socket_errors = (int(v) for v in summary[2:])
+        threads = [r for r in rows if r[1] == "thread"]
+        non2xx_lua = sum(int(r[3]) for r in threads)
+        match = _NON2XX.search(done.stdout)
+        non2xx_wrk = int(match.group(1)) if match else 0
+        # status (>399) is in both counts; connect, read, write and timeout are socket errors.
+        errors = max(non2xx_lua, non2xx_wrk) + sum(socket_errors[:3]) + socket_errors[4]
+        first = next((r[6] for r in threads if r[6].strip()), "")
+        if not first and errors:
+            first = (
+                f"socket errors: connect {socket_errors[0]}, read {socket_errors[1]}, "
+                f"write {socket_errors[2]}, timeout {socket_errors[4]}"
+            )
+        duration = duration_us / 1e6
+        ok = max(0, requests - max(non2xx_lua, non2xx_wrk))
+        return Round(
+            requests=requests,
+            duration_s=duration,
+            rate=ok * per_request / duration if duration else 0.0,
+            errors=errors,
+            first_error=first,
+            latency_ms={
+                k: int(v) / 1000
+                for k, v in zip(("p50", "p95", "p99", "max"), latency[2:], strict=True)
+            },
+            cpu=cpu,
+            wrapped=sum(int(r[5]) for r in threads),
+        ), [int(r[4]) for r in sorted(threads, key=lambda r: int(r[2]))]
+
+
+# -- data ------------------------------------------------------------------------------------
+def patient_ids(server: Server, limit: int) -> list[str]:
+    """Patient ids: ``GET /fhir/Patient?_count=500&_elements=id`` and its next links.
+
+    Stops past ``limit`` ids (0: no limit): every page costs the server a read of 500
+    Patients, and reads, references and updates need no more than a sample.
+    """
+    began = time.perf_counter()
+    ids: list[str] = []
+    headers = {"Authorization": f"Bearer {server.token()}", "Accept": "application/fhir+json"}
+    url: str | None = f"{server.base}/fhir/Patient?_count=500&_elements=id"
+    with httpx.Client(headers=headers, timeout=120) as http:
+        while url and (limit <= 0 or len(ids) < limit):
+            response = http.get(url)
+            response.raise_for_status()
+            bundle = response.json()
+            ids.extend(e["resource"]["id"] for e in bundle.get("entry", []))
+            url = next(
+                (link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"),
+                None,
+            )
+    more = " (the first; --max-ids)" if url else ""
+    print(f"  {len(ids):,} Patient ids{more} in {time.perf_counter() - began:.1f} s", flush=True)
+    if not ids:
+        raise RuntimeError("no Patient found: the create phase stored nothing")
+    return ids
+
+
+def patient_template(data: Data, with_id: bool) -> str:
+    body = data.patient()
+    if with_id:  # update: the id goes first, the identifier keeps its generated value
+        return encode({"resourceType": "Patient", "id": MARK, **body}).decode()
+    body["identifier"][0]["value"] = f"MRN-{MARK}"
+    return encode(body).decode()
+
+
+def observation_template(data: Data) -> str:
+    return encode(data.observation(f"Patient/{MARK}")).decode()
+
+
+# -- one backend ------------------------------------------------------------------------------
+@dataclass
+class BackendResult:
+    backend: str
+    version: str
+    phases: dict[str, PhaseResult] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def run_backend(name: str, url: str | None, binary: str, args: argparse.Namespace) -> BackendResult:
+    work = Path(tempfile.mkdtemp(prefix=f"salus-fhir-load-{name.lower()}-"))
+    scripts = work / "wrk"
+    scripts.mkdir()
+    if url:
+        reset_postgres(url)
+    server = Server(name, work, url)
+    if args.workers is not None:
+        server.env["SALUS_HTTP_WORKERS"] = str(args.workers)
+    print(f"\n== {name} ({work}) ==", flush=True)
+    try:
+        server.start()
+        version = postgres_version(url) if url else f"SQLite {sqlite_version()}"
+        result = BackendResult(name, version)
+        wrk = Wrk(
+            binary,
+            server,
+            Meter(server.pid, urlparse(url).path.lstrip("/") if url else None),
+            scripts,
+            args,
+        )
+        data = Data(args.seed)
+        phases = result.phases
+
+        templates = [patient_template(data, False) for _ in range(40)]
+        phases["post_patient"], _ = wrk.run(
+            "post_patient", "POST Patient", "post_patient", {"bodies": templates}
+        )
+        ids = patient_ids(server, args.max_ids)
+        templates = [observation_template(data) for _ in range(40)]
+        phases["post_observation"], _ = wrk.run(
+            "post_observation",
+            "POST Observation",
+            "post_observation",
+            {"bodies": templates, "ids": ids},
+        )
+        bundles = [
+            encode(transaction([(data.patient(), None) for _ in range(BUNDLE_SIZE)])).decode()
+            for _ in range(20)
+        ]
+        phases["bundle_patient"], _ = wrk.run(
+            "bundle_patient",
+            f"transaction Bundles of {BUNDLE_SIZE} Patients",
+            "bundle",
+            {"bodies": bundles},
+            BUNDLE_SIZE,
+        )
+        ids = patient_ids(server, args.max_ids)
+        bundles = [
+            encode(
+                transaction(
+                    [
+                        (data.observation(f"Patient/{data.rng.choice(ids)}"), None)
+                        for _ in range(BUNDLE_SIZE)
+                    ]
+                )
+            ).decode()
+            for _ in range(20)
+        ]
+        phases["bundle_observation"], _ = wrk.run(
+            "bundle_observation",
+            f"transaction Bundles of {BUNDLE_SIZE} Observations",
+            "bundle",
+            {"bodies": bundles},
+            BUNDLE_SIZE,
+        )
+        phases["read"], _ = wrk.run("read", "read Patient by id", "read", {"ids": ids})
+
+        fresh = list(ids)
+        data.rng.shuffle(fresh)
+        templates = [patient_template(data, True) for _ in range(40)]
+        update = PhaseResult("update", "update Patient by id (PUT)", "req/s")
+        for _ in range(args.rounds):  # one round at a time: each gets Patients not yet updated
+            one, used = wrk.run(
+                "update", update.name, "update", {"bodies": templates, "ids": fresh}, rounds=1
+            )
+            update.rounds += one.rounds
+            fresh = drop_used(fresh, used[0], args.threads)
+        phases["update"] = update
+        wrapped = sum(r.wrapped for r in update.rounds)
+        result.notes.append(
+            f"Updates: {len(ids):,} Patients to update, {len(ids) - len(fresh):,} updated"
+            + (
+                f"; {wrapped:,} updates had to reuse a Patient (too few Patients)"
+                if wrapped
+                else ", each once"
+            )
+        )
+        return result
+    except BaseException:
+        print(server.log_tail(), file=sys.stderr)
+        raise
+    finally:
+        server.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def drop_used(ids: list[str], used: list[int], threads: int) -> list[str]:
+    """The ids the update script did not reach (the same slices as its Lua)."""
+    left: list[str] = []
+    for index in range(threads):
+        low, high = index * len(ids) // threads, (index + 1) * len(ids) // threads
+        taken = min(used[index] if index < len(used) else 0, high - low)
+        left += ids[low + taken : high]
+    return left
+
+
+# -- report ------------------------------------------------------------------------------------
+ROWS: list[tuple[str, str, str | None]] = [
+    # (key, label, Medplum key)
+    ("post_patient", "POST Patient, one by one", "post_patient"),
+    ("post_observation", "POST Observation, one by one", "post_observation"),
+    ("bundle_patient", "transaction Bundles of 100 Patients", "bundle_patient"),
+    ("bundle_observation", "transaction Bundles of 100 Observations", "bundle_observation"),
+    ("read", "read Patient by id", "read"),
+    ("update", "update Patient by id (PUT)", None),
+]
+
+
+def target(key: str) -> float | None:
+    if key == "read":
+        return READ_TARGET
+    if key in MEDPLUM and key != "read":
+        return max(2 * MEDPLUM[key][1], BUNDLE_TARGET if key.startswith("bundle") else 0.0)
+    return None
+
+
+def render(result: BackendResult, args: argparse.Namespace) -> str:
+    c = args.connections
+    lines = [
+        f"### {result.backend} {result.version}: wrk, {c} connections, {args.threads} threads, "
+        f"{args.rounds} rounds of {args.seconds} s per phase",
+        "",
+        "| measure | Salus, median (min-max) | Medplum | Salus ÷ Medplum | target | met? |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for key, label, medplum_key in ROWS:
+        phase = result.phases.get(key)
+        if phase is None or not phase.rounds:
+            lines.append(f"| {label}, {c} connections | not run | | | | |")
+            continue
+        rates = [r.rate for r in phase.rounds]
+        mp = MEDPLUM.get(medplum_key or "")
+        goal = target(key)
+        if phase.errors:
+            verdict = f"**FAILED**: {phase.errors:,} errors"
+        elif goal is None:
+            verdict = "—"
+        else:
+            verdict = (
+                "met" if phase.median >= goal else f"**not met** ({phase.median / goal:.0%} of it)"
+            )
+        lines.append(
+            f"| {label}, {c} connections | {phase.median:,.0f} {phase.unit} "
+            f"({min(rates):,.0f}-{max(rates):,.0f}) | "
+            + (
+                f"{mp[0]:,.0f}-{mp[1]:,.0f} | {phase.median / ((mp[0] + mp[1]) / 2):.2f}× | "
+                if mp
+                else "— | — | "
+            )
+            + (f"≥ {goal:,.0f} | " if goal else "— | ")
+            + f"{verdict} |"
+        )
+    lines += [
+        "",
+        "Median round of each phase: latency and CPU (cores: CPU seconds per second).",
+        "",
+        "| phase | requests | p50 / p95 / p99 ms | server | wrk | PostgreSQL | other processes "
+        "| machine busy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for phase in result.phases.values():
+        if not phase.rounds:
+            continue
+        r = phase.median_round
+        lat, cpu = r.latency_ms, r.cpu
+        lines.append(
+            f"| {phase.name} | {r.requests:,} | {lat['p50']:.1f} / {lat['p95']:.1f} / "
+            f"{lat['p99']:.1f} | {cpu.server:.2f} | {cpu.wrk:.2f} | {cpu.postgres:.2f} | "
+            f"{cpu.others:.2f} | {cpu.machine_busy:.0%} |"
+        )
+    notes = list(result.notes)
+    for phase in result.phases.values():
+        if phase.errors:
+            first = next(r.first_error for r in phase.rounds if r.errors)
+            notes.append(f"{phase.name}: FAILED, {phase.errors:,} errors; first: {first[:300]}")
+    if notes:
+        lines.append("")
+        lines += [f"- {note}" for note in notes]
+    return "\n".join(lines)
+
+
+def wrk_version(binary: str) -> str:
+    out = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False)
+    return (out.stdout or out.stderr).split("Copyright", 1)[0].strip()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else "")
+    parser.add_argument(
+        "--backends",
+        default="sqlite,postgresql",
+        help="comma-separated; postgresql needs SALUS_BENCH_DATABASE_URL",
+    )
+    parser.add_argument("--seconds", type=int, default=10, help="length of a round (10)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per phase (3)")
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (2)")
+    parser.add_argument(
+        "--workers", type=int, help="SALUS_HTTP_WORKERS for the server (default: not set)"
+    )
+    parser.add_argument(
+        "--max-ids",
+        type=int,
+        default=30_000,
+        help="Patient ids to fetch for reads, references and updates (default 30,000; 0: all)",
+    )
+    parser.add_argument("--seed", type=int, default=20261123)
+    parser.add_argument("--json", type=Path, help="write the results here as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary data folders")
+    args = parser.parse_args(argv)
+    if args.seconds < 1 or args.rounds < 1 or args.threads < 1 or args.connections < args.threads:
+        parser.error("--seconds, --rounds and --threads must be >= 1, --connections >= --threads")
+
+    binary = shutil.which("wrk")
+    if binary is None:
+        print(
+            "wrk not found on PATH: install the Debian package `wrk` "
+            "(apt-get install wrk); nothing measured.",
+            file=sys.stderr,
+        )
+        return 2
+    env = environment()
+    env["wrk"] = wrk_version(binary)
+    env["http_workers"] = str(args.workers) if args.workers is not None else "server default"
+    print(
+        "Salus FHIR load benchmark (wrk): " + ", ".join(f"{k} {v}" for k, v in env.items()),
+        flush=True,
+    )
+    results: list[BackendResult] = []
+    pg_url = os.environ.get("SALUS_BENCH_DATABASE_URL")
+    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        if backend == "sqlite":
+            results.append(run_backend("SQLite", None, binary, args))
+        elif backend == "postgresql":
+            if not pg_url:
+                print("\nPostgreSQL skipped: SALUS_BENCH_DATABASE_URL is not set.")
+                continue
+            results.append(run_backend("PostgreSQL", pg_url, binary, args))
+        else:
+            parser.error(f"unknown backend {backend!r}")
+    print()
+    for result in results:
+        print(render(result, args))
+        print()
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "environment": env,
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "results": [jsonable(r) for r in results],
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+    failed = [f"{r.backend} {p.name}" for r in results for p in r.phases.values() if p.errors]
+    if failed:
+        print(
+            "FAILED phases (non-2xx responses or socket errors): " + "; ".join(failed),
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def jsonable(result: BackendResult) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "backend": result.backend,
+        "version": result.version,
+        "notes": result.notes,
+        "phases": {},
+    }
+    for key, phase in result.phases.items():
+        rates = [r.rate for r in phase.rounds]
+        out["phases"][key] = {
+            "name": phase.name,
+            "unit": phase.unit,
+            "median": phase.median,
+            "min": min(rates),
+            "max": max(rates),
+            "errors": phase.errors,
+            "target": target(key),
+            "medplum": MEDPLUM.get(key),
+            "rounds": [asdict(r) for r in phase.rounds],
+        }
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
