@@ -27,6 +27,7 @@ from salus.db.types import BigIntPK, UTCDateTime
 
 __all__ = [
     "bulk_exports",
+    "bulk_imports",
     "fhir_history",
     "fhir_idx_composite",
     "fhir_idx_date",
@@ -492,4 +493,40 @@ Index(
     fhir_idx_composite.c.res_type,
     fhir_idx_composite.c.param,
     fhir_idx_composite.c.k_code,
+)
+
+
+# -- FHIR Bulk Data import (see salus.fhir.bulkimport) ---------------------------------
+
+#: Bulk Data import: NDJSON files uploaded to ``$import-file`` (kind ``file``:
+#: a blob digest and size in ``params``) and import requests (kind ``import``:
+#: inputs, the job, its state, ``cursor`` = the last line whose outcome is
+#: committed, and ``result``: counts and per-line errors by file and line,
+#: never resource content).
+bulk_imports = Table(
+    "bulk_imports",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("kind", String(8), nullable=False),
+    Column("owner_kind", String(10), nullable=False),
+    Column("owner_id", String(100), nullable=False),
+    Column("owner_org", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("request_url", Text, nullable=False),
+    Column("params", JSON, nullable=False),
+    Column("job_id", BigInteger),
+    Column("progress", String(200)),
+    Column("cursor", JSON),
+    Column("transaction_time", UTCDateTime),
+    Column("error", Text),
+    Column("result", JSON),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+Index(
+    "ix_bulk_imports_owner",
+    bulk_imports.c.owner_kind,
+    bulk_imports.c.owner_id,
+    bulk_imports.c.kind,
+    bulk_imports.c.status,
 )
