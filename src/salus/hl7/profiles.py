@@ -14,6 +14,7 @@ They live in one TOML file (``SALUS_HL7_PROFILES_FILE``; format in
     z_segments = "extension"           # or "drop"
     timezone = "Asia/Ho_Chi_Minh"      # for HL7 times without an offset
     fallback_charset = "8859/1"        # when MSH-18 is empty and UTF-8 does not decode
+    processing_ids = ["P", "T"]        # MSH-11 accepted (default: P in production mode)
 
     [destination.ris-a]
     host = "10.1.2.3"
@@ -25,7 +26,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -53,6 +54,9 @@ class Profile:
     timezone: str = "UTC"
     fallback_charset: str = "8859/1"
     ack_destination: str | None = None
+    #: MSH-11 processing ids accepted (table 0103: P, T, D); None: P in production mode,
+    #: any in development mode.
+    processing_ids: tuple[str, ...] | None = None
 
     def system(self, kind: str) -> str:
         """The identifier system of this hospital's MRNs, visits, orders… (a URN)."""
@@ -117,6 +121,13 @@ class Profiles:
                 k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
             }
             profile = Profile(org_id, **kwargs)
+            if profile.processing_ids is not None:
+                ids = tuple(str(i).strip().upper() for i in profile.processing_ids)
+                if not set(ids) <= {"P", "T", "D"}:
+                    raise ConfigurationError(
+                        f"HL7 profile {org_id}: processing_ids holds P, T or D"
+                    )
+                profile = replace(profile, processing_ids=ids)
             if profile.z_segments not in ("drop", "extension"):
                 raise ConfigurationError(f"HL7 profile {org_id}: z_segments is drop or extension")
             try:

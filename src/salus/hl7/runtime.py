@@ -17,6 +17,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -24,11 +25,12 @@ from salus.db.types import utcnow
 from salus.errors import ConfigurationError, InvalidInput, NotAuthenticated, SalusError
 from salus.hl7.ack import Ack, batch_ack, make_ack, wants_accept_ack
 from salus.hl7.charsets import encode
+from salus.hl7.committer import Frame, GroupCommitter
 from salus.hl7.errors import APPLICATION_ERROR, Location
 from salus.hl7.mllp import ListenerConfig, MllpListener
 from salus.hl7.parse import Message, loose_header, split_batch_bytes
 from salus.hl7.profiles import Profile, Profiles, load_profiles
-from salus.hl7.service import Hl7Service, Received
+from salus.hl7.service import Hl7Service, Prepared, Received
 from salus.hl7.store import MessageStore
 from salus.security.principal import Principal
 
@@ -65,7 +67,9 @@ class Hl7Runtime:
             profiles,
             base_url=settings.base_url(),
             apply_sync=settings.hl7_apply == "sync",
+            production=settings.mode == "production",
         )
+        self.committer = GroupCommitter(self.answer_many)
         self.service.on_application_ack = self._application_ack
         self._peers: dict[tuple[str | None, bytes | None], tuple[float, Principal | None]] = {}
         self._peer_lock = threading.Lock()
@@ -108,7 +112,7 @@ class Hl7Runtime:
     async def _handle(
         self, body: bytes, peer: str | None, cert: bytes | None, oversized: bool
     ) -> bytes | None:
-        return await asyncio.to_thread(self.answer, body, peer, cert, oversized)
+        return await self.committer.submit(Frame(body, peer, cert, oversized))
 
     def _connection_principal(self, peer: str | None, cert: bytes | None) -> Principal | None:
         key = (peer, cert)
@@ -135,34 +139,50 @@ class Hl7Runtime:
         self, body: bytes, peer: str | None, cert: bytes | None, oversized: bool = False
     ) -> bytes | None:
         """The reply to one MLLP frame (a message or a batch); None when none is due."""
-        if oversized:
-            header, raw_header = loose_header(body)
-            ack = Ack(
-                "AR", APPLICATION_ERROR, Location("MSH"), "The message exceeds the maximum size."
-            )
-            return encode(make_ack(header, raw_header, ack), None)
-        connection = self._connection_principal(peer, cert)
-        try:
-            batch = split_batch_bytes(body)
-        except SalusError as exc:
-            header, raw_header = loose_header(body)
-            ack = Ack("AR", "100", Location("BTS", 1, 1), exc.message)
-            return encode(make_ack(header, raw_header, ack), None)
-        if not batch.is_envelope:
-            received = self.service.receive(body, peer=peer, connection=connection)
-            return self._reply(received)
-        acks = []
-        for raw in batch.raw_messages:
-            received = self.service.receive(raw, peer=peer, connection=connection)
-            acks.append(
+        return self.answer_many([Frame(body, peer, cert, oversized)])[0]
+
+    def answer_many(self, frames: Sequence[Frame]) -> list[bytes | None]:
+        """The replies to frames that arrived together: their messages are committed in
+        one transaction, then (sync mode) applied in order, then acknowledged."""
+        replies: list[bytes | None] = [None] * len(frames)
+        work: list[tuple[int, list[Prepared], bool]] = []  # (frame, messages, envelope)
+        for index, item in enumerate(frames):
+            if item.oversized:
+                header, raw_header = loose_header(item.body)
+                text = "The message exceeds the maximum size."
+                ack = Ack("AR", APPLICATION_ERROR, Location("MSH"), text)
+                replies[index] = encode(make_ack(header, raw_header, ack), None)
+                continue
+            connection = self._connection_principal(item.peer, item.cert)
+            try:
+                batch = split_batch_bytes(item.body)
+            except SalusError as exc:
+                header, raw_header = loose_header(item.body)
+                ack = Ack("AR", "100", Location("BTS", 1, 1), exc.message)
+                replies[index] = encode(make_ack(header, raw_header, ack), None)
+                continue
+            raws = batch.raw_messages if batch.is_envelope else [item.body]
+            prepared = [
+                self.service.prepare(raw, peer=item.peer, connection=connection) for raw in raws
+            ]
+            work.append((index, prepared, batch.is_envelope))
+        everything = [p for _, prepared, _ in work for p in prepared]
+        if not everything:
+            return replies
+        rows = iter(self.store.record_many([p.item for p in everything]))
+        for index, prepared, envelope in work:
+            received = [self.service.settle(p, *next(rows)) for p in prepared]
+            if not envelope:
+                replies[index] = self._reply(received[0])
+                continue
+            acks = [
                 make_ack(
-                    received.header,
-                    received.raw_header,
-                    received.ack,
-                    accept=bool(received.header and received.header.enhanced),
+                    r.header, r.raw_header, r.ack, accept=bool(r.header and r.header.enhanced)
                 )
-            )
-        return encode(batch_ack(acks), None)
+                for r in received
+            ]
+            replies[index] = encode(batch_ack(acks), None)
+        return replies
 
     def _reply(self, received: Received) -> bytes | None:
         if not wants_accept_ack(received.header, received.ack):
@@ -210,11 +230,13 @@ class Hl7Runtime:
         self._wake = asyncio.Event()
         self._applier = asyncio.create_task(self._applier_loop())
         if self.listener is not None:
+            self.committer.start()
             await self.listener.start()
 
     async def stop(self) -> None:
         if self.listener is not None:
             await self.listener.stop()
+            await asyncio.to_thread(self.committer.stop)
         if self._applier is not None:
             self._applier.cancel()
             with contextlib.suppress(asyncio.CancelledError):

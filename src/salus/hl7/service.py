@@ -20,6 +20,7 @@ The order of one inbound message (HL7 v2.8 2.9, ADR 9):
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import threading
 import time
@@ -27,12 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
 
 from salus.db.engine import Database
 from salus.errors import (
     Conflict,
     Forbidden,
+    InvalidInput,
     NotAuthenticated,
     NotSupported,
     SalusError,
@@ -41,16 +44,23 @@ from salus.errors import (
 from salus.fhir.searching import Searcher
 from salus.fhir.store import FhirStore
 from salus.hl7.ack import Ack
-from salus.hl7.errors import APPLICATION_ERROR, Location, hl7_code_of, hl7_error, location_of
+from salus.hl7.errors import (
+    APPLICATION_ERROR,
+    UNSUPPORTED_PROCESSING_ID,
+    Location,
+    hl7_code_of,
+    hl7_error,
+    location_of,
+)
 from salus.hl7.mapping import IGNORED, Context, Plan, plan_for, supported
 from salus.hl7.parse import Header, Message, loose_header, parse_message
 from salus.hl7.profiles import Profile, Profiles
-from salus.hl7.store import MessageStore, NewMessage
+from salus.hl7.store import MessageStore, NewMessage, Row
 from salus.security.directory import Directory
 from salus.security.policy import AccessRequest, Interaction, PolicyEngine
 from salus.security.principal import AuthMethod, Principal, Purpose
 
-__all__ = ["Hl7Service", "Received"]
+__all__ = ["Hl7Service", "Prepared", "Received"]
 
 log = logging.getLogger("salus.hl7")
 
@@ -69,10 +79,50 @@ class Received:
     charset: str | None = None
 
 
-def ack_of(row: RowMapping) -> Ack:
+@dataclass
+class Prepared:
+    """One message, read and identified, ready to commit (:meth:`Hl7Service.prepare`)."""
+
+    item: NewMessage
+    header: Header | None
+    raw_header: dict[int, str] = field(default_factory=dict)
+    message: Message | None = None
+    principal: Principal | None = None
+
+
+def ack_of(row: Row) -> Ack:
     """The stored outcome of a message (what a duplicate is answered)."""
     code = row["ack_code"] or "AA"
     return Ack(code, row["error_code"], Location.parse(row["error_location"]), row["error"])
+
+
+def _rejected(
+    raw: bytes,
+    source: str,
+    peer: str | None,
+    header: Header | None,
+    ack: Ack,
+    charset: str | None = None,
+) -> NewMessage:
+    """A refused message is kept too (nothing received is dropped), without a sender key."""
+    return NewMessage(
+        raw=raw,
+        source=source,
+        peer=peer,
+        sending_application=header.sending_application if header else None,
+        sending_facility=header.sending_facility if header else "",
+        control_id=header.control_id if header else None,
+        message_type=header.message_type if header else None,
+        version=header.version if header else None,
+        processing_id=header.processing_id if header else None,
+        charset=charset,
+        ack_mode="enhanced" if header and header.enhanced else "original",
+        state="rejected",
+        ack_code=ack.code,
+        error_code=ack.error_code,
+        error_location=str(ack.location) if ack.location else None,
+        error=ack.text,
+    )
 
 
 def _ack_for(exc: SalusError) -> Ack:
@@ -121,6 +171,7 @@ class Hl7Service:
         *,
         base_url: str,
         apply_sync: bool = True,
+        production: bool = False,
     ) -> None:
         self.db = db
         self.store = store
@@ -131,6 +182,11 @@ class Hl7Service:
         self.profiles = profiles
         self.base_url = base_url
         self.apply_sync = apply_sync
+        self.production = production
+        #: Bumped when a row is left for the applier; apply_earlier() skips its query
+        #: while nothing was left since it last found none (the first call always looks).
+        self._pending_epoch = 1
+        self._drained_epoch = 0
         #: Called after a message is committed and left for the background applier.
         self.on_pending: Callable[[], None] = lambda: None
         #: Called with (org profile, message, ack) when enhanced mode asks for an
@@ -193,24 +249,36 @@ class Hl7Service:
         connection: Principal | None = None,
     ) -> Received:
         """Store one message and (in synchronous mode) apply it; never raises SalusError."""
+        prepared = self.prepare(raw, source=source, peer=peer, connection=connection)
+        [(row, duplicate)] = self.store.record_many([prepared.item])
+        return self.settle(prepared, row, duplicate)
+
+    def prepare(
+        self,
+        raw: bytes,
+        *,
+        source: str = "mllp",
+        peer: str | None = None,
+        connection: Principal | None = None,
+    ) -> Prepared:
+        """Steps 1-3 (no I/O but the cached sender lookup): the row to commit."""
         try:
             message = parse_message(raw)
         except SalusError as exc:
             # A message that cannot be read is rejected, whatever the class says.
             header, raw_header = loose_header(raw)
             ack = Ack("AR", hl7_code_of(exc), location_of(exc), exc.message)
-            self._reject(raw, source, peer, header, None, ack)
-            return Received(ack, header, raw_header)
+            return Prepared(_rejected(raw, source, peer, header, ack), header, raw_header)
         header = message.header
         msh = message.require("MSH")
         raw_header = {n: msh.raw_field(n) for n in (3, 4, 5, 6)}
         try:
             principal = self.identify(header, connection, peer)
+            profile = self.profiles.for_org(principal.org_id)
+            self._check_processing_id(profile, header)
         except SalusError as exc:
-            ack = _ack_for(exc)
-            self._reject(raw, source, peer, header, None, ack, message.charset)
-            return Received(ack, header, raw_header, charset=message.charset)
-        profile = self.profiles.for_org(principal.org_id)
+            item = _rejected(raw, source, peer, header, _ack_for(exc), message.charset)
+            return Prepared(item, header, raw_header)
         if profile.fallback_charset != "8859/1" and not header.charsets:
             message = parse_message(raw, profile.fallback_charset)
         item = NewMessage(
@@ -238,51 +306,64 @@ class Hl7Service:
                 item.state, item.ack_code = "rejected", ack.code
                 item.error_code, item.error = ack.error_code, ack.text
                 item.error_location = str(ack.location) if ack.location else None
-        row, duplicate = self.store.record(item)
+        return Prepared(item, header, raw_header, message, principal)
+
+    def _check_processing_id(self, profile: Profile, header: Header) -> None:
+        """MSH-11 (HL7 v2.8 2.14.9.11, table 0103: P production, T training, D debugging):
+        refuse the processing ids the profile does not allow (AR, ERR 202 at MSH-11).
+
+        Without ``processing_ids`` in the profile, a production hub
+        (``SALUS_MODE=production``) takes ``P`` only and a development hub all.
+        """
+        allowed = profile.processing_ids
+        if allowed is None:
+            if not self.production:
+                return  # a development hub takes test and debugging feeds
+            allowed = ("P",)
+        if header.processing_id.strip().upper() not in allowed:
+            raise hl7_error(
+                InvalidInput("This processing id (MSH-11) is not accepted here."),
+                UNSUPPORTED_PROCESSING_ID,
+                Location("MSH", 1, 11),
+            )
+
+    def settle(self, prepared: Prepared, row: Row, duplicate: bool) -> Received:
+        """After the commit: step 5 in synchronous mode, and the outcome to acknowledge."""
+        header = prepared.header
+        charset = prepared.message.charset if prepared.message is not None else None
+        if prepared.message is None and prepared.item.charset:
+            charset = prepared.item.charset
         result = Received(
-            ack_of(row), header, raw_header, str(row["uid"]), duplicate, message.charset
+            ack_of(row), header, prepared.raw_header, str(row["uid"]), duplicate, charset
         )
         if duplicate or row["state"] != "received":
             return result
-        if self.apply_sync and not header.enhanced:
-            result.ack = self.apply(int(row["id"]), message=message, principal=principal)
+        if self.apply_sync and header is not None and not header.enhanced:
+            self.apply_earlier(int(row["id"]))
+            result.ack = self.apply(
+                int(row["id"]), message=prepared.message, principal=prepared.principal
+            )
         else:
+            with self._lock:
+                self._pending_epoch += 1
             self.on_pending()
         return result
 
-    def _reject(
-        self,
-        raw: bytes,
-        source: str,
-        peer: str | None,
-        header: Header | None,
-        principal: Principal | None,
-        ack: Ack,
-        charset: str | None = None,
-    ) -> None:
-        """Keep a refused message too (nothing received is dropped), without a sender key."""
-        self.store.record(
-            NewMessage(
-                raw=raw,
-                source=source,
-                peer=peer,
-                org_id=principal.org_id if principal else None,
-                client_id=principal.client_id if principal else None,
-                sending_application=header.sending_application if header else None,
-                sending_facility=header.sending_facility if header else "",
-                control_id=header.control_id if header else None,
-                message_type=header.message_type if header else None,
-                version=header.version if header else None,
-                processing_id=header.processing_id if header else None,
-                charset=charset,
-                ack_mode="enhanced" if header and header.enhanced else "original",
-                state="rejected",
-                ack_code=ack.code,
-                error_code=ack.error_code,
-                error_location=str(ack.location) if ack.location else None,
-                error=ack.text,
-            )
-        )
+    def apply_earlier(self, message_id: int) -> None:
+        """Apply messages committed before ``message_id`` and not applied yet (left by a
+        crash, or by enhanced mode) first, so a feed's messages apply in arrival order."""
+        while True:
+            with self._lock:
+                epoch = self._pending_epoch
+            if epoch == self._drained_epoch:
+                return
+            ids = self.store.pending(100, before_id=message_id)
+            for earlier in ids:
+                self.apply(earlier)
+            if len(ids) < 100:
+                with self._lock:
+                    self._drained_epoch = epoch
+                return
 
     # -- applying ----------------------------------------------------------------------
     def apply(
@@ -338,8 +419,36 @@ class Hl7Service:
                 only_states=("received",),
             )
 
+    def _lock_identities(self, conn: Connection, plan: Plan, org_id: str) -> None:
+        """Serialize find-or-create of the same identifiers (PostgreSQL).
+
+        Two messages about one patient applied at once (two connections, or a
+        resend and the recovery sweep) would each find nothing and create it
+        twice under READ COMMITTED. A transaction-scoped advisory lock per
+        (organization, type, search), taken in sorted order before the first
+        search, makes the second wait for the first's commit; each statement
+        after it sees that commit. SQLite needs none: BEGIN IMMEDIATE already
+        serializes writers.
+        """
+        if self.db.is_sqlite:
+            return
+        keys = sorted(
+            {
+                f"{org_id}|{step.res_type}|{sorted(step.match)}"
+                for step in plan.steps
+                if step.match is not None
+            }
+        )
+        for key in keys:
+            digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+            conn.execute(
+                text("SELECT pg_advisory_xact_lock(:k)"),
+                {"k": int.from_bytes(digest, "big", signed=True)},
+            )
+
     def _run(self, conn: Connection, plan: Plan, principal: Principal) -> list[str]:
         """Run a plan's steps through the FHIR store, under the feed's access policy."""
+        self._lock_identities(conn, plan, principal.org_id)
         refs: dict[str, str] = {}
         bodies: dict[str, Resource] = {}
         written: list[str] = []

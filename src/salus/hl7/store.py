@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,7 +29,10 @@ from salus.errors import NotFound
 from salus.storage.blobstore import RewrapReport
 from salus.storage.envelope import ValueSealer
 
-__all__ = ["MessageStore", "NewMessage"]
+__all__ = ["MessageStore", "NewMessage", "Row"]
+
+#: A stored row: read back, or (just inserted) the values written.
+Row = Mapping[Any, Any]
 
 #: Columns listed by ``salus hl7 list`` and the API (no body).
 SUMMARY = [c for c in hl7_messages.c if c.name != "body"]
@@ -61,6 +64,11 @@ def _clip(value: str | None, size: int) -> str | None:
     return value[:size] if value is not None else None
 
 
+def _keyed(item: NewMessage) -> bool:
+    """Whether duplicate detection applies (a known sender and an MSH-10)."""
+    return item.org_id is not None and bool(item.control_id)
+
+
 class MessageStore:
     def __init__(self, db: Database, sealer: ValueSealer | None) -> None:
         self.db = db
@@ -78,16 +86,10 @@ class MessageStore:
             return self.sealer.open(sealed, f"hl7:{row['uid']}".encode())
         return sealed
 
-    def record(self, item: NewMessage) -> tuple[RowMapping, bool]:
-        """Commit a received message; returns (row, duplicate).
-
-        With a known sender and MSH-10, an earlier row with the same
-        organization, facility and control id is returned instead (and
-        ``duplicate`` is True); nothing new is written then.
-        """
+    def _values(self, item: NewMessage) -> dict[str, Any]:
         now = utcnow()
         uid = str(uuid.uuid4())
-        values: dict[str, Any] = {
+        return {
             "uid": uid,
             "received_at": now,
             "updated_at": now,
@@ -114,28 +116,86 @@ class MessageStore:
             "resources": None,
             "attempts": 0,
         }
-        keyed = item.org_id is not None and bool(item.control_id)
-        for _ in range(2):
-            try:
-                with self.db.write() as conn:
-                    if keyed:
-                        found = self._by_key(conn, item)
-                        if found is not None:
-                            return found, True
-                    new_id = conn.execute(
-                        insert(hl7_messages).values(**values).returning(hl7_messages.c.id)
-                    ).scalar_one()
-                    row = self._get(conn, int(new_id))
-                return row, False
-            except IntegrityError:
-                if not keyed:
-                    raise
-                continue  # a concurrent insert of the same key won: read it
-        with self.db.read() as conn:
-            found = self._by_key(conn, item)
-        if found is None:  # pragma: no cover - the unique key guarantees it
-            raise NotFound("The message store lost a duplicate.")
-        return found, True
+
+    def record(self, item: NewMessage) -> tuple[Row, bool]:
+        """Commit one received message; returns (row, duplicate) (see :meth:`record_many`)."""
+        [result] = self.record_many([item])
+        return result
+
+    def record_many(self, items: Sequence[NewMessage]) -> list[tuple[Row, bool]]:
+        """Commit messages that arrived together in one transaction (group commit);
+        returns (row, duplicate) for each, in order.
+
+        With a known sender and MSH-10, an earlier row with the same
+        organization, facility and control id is returned instead (and
+        ``duplicate`` is True); nothing new is written for it. Rows are
+        sealed before the transaction starts, so it holds the write lock
+        only for the inserts.
+        """
+        values = [self._values(item) for item in items]
+        try:
+            with self.db.write() as conn:
+                return self._insert(conn, items, values)
+        except IntegrityError:
+            if len(items) == 1 and not _keyed(items[0]):
+                raise
+        # A concurrent writer (another process, an import) stored one of these keys
+        # between our check and our insert: redo them one by one, reading theirs.
+        out = []
+        for item, value in zip(items, values, strict=True):
+            for _ in range(2):
+                try:
+                    with self.db.write() as conn:
+                        out += self._insert(conn, [item], [value])
+                    break
+                except IntegrityError:
+                    if not _keyed(item):
+                        raise
+            else:  # pragma: no cover - the unique key guarantees a row to read
+                raise NotFound("The message store lost a duplicate.")
+        return out
+
+    def _insert(
+        self, conn: Connection, items: Sequence[NewMessage], values: Sequence[dict[str, Any]]
+    ) -> list[tuple[Row, bool]]:
+        out: list[tuple[Row | None, bool]] = []
+        fresh: list[dict[str, Any]] = []
+        seen: dict[tuple[str | None, str, str | None], int] = {}
+        for item, value in zip(items, values, strict=True):
+            if _keyed(item):
+                key = (value["org_id"], value["sending_facility"], value["control_id"])
+                if key in seen:  # the same message twice in one batch
+                    out.append((None, True))
+                    continue
+                found = self._by_key(conn, item)
+                if found is not None:
+                    out.append((found, True))
+                    continue
+                seen[key] = len(out)
+            out.append((None, False))
+            fresh.append(value)
+        if fresh:
+            ids = conn.execute(
+                insert(hl7_messages).returning(hl7_messages.c.id, sort_by_parameter_order=True),
+                fresh,
+            ).scalars().all()
+            for value, new_id in zip(fresh, ids, strict=True):
+                value["id"] = int(new_id)
+        rows: list[tuple[Row, bool]] = []
+        fresh_iter = iter(fresh)
+        by_key: dict[tuple[str | None, str, str | None], Row] = {}
+        for (stored, duplicate), value in zip(out, values, strict=True):
+            key = (value["org_id"], value["sending_facility"], value["control_id"])
+            row: Row
+            if stored is not None:
+                row = stored
+            elif not duplicate:
+                row = dict(next(fresh_iter))
+                by_key[key] = row
+            else:
+                row = by_key[key]
+            rows.append((row, duplicate))
+        return rows
 
     def _by_key(self, conn: Connection, item: NewMessage) -> RowMapping | None:
         return (
@@ -207,11 +267,15 @@ class MessageStore:
             values["attempts"] = hl7_messages.c.attempts + 1
         return bool(conn.execute(query.values(**values)).rowcount)
 
-    def pending(self, limit: int = 100, before: datetime | None = None) -> list[int]:
+    def pending(
+        self, limit: int = 100, before: datetime | None = None, before_id: int | None = None
+    ) -> list[int]:
         """Ids of messages committed but not applied yet, oldest first."""
         query = select(hl7_messages.c.id).where(hl7_messages.c.state == "received")
         if before is not None:
             query = query.where(hl7_messages.c.received_at < before)
+        if before_id is not None:
+            query = query.where(hl7_messages.c.id < before_id)
         with self.db.read() as conn:
             rows = conn.execute(query.order_by(hl7_messages.c.id).limit(limit)).scalars()
             return [int(i) for i in rows]

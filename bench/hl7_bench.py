@@ -1,0 +1,481 @@
+"""HL7 v2 over MLLP end to end: a real ``salus serve`` process on loopback.
+
+For each backend (SQLite in a temporary data folder; PostgreSQL too when
+``SALUS_BENCH_DATABASE_URL`` is set, its ``public`` schema dropped and made
+again before every server start) and each ``SALUS_HL7_APPLY`` mode (``sync``:
+the ACK follows the FHIR mapping; ``async``: it follows the commit of the raw
+message, and a background applier maps), the benchmark
+
+* starts ``python -m salus --data-dir DIR serve`` with the MLLP listener on a
+  free port (jobs off, log level WARNING) and an HL7 profiles file that maps
+  facility ``BENCH`` to a ``hospital_integration`` client of ``bench-hosp``,
+* then streams pre-built messages over ``--connections`` (1 and 8) MLLP
+  connections, one thread and socket each, every message waiting for its ACK
+  (AA, or it counts as an error) before the next is sent on that connection:
+
+  1. ADT: a mix of A01 (a new Patient and Encounter; half of them for a
+     Patient already known) and A08 (an update of a known Patient), 50/50;
+  2. ORU R01: one OBR with 5 numeric OBX per message (a DiagnosticReport and
+     5 Observations) for a known Patient.
+
+  Rates are messages acknowledged per second: every acknowledged message is
+  committed (SQLite ``synchronous=FULL``, PostgreSQL's default
+  ``synchronous_commit``). In ``async`` mode the benchmark then waits until
+  the applier has mapped every message and reports that rate too ("applied").
+
+The parse-only floor is measured in the same run, in this process, on one
+core: python-hl7's ``parse`` of each message and its ``create_ack``, no I/O.
+CPU time is accounted as in ``fhir_bench.py``: the load generator (this
+process), the server, PostgreSQL and the whole machine.
+
+Run from the repository root in the project's virtualenv::
+
+    python bench/hl7_bench.py [--messages 3000] [--backends sqlite,postgresql]
+                              [--modes sync,async] [--json out.json] [--profile DIR]
+
+``--profile DIR`` runs ``py-spy record`` on the server (all threads, idle
+ones left out) during every phase; it perturbs the figures.
+PostgreSQL: ``SALUS_BENCH_DATABASE_URL=postgresql://salus:salus@127.0.0.1:5432/salus_bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import hl7
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fhir_bench import (  # noqa: E402 - the shared benchmark helpers
+    Cpu,
+    CpuMeter,
+    environment,
+    free_port,
+    postgres_version,
+    quantile,
+    reset_postgres,
+    sqlite_version,
+)
+
+ORG = "bench-hosp"
+CLIENT_ID = "bench-feed"
+FACILITY = "BENCH"
+START, END = b"\x0b", b"\x1c\x0d"
+TARGET = 1000.0  # ADT messages/s stored and acknowledged (issue 6)
+PROFILES = f"""
+[org.{ORG}]
+client = "{CLIENT_ID}"
+facilities = ["{FACILITY}"]
+mrn_authorities = ["{FACILITY}"]
+timezone = "Asia/Ho_Chi_Minh"
+"""
+FAMILIES = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Huỳnh", "Phan", "Vũ", "Võ", "Đặng"]
+GIVEN = ["Văn^An", "Thị^Bình", "Minh^Châu", "Quốc^Dũng", "Thu^Hà", "Ngọc^Lan"]
+LABS = [("2345-7", "Glucose", "mg/dL", "70-99"), ("2160-0", "Creatinine", "mg/dL", "0.6-1.2"),
+        ("718-7", "Hemoglobin", "g/dL", "12-16"), ("2951-2", "Sodium", "mmol/L", "135-145"),
+        ("2823-3", "Potassium", "mmol/L", "3.5-5.1")]  # fmt: skip
+
+
+# -- messages --------------------------------------------------------------------------------
+class Messages:
+    """Builds ADT and ORU messages; remembers the MRNs the server has seen."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.run = f"{seed % 10_000:04d}{int(time.time()) % 100_000:05d}"
+        self.counter = itertools.count(1)
+        self.known: list[str] = []  # MRNs sent in an earlier phase
+
+    def _msh(self, mtype: str) -> str:
+        control = f"B{self.run}-{next(self.counter)}"
+        when = time.strftime("%Y%m%d%H%M%S")
+        return f"MSH|^~\\&|HIS|{FACILITY}|SALUS|SALUS|{when}||{mtype}|{control}|P|2.5.1"
+
+    def _pid(self, mrn: str) -> str:
+        rng = self.rng
+        birth = f"{rng.randrange(1930, 2020)}{rng.randrange(1, 13):02d}{rng.randrange(1, 29):02d}"
+        return (f"PID|1||{mrn}^^^{FACILITY}^MR||{rng.choice(FAMILIES)}^{rng.choice(GIVEN)}||"
+                f"{birth}|{rng.choice('MF')}|||{rng.randrange(1, 500)} Lê Lợi^^Huế^^^VN^H")
+
+    def adt(self, n: int) -> list[bytes]:
+        out: list[bytes] = []
+        fresh: list[str] = []
+        for _ in range(n):
+            rng = self.rng
+            pool = self.known + fresh
+            if rng.random() < 0.5 or not pool:
+                event = "A01"
+                if pool and rng.random() < 0.5:
+                    mrn = rng.choice(pool)
+                else:
+                    mrn = f"M{self.run}-{next(self.counter)}"
+                    fresh.append(mrn)
+            else:
+                event, mrn = "A08", rng.choice(pool)
+            visit = f"V{self.run}-{next(self.counter)}"
+            segments = [
+                self._msh(f"ADT^{event}^ADT_A01"),
+                f"EVN|{event}|{time.strftime('%Y%m%d%H%M%S')}",
+                self._pid(mrn),
+                f"PV1|1|I|W{rng.randrange(1, 9)}^R{rng.randrange(1, 40)}^B1|||||||||||||||"
+                f"{visit}|||||||||||||||||||||||||{time.strftime('%Y%m%d%H%M%S')}",
+            ]
+            out.append(("\r".join(segments) + "\r").encode())
+        self.known += fresh
+        return out
+
+    def oru(self, n: int) -> list[bytes]:
+        out: list[bytes] = []
+        for _ in range(n):
+            rng = self.rng
+            mrn = rng.choice(self.known)
+            order = f"F{self.run}-{next(self.counter)}"
+            segments = [self._msh("ORU^R01^ORU_R01"), self._pid(mrn),
+                        f"OBR|1||{order}|24323-8^Metabolic panel^LN|||20240101083000|||||||||||||||"
+                        "20240101090000|||F"]
+            for i, (code, name, unit, ref) in enumerate(LABS, 1):
+                value = round(rng.uniform(0.5, 150), 1)
+                segments.append(f"OBX|{i}|NM|{code}^{name}^LN||{value}|{unit}^^UCUM|{ref}|N|||F")
+            out.append(("\r".join(segments) + "\r").encode())
+        return out
+
+
+def parse_floor(messages: Sequence[bytes]) -> float:
+    """Messages per second that python-hl7 parses and acknowledges on one core (no I/O)."""
+    began = time.perf_counter()
+    for raw in messages:
+        message = hl7.parse(raw.decode("utf-8"))
+        str(message.create_ack("AA", application="SALUS", facility="SALUS"))
+    return len(messages) / (time.perf_counter() - began)
+
+
+# -- the server ------------------------------------------------------------------------------
+class Server:
+    def __init__(self, label: str, data_dir: Path, database_url: str | None, apply: str) -> None:
+        self.label = label.lower()
+        self.data_dir = data_dir
+        self.database_url = database_url
+        self.http_port, self.mllp_port = free_port(), free_port()
+        profiles = data_dir / "hl7-profiles.toml"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        profiles.write_text(PROFILES)
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("SALUS_")},
+            "SALUS_LOG_LEVEL": "WARNING",
+            "SALUS_JOBS_ENABLED": "false",
+            "SALUS_MLLP_ENABLED": "true",
+            "SALUS_MLLP_PORT": str(self.mllp_port),
+            "SALUS_HL7_PROFILES_FILE": str(profiles),
+            "SALUS_HL7_APPLY": apply,
+        }
+        if database_url:
+            self.env["SALUS_DATABASE_URL"] = database_url
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "salus", "--data-dir", str(self.data_dir), *args],
+            env=self.env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"salus {' '.join(args)} failed: {done.stderr or done.stdout}")
+        return done.stdout
+
+    def start(self) -> None:
+        self.cli("init")
+        self.cli("org", "create", ORG, "--name", "Bệnh viện Bench", "--kind", "hospital")
+        self.cli("client", "create", CLIENT_ID, "--org", ORG, "--role", "hospital_integration")
+        log = (self.data_dir / "server.log").open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "salus", "--data-dir", str(self.data_dir), "serve",
+             "--port", str(self.http_port)],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"salus serve exited: {self.log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.mllp_port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError("the MLLP listener did not open in 60 s")
+
+    def pending(self) -> int:
+        """Messages committed but not applied yet (read from the database directly)."""
+        query = "SELECT count(*) FROM hl7_messages WHERE state = 'received'"
+        if self.database_url:
+            import psycopg
+
+            with psycopg.connect(self.database_url) as conn:
+                row = conn.execute(query).fetchone()
+        else:
+            import sqlite3
+
+            with sqlite3.connect(self.data_dir / "salus.db", timeout=30) as conn:
+                row = conn.execute(query).fetchone()
+        return int(row[0]) if row else 0
+
+    def log_tail(self) -> str:
+        path = self.data_dir / "server.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+# -- load ------------------------------------------------------------------------------------
+@dataclass
+class Phase:
+    name: str
+    messages: int
+    wall_s: float
+    cpu: Cpu
+    latencies_ms: list[float] = field(repr=False, default_factory=list)
+    errors: int = 0
+    first_error: str = ""
+    applied_s: float | None = None  # async mode: until the last message was mapped
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def applied_rate(self) -> float | None:
+        return self.messages / self.applied_s if self.applied_s else None
+
+
+def _ack_code(reply: bytes) -> str:
+    for segment in reply.split(b"\r"):
+        if segment.startswith(b"MSA|"):
+            return segment[4:6].decode()
+    return "?"
+
+
+def stream(server: Server, meter: CpuMeter, name: str, messages: Sequence[bytes],
+           connections: int, profile_dir: Path | None, wait_applied: bool) -> Phase:
+    """Send ``messages`` over ``connections`` sockets, each waiting for its ACKs."""
+    shares = [list(messages[i::connections]) for i in range(connections)]
+    latencies: list[list[float]] = [[] for _ in range(connections)]
+    errors: list[str] = []
+    ready = threading.Barrier(connections + 1)
+
+    def worker(slot: int) -> None:
+        with socket.create_connection(("127.0.0.1", server.mllp_port), timeout=120) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            mine, buffer, clock = latencies[slot], b"", time.perf_counter
+            ready.wait()
+            for raw in shares[slot]:
+                began = clock()
+                sock.sendall(START + raw + END)
+                while END not in buffer:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        errors.append("the server closed the connection")
+                        return
+                    buffer += chunk
+                reply, buffer = buffer.split(END, 1)
+                mine.append((clock() - began) * 1000)
+                if _ack_code(reply) != "AA":
+                    errors.append(reply[:300].decode("utf-8", "replace"))
+
+    pool = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(connections)]
+    for thread in pool:
+        thread.start()
+    spy = _profiler(server, name, profile_dir)
+    ready.wait()
+    start = meter.sample()
+    for thread in pool:
+        thread.join()
+    end = meter.sample()
+    applied_s = None
+    if wait_applied:
+        while server.pending():
+            time.sleep(0.05)
+        applied_s = time.perf_counter() - start.wall
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
+    phase = Phase(name, len(messages) - len(errors), end.wall - start.wall,
+                  CpuMeter.since(start, end), [x for lat in latencies for x in lat],
+                  len(errors), errors[0] if errors else "", applied_s)
+    report_phase(phase)
+    return phase
+
+
+def _profiler(server: Server, name: str,
+              profile_dir: Path | None) -> subprocess.Popen[bytes] | None:
+    spy = shutil.which("py-spy")
+    if profile_dir is None or spy is None:
+        return None
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    slug = "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
+    process = subprocess.Popen(
+        [spy, "record", "--pid", str(server.pid), "--format", "raw", "--rate", "200",
+         "--nonblocking", "--subprocesses", "--output",
+         str(profile_dir / f"{server.label}-{slug}.txt")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    return process
+
+
+def report_phase(phase: Phase) -> None:
+    cpu = phase.cpu
+    note = f", {phase.errors} errors: {phase.first_error[:300]!r}" if phase.errors else ""
+    applied = (f"; applied after {phase.applied_s:.1f} s = {phase.applied_rate:,.0f}/s"
+               if phase.applied_rate else "")
+    print(f"  {phase.name}: {phase.messages:,} in {phase.wall_s:.1f} s = {phase.rate:,.0f}/s "
+          f"ACKed{applied}; latency p50 {quantile(phase.latencies_ms, 0.5):.1f} ms p95 "
+          f"{quantile(phase.latencies_ms, 0.95):.1f} ms; CPU cores bench {cpu.bench:.2f} server "
+          f"{cpu.server:.2f} postgres {cpu.postgres:.2f} others {cpu.others:.2f} machine "
+          f"{cpu.machine_busy:.0%}{note}", flush=True)
+
+
+# -- driver ----------------------------------------------------------------------------------
+@dataclass
+class Result:
+    backend: str
+    version: str
+    mode: str
+    floor_adt: float = 0.0
+    floor_oru: float = 0.0
+    phases: dict[str, Phase] = field(default_factory=dict)
+
+
+def run(backend: str, url: str | None, mode: str, args: argparse.Namespace) -> Result:
+    work = Path(tempfile.mkdtemp(prefix=f"salus-hl7-bench-{backend.lower()}-{mode}-"))
+    if url:
+        reset_postgres(url)
+    server = Server(backend, work, url, mode)
+    print(f"\n== {backend}, SALUS_HL7_APPLY={mode} ({work}) ==", flush=True)
+    try:
+        server.start()
+        version = postgres_version(url) if url else f"SQLite {sqlite_version()}"
+        meter = CpuMeter(server.pid, with_postgres=url is not None)
+        data = Messages(args.seed)
+        result = Result(backend, version, mode)
+        waiting = mode == "async"
+        # Warm up (patients the ORU phases refer to; connections, caches).
+        stream(server, meter, "warm-up", data.adt(200), 2, None, waiting)
+        for connections in args.connections:
+            adt = data.adt(args.messages)
+            result.floor_adt = max(result.floor_adt, parse_floor(adt))
+            key = f"adt-{connections}"
+            result.phases[key] = stream(server, meter, f"ADT A01/A08, {connections} conn.", adt,
+                                        connections, args.profile, waiting)
+        for connections in args.connections:
+            oru = data.oru(max(args.messages // 2, 100))
+            result.floor_oru = max(result.floor_oru, parse_floor(oru))
+            key = f"oru-{connections}"
+            result.phases[key] = stream(server, meter, f"ORU R01 (5 OBX), {connections} conn.",
+                                        oru, connections, args.profile, waiting)
+        print(f"  parse-only floor (python-hl7 parse + create_ack, 1 core): ADT "
+              f"{result.floor_adt:,.0f}/s, ORU {result.floor_oru:,.0f}/s", flush=True)
+        return result
+    except BaseException:
+        print(server.log_tail(), file=sys.stderr)
+        raise
+    finally:
+        server.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def render(results: list[Result]) -> str:
+    lines = [
+        "| backend | apply | measure | ACKed msg/s | applied msg/s | p50 / p95 ms | "
+        "parse-only floor | CPU cores: bench / server / PostgreSQL / others | target |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        for key, phase in r.phases.items():
+            floor = r.floor_adt if key.startswith("adt") else r.floor_oru
+            c = phase.cpu
+            applied = f"{phase.applied_rate:,.0f}" if phase.applied_rate else "(= ACKed)"
+            target = "—"
+            if key.startswith("adt"):
+                met = "met" if phase.rate >= TARGET else f"**not met** ({phase.rate / TARGET:.0%})"
+                target = f"≥ {TARGET:,.0f}: {met}"
+            errors = f" ({phase.errors} errors)" if phase.errors else ""
+            p50, p95 = quantile(phase.latencies_ms, 0.5), quantile(phase.latencies_ms, 0.95)
+            lines.append(
+                f"| {r.backend} | {r.mode} | {phase.name} | {phase.rate:,.0f}{errors} | "
+                f"{applied} | {p50:.1f} / {p95:.1f} | {floor:,.0f} | {c.bench:.2f} / "
+                f"{c.server:.2f} / {c.postgres:.2f} / {c.others:.2f} | {target} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else "")
+    parser.add_argument("--messages", type=int, default=3000, help="ADT messages per phase")
+    parser.add_argument("--connections", default="1,8")
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--modes", default="sync,async")
+    parser.add_argument("--seed", type=int, default=20261124)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary data folders")
+    parser.add_argument("--profile", type=Path, metavar="DIR")
+    args = parser.parse_args(argv)
+    args.connections = [int(c) for c in str(args.connections).split(",") if c.strip()]
+
+    env = environment()
+    env["python-hl7"] = hl7.__version__ if hasattr(hl7, "__version__") else "?"
+    print("Salus HL7 benchmark: " + ", ".join(f"{k} {v}" for k, v in env.items()), flush=True)
+    pg_url = os.environ.get("SALUS_BENCH_DATABASE_URL")
+    results: list[Result] = []
+    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+            if backend == "sqlite":
+                results.append(run("SQLite", None, mode, args))
+            elif backend == "postgresql":
+                if not pg_url:
+                    print("\nPostgreSQL skipped: SALUS_BENCH_DATABASE_URL is not set.")
+                    break
+                results.append(run("PostgreSQL", pg_url, mode, args))
+            else:
+                parser.error(f"unknown backend {backend!r}")
+    print()
+    for r in {(r.backend, r.version) for r in results}:
+        print(f"{r[0]}: {r[1]}")
+    print(render(results))
+    if args.json:
+        args.json.write_text(json.dumps({
+            "environment": env, "args": {k: str(v) for k, v in vars(args).items()},
+            "results": [{**{k: v for k, v in asdict(r).items() if k != "phases"},
+                         "phases": {k: {"name": p.name, "messages": p.messages, "wall_s": p.wall_s,
+                                        "rate": p.rate, "applied_rate": p.applied_rate,
+                                        "p50_ms": quantile(p.latencies_ms, 0.5),
+                                        "p95_ms": quantile(p.latencies_ms, 0.95),
+                                        "cpu": asdict(p.cpu), "errors": p.errors,
+                                        "first_error": p.first_error}
+                                    for k, p in r.phases.items()}}
+                        for r in results]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
