@@ -19,7 +19,7 @@ the median round is reported with the min and max:
    each request with its own identifier value (``MRN-round-thread-n``);
 2. ``POST /fhir/Observation`` one by one, each referring to a random existing
    Patient (ids taken with ``GET /fhir/Patient?_count=500&_elements=id``,
-   following the ``next`` links, up to ``--max-ids`` (30,000), into a file the
+   following the ``next`` links, up to ``--max-ids`` (20,000), into a file the
    Lua script reads; taken again after the Patient Bundles for 3-5);
 3. transaction Bundles (FHIR ``http.html#transaction``) of 100 new Patients,
    then of 100 Observations referring to existing Patients; 20 distinct
@@ -46,8 +46,10 @@ issue's targets: at least twice Medplum on every write figure, transaction
 Bundles at least 2,000 resources/s, reads at least 1,200 requests/s.
 
 How to run (repository root, in the project's virtualenv; ``/usr/bin/wrk``
-from the Debian package ``wrk``; about 6-7 minutes for both backends with the
-defaults)::
+from the Debian package ``wrk``). With the defaults a run takes about 7-8
+minutes for both backends: 36 rounds of 10 s, plus per backend some 20 s to
+start the server (CLI calls) and the id searches; ``--seconds 7`` brings it to
+about 6::
 
     SALUS_BENCH_DATABASE_URL=postgresql://salus:salus@127.0.0.1:5432/salus_bench \\
         python bench/fhir_load_bench.py [--backends sqlite,postgresql] [--seconds 10]
@@ -76,6 +78,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -426,8 +429,10 @@ class Wrk:
         files: dict[str, list[str]],
         per_request: int = 1,
         rounds: int | None = None,
+        into: PhaseResult | None = None,
     ) -> tuple[PhaseResult, list[list[int]]]:
-        """``--rounds`` rounds of one phase; also returns, per round, ``used`` per thread."""
+        """``--rounds`` rounds of one phase (added to ``into`` when given); also returns,
+        per round, ``used`` per wrk thread (the update script's count of ids taken)."""
         token = self.server.token()
         lua = LUA_COMMON.replace("@TOKEN@", token).replace("@MARK@", MARK) + LUA_PHASE[script]
         path = self.folder / f"{key}.lua"
@@ -437,7 +442,8 @@ class Wrk:
             target = self.folder / f"{key}-{label}.txt"
             target.write_text("\n".join(files.get(label, [])) + "\n")
             paths.append(str(target))
-        result = PhaseResult(key, name, "res/s" if key.startswith(("post", "bundle")) else "req/s")
+        unit = "res/s" if key.startswith(("post", "bundle")) else "req/s"
+        result = into if into is not None else PhaseResult(key, name, unit)
         used: list[list[int]] = []
         for _ in range(rounds or self.args.rounds):
             self.round_no += 1
@@ -518,31 +524,43 @@ class Wrk:
 
 
 # -- data ------------------------------------------------------------------------------------
-def patient_ids(server: Server, limit: int) -> list[str]:
-    """Patient ids: ``GET /fhir/Patient?_count=500&_elements=id`` and its next links.
+def patient_ids(
+    server: Server, limit: int, have: Sequence[str] = (), since: datetime | None = None
+) -> list[str]:
+    """``have`` and more Patient ids: ``GET /fhir/Patient?_count=500&_elements=id``, its
+    ``next`` links (search.html#count), and ``_lastUpdated=ge`` ``since`` when given.
 
-    Stops past ``limit`` ids (0: no limit): every page costs the server a read of 500
-    Patients, and reads, references and updates need no more than a sample.
+    Stops past ``limit`` ids in all (0: no limit): every page costs the server a read of
+    500 Patients, and reads, references and updates need no more than a sample.
     """
     began = time.perf_counter()
-    ids: list[str] = []
+    ids, known = list(have), set(have)
     headers = {"Authorization": f"Bearer {server.token()}", "Accept": "application/fhir+json"}
     url: str | None = f"{server.base}/fhir/Patient?_count=500&_elements=id"
+    if since is not None:
+        url += f"&_lastUpdated=ge{since.strftime('%Y-%m-%dT%H:%M:%SZ')}"
     with httpx.Client(headers=headers, timeout=120) as http:
         while url and (limit <= 0 or len(ids) < limit):
             response = http.get(url)
             response.raise_for_status()
             bundle = response.json()
-            ids.extend(e["resource"]["id"] for e in bundle.get("entry", []))
+            for entry in bundle.get("entry", []):
+                if entry["resource"]["id"] not in known:
+                    known.add(entry["resource"]["id"])
+                    ids.append(entry["resource"]["id"])
             url = next(
                 (link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"),
                 None,
             )
-    more = " (the first; --max-ids)" if url else ""
-    print(f"  {len(ids):,} Patient ids{more} in {time.perf_counter() - began:.1f} s", flush=True)
+    more = " (--max-ids reached)" if url else ""
+    print(
+        f"  {len(ids):,} Patient ids{more}, {len(ids) - len(have):,} new, in "
+        f"{time.perf_counter() - began:.1f} s",
+        flush=True,
+    )
     if not ids:
         raise RuntimeError("no Patient found: the create phase stored nothing")
-    return ids
+    return ids[:limit] if limit > 0 else ids
 
 
 def patient_template(data: Data, with_id: bool) -> str:
@@ -578,7 +596,7 @@ def run_backend(name: str, url: str | None, binary: str, args: argparse.Namespac
     print(f"\n== {name} ({work}) ==", flush=True)
     try:
         server.start()
-        version = postgres_version(url) if url else f"SQLite {sqlite_version()}"
+        version = postgres_version(url) if url else sqlite_version()
         result = BackendResult(name, version)
         wrk = Wrk(
             binary,
@@ -595,6 +613,7 @@ def run_backend(name: str, url: str | None, binary: str, args: argparse.Namespac
             "post_patient", "POST Patient", "post_patient", {"bodies": templates}
         )
         ids = patient_ids(server, args.max_ids)
+        since = datetime.now(UTC) - timedelta(seconds=2)  # ids of the Bundles: only the new
         templates = [observation_template(data) for _ in range(40)]
         phases["post_observation"], _ = wrk.run(
             "post_observation",
@@ -613,7 +632,7 @@ def run_backend(name: str, url: str | None, binary: str, args: argparse.Namespac
             {"bodies": bundles},
             BUNDLE_SIZE,
         )
-        ids = patient_ids(server, args.max_ids)
+        ids = patient_ids(server, args.max_ids, ids, since)
         bundles = [
             encode(
                 transaction(
@@ -639,10 +658,9 @@ def run_backend(name: str, url: str | None, binary: str, args: argparse.Namespac
         templates = [patient_template(data, True) for _ in range(40)]
         update = PhaseResult("update", "update Patient by id (PUT)", "req/s")
         for _ in range(args.rounds):  # one round at a time: each gets Patients not yet updated
-            one, used = wrk.run(
-                "update", update.name, "update", {"bodies": templates, "ids": fresh}, rounds=1
+            _, used = wrk.run(
+                "update", update.name, "update", {"bodies": templates, "ids": fresh}, 1, 1, update
             )
-            update.rounds += one.rounds
             fresh = drop_used(fresh, used[0], args.threads)
         phases["update"] = update
         wrapped = sum(r.wrapped for r in update.rounds)
@@ -698,7 +716,7 @@ def render(result: BackendResult, args: argparse.Namespace) -> str:
     c = args.connections
     lines = [
         f"### {result.backend} {result.version}: wrk, {c} connections, {args.threads} threads, "
-        f"{args.rounds} rounds of {args.seconds} s per phase",
+        f"{args.rounds} × {args.seconds} s per phase",
         "",
         "| measure | Salus, median (min-max) | Medplum | Salus ÷ Medplum | target | met? |",
         "|---|---:|---:|---:|---:|---|",
@@ -781,8 +799,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--max-ids",
         type=int,
-        default=30_000,
-        help="Patient ids to fetch for reads, references and updates (default 30,000; 0: all)",
+        default=20_000,
+        help="Patient ids to fetch for reads, references and updates (default 20,000; 0: all)",
     )
     parser.add_argument("--seed", type=int, default=20261123)
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
