@@ -147,6 +147,10 @@ class Settings(BaseModel):
     hl7_profiles_file: Path | None = None
     hl7_apply: Literal["sync", "async"] = "sync"
 
+    # -- FHIR ------------------------------------------------------------------------
+    fhir_enforce_profiles: bool = False
+    fhir_import_max_bytes: int = Field(default=4 * 1024 * 1024 * 1024, ge=1024)
+
     # -- derived values ------------------------------------------------------------
     def database_url_value(self) -> str:
         """The SQLAlchemy URL; SQLite under the data folder by default."""

@@ -133,7 +133,7 @@ class FhirApp:
     they skip FastAPI's router and middleware stack (which cost more than a
     read by id): the app dispatches here first (:meth:`handles`), with the
     same error handlers, gzip and request context. Bulk Data ``$export``
-    routes stay on FastAPI.
+    and ``$import`` routes stay on FastAPI.
     """
 
     def __init__(self, api: FastAPI) -> None:
@@ -143,7 +143,11 @@ class FhirApp:
     @staticmethod
     def handles(scope: Scope) -> bool:
         path: str = scope["path"]
-        return (path == "/fhir" or path.startswith("/fhir/")) and "$export" not in path
+        return (
+            (path == "/fhir" or path.startswith("/fhir/"))
+            and "$export" not in path
+            and "$import" not in path
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         for name, value in scope["headers"]:

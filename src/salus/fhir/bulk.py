@@ -584,5 +584,9 @@ class BulkExporter:
 
 
 def register_bulk_jobs(services: Services, exporter: BulkExporter | None = None) -> None:
-    """Register the export job handler (kind :data:`EXPORT_JOB`) with ``services``."""
+    """Register the export job handler (kind :data:`EXPORT_JOB`) with ``services``,
+    and the bulk import job (:mod:`salus.fhir.importjob`)."""
     services.job_handlers.register(EXPORT_JOB, (exporter or BulkExporter(services)).run)
+    from salus.fhir.importjob import register_import_jobs
+
+    register_import_jobs(services)

@@ -21,6 +21,7 @@ from salus import __version__, dicom, hl7
 from salus.config import Settings
 from salus.fhir.asgi import FhirApp
 from salus.fhir.bulk_routes import install_bulk_routes
+from salus.fhir.import_routes import install_import_routes
 from salus.jobs import Worker
 from salus.metrics import Metrics
 from salus.server.admin_routes import install_admin_routes
@@ -137,4 +138,5 @@ def create_app(
     dicom.install_routes(api)
     hl7.install_routes(api)
     install_bulk_routes(api)  # the rest of /fhir is FhirApp (SalusApp dispatches to it)
+    install_import_routes(api)
     return SalusApp(api, metrics, settings)
