@@ -585,8 +585,11 @@ class BulkExporter:
 
 def register_bulk_jobs(services: Services, exporter: BulkExporter | None = None) -> None:
     """Register the export job handler (kind :data:`EXPORT_JOB`) with ``services``,
-    and the bulk import job (:mod:`salus.fhir.importjob`)."""
+    the bulk import job (:mod:`salus.fhir.importjob`) and the profile registry
+    (:mod:`salus.fhir.profile_registry`)."""
     services.job_handlers.register(EXPORT_JOB, (exporter or BulkExporter(services)).run)
     from salus.fhir.importjob import register_import_jobs
+    from salus.fhir.profile_registry import install_profiles
 
     register_import_jobs(services)
+    install_profiles(services)  # $validate with a profile, meta.profile enforcement

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from salus.audit.events import AuditEvent
@@ -44,6 +44,9 @@ from salus.fhir.rest import (
 from salus.fhir.searching import Searcher, merge_form
 from salus.fhir.store import FhirStore, Stored, new_id
 from salus.security.policy import AccessRequest, Decision, Interaction, PolicyEngine
+
+if TYPE_CHECKING:
+    from salus.fhir.profile_registry import ProfileRegistry
 
 __all__ = ["FhirRequest", "FhirResponse", "FhirRouter", "parse_json_body"]
 
@@ -80,6 +83,8 @@ class FhirRouter:
         self.searcher = searcher
         self.pseudonymizer = pseudonymizer
         self.capabilities = capabilities
+        #: Profiles stored on the server, for $validate (set by install_profiles).
+        self.profiles: ProfileRegistry | None = None
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = [
             ("GET", re.compile(r"metadata"), self._metadata),
             ("GET", re.compile(r"AuditEvent"), self._audit_search),
@@ -396,11 +401,16 @@ class FhirRouter:
         return matches
 
     def _validate(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
-        """resource-operation-validate: never stores anything."""
+        """resource-operation-validate: never stores anything; ``profile`` (query or
+        Parameters) names a StructureDefinition stored on the server."""
         res_type = match["type"]
         self._decide(request, res_type, Interaction.READ)
         outcome = validate_operation(
-            res_type, parse_json_body(request.body), request.param("profile"), request.param("mode")
+            res_type,
+            parse_json_body(request.body),
+            request.param("profile"),
+            request.param("mode"),
+            self.profiles,
         )
         return FhirResponse(200, outcome)
 
