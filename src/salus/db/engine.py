@@ -129,6 +129,18 @@ class Database:
         with self.engine.connect() as conn, conn.begin():
             yield conn
 
+    @contextmanager
+    def read_once(self) -> Iterator[Connection]:
+        """A connection for one read statement: on PostgreSQL in autocommit mode
+        (a single statement sees one snapshot; no BEGIN and COMMIT round trips),
+        on SQLite a read transaction as :meth:`read` gives."""
+        if self.is_sqlite:
+            with self.read() as conn:
+                yield conn
+        else:
+            with self.engine.connect() as conn:
+                yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
     def check(self) -> None:
         """Raise :class:`Unavailable` if the database cannot answer."""
         try:
@@ -189,7 +201,11 @@ def _postgres_engine(url: URL, pool_size: int, schema: str | None, echo: bool) -
         echo=echo,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No ping before each checkout (a round trip on every transaction):
+        # a connection found dead is invalidated with the whole pool, and that
+        # request is answered 503 (server.errors); the next ones reconnect.
+        pool_pre_ping=False,
+        pool_recycle=1800,
         connect_args=connect_args,
     )
 

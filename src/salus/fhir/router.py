@@ -215,7 +215,7 @@ class FhirRouter:
         decision = self._decide(request, res_type, Interaction.READ)
         if decision.deidentify:
             raise Forbidden("De-identified access searches; it does not read by id.")
-        with self.db.read() as conn:
+        with self.db.read_once() as conn:
             stored = self.store.read(conn, decision.require(), res_type, res_id)
         response = self._with_headers(stored, request, 200, stored.resource)
         response.audit.append(
@@ -230,7 +230,7 @@ class FhirRouter:
         decision = self._decide(request, res_type, Interaction.READ)
         if decision.deidentify:
             raise Forbidden("De-identified access searches; it does not read by id.")
-        with self.db.read() as conn:
+        with self.db.read_once() as conn:
             stored = self.store.vread(conn, decision.require(), res_type, res_id, vid)
         response = self._with_headers(stored, request, 200, stored.resource)
         response.audit.append(
@@ -419,7 +419,7 @@ class FhirRouter:
         decision = self._decide(request, res_type, Interaction.READ)
         if decision.deidentify:
             raise Forbidden("De-identified access does not read by id.")
-        with self.db.read() as conn:
+        with self.db.read_once() as conn:
             stored = self.store.read(conn, decision.require(), res_type, res_id)
         response = FhirResponse(200, meta_parameters(stored))
         response.audit.append(

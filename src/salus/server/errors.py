@@ -105,8 +105,22 @@ async def _request_validation_error(request: Request, exc: Exception) -> Respons
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    if _database_unreachable(exc):
+        log.error("database unreachable", exc_info=exc)
+        return error_response(
+            errors.Unavailable("The database is not reachable; retry later."), request.url.path
+        )
     log.error("unexpected error", exc_info=exc)
     return error_response(errors.SalusError(), request.url.path)
+
+
+def _database_unreachable(exc: BaseException) -> bool:
+    """A lost or refused database connection (not a bug): 503, not 500."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError)
 
 
 _HANDLERS: dict[Any, Any] = {
