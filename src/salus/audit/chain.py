@@ -126,7 +126,7 @@ class AuditLog:
             row = event.row(seq=seq, recorded_at=recorded_at, prev_hash=prev_hash)
             rows.append(row)
             prev_hash = row["hash"]
-        conn.execute(_INSERT_EVENTS, rows)
+        conn.execute(_INSERT_EVENTS, rows[0] if len(rows) == 1 else rows)
         moved = conn.execute(
             _MOVE_HEAD, {"h_id": HEAD_ID, "h_old": head.seq, "h_seq": seq, "h_hash": prev_hash}
         )

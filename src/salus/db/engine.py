@@ -196,7 +196,7 @@ def _postgres_engine(url: URL, pool_size: int, schema: str | None, echo: bool) -
     connect_args: dict[str, Any] = {"connect_timeout": 10}
     if schema is not None:
         connect_args["options"] = f"-csearch_path={schema}"
-    return create_engine(
+    engine = create_engine(
         url,
         echo=echo,
         pool_size=pool_size,
@@ -208,6 +208,7 @@ def _postgres_engine(url: URL, pool_size: int, schema: str | None, echo: bool) -
         pool_recycle=1800,
         connect_args=connect_args,
     )
+    return engine
 
 
 def create_database(

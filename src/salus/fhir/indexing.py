@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Table, delete, insert
 from sqlalchemy.engine import Connection
 
+from salus.db.bulkcopy import copy_insert
 from salus.db.tables import (
     fhir_idx_composite,
     fhir_idx_date,
@@ -201,8 +202,7 @@ class Indexer:
     def insert_rows(conn: Connection, grouped: Mapping[Table, list[dict[str, Any]]]) -> None:
         """Insert index rows made by :meth:`rows` (one statement per table)."""
         for table, rows in grouped.items():
-            if rows:
-                conn.execute(_INSERTS[table.name], rows)
+            copy_insert(conn, table, rows)
 
     def clear(self, conn: Connection, rid: int) -> None:
         for table in INDEX_TABLES:

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from salus.audit.chain import AuditLog
 from salus.audit.events import AuditEvent
+from salus.db.bulkcopy import COPY_MIN_ROWS, copy_insert, next_ids
 from salus.db.tables import fhir_history, fhir_resources
 from salus.db.types import utcnow
 from salus.errors import (
@@ -48,6 +49,9 @@ from salus.storage.envelope import ValueSealer
 __all__ = ["FhirStore", "Stored", "check_id", "new_id"]
 
 _INSERT_RESOURCE = insert(fhir_resources)
+_INSERT_RESOURCE_RIDS = _INSERT_RESOURCE.returning(
+    fhir_resources.c.rid, sort_by_parameter_order=True
+)
 _INSERT_HISTORY = insert(fhir_history)
 
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -394,20 +398,20 @@ class FhirStore:
             ).first()
             if existing is not None:
                 raise Conflict("A resource with this id already exists.")
-        rids = [
-            int(r)
-            for r in conn.execute(
-                _INSERT_RESOURCE.returning(fhir_resources.c.rid, sort_by_parameter_order=True),
-                batch.rows,
-            ).scalars()
+        if conn.dialect.name == "postgresql" and len(batch.rows) >= COPY_MIN_ROWS:
+            rids = next_ids(conn, fhir_resources, "rid", len(batch.rows))
+            copy_insert(
+                conn,
+                fhir_resources,
+                [{**row, "rid": rid} for row, rid in zip(batch.rows, rids, strict=True)],
+            )
+        else:
+            rows = batch.rows[0] if len(batch.rows) == 1 else batch.rows
+            rids = [int(r) for r in conn.execute(_INSERT_RESOURCE_RIDS, rows).scalars()]
+        history = [
+            {**row, "rid": rid, "method": "POST"} for row, rid in zip(batch.rows, rids, strict=True)
         ]
-        conn.execute(
-            _INSERT_HISTORY,
-            [
-                {**row, "rid": rid, "method": "POST"}
-                for row, rid in zip(batch.rows, rids, strict=True)
-            ],
-        )
+        copy_insert(conn, fhir_history, history)
         grouped: dict[Table, list[dict[str, Any]]] = {}
         for rid, tables in zip(rids, batch.index_rows, strict=True):
             for table, values in tables.items():
