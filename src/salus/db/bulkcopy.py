@@ -19,13 +19,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, insert, text
+from sqlalchemy import Insert, Table, insert, text
 from sqlalchemy.engine import Connection
 
 __all__ = ["COPY_MIN_ROWS", "copy_insert", "next_ids"]
 
 #: Fewer rows than this go as an ordinary insert (COPY has a fixed cost).
 COPY_MIN_ROWS = 16
+
+_INSERTS: dict[Table, Insert] = {}
 
 
 def copy_insert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -35,7 +37,10 @@ def copy_insert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]
     columns = list(rows[0])
     uniform = all(len(row) == len(columns) for row in rows)
     if conn.dialect.name != "postgresql" or len(rows) < COPY_MIN_ROWS or not uniform:
-        conn.execute(insert(table), rows[0] if len(rows) == 1 else list(rows))
+        statement = _INSERTS.get(table)
+        if statement is None:  # built once per table: building costs more than running
+            statement = _INSERTS[table] = insert(table)
+        conn.execute(statement, rows[0] if len(rows) == 1 else list(rows))
         return
     quoted = ", ".join(f'"{name}"' for name in columns)
     driver = conn.connection.driver_connection
