@@ -105,9 +105,9 @@ def sample(name: str) -> bytes:
 
 def dataset_bytes(part10: bytes) -> bytes:
     """The data set part of a Part-10 file (after the File Meta Information)."""
-    from salus.dicom.parse import _dataset_offset
+    from salus.dicom.parse import dataset_offset
 
-    return part10[_dataset_offset(part10) :]
+    return part10[dataset_offset(part10) :]
 
 
 def read(name: str) -> Dataset:
@@ -117,14 +117,16 @@ def read(name: str) -> Dataset:
 class StoreSCP:
     """A pynetdicom Storage SCP on loopback that keeps the raw data sets it receives."""
 
-    def __init__(self) -> None:
+    def __init__(self, syntaxes: list[str] | None = None) -> None:
+        """``syntaxes``: the transfer syntaxes accepted (default: all, explicit first)."""
         self.received: dict[str, bytes] = {}
+        self.syntaxes: dict[str, str] = {}
         self.ae = AE(ae_title=STORE_AE)
         from salus.dicom.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 
         explicit_first = sorted(TRANSFER_SYNTAXES, key=lambda ts: ts != "1.2.840.10008.1.2.1")
         for sop_class in STORAGE_SOP_CLASSES:
-            self.ae.add_supported_context(sop_class, explicit_first)
+            self.ae.add_supported_context(sop_class, syntaxes or explicit_first)
         self.server = self.ae.start_server(
             ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
         )
@@ -132,7 +134,9 @@ class StoreSCP:
         self.port = int(self.server.server_address[1])
 
     def _on_store(self, event: Any) -> int:
-        self.received[str(event.request.AffectedSOPInstanceUID)] = event.request.DataSet.getvalue()
+        sop = str(event.request.AffectedSOPInstanceUID)
+        self.received[sop] = event.request.DataSet.getvalue()
+        self.syntaxes[sop] = str(event.context.transfer_syntax)
         return 0x0000
 
     def stop(self) -> None:

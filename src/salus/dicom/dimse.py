@@ -16,9 +16,12 @@ through the archive (policy engine, audit). An error raised by the archive
 becomes the DIMSE status of its class (:mod:`salus.errors`); anything else
 becomes 0xC000/0xC001 and is logged without data; the association carries on.
 
-Retrieval sends the stored data set bytes unchanged when the negotiated
-transfer syntax is the stored one (:func:`_encode_raw`), otherwise pydicom
-re-encodes it (native syntaxes only; compressed ones are not transcoded).
+Retrieval sends the stored data set bytes unchanged when the peer accepted
+the stored transfer syntax (:func:`_encode_raw`); otherwise the instance is
+converted to a native syntax the peer accepted (:func:`outgoing_instance`:
+decompressed, inflated or byte-swapped, never re-compressed), and a peer that
+accepts neither gets a failed sub-operation. C-MOVE sub-associations offer
+each stored syntax in a context of its own, plus the native ones.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +46,9 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 from salus.dicom.archive import DicomArchive
 from salus.dicom.matching import KEYS, Level, QueryValue
-from salus.dicom.parse import part10_from_dimse
+from salus.dicom.parse import dataset_offset, part10_from_dimse
 from salus.dicom.query import InstanceRef, Match
+from salus.dicom.transcode import NATIVE, NotConvertible, to_native
 from salus.errors import NotAuthenticated, SalusError
 from salus.security.principal import Principal
 from salus.thirdparty import quiet_pynetdicom
@@ -55,7 +60,13 @@ if TYPE_CHECKING:
 
     from salus.services import Services
 
-__all__ = ["DimseListener", "RawInstance", "identifier_values"]
+__all__ = [
+    "DimseListener",
+    "RawInstance",
+    "accepted_syntaxes",
+    "identifier_values",
+    "outgoing_instance",
+]
 
 log = logging.getLogger("salus.dicom.dimse")
 
@@ -411,25 +422,29 @@ class DimseListener:
                 self.archive.record_refusal(principal, operation, exc.message)
             raise
 
-    def _send(self, event: Event, refs: list[InstanceRef]) -> Iterator[tuple[int, Dataset | None]]:
+    def _send(
+        self, event: Event, refs: list[InstanceRef], store_assoc: Callable[[], Association | None]
+    ) -> Iterator[tuple[int, Dataset | None]]:
+        """Pending responses, each with the instance to send by C-STORE on
+        ``store_assoc()`` (the C-GET association or the C-MOVE sub-association)."""
         for ref in refs:
             if event.is_cancelled:
                 yield _CANCEL, None
                 return
             try:
-                data = self.archive.read(ref)
+                outgoing = outgoing_instance(ref, self.archive.read(ref), store_assoc())
             except Exception as exc:
-                log.error("C-GET/C-MOVE could not read a stored instance: %s", type(exc).__name__)
-                yield _PENDING, Dataset()  # counted as a failed sub-operation
+                log.warning("C-GET/C-MOVE cannot send a stored instance: %s", type(exc).__name__)
+                yield _PENDING, _unsendable(ref)
                 continue
-            yield _PENDING, RawInstance(ref, data)
+            yield _PENDING, outgoing
 
     def _on_get(self, event: Event) -> Iterator[Any]:
         """PS3.4 C.4.3: C-STORE sub-operations on the same association. A refusal
         or bad identifier ends the C-GET with a failure status (0xC4xx)."""
         refs = self._refs(event, "C-GET")
         yield len(refs)
-        yield from self._send(event, refs)
+        yield from self._send(event, refs, lambda: event.assoc)
 
     def _on_move(self, event: Event) -> Iterator[Any]:
         """PS3.4 C.4.2: C-STORE sub-operations on a new association to a configured
@@ -446,28 +461,87 @@ class DimseListener:
             refs = self._refs(event, "C-MOVE")
         except Exception as exc:
             error = exc
-        yield host, int(port), {"contexts": _contexts_for(refs) or None}
+        opened: list[Association] = []
+
+        def on_open(sub: Event) -> None:  # the sub-association: TCP_NODELAY, remembered
+            self._on_connect(sub)
+            opened.append(sub.assoc)
+
+        yield (
+            host,
+            int(port),
+            {
+                "contexts": _contexts_for(refs) or None,
+                "evt_handlers": [(evt.EVT_CONN_OPEN, on_open)],
+            },
+        )
         if error is not None:
             raise error
         yield len(refs)
-        yield from self._send(event, refs)
+        yield from self._send(event, refs, lambda: opened[-1] if opened else None)
+
+
+def _unsendable(ref: InstanceRef) -> Dataset:
+    """A data set pynetdicom cannot send (no File Meta): its C-STORE sub-operation
+    fails and the SOP Instance UID goes into FailedSOPInstanceUIDList (PS3.4 C.4.2.1.4)."""
+    ds = Dataset()
+    ds.SOPClassUID = UID(ref.sop_class_uid)
+    ds.SOPInstanceUID = UID(ref.sop_instance_uid)
+    return ds
 
 
 def _contexts_for(refs: list[InstanceRef]) -> list[PresentationContext]:
-    """Presentation contexts of a C-MOVE sub-association: one per SOP class (at most
-    128, PS3.8 9.3.2.2), offering each stored transfer syntax and the native ones."""
-    by_class: dict[str, list[str]] = {}
+    """Presentation contexts of a C-MOVE sub-association (at most 128, PS3.8
+    9.3.2.2): one per SOP class and stored transfer syntax, offering only that
+    syntax (so that a destination cannot pick one syntax for a class whose
+    instances are stored in several), then one per SOP class with the native
+    syntaxes, for the instances whose stored syntax the destination refuses."""
+    pairs: list[tuple[str, str]] = []
     for ref in refs:
-        syntaxes = by_class.setdefault(ref.sop_class_uid, [])
-        if ref.transfer_syntax_uid not in syntaxes:
-            syntaxes.append(ref.transfer_syntax_uid)
-    contexts = []
-    for sop_class, syntaxes in list(by_class.items())[:128]:
-        for native in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2"):
-            if native not in syntaxes:
-                syntaxes.append(native)
-        contexts.append(build_context(sop_class, syntaxes))
-    return contexts
+        pair = (ref.sop_class_uid, ref.transfer_syntax_uid)
+        if pair not in pairs:
+            pairs.append(pair)
+    classes = list(dict.fromkeys(sop_class for sop_class, _ts in pairs))[:64]
+    native = [build_context(sop_class, list(NATIVE)) for sop_class in classes]
+    exact = [build_context(sop_class, [ts]) for sop_class, ts in pairs if sop_class in classes]
+    return exact[: 128 - len(native)] + native
+
+
+def accepted_syntaxes(assoc: Association | None) -> dict[str, list[str]]:
+    """The transfer syntaxes accepted per SOP class for Salus as the Storage SCU."""
+    accepted: dict[str, list[str]] = {}
+    if assoc is None:
+        return accepted
+    for cx in assoc.accepted_contexts:
+        if cx.as_scu and cx.transfer_syntax:
+            accepted.setdefault(str(cx.abstract_syntax), []).append(str(cx.transfer_syntax[0]))
+    return accepted
+
+
+def outgoing_instance(
+    ref: InstanceRef, part10: bytes | bytearray, assoc: Association | None
+) -> RawInstance:
+    """What to send for ``ref``: the stored bytes when the peer accepted the stored
+    transfer syntax for its SOP class, otherwise the instance converted to a native
+    syntax the peer accepted (:func:`salus.dicom.transcode.to_native`: compressed
+    pixel data decoded, deflate inflated, big endian swapped; never re-compressed).
+    :class:`~salus.dicom.transcode.NotConvertible` when neither is possible."""
+    syntaxes = accepted_syntaxes(assoc)
+    offered = syntaxes.get(ref.sop_class_uid)
+    if assoc is None or offered is None or ref.transfer_syntax_uid in offered:
+        return RawInstance(ref, part10)
+    # pynetdicom converts between the two little endian native syntaxes itself.
+    if ref.transfer_syntax_uid in NATIVE and any(ts in NATIVE for ts in offered):
+        return RawInstance(ref, part10)
+    target = next((ts for ts in NATIVE if ts in offered), None)
+    if target is None:
+        raise NotConvertible()
+    converted = to_native(part10, ref.transfer_syntax_uid, target)
+    log.info("C-STORE sub-operation converted (%s to %s)", ref.transfer_syntax_uid, target)
+    return RawInstance(
+        replace(ref, transfer_syntax_uid=target, dataset_offset=dataset_offset(converted)),
+        converted,
+    )
 
 
 class _KnownAETitles(list[str]):

@@ -38,6 +38,7 @@ __all__ = [
     "Unreadable",
     "bulkdata_uri",
     "dataset_json",
+    "dataset_offset",
     "norm_pn",
     "parse_part10",
     "part10_from_dimse",
@@ -210,7 +211,7 @@ def part10_from_dimse(
     return buffer.getvalue()
 
 
-def _dataset_offset(data: bytes) -> int:
+def dataset_offset(data: bytes) -> int:
     """Where the data set starts: after the preamble and the group 0002 elements
     (explicit VR little endian, PS3.10 7.1)."""
     if data[128:132] != b"DICM":
@@ -254,7 +255,7 @@ def _check_pixel_data(ds: Dataset, ts: str) -> None:
 
 def parse_part10(data: bytes) -> ParsedInstance:
     """Read a Part-10 file for the index; :class:`InvalidInput` when it cannot be kept."""
-    offset = _dataset_offset(data)
+    offset = dataset_offset(data)
     try:
         ds = dcmread(BytesIO(data), force=False)
         # Touch every top-level element now, so a truncated or malformed file fails
