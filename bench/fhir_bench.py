@@ -238,12 +238,30 @@ def location_id(location: str) -> str:
 
 
 # -- CPU accounting ------------------------------------------------------------------------
-def _proc_cpu(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+def _tree_cpu(root: int) -> float:
+    """CPU seconds of ``root`` and its live descendants (``salus serve`` runs its
+    workers as child processes), reaped children included (cutime, cstime)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        times[pid] = sum(int(v) for v in fields[11:15]) / CLK_TCK  # utime stime cutime cstime
+    total = 0.0
+    for pid, cpu in times.items():
+        node = pid
+        while node > 1:
+            if node == root:
+                total += cpu
+                break
+            node = parents.get(node, 0)
+    return total
 
 
 def _postgres_cpu() -> dict[int, float]:
@@ -299,7 +317,7 @@ class CpuMeter:
 
     def sample(self) -> Sample:
         busy, total = _machine()
-        return Sample(time.perf_counter(), time.process_time(), _proc_cpu(self.server_pid),
+        return Sample(time.perf_counter(), time.process_time(), _tree_cpu(self.server_pid),
                       _postgres_cpu() if self.with_postgres else {}, busy, total)
 
     @staticmethod

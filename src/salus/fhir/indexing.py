@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, delete, insert
+from sqlalchemy import Table, bindparam, delete, insert
 from sqlalchemy.engine import Connection
 
 from salus.db.bulkcopy import copy_insert
@@ -40,6 +40,7 @@ INDEX_TABLES: tuple[Table, ...] = (
     fhir_idx_uri,
 )
 _INSERTS = {table.name: insert(table) for table in INDEX_TABLES}
+_DELETES = [delete(table).where(table.c.rid == bindparam("rid_")) for table in INDEX_TABLES]
 _TEXT = 255
 _URL = 1024
 
@@ -185,8 +186,7 @@ class Indexer:
         """Index the resource's current version (``fresh``: it has no rows yet)."""
         if not fresh:
             self.clear(conn, rid)
-        for table, rows in self.rows(rid, res_type, resource).items():
-            conn.execute(_INSERTS[table.name], rows)
+        self.insert_rows(conn, self.rows(rid, res_type, resource))
 
     def insert_many(
         self, conn: Connection, items: Sequence[tuple[int, str, Mapping[str, Any]]]
@@ -205,5 +205,5 @@ class Indexer:
             copy_insert(conn, table, rows)
 
     def clear(self, conn: Connection, rid: int) -> None:
-        for table in INDEX_TABLES:
-            conn.execute(delete(table).where(table.c.rid == rid))
+        for statement in _DELETES:
+            conn.execute(statement, {"rid_": rid})

@@ -49,6 +49,7 @@ from salus.storage.envelope import ValueSealer
 __all__ = ["FhirStore", "Stored", "check_id", "new_id"]
 
 _INSERT_RESOURCE = insert(fhir_resources)
+_UPDATE_RESOURCE = update(fhir_resources).where(fhir_resources.c.rid == bindparam("rid_"))
 _INSERT_RESOURCE_RIDS = _INSERT_RESOURCE.returning(
     fhir_resources.c.rid, sort_by_parameter_order=True
 )
@@ -235,17 +236,14 @@ class FhirStore:
         if rid is None:
             rid = int(
                 conn.execute(
-                    insert(fhir_resources)
-                    .values(res_type=res_type, res_id=res_id, **values)
-                    .returning(fhir_resources.c.rid)
+                    _INSERT_RESOURCE_RIDS, {"res_type": res_type, "res_id": res_id, **values}
                 ).scalar_one()
             )
         else:
-            conn.execute(update(fhir_resources).where(fhir_resources.c.rid == rid).values(**values))
+            conn.execute(_UPDATE_RESOURCE, {"rid_": rid, **values})
         conn.execute(
-            insert(fhir_history).values(
-                rid=rid, res_type=res_type, res_id=res_id, method=method, **values
-            )
+            _INSERT_HISTORY,
+            {"rid": rid, "res_type": res_type, "res_id": res_id, "method": method, **values},
         )
         self.indexer.replace(conn, rid, res_type, body, fresh=fresh)
         self._audit(
