@@ -13,9 +13,9 @@ Supported (R4): every parameter type but composite; prefixes
 precision rules of search.html (the index holds each value as an interval);
 modifiers ``:missing`` (all), ``:exact`` ``:contains`` (string), ``:not``
 ``:text`` (token), ``:[type]`` and ``:identifier``-free references, ``:below``
-``:above`` (uri); ``_id``, ``_lastUpdated``; one level of chaining and of
-``_has``; ``_sort`` on ``_id``, ``_lastUpdated`` and string/date/token/number
-parameters.
+``:above`` (uri); ``_id``, ``_lastUpdated``; chaining and ``_has``, nested
+up to :data:`MAX_CHAIN_DEPTH` levels; ``_sort`` on ``_id``, ``_lastUpdated``
+and string/date/token/number parameters.
 """
 
 from __future__ import annotations
@@ -86,12 +86,29 @@ _TABLES: dict[str, Table] = {
     "uri": fhir_idx_uri,
 }
 R = fhir_resources
-#: Aliases for one level of chaining and of _has; made once, so that the policy
+#: How deep chains and ``_has`` may nest (``subject:Patient.organization.name``
+#: is two levels); each level has its own aliases.
+MAX_CHAIN_DEPTH = 3
+#: Aliases per level of chaining and of _has; made once, so that the policy
 #: filter's cached SQL shapes stay few.
-CHAIN_TARGET = fhir_resources.alias("chained")
-CHAIN_REF = fhir_idx_reference.alias("chain_ref")
-HAS_SOURCE = fhir_resources.alias("has_source")
-HAS_REF = fhir_idx_reference.alias("has_ref")
+CHAIN_TARGET = [fhir_resources.alias(f"chained{n}") for n in range(1, MAX_CHAIN_DEPTH + 1)]
+CHAIN_REF = [fhir_idx_reference.alias(f"chain_ref{n}") for n in range(1, MAX_CHAIN_DEPTH + 1)]
+HAS_SOURCE = [fhir_resources.alias(f"has_source{n}") for n in range(1, MAX_CHAIN_DEPTH + 1)]
+HAS_REF = [fhir_idx_reference.alias(f"has_ref{n}") for n in range(1, MAX_CHAIN_DEPTH + 1)]
+#: The nesting level of each alias of fhir_resources (the searched table is 0).
+_DEPTH: dict[Any, int] = {
+    R: 0,
+    **{alias: n for n, alias in enumerate(CHAIN_TARGET, 1)},
+    **{alias: n for n, alias in enumerate(HAS_SOURCE, 1)},
+}
+
+
+def _next_level(resource: FromClause, what: str) -> int:
+    """The index (0-based) of the aliases one level below ``resource``."""
+    depth = _DEPTH.get(resource, MAX_CHAIN_DEPTH)
+    if depth >= MAX_CHAIN_DEPTH:
+        raise InvalidInput(f"{what} may nest at most {MAX_CHAIN_DEPTH} levels.")
+    return depth
 
 
 def split_or(value: str) -> list[str]:
@@ -466,11 +483,10 @@ class SearchPlan:
                 f"Chain through '{definition.code}' needs a type "
                 f"('{definition.code}:Type.{chain}')."
             )
-        if resource is not R:
-            raise InvalidInput("Only one level of chaining is supported.")
-        target = CHAIN_TARGET
+        level = _next_level(resource, "Chains")
+        target = CHAIN_TARGET[level]
         inner = self.condition(targets[0], chain, value, target)
-        ref = CHAIN_REF
+        ref = CHAIN_REF[level]
         matching = select(target.c.res_id).where(
             target.c.res_type == targets[0],
             target.c.deleted.is_(False),
@@ -489,17 +505,16 @@ class SearchPlan:
     def _has(
         self, res_type: str, name: str, value: str, resource: FromClause
     ) -> ColumnElement[bool]:
-        parts = name.split(":")
+        parts = name.split(":", 3)  # the last part may be a _has or carry a modifier
         if len(parts) != 4:
             raise InvalidInput("_has is _has:Type:reference-param:search-param.")
         _, other_type, ref_param, search_param = parts
         definition = self.lookup(other_type, ref_param)
         if definition is None or definition.type != "reference":
             raise InvalidInput(f"'{ref_param}' is not a reference parameter of {other_type}.")
-        if resource is not R:
-            raise InvalidInput("Only one level of _has is supported.")
-        other = HAS_SOURCE
-        ref = HAS_REF
+        level = _next_level(resource, "_has")
+        other = HAS_SOURCE[level]
+        ref = HAS_REF[level]
         inner = self.condition(other_type, search_param, value, other)
         return exists(
             select(other.c.rid).where(
