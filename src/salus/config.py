@@ -120,6 +120,7 @@ class Settings(BaseModel):
     dicom_patient_conflict: Literal["update", "keep", "reject"] = "update"
     dicom_stable_seconds: float = Field(default=60.0, ge=0)
     dicom_fhir_sync: bool = True
+    dicom_blob_sweep_seconds: float = Field(default=3600.0, ge=0)
     dicomweb_qido_max_results: int = Field(default=1000, ge=1, le=100_000)
 
     @field_validator("dicom_move_destinations", mode="before")

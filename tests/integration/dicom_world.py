@@ -114,6 +114,16 @@ def read(name: str) -> Dataset:
     return dcmread(DATA / name)
 
 
+def nodelay(event: Any) -> None:
+    """EVT_CONN_OPEN handler: TCP_NODELAY on a pynetdicom socket (PEERS.md: without
+    it every exchange waits for the 40 ms delayed ACK on loopback)."""
+    import socket
+
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class StoreSCP:
     """A pynetdicom Storage SCP on loopback that keeps the raw data sets it receives."""
 
@@ -128,7 +138,9 @@ class StoreSCP:
         for sop_class in STORAGE_SOP_CLASSES:
             self.ae.add_supported_context(sop_class, syntaxes or explicit_first)
         self.server = self.ae.start_server(
-            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+            ("127.0.0.1", 0),
+            block=False,
+            evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_OPEN, nodelay)],
         )
         assert self.server is not None
         self.port = int(self.server.server_address[1])

@@ -36,6 +36,10 @@ def install(services: Services) -> None:
         services.value_sealer(),
     )
     register_jobs(services)
+    if settings.jobs_enabled and settings.dicom_blob_sweep_seconds > 0:
+        from salus.dicom.sweep import BlobSweepScheduler
+
+        services.listeners.append(BlobSweepScheduler(services))
     if settings.dicom_enabled:
         from salus.dicom.dimse import DimseListener
 

@@ -46,7 +46,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 from salus.dicom.archive import DicomArchive
 from salus.dicom.matching import KEYS, Level, QueryValue
-from salus.dicom.parse import dataset_offset, part10_from_dimse
+from salus.dicom.parse import NEWER_TRANSFER_SYNTAXES, dataset_offset, part10_from_dimse
 from salus.dicom.query import InstanceRef, Match
 from salus.dicom.transcode import NATIVE, NotConvertible, to_native
 from salus.errors import NotAuthenticated, SalusError
@@ -77,8 +77,10 @@ _NATIVE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")
 #: Accepted in this order of preference (pynetdicom takes the acceptor's order):
 #: a compressed or deflated syntax the sender proposes means it holds the data
 #: that way, so accepting it keeps the bytes as they are; native syntaxes last.
-TRANSFER_SYNTAXES = [str(uid) for uid in AllTransferSyntaxes if str(uid) not in _NATIVE] + list(
-    _NATIVE
+TRANSFER_SYNTAXES = (
+    [str(uid) for uid in AllTransferSyntaxes if str(uid) not in _NATIVE]
+    + [uid for uid in NEWER_TRANSFER_SYNTAXES if uid not in AllTransferSyntaxes]
+    + list(_NATIVE)
 )
 VERIFICATION = "1.2.840.10008.1.1"
 #: PS3.4 C.6.1.3 Patient Root and C.6.2.3 Study Root Query/Retrieve SOP classes.

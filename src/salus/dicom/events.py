@@ -12,6 +12,8 @@ Kinds (payloads are UIDs and the organization, never patient data):
 * ``dicom.imagingstudy-sync`` ``{study, org[, fhir_id]}``: bring the study's FHIR
   ImagingStudy up to date (see :mod:`salus.dicom.fhirlink`); one is queued per
   burst of changes (the study's ``fhir_sync_pending`` flag).
+* ``dicom.blob-sweep`` ``{candidates}``: the periodic sweep of orphan blobs
+  (:mod:`salus.dicom.sweep`).
 """
 
 from __future__ import annotations
@@ -93,9 +95,11 @@ def _event_sink(ctx: JobContext) -> None:
 
 def register_jobs(services: Services) -> None:
     from salus.dicom.fhirlink import ImagingStudySync
+    from salus.dicom.sweep import BLOB_SWEEP, BlobSweep
 
     registry = services.job_handlers
     registry.register(INSTANCE_STORED, _event_sink)
     registry.register(STUDY_STABLE, _event_sink)
     registry.register(STABLE_CHECK, StableChecker(services).run)
     registry.register(FHIR_SYNC, ImagingStudySync(services).run)
+    registry.register(BLOB_SWEEP, BlobSweep(services).run)

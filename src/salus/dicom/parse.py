@@ -15,6 +15,7 @@ replaced by a BulkDataURI, and where the data set starts in the file.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,11 +30,13 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
+from salus.dicom.structure import Incomplete, check_complete
 from salus.errors import InvalidInput
 
 __all__ = [
     "BULK_DATA_THRESHOLD",
     "IMPLEMENTATION_CLASS_UID",
+    "NEWER_TRANSFER_SYNTAXES",
     "ParsedInstance",
     "Unreadable",
     "bulkdata_uri",
@@ -50,6 +53,41 @@ BULK_DATA_THRESHOLD = 1024
 #: Our File Meta (0002,0012); pydicom's root, as files Salus frames are written by pydicom.
 IMPLEMENTATION_CLASS_UID = PYDICOM_IMPLEMENTATION_UID
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+#: Transfer syntaxes of the standard newer than pydicom's dictionary (PS3.6 A-1, 2024):
+#: all explicit VR little endian with encapsulated pixel data (PS3.5 A.4), kept as
+#: received and sent as stored; none of them is converted (no decoder here).
+NEWER_TRANSFER_SYNTAXES = {
+    "1.2.840.10008.1.2.8.1": ("Deflated Image Frame Compression", "DeflatedImageFrameCompression"),
+    "1.2.840.10008.1.2.4.110": ("JPEG XL Lossless", "JPEGXLLossless"),
+    "1.2.840.10008.1.2.4.111": ("JPEG XL JPEG Recompression", "JPEGXLJPEGRecompression"),
+    "1.2.840.10008.1.2.4.112": ("JPEG XL", "JPEGXL"),
+}
+
+
+def _register_newer_transfer_syntaxes() -> None:
+    """Make pydicom's ``UID`` know them as (encapsulated) transfer syntaxes."""
+    from pydicom._uid_dict import UID_dictionary
+
+    for uid, (name, keyword) in NEWER_TRANSFER_SYNTAXES.items():
+        UID_dictionary.setdefault(uid, (name, "Transfer Syntax", "", "", keyword))
+
+
+def _quiet_pydicom() -> None:
+    """The archive keeps values as received, valid or not, so pydicom is told not
+    to validate them when reading or setting them: its warnings quote the
+    offending value (patient data in logs) and would only repeat on every read.
+    Its logger keeps errors only, for the same reason."""
+    from pydicom import config
+
+    config.settings.reading_validation_mode = config.IGNORE
+    config.settings.writing_validation_mode = config.IGNORE
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+
+
+_register_newer_transfer_syntaxes()
+_quiet_pydicom()
+
 _TIME = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?$")
 
 
@@ -238,18 +276,28 @@ def dataset_offset(data: bytes) -> int:
 
 def _check_pixel_data(ds: Dataset, ts: str) -> None:
     """Native (not encapsulated) Pixel Data must be as long as the image module says
-    (PS3.5 8.1.1, PS3.3 C.7.6.3): a shorter value is a truncated file."""
-    if "PixelData" not in ds or UID(ts).is_compressed:
+    (PS3.5 8.1.1, PS3.3 C.7.6.3; YBR_FULL_422 keeps two values per pixel, C.7.6.3.1.2;
+    1-bit data is packed): a shorter value is a truncated file. An unreadable
+    Number of Frames counts as one frame."""
+    if "PixelData" not in ds:
+        return
+    elem = ds["PixelData"]
+    if elem.is_undefined_length or UID(ts).is_compressed:
         return
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
         bits = int(ds.BitsAllocated)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
     except (AttributeError, TypeError, ValueError):
         raise InvalidInput("The image pixel module is incomplete.") from None
-    expected = rows * columns * samples * frames * bits // 8
-    if len(ds.PixelData) < expected:
+    try:
+        frames = max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        frames = 1
+    if samples == 3 and str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+        samples = 2
+    expected = (rows * columns * samples * frames * bits + 7) // 8
+    if len(elem.value or b"") < expected:
         raise Unreadable("The Pixel Data is shorter than the image attributes say (truncated).")
 
 
@@ -278,6 +326,10 @@ def parse_part10(data: bytes) -> ParsedInstance:
     series_uid = _uid(ds, "SeriesInstanceUID", required=True)
     assert sop_class and sop_instance and study_uid and series_uid  # noqa: S101 - required
     _check_pixel_data(ds, ts_text)
+    try:
+        check_complete(data, offset, ts_text)
+    except Incomplete:
+        raise Unreadable("The data set ends before its elements do (truncated).") from None
     try:
         patient_name = _text(ds, "PatientName", 324)
         referring = _text(ds, "ReferringPhysicianName", 324)
