@@ -162,7 +162,11 @@ def _association(rig: Rig, contexts: list[tuple[str, list[str]]], **kw: object) 
         ae.add_requested_context(abstract, syntaxes)
     handlers = [*kw.pop("evt_handlers", []), (evt.EVT_CONN_OPEN, nodelay)]  # type: ignore[misc]
     return ae.associate(
-        "127.0.0.1", rig.port, ae_title="SALUS", evt_handlers=handlers, **kw  # type: ignore[arg-type]
+        "127.0.0.1",
+        rig.port,
+        ae_title="SALUS",
+        evt_handlers=handlers,
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -269,9 +273,11 @@ def _stored(rig: Rig, path: Path, data: bytes, name: str, outcome: Outcome) -> N
     meta_sop = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "")).strip().rstrip("\x00")
     expected = dataset_bytes(data)
     problems = outcome.problems
-    # C-STORE sends the data set under the File Meta's UIDs; the archive indexes
-    # the data set's own. Only files whose two agree can round-trip through DIMSE.
-    if meta_sop == sop:
+    meta_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "")).strip().rstrip("\x00")
+    # C-STORE sends the data set under the File Meta's UIDs (a pynetdicom SCU needs
+    # them); the archive indexes the data set's own. Only files whose two agree can
+    # round-trip through DIMSE.
+    if meta_sop == sop and meta_class == sop_class:
         status = _c_store(rig, path, sop_class, syntax)
         if status != 0x0000:
             problems.append(f"{name}: C-STORE status {status}")
@@ -352,7 +358,8 @@ def test_whole_corpus(tmp_path: Path) -> None:
     paths = [
         p
         for p in sorted(CORPUS.rglob("*"))
-        if p.is_file() and p.suffix.lower() not in (".csv", ".md", ".txt", ".json", ".py")
+        if p.is_file()
+        and p.suffix.lower() not in (".csv", ".md", ".txt", ".json", ".py")
         and not p.name.upper().startswith(("LICENSE", "README", "COPYING"))
     ]
     with rig("sqlite", tmp_path) as r:

@@ -420,12 +420,22 @@ class DicomArchive:
         offset: int = 0,
         purpose: Purpose | None = None,
         audit: bool = True,
+        combined_datetime: bool = False,
     ) -> list[Match]:
-        """PS3.4 C.4.1 / PS3.18 10.6: the entities at ``level`` that match."""
+        """PS3.4 C.4.1 / PS3.18 10.6: the entities at ``level`` that match
+        (``combined_datetime``: PS3.4 C.2.2.2.5.1, see :class:`~salus.dicom.matching.Matcher`)."""
         level = Level(level)
         decision, flt = self._filter(principal, purpose)
         with self.db.read() as conn:
-            matches = self.planner.find(conn, flt, level, identifier, limit=limit, offset=offset)
+            matches = self.planner.find(
+                conn,
+                flt,
+                level,
+                identifier,
+                limit=limit,
+                offset=offset,
+                combined_datetime=combined_datetime,
+            )
         if audit:
             patients = {m.patient_key for m in matches}
             self.audit.record(

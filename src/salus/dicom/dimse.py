@@ -90,6 +90,7 @@ QR_GET = ("1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3")
 _PENDING = 0xFF00
 _CANCEL = 0xFE00
 _PRINCIPAL = "_salus_principal"
+_COMBINED = "_salus_combined_datetime"
 
 
 class RawInstance(Dataset):
@@ -265,6 +266,7 @@ class DimseListener:
             (evt.EVT_CONN_OPEN, self._on_connect),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_SOP_EXTENDED, self._on_extended),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_FIND, self._on_find),
@@ -342,6 +344,25 @@ class DimseListener:
             ]
         )
 
+    @staticmethod
+    def _on_extended(event: Event) -> dict[str, bytes]:
+        """SOP Class Extended Negotiation of the FIND models (PS3.4 C.5.1.1.2):
+        relational queries (byte 1) and combined date-time matching (byte 2) are
+        accepted when asked for; fuzzy semantic PN matching and time zone
+        adjustment (bytes 3, 4) are not. Other SOP classes get no reply."""
+        replies: dict[str, bytes] = {}
+        combined: set[str] = set()
+        for uid, info in dict(getattr(event, "app_info", {}) or {}).items():
+            if str(uid) not in QR_FIND or not info:
+                continue
+            asked = bytes(info)
+            reply = bytes([asked[0] & 1, (asked[1] & 1) if len(asked) > 1 else 0, 0, 0])
+            replies[str(uid)] = reply[: max(len(asked), 1)]
+            if len(asked) > 1 and asked[1] & 1:
+                combined.add(str(uid))
+        setattr(event.assoc, _COMBINED, combined)
+        return replies
+
     def _on_rejected(self, event: Event) -> None:
         self.archive.record_refusal(None, "association", "calling AE title not recognized")
 
@@ -399,7 +420,8 @@ class DimseListener:
         """PS3.4 C.4.1: matches as Pending responses; C-CANCEL honoured between them."""
         try:
             principal, level, keys = self._query(event)
-            matches = self.archive.find(principal, level, keys)
+            combined = str(event.context.abstract_syntax) in getattr(event.assoc, _COMBINED, ())
+            matches = self.archive.find(principal, level, keys, combined_datetime=combined)
         except Exception as exc:
             if isinstance(exc, SalusError) and exc.http_status in (401, 403):
                 self.archive.record_refusal(

@@ -13,7 +13,9 @@ Each supported key names its level, its column and how it matches:
   the standard wants for non-PN values);
 * **range** (C.2.2.2.5): ``a-b``, ``-b``, ``a-`` for DA, TM and DT; times
   are compared on a padded ``HHMMSS.FFFFFF`` column, and a bound that stops
-  early covers the whole hour or minute it names;
+  early covers the whole hour or minute it names; **combined date-time
+  range matching** (C.2.2.2.5.1) of StudyDate/StudyTime and the Performed
+  Procedure Step start date/time when asked for (:class:`Matcher`);
 * **sequence** (C.2.2.2.6): one item whose keys match against the same
   entity (IssuerOfAccessionNumberSequence > LocalNamespaceEntityID); an empty
   sequence is universal.
@@ -42,8 +44,10 @@ __all__ = [
     "KEYS",
     "Key",
     "Level",
+    "COMBINED_PAIRS",
     "Matcher",
     "QueryValue",
+    "combined_condition",
     "condition_for",
     "like_pattern",
 ]
@@ -293,21 +297,80 @@ def condition_for(key: Key, value: QueryValue, dialect: str) -> ColumnElement[bo
     return parts[0] if len(parts) == 1 else or_(*parts)
 
 
-class Matcher:
-    """Builds the WHERE clause of a query at one level from an identifier."""
+#: Date and time key pairs that combined date-time matching joins (PS3.4 C.2.2.2.5.1),
+#: where the index keeps a padded time key.
+COMBINED_PAIRS = (
+    ("StudyDate", "StudyTime"),
+    ("PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime"),
+)
 
-    def __init__(self, level: Level, dialect: str) -> None:
+
+def combined_condition(date_key: Key, time_key_: Key, date: str, time: str) -> ColumnElement[bool]:
+    """PS3.4 C.2.2.2.5.1: a date range and a time range read as one date-time range,
+    ``<date1><time1>`` to ``<date2><time2>`` (a missing time bound is the start or
+    the end of its day)."""
+    day, clock = date_key.column, time_key_.match_column
+    low_date, _, high_date = date.partition("-")
+    low_time, _, high_time = time.partition("-") if "-" in time else (time, "", time)
+    conditions: list[ColumnElement[bool]] = []
+    if low_date.strip():
+        d = _date(low_date)
+        t = _time_low(low_time) if low_time.strip() else "000000.000000"
+        conditions.append(or_(day > d, and_(day == d, clock >= t)))
+    if high_date.strip():
+        d = _date(high_date)
+        t = _time_high(high_time) if high_time.strip() else "235959.999999"
+        conditions.append(or_(day < d, and_(day == d, clock <= t)))
+    if not conditions:
+        raise InvalidInput("A range key needs at least one bound.")
+    return and_(*conditions)
+
+
+class Matcher:
+    """Builds the WHERE clause of a query at one level from an identifier.
+
+    ``combined_datetime``: date and time keys of one pair (:data:`COMBINED_PAIRS`)
+    given together, the date as a range, match as one date-time range (PS3.4
+    C.2.2.2.5.1; C-FIND when the SCU asked for it by extended negotiation,
+    QIDO-RS always)."""
+
+    def __init__(self, level: Level, dialect: str, combined_datetime: bool = False) -> None:
         self.level = level
         self.dialect = dialect
+        self.combined_datetime = combined_datetime
+
+    def _combined(
+        self, identifier: Mapping[str, QueryValue]
+    ) -> tuple[list[tuple[Key, ColumnElement[bool]]], set[str]]:
+        found: list[tuple[Key, ColumnElement[bool]]] = []
+        used: set[str] = set()
+        if not self.combined_datetime:
+            return found, used
+        for date_kw, time_kw in COMBINED_PAIRS:
+            date, time = identifier.get(date_kw), identifier.get(time_kw)
+            if not isinstance(date, str) or not isinstance(time, str):
+                continue
+            if "-" not in date or "\\" in date or "\\" in time or not time.strip("-"):
+                continue
+            date_key, time_key_ = KEYS[date_kw], KEYS[time_kw]
+            found.append((date_key, combined_condition(date_key, time_key_, date, time)))
+            used.update((date_kw, time_kw))
+        return found, used
 
     def conditions(self, identifier: Mapping[str, QueryValue]) -> list[ColumnElement[bool]]:
         """Conditions on the level's row joined with its parents, plus EXISTS
         sub-queries for keys of lower levels (relational queries)."""
         here: list[ColumnElement[bool]] = []
         below: dict[Level, list[ColumnElement[bool]]] = {}
+        combined, used = self._combined(identifier)
+        for pair_key, pair_condition in combined:
+            if pair_key.level.depth <= self.level.depth:
+                here.append(pair_condition)
+            else:
+                below.setdefault(pair_key.level, []).append(pair_condition)
         for keyword, value in identifier.items():
             key = KEYS.get(keyword)
-            if key is None:
+            if key is None or keyword in used:
                 continue
             condition = condition_for(key, value, self.dialect)
             if condition is None:

@@ -82,9 +82,14 @@ class QueryPlanner:
         return flt.where(STUDY_COLUMNS)
 
     def _where(
-        self, flt: RecordFilter, level: Level, identifier: Mapping[str, QueryValue]
+        self,
+        flt: RecordFilter,
+        level: Level,
+        identifier: Mapping[str, QueryValue],
+        combined_datetime: bool = False,
     ) -> list[Any]:
-        return [self._visible(flt, level), *Matcher(level, self.dialect).conditions(identifier)]
+        matcher = Matcher(level, self.dialect, combined_datetime)
+        return [self._visible(flt, level), *matcher.conditions(identifier)]
 
     def find(
         self,
@@ -95,6 +100,7 @@ class QueryPlanner:
         *,
         limit: int | None = None,
         offset: int = 0,
+        combined_datetime: bool = False,
     ) -> list[Match]:
         keys = [k for k in KEYS.values() if k.level.depth <= level.depth and k.column is not None]
         columns: list[Any] = [k.column.label(k.keyword) for k in keys]
@@ -124,7 +130,7 @@ class QueryPlanner:
         query: Select[Any] = (
             select(*columns, *extra)
             .select_from(_from(level))
-            .where(*self._where(flt, level, identifier))
+            .where(*self._where(flt, level, identifier, combined_datetime))
             .order_by(_ORDER[level])
         )
         if limit is not None:

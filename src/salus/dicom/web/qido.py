@@ -203,6 +203,7 @@ async def search(
         limit=limit + 1,
         offset=query.offset,
         purpose=requested_purpose(request),
+        combined_datetime=True,  # PS3.4 C.2.2.2.5.1 for date and time keys given together
     )
     headers: dict[str, str] = {}
     if len(matches) > limit:
