@@ -378,8 +378,21 @@ def _register_subcommands() -> None:
     from salus.fhir.cli import fhir
     from salus.hl7.cli import hl7
     from salus.security.cli import break_glass, client, grant, org, token, user
+    from salus.warehouse.cli import warehouse
 
-    for command in (audit, org, user, client, grant, token, break_glass, fhir, dicom, hl7):
+    for command in (
+        audit,
+        org,
+        user,
+        client,
+        grant,
+        token,
+        break_glass,
+        fhir,
+        dicom,
+        hl7,
+        warehouse,
+    ):
         main.add_command(command)
 
 

@@ -152,6 +152,11 @@ class Settings(BaseModel):
     fhir_enforce_profiles: bool = False
     fhir_import_max_bytes: int = Field(default=4 * 1024 * 1024 * 1024, ge=1024)
 
+    # -- warehouse -------------------------------------------------------------------
+    warehouse_part_rows: int = Field(default=250_000, ge=1000)
+    warehouse_run_max_rows: int = Field(default=100_000, ge=1)
+    warehouse_page_size: int = Field(default=2000, ge=10, le=50_000)
+
     # -- derived values ------------------------------------------------------------
     def database_url_value(self) -> str:
         """The SQLAlchemy URL; SQLite under the data folder by default."""

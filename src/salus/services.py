@@ -40,6 +40,7 @@ from salus.storage.objects import FileObjectStore, ObjectStore
 if TYPE_CHECKING:
     from salus.dicom.archive import DicomArchive
     from salus.hl7.runtime import Hl7Runtime
+    from salus.warehouse.service import Warehouse
 
 __all__ = ["Listener", "Rewrapper", "Services", "build_key_provider", "build_object_store"]
 
@@ -161,6 +162,7 @@ class Services:
     rewrappers: list[Rewrapper] = field(default_factory=list)
     dicom: DicomArchive | None = None
     hl7: Hl7Runtime | None = None
+    warehouse: Warehouse | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, run_migrations: bool | None = None) -> Services:
@@ -232,6 +234,9 @@ class Services:
 
         dicom.install(services)
         hl7.install(services)
+        from salus import warehouse
+
+        warehouse.install(services)
         services.rewrappers.append(Rewrapper("blobs", blobs.rewrap))
         services.rewrappers.append(Rewrapper("signing keys", _counted(signing_keys.rewrap)))
         services.rewrappers.append(Rewrapper("second factors", _counted(signin.rewrap_totp)))

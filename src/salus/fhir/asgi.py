@@ -148,6 +148,8 @@ class FhirApp:
             (path == "/fhir" or path.startswith("/fhir/"))
             and "$export" not in path
             and "$import" not in path
+            and not path.startswith("/fhir/ViewDefinition")  # salus.warehouse.routes
+            and "$viewdefinition-" not in path
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,3 +1,35 @@
-"""The warehouse: SQL-on-FHIR views materialized as Parquet and queried with DuckDB."""
+"""The warehouse: SQL-on-FHIR v2 views, materialized as Parquet, queried with DuckDB.
+
+:func:`install` creates ``services.warehouse`` (:class:`~salus.warehouse.service.Warehouse`:
+stored ViewDefinitions, incremental materialization, SQL) and registers its
+jobs; :func:`install_routes` adds ``/fhir/ViewDefinition`` (CRUD, ``$run``,
+``$export``) and ``/api/v1/warehouse``. ``docs/warehouse.md`` describes it.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from salus.services import Services
+
+__all__ = ["install", "install_routes"]
+
+
+def install(services: Services) -> None:
+    """Create the warehouse (``services.warehouse``) and its job handlers."""
+    from salus.warehouse.export import register_export_job
+    from salus.warehouse.service import MATERIALIZE_JOB, Warehouse
+
+    services.warehouse = Warehouse(services)
+    services.job_handlers.register(MATERIALIZE_JOB, services.warehouse.job)
+    register_export_job(services)
+
+
+def install_routes(api: FastAPI) -> None:
+    """Mount the warehouse's HTTP routes (:mod:`salus.warehouse.routes`)."""
+    from salus.warehouse.routes import install_warehouse_routes
+
+    install_warehouse_routes(api)
