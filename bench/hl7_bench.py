@@ -181,6 +181,9 @@ class Server:
             "SALUS_MLLP_PORT": str(self.mllp_port),
             "SALUS_HL7_PROFILES_FILE": str(profiles),
             "SALUS_HL7_APPLY": apply,
+            # One server process: MLLP runs in the primary only, and the CPU meter
+            # reads one pid.
+            "SALUS_HTTP_WORKERS": "1",
         }
         if database_url:
             self.env["SALUS_DATABASE_URL"] = database_url
@@ -312,14 +315,14 @@ def stream(server: Server, meter: CpuMeter, name: str, messages: Sequence[bytes]
     for thread in pool:
         thread.join()
     end = meter.sample()
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
     applied_s = None
     if wait_applied:
         while server.pending():
             time.sleep(0.05)
         applied_s = time.perf_counter() - start.wall
-    if spy is not None:
-        spy.send_signal(signal.SIGINT)
-        spy.wait(timeout=60)
     phase = Phase(name, len(messages) - len(errors), end.wall - start.wall,
                   CpuMeter.since(start, end), [x for lat in latencies for x in lat],
                   len(errors), errors[0] if errors else "", applied_s)
@@ -336,7 +339,7 @@ def _profiler(server: Server, name: str,
     slug = "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
     process = subprocess.Popen(
         [spy, "record", "--pid", str(server.pid), "--format", "raw", "--rate", "200",
-         "--nonblocking", "--subprocesses", "--output",
+         "--nonblocking", "--gil", "--output",
          str(profile_dir / f"{server.label}-{slug}.txt")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)

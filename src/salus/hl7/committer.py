@@ -20,7 +20,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -56,6 +58,7 @@ class GroupCommitter:
         #: Batches and frames committed so far (for tests and metrics).
         self.batches = 0
         self.frames = 0
+        self._busy_until = 0.0  # monotonic time the last batch ended (or inf while one runs)
 
     def start(self) -> None:
         self._stopping = False
@@ -66,7 +69,7 @@ class GroupCommitter:
         """Finish what is queued, then end the thread."""
         with self._ready:
             self._stopping = True
-            self._ready.notify()
+            self._ready.notify_all()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -78,7 +81,7 @@ class GroupCommitter:
             if self._stopping or self._thread is None:
                 raise ConnectionAbortedError("the HL7 committer is stopped")
             self._queue.append((frame, future))
-            self._ready.notify()
+            self._ready.notify_all()
         return await asyncio.wrap_future(future)
 
     def _take(self) -> list[tuple[Frame, concurrent.futures.Future[bytes | None]]] | None:
@@ -88,7 +91,27 @@ class GroupCommitter:
                     return None
                 self._ready.wait()
             count = min(len(self._queue), self.max_batch)
+            self._busy_until = math.inf
             return [self._queue.popleft() for _ in range(count)]
+
+    def wait_quiet(self, quiet: float = 0.05, most: float = 0.2) -> None:
+        """Wait until no frame has been committed for ``quiet`` seconds, at most ``most``.
+
+        The background applier calls it before each message: acknowledging what
+        arrives comes first, mapping the backlog fills the gaps, and still moves
+        on (one message per ``most`` seconds at least) under a steady stream.
+        """
+        deadline = time.monotonic() + most
+        with self._ready:
+            while True:
+                now = time.monotonic()
+                idle_at = self._busy_until + quiet
+                if self._thread is None or (not self._queue and idle_at <= now):
+                    return
+                if now >= deadline:
+                    return
+                wake = deadline if math.isinf(idle_at) else min(deadline, idle_at)
+                self._ready.wait(max(0.001, wake - now))
 
     def _run(self) -> None:
         while True:
@@ -99,12 +122,16 @@ class GroupCommitter:
                 replies = self.answer_many([frame for frame, _ in batch])
             except Exception as exc:  # the database is down: no ACK, connections close
                 log.error("HL7 commit failed: %s", type(exc).__name__)
+                with self._ready:
+                    self._busy_until = time.monotonic()
                 for _, future in batch:
                     with contextlib.suppress(concurrent.futures.InvalidStateError):
                         future.set_exception(ConnectionAbortedError("not committed"))
                 continue
             self.batches += 1
             self.frames += len(batch)
+            with self._ready:
+                self._busy_until = time.monotonic()
             for (_, future), reply in zip(batch, replies, strict=True):
                 # A connection closed meanwhile cancelled its wait: nothing to send.
                 with contextlib.suppress(concurrent.futures.InvalidStateError):

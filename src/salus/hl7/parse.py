@@ -175,27 +175,67 @@ class Segment:
         return str(self._seg)
 
 
-@dataclass
 class Message:
-    """A decoded, split message with its header."""
+    """A decoded, split message with its header.
 
-    text: str
-    header: Header
-    charset: str
-    parsed: Any = field(repr=False)
-    segments: list[Segment] = field(default_factory=list, repr=False)
+    The header is read from the MSH segment alone; python-hl7 parses the
+    rest on first use of :attr:`segments` (an MLLP commit acknowledgment
+    needs no more than the header, and a message that is only stored costs
+    no full parse).
+    """
 
-    def __post_init__(self) -> None:
-        counts: dict[str, int] = {}
-        for index, seg in enumerate(self.parsed):
-            name = str(seg[0])
-            counts[name] = counts.get(name, 0) + 1
-            self.segments.append(Segment(self, seg, index, counts[name]))
+    __slots__ = ("_msh", "_parsed", "_segments", "charset", "header", "text")
+
+    def __init__(self, text: str, header: Header, charset: str, msh: Any) -> None:
+        self.text = text
+        self.header = header
+        self.charset = charset
+        self._msh = msh  # python-hl7's parse of the MSH segment
+        self._parsed: Any = None
+        self._segments: list[Segment] | None = None
+
+    def __repr__(self) -> str:
+        return f"Message({self.header.message_type!r}, {self.header.control_id!r})"
+
+    @property
+    def parsed(self) -> Any:
+        """python-hl7's parse of the whole message."""
+        if self._parsed is None:
+            try:
+                self._parsed = hl7.parse(self.text)
+            except Exception:
+                raise hl7_error(
+                    InvalidInput("The message cannot be split into segments and fields."),
+                    SEGMENT_SEQUENCE_ERROR,
+                    Location("MSH"),
+                ) from None
+        return self._parsed
+
+    @property
+    def segments(self) -> list[Segment]:
+        if self._segments is None:
+            counts: dict[str, int] = {}
+            segments = []
+            for index, seg in enumerate(self.parsed):
+                name = str(seg[0])
+                counts[name] = counts.get(name, 0) + 1
+                segments.append(Segment(self, seg, index, counts[name]))
+            self._segments = segments
+        return self._segments
+
+    @property
+    def msh(self) -> Segment:
+        """The MSH segment (without parsing the rest)."""
+        if self._segments is not None:
+            return self._segments[0]
+        return Segment(self, self._msh, 0, 1)
 
     def all(self, name: str) -> list[Segment]:
         return [s for s in self.segments if s.name == name]
 
     def first(self, name: str) -> Segment | None:
+        if name == "MSH":
+            return self.msh
         for seg in self.segments:
             if seg.name == name:
                 return seg
@@ -295,7 +335,7 @@ def _header(msh: Any, text_seg: str) -> Header:
 
 
 def read_header(segments: list[str]) -> Any:
-    """Check the MSH segment's shape; returns python-hl7's parse of the message."""
+    """Check the segments' shape; returns python-hl7's parse of the MSH segment."""
     if not segments or not segments[0].startswith("MSH") or len(segments[0]) < 8:
         raise hl7_error(
             InvalidInput("The message does not start with an MSH segment."),
@@ -316,7 +356,7 @@ def read_header(segments: list[str]) -> Any:
                 Location(seg[:3] if _SEGMENT_NAME.match(seg[:3]) else "MSH"),
             )
     try:
-        return hl7.parse("\r".join(segments))
+        return hl7.parse(first).segment("MSH")
     except Exception:
         raise hl7_error(
             InvalidInput("The message cannot be split into segments and fields."),
@@ -333,9 +373,9 @@ def parse_message(raw: bytes, fallback_charset: str = "8859/1") -> Message:
 
 def parse_text(text: str, charset: str = "UNICODE UTF-8") -> Message:
     segments = split_segments(text)
-    parsed = read_header(segments)
-    header = _header(parsed.segment("MSH"), segments[0])
-    message = Message("\r".join(segments), header, charset, parsed)
+    msh = read_header(segments)
+    header = _header(msh, segments[0])
+    message = Message("\r".join(segments), header, charset, msh)
     check_header(message)
     return message
 
@@ -444,8 +484,7 @@ def loose_header(raw: bytes) -> tuple[Header | None, dict[int, str]]:
     try:
         text = raw.decode("latin_1")
         first = split_segments(text)[0]
-        parsed = read_header([first])
-        msh = parsed.segment("MSH")
+        msh = read_header([first])
         header = _header(msh, first)
         return header, {n: str(msh[n]) if n < len(msh) else "" for n in (3, 4, 5, 6)}
     except Exception:  # noqa: BLE001 - no usable header: the ACK uses defaults

@@ -176,9 +176,7 @@ class Hl7Runtime:
                 replies[index] = self._reply(received[0])
                 continue
             acks = [
-                make_ack(
-                    r.header, r.raw_header, r.ack, accept=bool(r.header and r.header.enhanced)
-                )
+                make_ack(r.header, r.raw_header, r.ack, accept=bool(r.header and r.header.enhanced))
                 for r in received
             ]
             replies[index] = encode(batch_ack(acks), None)
@@ -200,8 +198,12 @@ class Hl7Runtime:
         if loop is not None and wake is not None:
             loop.call_soon_threadsafe(wake.set)
 
-    def apply_pending(self, *, older_than: float = 0.0) -> int:
-        """Apply committed messages not applied yet, oldest first; returns how many."""
+    def apply_pending(self, *, older_than: float = 0.0, yield_to_ingest: bool = False) -> int:
+        """Apply committed messages not applied yet, oldest first; returns how many.
+
+        ``yield_to_ingest``: let the MLLP committer go first (see
+        :meth:`GroupCommitter.wait_quiet`), as the background applier does.
+        """
         done = 0
         before = utcnow() - timedelta(seconds=older_than) if older_than else None
         while True:
@@ -209,19 +211,24 @@ class Hl7Runtime:
             if not ids:
                 return done
             for message_id in ids:
+                if yield_to_ingest:
+                    self.committer.wait_quiet()
                 self.service.apply(message_id)
                 done += 1
 
     async def _applier_loop(self) -> None:
         assert self._wake is not None  # noqa: S101
         sync = self.service.apply_sync
-        await asyncio.to_thread(self.apply_pending)  # recovery after a stop or a crash
+        # Recovery after a stop or a crash.
+        await asyncio.to_thread(self.apply_pending, yield_to_ingest=True)
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 60.0)
             self._wake.clear()
             try:
-                await asyncio.to_thread(self.apply_pending, older_than=30.0 if sync else 0.0)
+                await asyncio.to_thread(
+                    self.apply_pending, older_than=30.0 if sync else 0.0, yield_to_ingest=True
+                )
             except Exception as exc:  # keep the loop alive; the rows stay pending
                 log.error("HL7 applier: %s", type(exc).__name__)
 

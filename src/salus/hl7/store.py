@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, tuple_, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
@@ -62,6 +62,14 @@ class NewMessage:
 
 def _clip(value: str | None, size: int) -> str | None:
     return value[:size] if value is not None else None
+
+
+Key = tuple[str | None, str, str | None]
+
+
+def _key(value: dict[str, Any]) -> Key:
+    """The duplicate-detection key of a row's values (clipped as stored)."""
+    return (value["org_id"], value["sending_facility"], value["control_id"])
 
 
 def _keyed(item: NewMessage) -> bool:
@@ -160,32 +168,38 @@ class MessageStore:
     ) -> list[tuple[Row, bool]]:
         out: list[tuple[Row | None, bool]] = []
         fresh: list[dict[str, Any]] = []
-        seen: dict[tuple[str | None, str, str | None], int] = {}
+        seen: set[tuple[str | None, str, str | None]] = set()
+        keyed = [_key(v) for i, v in zip(items, values, strict=True) if _keyed(i)]
+        existing = self._by_keys(conn, keyed)
         for item, value in zip(items, values, strict=True):
             if _keyed(item):
-                key = (value["org_id"], value["sending_facility"], value["control_id"])
+                key = _key(value)
                 if key in seen:  # the same message twice in one batch
                     out.append((None, True))
                     continue
-                found = self._by_key(conn, item)
+                found = existing.get(key)
                 if found is not None:
                     out.append((found, True))
                     continue
-                seen[key] = len(out)
+                seen.add(key)
             out.append((None, False))
             fresh.append(value)
         if fresh:
-            ids = conn.execute(
-                insert(hl7_messages).returning(hl7_messages.c.id, sort_by_parameter_order=True),
-                fresh,
-            ).scalars().all()
+            ids = (
+                conn.execute(
+                    insert(hl7_messages).returning(hl7_messages.c.id, sort_by_parameter_order=True),
+                    fresh,
+                )
+                .scalars()
+                .all()
+            )
             for value, new_id in zip(fresh, ids, strict=True):
                 value["id"] = int(new_id)
         rows: list[tuple[Row, bool]] = []
         fresh_iter = iter(fresh)
-        by_key: dict[tuple[str | None, str, str | None], Row] = {}
+        by_key: dict[Key, Row] = {}
         for (stored, duplicate), value in zip(out, values, strict=True):
-            key = (value["org_id"], value["sending_facility"], value["control_id"])
+            key = _key(value)
             row: Row
             if stored is not None:
                 row = stored
@@ -197,18 +211,17 @@ class MessageStore:
             rows.append((row, duplicate))
         return rows
 
-    def _by_key(self, conn: Connection, item: NewMessage) -> RowMapping | None:
-        return (
-            conn.execute(
-                select(hl7_messages).where(
-                    hl7_messages.c.org_id == item.org_id,
-                    hl7_messages.c.sending_facility == (_clip(item.sending_facility, 227) or ""),
-                    hl7_messages.c.control_id == _clip(item.control_id, 199),
-                )
+    def _by_keys(self, conn: Connection, keys: Sequence[Key]) -> dict[Key, RowMapping]:
+        """Stored rows with these (organization, facility, MSH-10) keys: one query."""
+        if not keys:
+            return {}
+        c = hl7_messages.c
+        rows = conn.execute(
+            select(hl7_messages).where(
+                tuple_(c.org_id, c.sending_facility, c.control_id).in_(list(set(keys)))
             )
-            .mappings()
-            .first()
-        )
+        ).mappings()
+        return {(r["org_id"], r["sending_facility"], r["control_id"]): r for r in rows}
 
     def _get(self, conn: Connection, message_id: int, lock: bool = False) -> RowMapping:
         query = select(hl7_messages).where(hl7_messages.c.id == message_id)
