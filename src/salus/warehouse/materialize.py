@@ -100,6 +100,8 @@ class Materializer:
         self.catalog = catalog
         self.part_rows = services.settings.warehouse_part_rows
         self.page_size = services.settings.warehouse_page_size
+        #: See :data:`WATERMARK_LAG` (tests set it to zero).
+        self.lag = WATERMARK_LAG
 
     def _put(self, table: pa.Table) -> dict[str, Any]:
         ref = self.services.blobs.put(to_parquet(table))
@@ -119,7 +121,7 @@ class Materializer:
         if not full and stored.watermark_updated is not None:
             after = (stored.watermark_updated, int(stored.watermark_rid or 0))
         now = utcnow()
-        cutoff: Key = (now - WATERMARK_LAG, 0)
+        cutoff: Key = (now - self.lag, 0)
         changed: set[int] = set()
         rows: list[tuple[Any, ...]] = []
         rids: list[int] = []

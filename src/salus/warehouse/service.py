@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from salus.audit.events import AuditEvent
-from salus.errors import Forbidden
+from salus.errors import Forbidden, NotFound
 from salus.jobs import JobContext
 from salus.security.principal import Principal, PrincipalKind
 from salus.security.roles import ROLES
@@ -61,7 +61,7 @@ class Warehouse:
         self.require(principal)
         try:
             return self.catalog.get(key)
-        except Exception:
+        except NotFound:
             return self.catalog.by_name(key)
 
     def materialize(
