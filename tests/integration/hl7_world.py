@@ -119,10 +119,16 @@ class Hl7World:
 
 
 @contextmanager
-def hl7_world(backend: str, folder: Path, **overrides: Any) -> Iterator[Hl7World]:
+def hl7_world(
+    backend: str, folder: Path, *, extra_profiles: str = "", **overrides: Any
+) -> Iterator[Hl7World]:
+    """``extra_profiles``: TOML lines added to ``[org.hosp-a]``."""
     port, his_port = free_port(), free_port()
     profiles = folder / "hl7-profiles.toml"
-    profiles.write_text(PROFILES.format(his_port=his_port))
+    text = PROFILES.format(his_port=his_port)
+    if extra_profiles:
+        text = text.replace("[org.hosp-a]\n", f"[org.hosp-a]\n{extra_profiles}\n", 1)
+    profiles.write_text(text)
     settings: dict[str, Any] = {
         "mllp_enabled": True,
         "mllp_port": port,

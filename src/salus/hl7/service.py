@@ -35,7 +35,6 @@ from salus.db.engine import Database
 from salus.errors import (
     Conflict,
     Forbidden,
-    InvalidInput,
     NotAuthenticated,
     NotSupported,
     SalusError,
@@ -322,7 +321,7 @@ class Hl7Service:
             allowed = ("P",)
         if header.processing_id.strip().upper() not in allowed:
             raise hl7_error(
-                InvalidInput("This processing id (MSH-11) is not accepted here."),
+                NotSupported("This processing id (MSH-11) is not accepted here."),
                 UNSUPPORTED_PROCESSING_ID,
                 Location("MSH", 1, 11),
             )
