@@ -93,6 +93,7 @@ def list_cmd(
                         f"{row['control_id'] or '-'}  {row['error'] or ''}",
                         markup=False,
                         highlight=False,
+                        soft_wrap=True,  # one line per message, whatever the terminal
                     )
         finally:
             services.close()
