@@ -116,7 +116,7 @@ def test_adt_life_cycle_patient_and_encounter_field_by_field(w: Hl7World) -> Non
 
 def test_a40_merge_links_both_patients(w: Hl7World) -> None:
     c = w.client()
-    assert ack_code(c.send(adt("M1", "A28", mrn="OLD1"))) == "AA"
+    assert ack_code(c.send(adt("M1", "A01", mrn="OLD1", visit="VOLD"))) == "AA"
     assert ack_code(c.send(adt("M2", "A28", mrn="NEW1"))) == "AA"
     merge = msg(
         msh("M3", "ADT^A40^ADT_A39"),
@@ -130,6 +130,11 @@ def test_a40_merge_links_both_patients(w: Hl7World) -> None:
     assert old["active"] is False
     assert old["link"] == [{"other": {"reference": f"Patient/{new['id']}"}, "type": "replaced-by"}]
     assert new["link"] == [{"other": {"reference": f"Patient/{old['id']}"}, "type": "replaces"}]
+    # Documented choice (docs/hl7.md, ADR 10): the old record's Encounters etc. are not
+    # moved; they stay on the old Patient, which points to the surviving one.
+    [enc] = w.search("a-feed", "Encounter", identifier="urn:salus:org:hosp-a:visit|VOLD")
+    assert enc["subject"] == {"reference": f"Patient/{old['id']}"}
+    assert enc["meta"]["versionId"] == "1"
     c.close()
 
 
