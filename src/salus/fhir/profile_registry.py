@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
 from salus.db.tables import fhir_idx_uri, fhir_resources
-from salus.errors import SalusError
-from salus.fhir.outcome import ResourceInvalid
+from salus.errors import SalusError, UnprocessableContent
 from salus.fhir.profiles import CORE_PREFIX, Profile, ProfileIssue, compile_profile, value_set_codes
 from salus.fhir.store import FhirStore
 
@@ -52,13 +51,39 @@ R = fhir_resources
 U = fhir_idx_uri
 
 
-class ProfileViolation(ResourceInvalid):
-    """A resource that breaks a profile its ``meta.profile`` names: 422
-    (FHIR R4 http.html#2.21.0.13: profile violations are 422), one issue each."""
+class ProfileViolation(UnprocessableContent):
+    """A resource that breaks a profile its ``meta.profile`` names: 422 (FHIR
+    R4 http.html: "the proposed resource violated applicable FHIR profiles"),
+    one OperationOutcome issue per problem, each naming its element."""
 
-    http_status = 422
-    issue_code = "processing"
     code = "profile-violation"
+
+    def __init__(self, issues: Sequence[ProfileIssue] = ()) -> None:
+        self.issues = list(issues)
+        if not self.issues:
+            super().__init__("The resource does not conform to its declared profile.")
+            return
+        first = self.issues[0]
+        more = f" (and {len(self.issues) - 1} more)" if len(self.issues) > 1 else ""
+        super().__init__(f"{first.message}{more}", expression=[first.expression])
+
+    def to_operation_outcome(self, request_id: str | None = None) -> dict[str, Any]:
+        outcome = super().to_operation_outcome(request_id)
+        if self.issues:
+            outcome["issue"] = [
+                {
+                    "severity": "error",
+                    "code": issue.code,
+                    "details": {
+                        "coding": [{"system": "urn:salus:error", "code": self.code}],
+                        "text": issue.message,
+                    },
+                    "diagnostics": issue.message,
+                    "expression": [issue.expression],
+                }
+                for issue in self.issues
+            ]
+        return outcome
 
 
 def declared_profiles(resource: Mapping[str, Any]) -> list[str]:
