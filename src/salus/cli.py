@@ -216,7 +216,9 @@ def keys_rotate_signing(ctx: click.Context) -> None:
 @click.argument("kid")
 @click.pass_context
 def keys_retire_signing(ctx: click.Context, kid: str) -> None:
-    """Stop trusting an old signing key (its tokens stop verifying at once)."""
+    """Stop trusting an old signing key (its tokens stop verifying at once).
+
+    A key id that begins with "-" goes after "--": salus keys retire-signing -- KID"""
     from salus.audit.events import AuditEvent
     from salus.security.cli import system_principal
     from salus.services import Services

@@ -41,7 +41,10 @@ FHIR_ISSUE_TYPES = {
     "informational",
 }
 # DIMSE failure and refusal statuses a service may return (PS3.7 C.4, PS3.4 B.2.3).
-DIMSE_FAILURES = {0x0122, 0x0124, 0xA700, 0xA900, 0xC000}
+# PS3.7 Annex C failure statuses: processing failure, duplicate SOP instance,
+# SOP class not supported, not authorized, out of resources, dataset/identifier
+# mismatch, cannot understand.
+DIMSE_FAILURES = {0x0110, 0x0111, 0x0122, 0x0124, 0xA700, 0xA900, 0xC000}
 
 ALL = errors.error_classes()
 
