@@ -428,4 +428,9 @@ def test_capability_statement(world: World) -> None:
         "search-type",
     }
     assert {p["name"] for p in patient["searchParam"]} >= {"family", "birthdate", "identifier"}
-    assert {o["name"] for o in statement["rest"][0]["operation"]} >= {"export", "everything"}
+    assert {o["name"] for o in statement["rest"][0]["operation"]} >= {
+        "export",
+        "everything",
+        "import",
+        "viewdefinition-run",
+    }

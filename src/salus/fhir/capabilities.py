@@ -115,6 +115,20 @@ def capability_statement(registry: Any, base_url: str) -> dict[str, Any]:
                         "name": "meta",
                         "definition": "http://hl7.org/fhir/OperationDefinition/Resource-meta",
                     },
+                    {
+                        # Bulk Data Import (draft IG): NDJSON in the body or uploaded
+                        # with $import-file; asynchronous (Prefer: respond-async).
+                        "name": "import",
+                        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/import",
+                    },
+                    {  # SQL on FHIR v2 (also on ViewDefinition as $run / $export)
+                        "name": "viewdefinition-run",
+                        "definition": "http://sql-on-fhir.org/OperationDefinition/$viewdefinition-run",
+                    },
+                    {
+                        "name": "viewdefinition-export",
+                        "definition": "http://sql-on-fhir.org/OperationDefinition/$viewdefinition-export",
+                    },
                 ],
             }
         ],
