@@ -109,6 +109,7 @@ def storable(name: str, data: bytes) -> bool:
 class Outcome:
     stored: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    private: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
 
@@ -279,7 +280,11 @@ def _stored(rig: Rig, path: Path, data: bytes, name: str, outcome: Outcome) -> N
     # round-trip through DIMSE.
     if meta_sop == sop and meta_class == sop_class:
         status = _c_store(rig, path, sop_class, syntax)
-        if status != 0x0000:
+        if status is None and not sop_class.startswith("1.2.840.10008."):
+            # A private SOP class: no presentation context for it (as Orthanc's
+            # default UnknownSopClassAccepted=false); STOW-RS below still stores it.
+            outcome.private.append(name)
+        elif status != 0x0000:
             problems.append(f"{name}: C-STORE status {status}")
         else:
             if _c_get(rig, ds, sop_class, syntax) != expected:

@@ -223,11 +223,14 @@ class DicomArchive:
         return self.sealer.seal(raw, f"dicom:{sop_uid}:{digest}".encode())
 
     def _open(self, sop_uid: str, digest: str, body: bytes) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(self._open_raw(sop_uid, digest, body))
+        return loaded
+
+    def _open_raw(self, sop_uid: str, digest: str, body: bytes) -> bytes:
         raw = bytes(body)
         if self.sealer is not None and raw.startswith(ValueSealer.MAGIC):
-            raw = self.sealer.open(raw, f"dicom:{sop_uid}:{digest}".encode())
-        loaded: dict[str, Any] = json.loads(raw)
-        return loaded
+            raw = bytes(self.sealer.open(raw, f"dicom:{sop_uid}:{digest}".encode()))
+        return raw
 
     # -- store -------------------------------------------------------------------------
     def store(self, principal: Principal, data: bytes, study: str | None = None) -> StoreResult:
@@ -303,8 +306,7 @@ class DicomArchive:
                 dataset_offset=parsed.dataset_offset,
                 metadata_json=self._seal(parsed.sop_instance_uid, digest, parsed.metadata),
             )
-            insert_instance(conn, study, series, values, now)
-            self._study_changed(conn, study, now)
+            insert_instance(conn, study, series, values, now, self._study_work(conn, study, now))
             self.jobs.enqueue(
                 events.INSTANCE_STORED,
                 {
@@ -392,6 +394,28 @@ class DicomArchive:
                 tenant=str(current["org_id"]),
             )
         conn.execute(update(dicom_studies).where(s.pk == current["pk"]).values(**values))
+
+    def _study_work(self, conn: Connection, study: RowMapping, now: datetime) -> dict[str, Any]:
+        """:meth:`_study_changed` for a store: ``study`` is the row locked in this
+        transaction, and the columns to set go into the statistics UPDATE."""
+        values: dict[str, Any] = {"last_instance_at": now}
+        org = str(study["org_id"])
+        if self.fhir_sync and not study["fhir_sync_pending"]:
+            values["fhir_sync_pending"] = True
+            self.jobs.enqueue(
+                events.FHIR_SYNC, {"study": study["study_uid"], "org": org}, conn=conn, tenant=org
+            )
+        if study["stable_check_at"] is None:
+            due = now + self.stable
+            values["stable_check_at"] = due
+            self.jobs.enqueue(
+                events.STABLE_CHECK,
+                {"study": study["study_uid"]},
+                conn=conn,
+                run_at=due,
+                tenant=org,
+            )
+        return values
 
     def _collect_blobs(self, digests: list[str]) -> None:
         """Delete blobs that no instance row references any more."""
@@ -501,6 +525,22 @@ class DicomArchive:
         purpose: Purpose | None = None,
     ) -> list[dict[str, Any]]:
         """DICOM JSON of the instances of a study, series or instance (PS3.18 10.4.1.2)."""
+        return [
+            json.loads(body)
+            for body in self.metadata_json(principal, study, series, instance, purpose=purpose)
+        ]
+
+    def metadata_json(
+        self,
+        principal: Principal,
+        study: str,
+        series: str | None = None,
+        instance: str | None = None,
+        *,
+        purpose: Purpose | None = None,
+    ) -> list[bytes]:
+        """:meth:`metadata` as each instance's stored JSON text (UTF-8, compact), not
+        parsed: what WADO-RS metadata sends, joined into an array."""
         decision, flt = self._filter(principal, purpose)
         identifier: dict[str, QueryValue] = {"StudyInstanceUID": study}
         level = Level.STUDY
@@ -527,7 +567,7 @@ class DicomArchive:
                 )
             ]
         )
-        return [self._open(sop, digest, body) for sop, digest, body, _key in rows]
+        return [self._open_raw(sop, digest, body) for sop, digest, body, _key in rows]
 
     # -- deletion ----------------------------------------------------------------------
     def delete(

@@ -70,8 +70,26 @@ __all__ = [
 
 log = logging.getLogger("salus.dicom.dimse")
 
+
+def _retired_storage_classes() -> set[str]:
+    """Storage SOP classes of pydicom's dictionary that pynetdicom leaves out (retired
+    and trial ones: old ultrasound, nuclear medicine, standalone curves…): an
+    archive still receives them from old modalities and migrations."""
+    from pydicom._uid_dict import UID_dictionary
+
+    return {
+        uid
+        for uid, (name, kind, *_rest) in UID_dictionary.items()
+        if kind == "SOP Class"
+        and "Storage" in name
+        and "Commitment" not in name
+        and uid != "1.2.840.10008.1.3.10"  # Media Storage Directory: not an instance
+    }
+
+
 STORAGE_SOP_CLASSES: list[str] = sorted(
     {str(uid) for uid in getattr(pynetdicom_sop_class, "_STORAGE_CLASSES").values()}  # noqa: B009
+    | _retired_storage_classes()
 )
 _NATIVE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2")
 #: Accepted in this order of preference (pynetdicom takes the acceptor's order):
@@ -420,7 +438,9 @@ class DimseListener:
         """PS3.4 C.4.1: matches as Pending responses; C-CANCEL honoured between them."""
         try:
             principal, level, keys = self._query(event)
-            combined = str(event.context.abstract_syntax) in getattr(event.assoc, _COMBINED, ())
+            context = getattr(event, "context", None)
+            syntax = str(getattr(context, "abstract_syntax", ""))
+            combined = syntax in getattr(event.assoc, _COMBINED, ())
             matches = self.archive.find(principal, level, keys, combined_datetime=combined)
         except Exception as exc:
             if isinstance(exc, SalusError) and exc.http_status in (401, 403):

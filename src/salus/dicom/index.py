@@ -55,9 +55,20 @@ class StudyOwnedElsewhere(Conflict):
         return "The study or series already belongs to another organization or patient."
 
 
+#: Prebuilt ``INSERT … ON CONFLICT DO NOTHING`` per (table, dialect), executed with a
+#: parameter dict: building a statement around literal values on every store costs
+#: more than running it.
+_INSERT_IGNORE: dict[tuple[str, str], Any] = {}
+
+
 def _insert_ignore(conn: Connection, table: Any, values: dict[str, Any], keys: list[str]) -> None:
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    conn.execute(dialect_insert(table).values(**values).on_conflict_do_nothing(index_elements=keys))
+    dialect = conn.dialect.name
+    statement = _INSERT_IGNORE.get((table.name, dialect))
+    if statement is None:
+        dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = dialect_insert(table).on_conflict_do_nothing(index_elements=keys)
+        _INSERT_IGNORE[(table.name, dialect)] = statement
+    conn.execute(statement, values)
 
 
 def _locked(conn: Connection, table: Any, *where: Any) -> RowMapping:
@@ -203,27 +214,52 @@ def refresh_statistics(
     )
 
 
+_INSERT_INSTANCE = dicom_instances.insert().returning(dicom_instances.c.pk)
+
+
 def insert_instance(
     conn: Connection,
     study: RowMapping,
     series: RowMapping,
     values: dict[str, Any],
     now: datetime,
+    study_values: dict[str, Any] | None = None,
 ) -> int:
-    """Insert the instance row and bring the counts up to date; returns its pk."""
+    """Insert the instance row and bring the counts up to date; returns its pk.
+
+    ``study`` and ``series`` are the rows :func:`upsert_hierarchy` locked in this
+    transaction, so the statistics move by increments (PS3.4 C.3.4: a series
+    without instances is new to its study); ``study_values`` are more columns of
+    the study row to set in the same UPDATE."""
     pk = conn.execute(
-        dicom_instances.insert()
-        .values(
+        _INSERT_INSTANCE,
+        {
             **values,
-            series_pk=series["pk"],
-            study_pk=study["pk"],
-            org_id=study["org_id"],
-            created_at=now,
-            updated_at=now,
-        )
-        .returning(dicom_instances.c.pk)
+            "series_pk": series["pk"],
+            "study_pk": study["pk"],
+            "org_id": study["org_id"],
+            "created_at": now,
+            "updated_at": now,
+        },
     ).scalar_one()
-    refresh_statistics(conn, int(study["pk"]), int(series["pk"]), now)
+    r, s = dicom_series.c, dicom_studies.c
+    conn.execute(
+        update(dicom_series)
+        .where(r.pk == series["pk"])
+        .values(num_instances=r.num_instances + 1, updated_at=now)
+    )
+    changes: dict[str, Any] = {
+        "num_instances": s.num_instances + 1,
+        "updated_at": now,
+        **(study_values or {}),
+    }
+    if not series["num_instances"]:  # the series is new to the study
+        changes["num_series"] = s.num_series + 1
+        modalities = [m for m in str(study["modalities"] or "").split("\\") if m]
+        modality = series["modality"]
+        if modality and modality not in modalities:
+            changes["modalities"] = "\\".join([*modalities, modality])[:200]
+    conn.execute(update(dicom_studies).where(s.pk == study["pk"]).values(**changes))
     return int(pk)
 
 

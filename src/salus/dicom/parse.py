@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -305,11 +306,15 @@ def parse_part10(data: bytes) -> ParsedInstance:
     """Read a Part-10 file for the index; :class:`InvalidInput` when it cannot be kept."""
     offset = dataset_offset(data)
     try:
-        ds = dcmread(BytesIO(data), force=False)
-        # Touch every top-level element now, so a truncated or malformed file fails
-        # here (pydicom reads values lazily) rather than later, half-way through.
-        for _elem in ds:
-            pass
+        with warnings.catch_warnings():
+            # e.g. "Expected explicit VR, but found implicit VR": pydicom reads such
+            # data sets as they are, and so does the archive (kept as received).
+            warnings.simplefilter("ignore")
+            ds = dcmread(BytesIO(data), force=False)
+            # Touch every top-level element now, so a truncated or malformed file fails
+            # here (pydicom reads values lazily) rather than later, half-way through.
+            for _elem in ds:
+                pass
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError):
         raise Unreadable() from None
     except Exception:  # pydicom raises many kinds on malformed input

@@ -192,18 +192,21 @@ async def metadata(
     _level, identifier = _identifier(study, series, instance)
     archive = archive_of(request)
     items = await asyncio.to_thread(
-        archive.metadata,
+        archive.metadata_json,
         who,
         str(identifier["StudyInstanceUID"]),
         series,
         instance,
         purpose=requested_purpose(request),
     )
-    text = json.dumps(items, separators=(",", ":"), ensure_ascii=False)
-    # The index keeps BulkDataURIs relative to the service root (parse.bulkdata_uri).
-    root = json.dumps(dicomweb_root(request) + "/")[1:-1]
-    text = text.replace('"BulkDataURI":"studies/', f'"BulkDataURI":"{root}studies/')
-    return Response(text.encode(), media_type=DICOM_JSON)
+    # Each instance's JSON as stored (compact, UTF-8), not parsed again. The index
+    # keeps BulkDataURIs relative to the service root (parse.bulkdata_uri); inside a
+    # compact JSON text '"BulkDataURI":"' can only be that member (quotes in values
+    # are escaped).
+    text = b"[" + b",".join(items) + b"]"
+    root = json.dumps(dicomweb_root(request) + "/", ensure_ascii=False)[1:-1].encode()
+    text = text.replace(b'"BulkDataURI":"studies/', b'"BulkDataURI":"' + root + b"studies/")
+    return Response(text, media_type=DICOM_JSON)
 
 
 @router.get("/studies/{study}/metadata", tags=["dicomweb"])
