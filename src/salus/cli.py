@@ -381,6 +381,7 @@ def _register_subcommands() -> None:
     from salus.hl7.cli import hl7
     from salus.security.cli import break_glass, client, grant, org, token, user
     from salus.warehouse.cli import warehouse
+    from salus.warehouse.datasets.cli import datasets, submit
 
     for command in (
         audit,
@@ -394,6 +395,8 @@ def _register_subcommands() -> None:
         dicom,
         hl7,
         warehouse,
+        datasets,
+        submit,
     ):
         main.add_command(command)
 

@@ -156,6 +156,8 @@ class Settings(BaseModel):
     warehouse_part_rows: int = Field(default=250_000, ge=1000)
     warehouse_run_max_rows: int = Field(default=100_000, ge=1)
     warehouse_page_size: int = Field(default=2000, ge=10, le=50_000)
+    warehouse_dataset_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    warehouse_dataset_max_rows: int = Field(default=50_000, ge=1)
 
     # -- derived values ------------------------------------------------------------
     def database_url_value(self) -> str:

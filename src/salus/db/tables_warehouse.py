@@ -15,9 +15,15 @@ from __future__ import annotations
 from sqlalchemy import JSON, BigInteger, Column, Index, Integer, String, Table, Text
 
 from salus.db.tables import metadata
-from salus.db.types import UTCDateTime
+from salus.db.types import BigIntPK, UTCDateTime
 
-__all__ = ["metadata", "view_exports", "warehouse_views"]
+__all__ = [
+    "dataset_rows",
+    "dataset_submissions",
+    "metadata",
+    "view_exports",
+    "warehouse_views",
+]
 
 warehouse_views = Table(
     "warehouse_views",
@@ -63,3 +69,53 @@ Index(
     view_exports.c.owner_id,
     view_exports.c.status,
 )
+
+# -- operational datasets (salus.warehouse.datasets) ----------------------------------
+# ``dataset_submissions``: one row per accepted submission (refused ones are only
+# audited). ``dataset_rows``: the accepted rows, typed, as JSON without the
+# schema's personal columns, with the FHIR resources each produced; the key is
+# unique per dataset, organization and period.
+dataset_submissions = Table(
+    "dataset_submissions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("dataset", String(32), nullable=False),
+    Column("schema_version", String(16), nullable=False),
+    Column("org_id", String(64), nullable=False),
+    Column("period", String(7), nullable=False),
+    Column("mode", String(8), nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("replaced", Integer, nullable=False),
+    Column("resources", Integer, nullable=False),
+    Column("digest", String(64), nullable=False),  # SHA-256 of the submitted bytes
+    Column("submitted_by", String(120), nullable=False),
+    Column("submitted_at", UTCDateTime, nullable=False),
+)
+Index(
+    "ix_dataset_submissions_org",
+    dataset_submissions.c.dataset,
+    dataset_submissions.c.org_id,
+    dataset_submissions.c.period,
+)
+
+dataset_rows = Table(
+    "dataset_rows",
+    metadata,
+    Column("id", BigIntPK, primary_key=True, autoincrement=True),
+    Column("submission_id", String(36), nullable=False),
+    Column("dataset", String(32), nullable=False),
+    Column("org_id", String(64), nullable=False),
+    Column("period", String(7), nullable=False),
+    Column("row_key", String(300), nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("resource_ids", JSON, nullable=False),  # ["Practitioner/ds-...", ...]
+)
+Index(
+    "ux_dataset_rows_key",
+    dataset_rows.c.dataset,
+    dataset_rows.c.org_id,
+    dataset_rows.c.period,
+    dataset_rows.c.row_key,
+    unique=True,
+)
+Index("ix_dataset_rows_submission", dataset_rows.c.submission_id)

@@ -30,6 +30,8 @@ def install(services: Services) -> None:
 
 def install_routes(api: FastAPI) -> None:
     """Mount the warehouse's HTTP routes (:mod:`salus.warehouse.routes`)."""
+    from salus.warehouse.datasets.routes import install_dataset_routes
     from salus.warehouse.routes import install_warehouse_routes
 
     install_warehouse_routes(api)
+    install_dataset_routes(api)  # operational datasets (/api/v1/datasets)
