@@ -52,6 +52,7 @@ from salus.db.engine import Database
 from salus.db.tables_dicom import dicom_instances, dicom_series, dicom_studies
 from salus.db.types import utcnow
 from salus.dicom import events
+from salus.dicom.groupcommit import GroupCommit
 from salus.dicom.index import insert_instance, remove_instance, upsert_hierarchy
 from salus.dicom.matching import Level, QueryValue
 from salus.dicom.parse import ParsedInstance, parse_part10
@@ -136,6 +137,7 @@ class DicomArchive:
         self.fhir_sync = fhir_sync
         self.clock = clock
         self.planner = QueryPlanner(db.dialect)
+        self.group = GroupCommit(db)
 
     @classmethod
     def from_settings(
@@ -261,84 +263,103 @@ class DicomArchive:
     def _index(
         self, principal: Principal, parsed: ParsedInstance, data: bytes, digest: str, size: int
     ) -> StoreResult:
-        """The transaction of :meth:`store`, after the blob is written."""
+        """The transaction of :meth:`store`, after the blob is written: shared with
+        concurrent stores (:class:`~salus.dicom.groupcommit.GroupCommit`), durable
+        when this returns. The metadata is sealed before, outside the write lock."""
+        values = dict(parsed.instance)
+        values.update(
+            sop_instance_uid=parsed.sop_instance_uid,
+            blob_digest=digest,
+            size=size,
+            dataset_offset=parsed.dataset_offset,
+            metadata_json=self._seal(parsed.sop_instance_uid, digest, parsed.metadata),
+        )
+
+        def work(conn: Connection) -> tuple[StoreResult, str | None]:
+            return self._index_in(conn, principal, parsed, values, digest, size)
+
+        result, old_digest = self.group.run(work)
+        if result.outcome in ("stored", "replaced"):
+            # A concurrent deletion of the same content may have removed the blob
+            # between our put and our commit: put it back (one existence check).
+            if not self.blobs.exists(digest):
+                self.blobs.put(data)
+        if old_digest is not None:
+            self._collect_blobs([old_digest])
+        return result
+
+    def _index_in(
+        self,
+        conn: Connection,
+        principal: Principal,
+        parsed: ParsedInstance,
+        values: dict[str, Any],
+        digest: str,
+        size: int,
+    ) -> tuple[StoreResult, str | None]:
         now = self.clock()
         old_digest: str | None = None
-        with self.db.write() as conn:
-            existing = (
+        existing = (
+            conn.execute(
+                select(dicom_instances)
+                .where(dicom_instances.c.sop_instance_uid == parsed.sop_instance_uid)
+                .with_for_update()
+            )
+            .mappings()
+            .first()
+        )
+        if existing is not None:
+            if existing["org_id"] != principal.org_id:
+                raise DuplicateInstance("Another organization holds this SOP Instance UID.")
+            if existing["blob_digest"] == digest:
+                return self._result("duplicate", parsed, digest, size), None
+            if self.duplicate_policy == "reject":
+                raise DuplicateInstance()
+            if self.duplicate_policy == "keep":
+                log.info("dicom duplicate SOP instance kept (policy keep)")
+                return self._result("kept", parsed, digest, size), None
+            old_digest = str(existing["blob_digest"])
+            old_study = (
                 conn.execute(
-                    select(dicom_instances)
-                    .where(dicom_instances.c.sop_instance_uid == parsed.sop_instance_uid)
-                    .with_for_update()
+                    select(dicom_studies).where(dicom_studies.c.pk == existing["study_pk"])
                 )
                 .mappings()
                 .first()
             )
-            if existing is not None:
-                if existing["org_id"] != principal.org_id:
-                    raise DuplicateInstance("Another organization holds this SOP Instance UID.")
-                if existing["blob_digest"] == digest:
-                    return self._result("duplicate", parsed, digest, size)
-                if self.duplicate_policy == "reject":
-                    raise DuplicateInstance()
-                if self.duplicate_policy == "keep":
-                    log.info("dicom duplicate SOP instance kept (policy keep)")
-                    return self._result("kept", parsed, digest, size)
-                old_digest = str(existing["blob_digest"])
-                old_study = (
-                    conn.execute(
-                        select(dicom_studies).where(dicom_studies.c.pk == existing["study_pk"])
-                    )
-                    .mappings()
-                    .first()
+            remove_instance(conn, existing, now)
+            if old_study is not None and old_study["study_uid"] != parsed.study_uid:
+                self._study_changed(conn, old_study, now, gone_check=True)
+        _patient, study, series, coerced = upsert_hierarchy(
+            conn, principal.org_id, parsed, self.patient_policy, now
+        )
+        insert_instance(conn, study, series, values, now, self._study_work(conn, study, now))
+        self.jobs.enqueue(
+            events.INSTANCE_STORED,
+            {
+                "study": parsed.study_uid,
+                "series": parsed.series_uid,
+                "instance": parsed.sop_instance_uid,
+                "sop_class": parsed.sop_class_uid,
+                "org": principal.org_id,
+            },
+            conn=conn,
+            tenant=principal.org_id,
+        )
+        self.audit.append(
+            conn,
+            [
+                self._event(
+                    principal,
+                    "U" if old_digest else "C",
+                    _entity(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid),
+                    "replace instance" if old_digest else "store instance",
+                    patient_key=study["patient_key"],
+                    detail={"size": size, "transfer_syntax": parsed.transfer_syntax_uid},
                 )
-                remove_instance(conn, existing, now)
-                if old_study is not None and old_study["study_uid"] != parsed.study_uid:
-                    self._study_changed(conn, old_study, now, gone_check=True)
-            _patient, study, series, coerced = upsert_hierarchy(
-                conn, principal.org_id, parsed, self.patient_policy, now
-            )
-            values = dict(parsed.instance)
-            values.update(
-                sop_instance_uid=parsed.sop_instance_uid,
-                blob_digest=digest,
-                size=size,
-                dataset_offset=parsed.dataset_offset,
-                metadata_json=self._seal(parsed.sop_instance_uid, digest, parsed.metadata),
-            )
-            insert_instance(conn, study, series, values, now, self._study_work(conn, study, now))
-            self.jobs.enqueue(
-                events.INSTANCE_STORED,
-                {
-                    "study": parsed.study_uid,
-                    "series": parsed.series_uid,
-                    "instance": parsed.sop_instance_uid,
-                    "sop_class": parsed.sop_class_uid,
-                    "org": principal.org_id,
-                },
-                conn=conn,
-                tenant=principal.org_id,
-            )
-            self.audit.append(
-                conn,
-                [
-                    self._event(
-                        principal,
-                        "U" if old_digest else "C",
-                        _entity(parsed.study_uid, parsed.series_uid, parsed.sop_instance_uid),
-                        "replace instance" if old_digest else "store instance",
-                        patient_key=study["patient_key"],
-                        detail={"size": size, "transfer_syntax": parsed.transfer_syntax_uid},
-                    )
-                ],
-            )
-        # A concurrent deletion of the same content may have removed the blob
-        # between our put and our commit: put it back (cheap: one existence check).
-        if not self.blobs.exists(digest):
-            self.blobs.put(data)
-        if old_digest is not None:
-            self._collect_blobs([old_digest])
-        return self._result("replaced" if old_digest else "stored", parsed, digest, size, coerced)
+            ],
+        )
+        outcome = "replaced" if old_digest else "stored"
+        return self._result(outcome, parsed, digest, size, coerced), old_digest
 
     @staticmethod
     def _result(
