@@ -76,15 +76,25 @@ def _retired_storage_classes() -> set[str]:
     and trial ones: old ultrasound, nuclear medicine, standalone curves…): an
     archive still receives them from old modalities and migrations."""
     from pydicom._uid_dict import UID_dictionary
+    from pynetdicom.service_class import StorageServiceClass
 
-    return {
-        uid
-        for uid, (name, kind, *_rest) in UID_dictionary.items()
-        if kind == "SOP Class"
-        and "Storage" in name
-        and "Commitment" not in name
-        and uid != "1.2.840.10008.1.3.10"  # Media Storage Directory: not an instance
-    }
+    known = {str(u) for u in getattr(pynetdicom_sop_class, "_STORAGE_CLASSES").values()}  # noqa: B009
+    found: set[str] = set()
+    for uid, (name, kind, _info, _retired, keyword) in UID_dictionary.items():
+        if kind != "SOP Class" or "Storage" not in name or "Commitment" in name:
+            continue
+        if uid == "1.2.840.10008.1.3.10" or uid in known:  # Media Storage Directory: no
+            continue
+        # pynetdicom must know the class as Storage to receive it, and to send it
+        # on C-GET/C-MOVE.
+        try:
+            pynetdicom_sop_class.register_uid(
+                uid, f"Salus{keyword or 'Storage'}_{len(found)}", StorageServiceClass
+            )
+        except Exception:  # noqa: S112 - a class pynetdicom refuses stays unsupported
+            continue
+        found.add(uid)
+    return found
 
 
 STORAGE_SOP_CLASSES: list[str] = sorted(
