@@ -311,6 +311,8 @@ def test_bad_encodings_and_shapes(world: World) -> None:
     assert [i["code"] for i in response.json()["issues"]] == ["encoding"]
     response = post(world, "a-feed", "quality", b'{"org": "hosp-a"}', "application/json")
     assert [i["code"] for i in response.json()["issues"]] == ["format"]
+    response = post(world, "a-feed", "quality", b" [ ] ", "application/json")
+    assert [i["code"] for i in response.json()["issues"]] == ["empty"]
     response = post(world, "a-feed", "beds", b"org,period,ward_id\n", "text/csv")
     assert {i["code"] for i in response.json()["issues"]} == {"missing-column"}
     response = post(world, "a-feed", "beds", b'org,period\n"hosp-a,2026-05\n')

@@ -166,7 +166,9 @@ class Datasets:
             raise PayloadTooLarge(f"A submission is at most {self.max_bytes} bytes.")
         report = Report()
         columns, raw_rows, decimal_comma = parse_rows(data, media, report, max_rows=self.max_rows)
-        if report:
+        if not columns:  # nothing readable: the report says why
+            if not report:
+                report.add(0, None, "empty", "The submission has no rows.")
             self._refuse(principal, schema, report)
         submission = validate_rows(
             schema,
