@@ -16,6 +16,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+from sqlalchemy import text
+
 from salus.audit.events import AuditEvent
 from salus.errors import (
     Forbidden,
@@ -64,6 +66,10 @@ Handler = Callable[[FhirRequest, re.Match[str]], FhirResponse]
 def _patient_of(stored: Stored) -> str | None:
     """The patient whose record a resource belongs to (its compartment)."""
     return stored.res_id if stored.res_type == "Patient" else stored.patient_key
+
+
+#: A transaction-scoped lock per search condition (PostgreSQL).
+_CONDITION_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 
 
 class FhirRouter:
@@ -389,6 +395,13 @@ class FhirRouter:
             if self.searcher is None:
                 raise NotFound("Search is not available.")
             decision = self._decide(request, res_type, Interaction.SEARCH)
+            if conn.dialect.name == "postgresql":
+                # Two transactions with the same condition (If-None-Exist, conditional
+                # update, ifNoneExist) must not both find nothing and both create:
+                # the second waits here until the first commits, then sees its row.
+                # (SQLite has one writer at a time: nothing to do.)
+                key = res_type + "?" + "&".join(f"{k}={v}" for k, v in sorted(params))
+                conn.execute(_CONDITION_LOCK, {"key": key})
             result = self.searcher.search(
                 conn,
                 decision.require(),
