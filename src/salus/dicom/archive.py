@@ -34,10 +34,10 @@ and audited (category ``dicom``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -67,6 +67,9 @@ from salus.storage.envelope import ValueSealer
 __all__ = ["DicomArchive", "DuplicateInstance", "StoreResult", "StudyMismatch"]
 
 log = logging.getLogger("salus.dicom")
+
+#: Threads that write blobs while the storing thread parses (see :meth:`DicomArchive.store`).
+_BLOB_WRITERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="salus-dicom-blob")
 
 #: The FHIR resource type DICOM access is authorized as.
 RESOURCE_TYPE = "ImagingStudy"
@@ -239,17 +242,28 @@ class DicomArchive:
         """Keep one Part-10 file as received and index it (PS3.4 B.2.2 semantics).
 
         The blob is written first (content-addressed: the same bytes again write
-        nothing), then the index rows, the events and the audit event commit in
-        one transaction; a refusal leaves no row, and the blob is deleted again
-        when no instance references it (a crash between the two leaves an
-        unreferenced blob, never half an instance).
+        nothing; while the file is parsed), then the index rows, the events and
+        the audit event commit in one transaction; a refusal leaves no row, and
+        the blob is deleted again when no instance references it (a crash
+        between the two leaves an unreferenced blob, which the sweep removes;
+        never half an instance).
         """
         self.authorize(principal, Interaction.CREATE)
-        parsed = parse_part10(data)
-        if study is not None and parsed.study_uid != study:
-            raise StudyMismatch()
-        digest = hashlib.sha256(data).hexdigest()
-        blob = self.blobs.put(data)
+        # The blob write (hashing, encryption, fsyncs) runs in a helper thread while
+        # this one parses: both release the GIL for much of their time.
+        writing = _BLOB_WRITERS.submit(self.blobs.put, data)
+        try:
+            parsed = parse_part10(data)
+            if study is not None and parsed.study_uid != study:
+                raise StudyMismatch()
+        except BaseException:
+            try:
+                self._collect_blobs([writing.result().digest])
+            except Exception:
+                log.exception("could not remove the blob of a refused instance")
+            raise
+        blob = writing.result()
+        digest = blob.digest
         try:
             result = self._index(principal, parsed, data, digest, blob.size)
         except BaseException:
