@@ -158,6 +158,7 @@ class Settings(BaseModel):
     warehouse_page_size: int = Field(default=2000, ge=10, le=50_000)
     warehouse_dataset_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     warehouse_dataset_max_rows: int = Field(default=50_000, ge=1)
+    warehouse_indicator_min_cell: int = Field(default=5, ge=1, le=100)
 
     # -- derived values ------------------------------------------------------------
     def database_url_value(self) -> str:

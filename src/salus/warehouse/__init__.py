@@ -26,6 +26,9 @@ def install(services: Services) -> None:
     services.warehouse = Warehouse(services)
     services.job_handlers.register(MATERIALIZE_JOB, services.warehouse.job)
     register_export_job(services)
+    from salus.warehouse.indicators import register_indicators_job
+
+    register_indicators_job(services)  # warehouse.indicators
 
 
 def install_routes(api: FastAPI) -> None:
@@ -35,3 +38,6 @@ def install_routes(api: FastAPI) -> None:
 
     install_warehouse_routes(api)
     install_dataset_routes(api)  # operational datasets (/api/v1/datasets)
+    from salus.warehouse.indicators.routes import install_indicator_routes
+
+    install_indicator_routes(api)  # /api/v1/indicators

@@ -126,3 +126,44 @@ def query(ctx: click.Context, sql: str, fmt: str, max_rows: int) -> None:
             for row in result.rows:
                 table.add_row(*("" if v is None else str(v) for v in row))
             console.print(table)
+
+
+@warehouse.command("indicators")
+@click.option("--compute", is_flag=True, help="Materialize the views, then compute.")
+@click.option("--id", "ind_id", help="One indicator (every one when omitted).")
+@click.option("--period", help="One month (YYYY-MM).")
+@click.option("--schedule", is_flag=True, help="Enqueue a warehouse.indicators job instead.")
+@click.pass_context
+def indicators_cmd(
+    ctx: click.Context, compute: bool, ind_id: str | None, period: str | None, schedule: bool
+) -> None:
+    """List the indicators, or compute them (--compute) as CSV on stdout.
+
+    For a schedule, run ``salus warehouse indicators --schedule`` from cron (the
+    primary's worker runs the job)."""
+    from salus.warehouse.indicators import INDICATORS_JOB
+    from salus.warehouse.indicators.engine import Indicators
+    from salus.warehouse.indicators.library import indicators
+
+    with command_errors():
+        services, _, principal = _open(ctx)
+        try:
+            if schedule:
+                job_id = services.jobs.enqueue(INDICATORS_JOB, {})
+                console.print(f"enqueued {INDICATORS_JOB} job {job_id}")
+                return
+            chosen = [i for i in indicators() if ind_id in (None, i.id)]
+            if not compute:
+                for ind in chosen:
+                    console.print(f"{ind.id}\t{ind.version}\t{ind.unit}\t{ind.title}")
+                return
+            engine = Indicators(services)
+            engine.refresh()
+            writer = csv.writer(sys.stdout)
+            for ind in chosen:
+                result = engine.compute(principal, ind.id, period=period)
+                writer.writerow(["indicator", *result.columns])
+                for cell in result.cells:
+                    writer.writerow([ind.id, *(cell[c] for c in result.columns)])
+        finally:
+            services.close()

@@ -1,0 +1,35 @@
+"""Indicators (issue 7, item 3): definitions as data, computed with DuckDB.
+
+:mod:`.library` loads the definitions (``definitions/*.json``) and the
+ViewDefinitions they read (``views/*.json``); :mod:`.engine` computes them
+with suppression and access rules; :mod:`.routes` serves them as JSON, CSV
+and FHIR MeasureReports. The job kind :data:`INDICATORS_JOB` refreshes the
+views and computes every indicator (``docs/warehouse.md``, "Indicators").
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from salus.jobs import JobContext
+
+if TYPE_CHECKING:
+    from salus.services import Services
+
+__all__ = ["INDICATORS_JOB", "register_indicators_job"]
+
+#: The job kind that materializes the indicators' views and computes them all.
+INDICATORS_JOB = "warehouse.indicators"
+
+
+def register_indicators_job(services: Services) -> None:
+    def handle(ctx: JobContext) -> None:
+        from salus.warehouse.indicators.engine import Indicators, system_principal
+        from salus.warehouse.indicators.library import indicators
+
+        engine = Indicators(services)
+        engine.refresh(full=bool(ctx.payload.get("full")))
+        for ind in indicators():
+            engine.compute(system_principal(), ind.id)
+
+    services.job_handlers.register(INDICATORS_JOB, handle)
