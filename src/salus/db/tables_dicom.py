@@ -32,7 +32,14 @@ from sqlalchemy import (
 from salus.db.tables import metadata
 from salus.db.types import BigIntPK, UTCDateTime
 
-__all__ = ["dicom_instances", "dicom_patients", "dicom_series", "dicom_studies", "metadata"]
+__all__ = [
+    "dicom_instances",
+    "dicom_patients",
+    "dicom_series",
+    "dicom_series_requests",
+    "dicom_studies",
+    "metadata",
+]
 
 #: PS3.5 6.2: UI 64, LO 64, SH 16, PN 64 per component group (3 groups, 324 with separators).
 _UI = 64
@@ -150,3 +157,24 @@ dicom_instances = Table(
 Index("ix_dicom_instances_series_pk", dicom_instances.c.series_pk)
 Index("ix_dicom_instances_study_pk", dicom_instances.c.study_pk)
 Index("ix_dicom_instances_blob_digest", dicom_instances.c.blob_digest)
+
+#: The Request Attributes Sequence (0040,0275) items of a series' instances, for
+#: sequence matching (PS3.4 C.2.2.2.6; QIDO-RS series keys ``RequestAttributesSequence.
+#: RequestedProcedureID`` / ``.ScheduledProcedureStepID``, PS3.18 10.6.1.2). Absent
+#: values are "" so that the unique constraint holds.
+dicom_series_requests = Table(
+    "dicom_series_requests",
+    metadata,
+    Column("pk", BigIntPK, primary_key=True, autoincrement=True),
+    Column("series_pk", BigInteger, ForeignKey("dicom_series.pk"), nullable=False),
+    Column("requested_procedure_id", String(_SH), nullable=False),
+    Column("scheduled_step_id", String(_SH), nullable=False),
+    UniqueConstraint(
+        "series_pk",
+        "requested_procedure_id",
+        "scheduled_step_id",
+        name="uq_dicom_series_requests_keys",
+    ),
+)
+Index("ix_dicom_series_requests_procedure", dicom_series_requests.c.requested_procedure_id)
+Index("ix_dicom_series_requests_step", dicom_series_requests.c.scheduled_step_id)

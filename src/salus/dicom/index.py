@@ -18,7 +18,13 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 
-from salus.db.tables_dicom import dicom_instances, dicom_patients, dicom_series, dicom_studies
+from salus.db.tables_dicom import (
+    dicom_instances,
+    dicom_patients,
+    dicom_series,
+    dicom_series_requests,
+    dicom_studies,
+)
 from salus.dicom.parse import ParsedInstance
 from salus.errors import Conflict
 
@@ -175,6 +181,17 @@ def upsert_hierarchy(
     series = _locked(conn, dicom_series, r.series_uid == parsed.series_uid)
     if series["study_pk"] != study["pk"]:
         raise StudyOwnedElsewhere("The series already belongs to another study.")
+    for procedure, step in parsed.requests:
+        _insert_ignore(
+            conn,
+            dicom_series_requests,
+            {
+                "series_pk": series["pk"],
+                "requested_procedure_id": procedure,
+                "scheduled_step_id": step,
+            },
+            ["series_pk", "requested_procedure_id", "scheduled_step_id"],
+        )
     changed = {k: v for k, v in parsed.series.items() if v is not None and series[k] != v}
     if changed:
         conn.execute(update(dicom_series).where(r.pk == series["pk"]).values(**changed))
@@ -271,6 +288,8 @@ def remove_instance(conn: Connection, row: RowMapping, now: datetime) -> None:
         select(func.count()).select_from(dicom_instances).where(i.series_pk == row["series_pk"])
     ).scalar_one()
     if not series_left:
+        q = dicom_series_requests.c
+        conn.execute(delete(dicom_series_requests).where(q.series_pk == row["series_pk"]))
         conn.execute(delete(dicom_series).where(r.pk == row["series_pk"]))
     study_pk = int(row["study_pk"])
     study_left = conn.execute(

@@ -17,8 +17,10 @@ Each supported key names its level, its column and how it matches:
   range matching** (C.2.2.2.5.1) of StudyDate/StudyTime and the Performed
   Procedure Step start date/time when asked for (:class:`Matcher`);
 * **sequence** (C.2.2.2.6): one item whose keys match against the same
-  entity (IssuerOfAccessionNumberSequence > LocalNamespaceEntityID); an empty
-  sequence is universal.
+  entity (IssuerOfAccessionNumberSequence > LocalNamespaceEntityID), or an
+  item of the series' Request Attributes Sequence (> RequestedProcedureID,
+  ScheduledProcedureStepID; ``dicom_series_requests``); an empty sequence is
+  universal.
 
 Keys of a level below the queried one (relational queries, C.4.1.2.2.1)
 become ``EXISTS`` sub-queries; keys that Salus does not index are ignored
@@ -36,7 +38,13 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, exists, false, or_, select
 
-from salus.db.tables_dicom import dicom_instances, dicom_patients, dicom_series, dicom_studies
+from salus.db.tables_dicom import (
+    dicom_instances,
+    dicom_patients,
+    dicom_series,
+    dicom_series_requests,
+    dicom_studies,
+)
 from salus.dicom.parse import norm_pn, time_key
 from salus.errors import InvalidInput
 
@@ -132,6 +140,7 @@ KEYS: dict[str, Key] = {
             R.pps_start_time_key,
         ),
         _k("NumberOfSeriesRelatedInstances", Level.SERIES, R.num_instances, "COUNT", "IS"),
+        _k("RequestAttributesSequence", Level.SERIES, None, "SQ", "SQ"),
         _k("SOPInstanceUID", Level.IMAGE, I.sop_instance_uid, "UI", "UI"),
         _k("SOPClassUID", Level.IMAGE, I.sop_class_uid, "UI", "UI"),
         _k("InstanceNumber", Level.IMAGE, I.instance_number, "INT", "IS"),
@@ -145,8 +154,17 @@ KEYS: dict[str, Key] = {
 }
 
 #: Item keys of the sequences that are matched (C.2.2.2.6), to their column.
+Q = dicom_series_requests.c
 SEQUENCE_ITEMS: dict[str, dict[str, Any]] = {
     "IssuerOfAccessionNumberSequence": {"LocalNamespaceEntityID": S.accession_issuer},
+    "RequestAttributesSequence": {
+        "RequestedProcedureID": Q.requested_procedure_id,
+        "ScheduledProcedureStepID": Q.scheduled_step_id,
+    },
+}
+#: Sequences whose items live in a table of their own, and how it joins its entity.
+SEQUENCE_TABLES: dict[str, tuple[Any, Any]] = {
+    "RequestAttributesSequence": (dicom_series_requests, Q.series_pk == R.pk),
 }
 
 #: The table of each level and how a row of it is tied to its parent.
@@ -285,9 +303,14 @@ def condition_for(key: Key, value: QueryValue, dialect: str) -> ColumnElement[bo
                 column = item_keys.get(name)
                 if column is None or not isinstance(item_value, str) or not item_value:
                     continue
-                sub = Key(name, key.level, column, "STR", "LO")
+                sub = Key(name, key.level, column, "STR", "SH")
                 conditions.append(_one(sub, item_value, dialect))
-        return and_(*conditions) if conditions else None
+        if not conditions:
+            return None
+        if key.keyword in SEQUENCE_TABLES:  # one item matches all the item keys
+            table, joined = SEQUENCE_TABLES[key.keyword]
+            return exists(select(table.c.pk).where(joined, *conditions))
+        return and_(*conditions)
     if value is None or not isinstance(value, str) or value == "" or value == "*":
         return None
     values = [v for v in value.split("\\")]

@@ -230,6 +230,9 @@ class ParsedInstance:
     series: dict[str, Any] = field(default_factory=dict)
     instance: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: (RequestedProcedureID, ScheduledProcedureStepID) of each Request Attributes
+    #: Sequence item ("" when absent).
+    requests: list[tuple[str, str]] = field(default_factory=list)
 
 
 def part10_from_dimse(
@@ -383,6 +386,13 @@ def parse_part10(data: bytes) -> ParsedInstance:
             "pps_start_time": pps_time,
             "pps_start_time_key": time_key(pps_time),
         }
+        for item in ds.get("RequestAttributesSequence") or []:
+            request = (
+                _text(item, "RequestedProcedureID", 16) or "",
+                _text(item, "ScheduledProcedureStepID", 16) or "",
+            )
+            if any(request) and request not in parsed.requests:
+                parsed.requests.append(request)
         parsed.instance = {
             "sop_class_uid": sop_class,
             "instance_number": _int(ds, "InstanceNumber"),

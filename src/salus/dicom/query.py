@@ -16,7 +16,13 @@ from typing import Any
 from sqlalchemy import Select, exists, func, select
 from sqlalchemy.engine import Connection
 
-from salus.db.tables_dicom import dicom_instances, dicom_patients, dicom_series, dicom_studies
+from salus.db.tables_dicom import (
+    dicom_instances,
+    dicom_patients,
+    dicom_series,
+    dicom_series_requests,
+    dicom_studies,
+)
 from salus.dicom.matching import KEYS, Level, Matcher, QueryValue
 from salus.security.policy import RecordColumns, RecordFilter
 
@@ -127,6 +133,8 @@ class QueryPlanner:
             extra = [S.patient_key.label("_patient_key"), S.org_id.label("_org")]
             if level.depth >= Level.STUDY.depth:
                 extra.append(S.accession_issuer.label("_accession_issuer"))
+            if level.depth >= Level.SERIES.depth:
+                extra.append(R.pk.label("_series_pk"))
         query: Select[Any] = (
             select(*columns, *extra)
             .select_from(_from(level))
@@ -138,10 +146,14 @@ class QueryPlanner:
         if offset:
             query = query.offset(offset)
         matches = []
-        for row in conn.execute(query, flt.params()).mappings():
+        rows = conn.execute(query, flt.params()).mappings().all()
+        requests = self._requests(conn, [r["_series_pk"] for r in rows if "_series_pk" in r])
+        for row in rows:
             attributes = {
                 k: (None if row[k] == "" else row[k]) for k in row.keys() if not k.startswith("_")
             }
+            if "_series_pk" in row:
+                attributes["RequestAttributesSequence"] = requests.get(row["_series_pk"], [])
             issuer = row.get("_accession_issuer")
             if level.depth >= Level.STUDY.depth:
                 attributes["IssuerOfAccessionNumberSequence"] = (
@@ -159,6 +171,24 @@ class QueryPlanner:
                 )
             )
         return matches
+
+    @staticmethod
+    def _requests(conn: Connection, series_pks: list[int]) -> dict[int, list[dict[str, str]]]:
+        """The Request Attributes Sequence items of each series (one query)."""
+        out: dict[int, list[dict[str, str]]] = {}
+        if not series_pks:
+            return out
+        q = dicom_series_requests.c
+        for start in range(0, len(series_pks), 500):
+            batch = list(dict.fromkeys(series_pks[start : start + 500]))
+            for pk, procedure, step in conn.execute(
+                select(q.series_pk, q.requested_procedure_id, q.scheduled_step_id)
+                .where(q.series_pk.in_(batch))
+                .order_by(q.pk)
+            ).all():
+                item = {"RequestedProcedureID": procedure, "ScheduledProcedureStepID": step}
+                out.setdefault(int(pk), []).append({k: v for k, v in item.items() if v})
+        return out
 
     def instances(
         self,
