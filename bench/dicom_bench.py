@@ -349,8 +349,6 @@ class Salus(Target):
 
     def grow(self, count: int, run: str) -> float:
         """Insert ``count`` instances' index rows in bulk (see the module docstring)."""
-        from sqlalchemy import insert
-
         from salus.db import create_database
         from salus.db.tables_dicom import (
             dicom_instances,
@@ -413,13 +411,27 @@ class Salus(Target):
                 with db.write() as conn:
                     for table, rows in ((dicom_patients, patients), (dicom_studies, studies),
                                         (dicom_series, series), (dicom_instances, instances)):
-                        if rows:
-                            conn.execute(insert(table), rows)
+                        if rows:  # the driver's executemany: no per-row SQLAlchemy work
+                            names = list(rows[0])
+                            marks = ", ".join("?" for _ in names)
+                            sql = f"INSERT INTO {table.name} ({', '.join(names)})"  # noqa: S608
+                            conn.exec_driver_sql(f"{sql} VALUES ({marks})",
+                                                 [tuple(_sql_value(r[n]) for n in names)
+                                                  for r in rows])
             with db.write() as conn:
                 conn.exec_driver_sql("ANALYZE")
         finally:
             db.dispose()
         return time.perf_counter() - began
+
+
+def _sql_value(value: Any) -> Any:
+    """A value as SQLite stores it through Salus's column types (UTCDateTime: ISO text)."""
+    from datetime import datetime
+
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value
 
 
 class Orthanc(Target):
