@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -99,7 +100,17 @@ def test_serve_runs_dimse_and_dicomweb(settings_factory: Any) -> None:
             except httpx.HTTPError:
                 return False
 
+        def listening() -> bool:
+            # /ready may be answered by an HTTP-only worker before worker 0 (which
+            # runs the DIMSE listener) has started: wait for the DICOM port too.
+            try:
+                socket.create_connection(("127.0.0.1", dicom_port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
         _wait(ready, 30)
+        _wait(listening, 30)
         # DIMSE: C-ECHO and C-STORE as the registered modality.
         ct = dcmread(BytesIO(web_sample("CT_small.dcm")))
         ae = AE(ae_title="MOD_A")
