@@ -747,11 +747,13 @@ def render(ingests: list[Ingest], lat: list[Latency], wado: list[Retrieval], sca
         s, o = cells.get("Salus"), cells.get("Orthanc")
         goal = METADATA_MS if "metadata" in kind else QUERY_P95_MS
         label = (f"{kind} ({scale:,}-instance index)" if "metadata" not in kind else kind)
-        lines.append(
-            f"| {label}, p50 / p95 ms | {s.p50:.1f} / {s.p95:.1f} | "
-            f"{o.p50:.1f} / {o.p95:.1f} | — | {o.p95 / s.p95:.1f}x faster (p95) | — | "
-            f"p95 < {goal:.0f} ms: {'met' if s.p95 < goal else '**not met**'} |"
-            if s and o else f"| {label} | — | — | — | — | — | — |")
+        salus = f"{s.p50:.1f} / {s.p95:.1f}" if s else "—"
+        orthanc = f"{o.p50:.1f} / {o.p95:.1f}" if o else "—"
+        ratio = f"{o.p95 / s.p95:.1f}x faster (p95)" if s and o else "—"
+        verdict = (f"p95 < {goal:.0f} ms: {'met' if s.p95 < goal else '**not met**'}"
+                   if s else "—")
+        lines.append(f"| {label}, p50 / p95 ms | {salus} | {orthanc} | — | {ratio} | — | "
+                     f"{verdict} |")
     for r in wado:
         lines.append(f"| WADO-RS whole studies, 4 clients ({r.target}) | "
                      f"{r.instances / r.wall_s:,.0f} inst/s ({r.megabytes / r.wall_s:,.0f} MB/s)"
