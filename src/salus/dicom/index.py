@@ -1,11 +1,12 @@
 """Index writes: patients, studies, series and instances in one transaction.
 
-Rows are found or created with ``INSERT … ON CONFLICT DO NOTHING`` then a
-locking ``SELECT``, so two associations storing the first instances of one
-study at once meet on the same rows (PostgreSQL), and SQLite's single writer
-needs nothing more. Study and series statistics (PS3.4 C.3.4: number of
-related series and instances, modalities in study) are updated in the same
-transaction as the instance row, so they are never stale.
+Rows are found with a locking ``SELECT`` or, when missing, created with
+``INSERT … ON CONFLICT DO NOTHING`` then selected again, so two associations
+storing the first instances of one study at once meet on the same rows
+(PostgreSQL), and SQLite's single writer needs nothing more. Study and
+series statistics (PS3.4 C.3.4: number of related series and instances,
+modalities in study) are updated in the same transaction as the instance
+row, so they are never stale.
 """
 
 from __future__ import annotations
@@ -83,6 +84,18 @@ def _locked(conn: Connection, table: Any, *where: Any) -> RowMapping:
     return row
 
 
+def _found_or_created(
+    conn: Connection, table: Any, where: list[Any], values: dict[str, Any], keys: list[str]
+) -> RowMapping:
+    """The locked row ``where`` selects, inserted from ``values`` first when missing
+    (most instances join a patient, study and series that exist: one statement)."""
+    row = conn.execute(select(table).where(*where).with_for_update()).mappings().first()
+    if row is not None:
+        return row
+    _insert_ignore(conn, table, values, keys)
+    return _locked(conn, table, *where)
+
+
 def _patient(
     conn: Connection, org_id: str, parsed: ParsedInstance, policy: str, now: datetime
 ) -> tuple[RowMapping, bool]:
@@ -90,18 +103,12 @@ def _patient(
     the instance's (policy ``keep``: PS3.4 B.2.3 0xB000, coercion)."""
     values = parsed.patient
     p = dicom_patients.c
-    _insert_ignore(
+    row = _found_or_created(
         conn,
         dicom_patients,
+        [p.org_id == org_id, p.patient_id == values["patient_id"], p.issuer == values["issuer"]],
         {**values, "org_id": org_id, "patient_key": None, "created_at": now, "updated_at": now},
         ["org_id", "patient_id", "issuer"],
-    )
-    row = _locked(
-        conn,
-        dicom_patients,
-        p.org_id == org_id,
-        p.patient_id == values["patient_id"],
-        p.issuer == values["issuer"],
     )
     differs = [
         name
@@ -138,9 +145,10 @@ def upsert_hierarchy(
     instance's (kept by policy)."""
     patient, coerced = _patient(conn, org_id, parsed, patient_policy, now)
     s = dicom_studies.c
-    _insert_ignore(
+    study = _found_or_created(
         conn,
         dicom_studies,
+        [s.study_uid == parsed.study_uid],
         {
             **parsed.study,
             "study_uid": parsed.study_uid,
@@ -157,16 +165,16 @@ def upsert_hierarchy(
         },
         ["study_uid"],
     )
-    study = _locked(conn, dicom_studies, s.study_uid == parsed.study_uid)
     if study["org_id"] != org_id or study["patient_pk"] != patient["pk"]:
         raise StudyOwnedElsewhere()
     changed = {k: v for k, v in parsed.study.items() if v is not None and study[k] != v}
     if changed:
         conn.execute(update(dicom_studies).where(s.pk == study["pk"]).values(**changed))
     r = dicom_series.c
-    _insert_ignore(
+    series = _found_or_created(
         conn,
         dicom_series,
+        [r.series_uid == parsed.series_uid],
         {
             **parsed.series,
             "series_uid": parsed.series_uid,
@@ -178,7 +186,6 @@ def upsert_hierarchy(
         },
         ["series_uid"],
     )
-    series = _locked(conn, dicom_series, r.series_uid == parsed.series_uid)
     if series["study_pk"] != study["pk"]:
         raise StudyOwnedElsewhere("The series already belongs to another study.")
     for procedure, step in parsed.requests:
