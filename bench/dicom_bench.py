@@ -100,8 +100,9 @@ DICOM_ACCEPT = 'multipart/related; type="application/dicom"'
 
 def dcmtk(tool: str) -> str:
     """dcmtk's binary, not pynetdicom's Python apps of the same names in the venv."""
-    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
-                           if not p.startswith(sys.prefix))
+    path = os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep) if not p.startswith(sys.prefix)
+    )
     found = shutil.which(tool, path=path)
     if found is None:
         raise SystemExit(f"dcmtk's {tool} is not installed (apt-get install dcmtk)")
@@ -180,8 +181,9 @@ class _Values:
         self.SOPInstanceUID = _uid(run, "instance", study, 0, number)
 
 
-def write_ct(folder: Path, count: int, per_study: int, rows: int, run: str,
-             first_study: int = 0) -> list[Path]:
+def write_ct(
+    folder: Path, count: int, per_study: int, rows: int, run: str, first_study: int = 0
+) -> list[Path]:
     """``count`` CT files, ``per_study`` per study, 2 studies per patient."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(20261123)
@@ -248,14 +250,24 @@ class Meter:
     def sample(self) -> tuple[float, float, float, float, float, float]:
         busy, total = _machine()
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return (time.perf_counter(), tree_cpu(self.pid), children.ru_utime + children.ru_stime,
-                time.process_time(), busy, total)
+        return (
+            time.perf_counter(),
+            tree_cpu(self.pid),
+            children.ru_utime + children.ru_stime,
+            time.process_time(),
+            busy,
+            total,
+        )
 
     @staticmethod
     def since(a: tuple[float, ...], b: tuple[float, ...]) -> Cpu:
         wall = max(b[0] - a[0], 1e-9)
-        cpu = Cpu((b[1] - a[1]) / wall, (b[2] - a[2]) / wall, (b[3] - a[3]) / wall,
-                  machine_busy=(b[4] - a[4]) / max(b[5] - a[5], 1e-9))
+        cpu = Cpu(
+            (b[1] - a[1]) / wall,
+            (b[2] - a[2]) / wall,
+            (b[3] - a[3]) / wall,
+            machine_busy=(b[4] - a[4]) / max(b[5] - a[5], 1e-9),
+        )
         busy = cpu.machine_busy * (os.cpu_count() or 1)
         cpu.others = max(0.0, busy - cpu.target - cpu.senders - cpu.bench)
         return cpu
@@ -293,8 +305,9 @@ class Target:
 
     def _spawn(self, args: list[str], env: dict[str, str]) -> None:
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
         _wait_port(self.dicom_port, self.process, self.name, self.log)
 
     def stop(self) -> None:
@@ -315,26 +328,48 @@ class Salus(Target):
         self.base = f"http://127.0.0.1:{self.http_port}"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("SALUS_")},
-            "SALUS_LOG_LEVEL": "WARNING", "SALUS_JOBS_ENABLED": "false",
-            "SALUS_HTTP_WORKERS": "1", "SALUS_PUBLIC_URL": self.base,
-            "SALUS_AUTH_TOKEN_TTL": "3600", "SALUS_RATE_LIMIT_TOKEN_PER_MINUTE": "100000",
-            "SALUS_DICOM_ENABLED": "true", "SALUS_DICOM_PORT": str(self.dicom_port),
-            "SALUS_DICOM_UNKNOWN_AE_CLIENT": CLIENT_ID, "SALUS_DICOM_MAX_ASSOCIATIONS": "16",
+            "SALUS_LOG_LEVEL": "WARNING",
+            "SALUS_JOBS_ENABLED": "false",
+            "SALUS_HTTP_WORKERS": "1",
+            "SALUS_PUBLIC_URL": self.base,
+            "SALUS_AUTH_TOKEN_TTL": "3600",
+            "SALUS_RATE_LIMIT_TOKEN_PER_MINUTE": "100000",
+            "SALUS_DICOM_ENABLED": "true",
+            "SALUS_DICOM_PORT": str(self.dicom_port),
+            "SALUS_DICOM_UNKNOWN_AE_CLIENT": CLIENT_ID,
+            "SALUS_DICOM_MAX_ASSOCIATIONS": "16",
             "SALUS_DICOMWEB_QIDO_MAX_RESULTS": "10000",
         }
         self._cli("init")
         self._cli("org", "create", ORG, "--name", "Bench Hospital", "--kind", "hospital")
-        out = self._cli("client", "create", CLIENT_ID, "--org", ORG,
-                        "--role", "hospital_integration")
+        out = self._cli(
+            "client", "create", CLIENT_ID, "--org", ORG, "--role", "hospital_integration"
+        )
         self.secret = out.strip().rsplit(None, 1)[-1]
-        self._spawn([sys.executable, "-m", "salus", "--data-dir", str(self.folder), "serve",
-                     "--port", str(self.http_port)], self.env)
+        self._spawn(
+            [
+                sys.executable,
+                "-m",
+                "salus",
+                "--data-dir",
+                str(self.folder),
+                "serve",
+                "--port",
+                str(self.http_port),
+            ],
+            self.env,
+        )
         _wait_port(self.http_port, self.process, "salus http", self.log)  # type: ignore[arg-type]
         return self
 
     def _cli(self, *args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "salus", "--data-dir", str(self.folder),
-                               *args], env=self.env, capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "salus", "--data-dir", str(self.folder), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"salus {' '.join(args)}: {done.stderr or done.stdout}")
         return done.stdout
@@ -343,11 +378,18 @@ class Salus(Target):
         import base64
 
         basic = base64.b64encode(f"{CLIENT_ID}:{self.secret}".encode()).decode()
-        token = httpx.post(f"{self.base}/auth/token", data={"grant_type": "client_credentials"},
-                           headers={"Authorization": f"Basic {basic}"}, timeout=30)
+        token = httpx.post(
+            f"{self.base}/auth/token",
+            data={"grant_type": "client_credentials"},
+            headers={"Authorization": f"Basic {basic}"},
+            timeout=30,
+        )
         token.raise_for_status()
-        return httpx.Client(base_url=f"{self.base}/dicomweb", timeout=120, headers={
-            "Authorization": f"Bearer {token.json()['access_token']}"})
+        return httpx.Client(
+            base_url=f"{self.base}/dicomweb",
+            timeout=120,
+            headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+        )
 
     def grow(self, count: int, run: str) -> float:
         """Insert ``count`` instances' index rows in bulk (see the module docstring)."""
@@ -372,54 +414,109 @@ class Salus(Target):
                     study = 1_000_000 + i // 10
                     ds = _Values(study // 2, study, i % 10, run)
                     if i % 20 == 0:
-                        patients.append({
-                            "pk": base + study // 2, "org_id": ORG, "patient_id": ds.PatientID,
-                            "issuer": "", "patient_name": str(ds.PatientName),
-                            "patient_name_norm": norm_pn(str(ds.PatientName)),
-                            "birth_date": ds.PatientBirthDate, "sex": ds.PatientSex,
-                            "patient_key": None, "created_at": now, "updated_at": now})
+                        patients.append(
+                            {
+                                "pk": base + study // 2,
+                                "org_id": ORG,
+                                "patient_id": ds.PatientID,
+                                "issuer": "",
+                                "patient_name": str(ds.PatientName),
+                                "patient_name_norm": norm_pn(str(ds.PatientName)),
+                                "birth_date": ds.PatientBirthDate,
+                                "sex": ds.PatientSex,
+                                "patient_key": None,
+                                "created_at": now,
+                                "updated_at": now,
+                            }
+                        )
                     if i % 10 == 0:
-                        studies.append({
-                            "pk": base + study, "study_uid": ds.StudyInstanceUID,
-                            "patient_pk": base + study // 2, "org_id": ORG, "patient_key": None,
-                            "study_date": ds.StudyDate, "study_time": ds.StudyTime,
-                            "study_time_key": time_key(ds.StudyTime),
-                            "accession_number": ds.AccessionNumber, "accession_issuer": None,
-                            "referring_physician_name": "Tran^Minh",
-                            "referring_physician_name_norm": "TRAN^MINH",
-                            "study_id": ds.StudyID, "study_description": ds.StudyDescription,
-                            "modalities": "CT", "num_series": 1, "num_instances": 10,
-                            "fhir_id": None, "fhir_sync_pending": False,
-                            "last_instance_at": now, "stable_check_at": None,
-                            "created_at": now, "updated_at": now})
-                        series.append({
-                            "pk": base + study, "series_uid": ds.SeriesInstanceUID,
-                            "study_pk": base + study, "org_id": ORG, "modality": "CT",
-                            "series_number": 1, "series_description": ds.SeriesDescription,
-                            "body_part_examined": "CHEST", "laterality": None,
-                            "series_date": ds.SeriesDate, "series_time": ds.SeriesTime,
-                            "pps_start_date": None, "pps_start_time": None,
-                            "pps_start_time_key": None, "num_instances": 10,
-                            "created_at": now, "updated_at": now})
-                    instances.append({
-                        "pk": base + i, "sop_instance_uid": ds.SOPInstanceUID,
-                        "series_pk": base + study, "study_pk": base + study, "org_id": ORG,
-                        "sop_class_uid": CT, "instance_number": i % 10 + 1, "rows": 8,
-                        "columns": 8, "number_of_frames": None, "bits_allocated": 16,
-                        "content_date": ds.ContentDate, "content_time": ds.ContentTime,
-                        "transfer_syntax_uid": ExplicitVRLittleEndian,
-                        "blob_digest": "0" * 64, "size": 0, "dataset_offset": 0,
-                        "metadata_json": b"{}", "created_at": now, "updated_at": now})
+                        studies.append(
+                            {
+                                "pk": base + study,
+                                "study_uid": ds.StudyInstanceUID,
+                                "patient_pk": base + study // 2,
+                                "org_id": ORG,
+                                "patient_key": None,
+                                "study_date": ds.StudyDate,
+                                "study_time": ds.StudyTime,
+                                "study_time_key": time_key(ds.StudyTime),
+                                "accession_number": ds.AccessionNumber,
+                                "accession_issuer": None,
+                                "referring_physician_name": "Tran^Minh",
+                                "referring_physician_name_norm": "TRAN^MINH",
+                                "study_id": ds.StudyID,
+                                "study_description": ds.StudyDescription,
+                                "modalities": "CT",
+                                "num_series": 1,
+                                "num_instances": 10,
+                                "fhir_id": None,
+                                "fhir_sync_pending": False,
+                                "last_instance_at": now,
+                                "stable_check_at": None,
+                                "created_at": now,
+                                "updated_at": now,
+                            }
+                        )
+                        series.append(
+                            {
+                                "pk": base + study,
+                                "series_uid": ds.SeriesInstanceUID,
+                                "study_pk": base + study,
+                                "org_id": ORG,
+                                "modality": "CT",
+                                "series_number": 1,
+                                "series_description": ds.SeriesDescription,
+                                "body_part_examined": "CHEST",
+                                "laterality": None,
+                                "series_date": ds.SeriesDate,
+                                "series_time": ds.SeriesTime,
+                                "pps_start_date": None,
+                                "pps_start_time": None,
+                                "pps_start_time_key": None,
+                                "num_instances": 10,
+                                "created_at": now,
+                                "updated_at": now,
+                            }
+                        )
+                    instances.append(
+                        {
+                            "pk": base + i,
+                            "sop_instance_uid": ds.SOPInstanceUID,
+                            "series_pk": base + study,
+                            "study_pk": base + study,
+                            "org_id": ORG,
+                            "sop_class_uid": CT,
+                            "instance_number": i % 10 + 1,
+                            "rows": 8,
+                            "columns": 8,
+                            "number_of_frames": None,
+                            "bits_allocated": 16,
+                            "content_date": ds.ContentDate,
+                            "content_time": ds.ContentTime,
+                            "transfer_syntax_uid": ExplicitVRLittleEndian,
+                            "blob_digest": "0" * 64,
+                            "size": 0,
+                            "dataset_offset": 0,
+                            "metadata_json": b"{}",
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                    )
                 with db.write() as conn:
-                    for table, rows in ((dicom_patients, patients), (dicom_studies, studies),
-                                        (dicom_series, series), (dicom_instances, instances)):
+                    for table, rows in (
+                        (dicom_patients, patients),
+                        (dicom_studies, studies),
+                        (dicom_series, series),
+                        (dicom_instances, instances),
+                    ):
                         if rows:  # the driver's executemany: no per-row SQLAlchemy work
                             names = list(rows[0])
                             marks = ", ".join("?" for _ in names)
                             sql = f"INSERT INTO {table.name} ({', '.join(names)})"  # noqa: S608
-                            conn.exec_driver_sql(f"{sql} VALUES ({marks})",
-                                                 [tuple(_sql_value(r[n]) for n in names)
-                                                  for r in rows])
+                            conn.exec_driver_sql(
+                                f"{sql} VALUES ({marks})",
+                                [tuple(_sql_value(r[n]) for n in names) for r in rows],
+                            )
             with db.write() as conn:
                 conn.exec_driver_sql("ANALYZE")
         finally:
@@ -442,25 +539,32 @@ class Orthanc(Target):
     def start(self) -> Orthanc:
         self.http_port = free_port()
         config = {
-            "Name": "bench", "StorageDirectory": str(self.folder / "storage"),
-            "IndexDirectory": str(self.folder / "storage"), "HttpPort": self.http_port,
-            "DicomPort": self.dicom_port, "DicomAet": self.ae, "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "StorageCompression": False,
+            "Name": "bench",
+            "StorageDirectory": str(self.folder / "storage"),
+            "IndexDirectory": str(self.folder / "storage"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.ae,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "StorageCompression": False,
             "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-            "DicomScpTimeout": 120, "DicomAlwaysAllowFind": True, "DicomAlwaysAllowEcho": True,
+            "DicomScpTimeout": 120,
+            "DicomAlwaysAllowFind": True,
+            "DicomAlwaysAllowEcho": True,
             "DicomCheckCalledAet": False,
             "DicomModalities": {"bench": ["BENCH", "127.0.0.1", 104]},
         }
         (self.folder / "orthanc.json").write_text(json.dumps(config))
         orthanc = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-        self._spawn([orthanc, str(self.folder / "orthanc.json")],
-                    {**os.environ, "TCP_NODELAY": "1"})
+        self._spawn(
+            [orthanc, str(self.folder / "orthanc.json")], {**os.environ, "TCP_NODELAY": "1"}
+        )
         return self
 
     def http(self) -> httpx.Client:
-        return httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}/dicom-web",
-                            timeout=120)
+        return httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}/dicom-web", timeout=120)
 
     def grow(self, count: int, run: str) -> float:
         """Store ``count`` small instances through the REST API, 4 threads."""
@@ -489,13 +593,26 @@ class StoreSCP(Target):
 
     def start(self) -> StoreSCP:
         (self.folder / "out").mkdir(exist_ok=True)
-        self._spawn([dcmtk("storescp"), "--fork", "-aet", self.ae, "-od", str(self.folder / "out"),
-                     str(self.dicom_port)], {**os.environ, "TCP_NODELAY": "1"})
+        self._spawn(
+            [
+                dcmtk("storescp"),
+                "--fork",
+                "-aet",
+                self.ae,
+                "-od",
+                str(self.folder / "out"),
+                str(self.dicom_port),
+            ],
+            {**os.environ, "TCP_NODELAY": "1"},
+        )
         return self
 
 
-TARGETS: dict[str, Callable[[Path], Target]] = {"salus": Salus, "orthanc": Orthanc,
-                                                "storescp": StoreSCP}
+TARGETS: dict[str, Callable[[Path], Target]] = {
+    "salus": Salus,
+    "orthanc": Orthanc,
+    "storescp": StoreSCP,
+}
 
 
 # -- phases -----------------------------------------------------------------------------------
@@ -518,25 +635,55 @@ class Ingest:
         return self.megabytes / self.wall_s
 
 
-def ingest(target: Target, files: Sequence[Path], associations: int,
-           profile: Path | None) -> Ingest:
+def ingest(
+    target: Target, files: Sequence[Path], associations: int, profile: Path | None
+) -> Ingest:
     shares = [list(files[i::associations]) for i in range(associations)]
     megabytes = sum(p.stat().st_size for p in files) / 1e6
     env = {**os.environ, "TCP_NODELAY": "1"}
     spy = None
     if profile is not None and isinstance(target, Salus) and shutil.which("py-spy"):
         profile.mkdir(parents=True, exist_ok=True)
-        spy = subprocess.Popen(["py-spy", "record", "--pid", str(target.pid), "--format", "raw",
-                                "--rate", "200", "--gil", "--nonblocking", "--output",
-                                str(profile / f"salus-ingest-{associations}.txt")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        spy = subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(target.pid),
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+                "--gil",
+                "--nonblocking",
+                "--output",
+                str(profile / f"salus-ingest-{associations}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(1.0)
     meter = Meter(target.pid)
     start = meter.sample()
-    senders = [subprocess.Popen([dcmtk("storescu"), "-R", "-aet", "BENCH", "-aec", target.ae,
-                                 "127.0.0.1", str(target.dicom_port), *map(str, share)],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-               for share in shares]
+    senders = [
+        subprocess.Popen(
+            [
+                dcmtk("storescu"),
+                "-R",
+                "-aet",
+                "BENCH",
+                "-aec",
+                target.ae,
+                "127.0.0.1",
+                str(target.dicom_port),
+                *map(str, share),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for share in shares
+    ]
     failures = []
     for sender in senders:
         _out, err = sender.communicate()
@@ -546,13 +693,23 @@ def ingest(target: Target, files: Sequence[Path], associations: int,
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(timeout=60)
-    result = Ingest(target.name, associations, len(files), megabytes, end[0] - start[0],
-                    Meter.since(start, end), failures[0] if failures else "")
+    result = Ingest(
+        target.name,
+        associations,
+        len(files),
+        megabytes,
+        end[0] - start[0],
+        Meter.since(start, end),
+        failures[0] if failures else "",
+    )
     c = result.cpu
-    print(f"  {target.name:8s} {associations} assoc.: {result.rate:7.1f} inst/s "
-          f"{result.mb_s:6.1f} MB/s  CPU cores target {c.target:.2f} storescu {c.senders:.2f} "
-          f"others {c.others:.2f} machine {c.machine_busy:.0%}"
-          + (f"  ERRORS: {result.errors!r}" if failures else ""), flush=True)
+    print(
+        f"  {target.name:8s} {associations} assoc.: {result.rate:7.1f} inst/s "
+        f"{result.mb_s:6.1f} MB/s  CPU cores target {c.target:.2f} storescu {c.senders:.2f} "
+        f"others {c.others:.2f} machine {c.machine_busy:.0%}"
+        + (f"  ERRORS: {result.errors!r}" if failures else ""),
+        flush=True,
+    )
     return result
 
 
@@ -588,52 +745,75 @@ def _timed(kind: str, target: str, calls: Sequence[Callable[[], int]]) -> Latenc
         found += call()
         out.samples_ms.append((time.perf_counter() - began) * 1000)
     out.matches = found / max(1, len(calls) - 10)
-    print(f"  {target:8s} {kind:34s} p50 {out.p50:7.1f} ms  p95 {out.p95:7.1f} ms  "
-          f"({out.matches:.1f} matches)", flush=True)
+    print(
+        f"  {target:8s} {kind:34s} p50 {out.p50:7.1f} ms  p95 {out.p95:7.1f} ms  "
+        f"({out.matches:.1f} matches)",
+        flush=True,
+    )
     return out
 
 
-def queries(targets: list[Target], patients: list[str], months: list[str],
-            n: int) -> list[Latency]:
+def queries(targets: list[Target], patients: list[str], months: list[str], n: int) -> list[Latency]:
     from pynetdicom import AE, evt
 
     results = []
-    for kind in ("C-FIND by PatientID", "C-FIND by StudyDate range",
-                 "QIDO-RS by PatientID", "QIDO-RS by StudyDate range"):
+    for kind in (
+        "C-FIND by PatientID",
+        "C-FIND by StudyDate range",
+        "QIDO-RS by PatientID",
+        "QIDO-RS by StudyDate range",
+    ):
         for target in targets:
             values = patients if "PatientID" in kind else months
             key = "PatientID" if "PatientID" in kind else "StudyDate"
             if kind.startswith("C-FIND"):
                 ae = AE(ae_title="BENCH")
                 ae.add_requested_context("1.2.840.10008.5.1.4.1.2.2.1")
-                assoc = ae.associate("127.0.0.1", target.dicom_port, ae_title=target.ae,
-                                     evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+                assoc = ae.associate(
+                    "127.0.0.1",
+                    target.dicom_port,
+                    ae_title=target.ae,
+                    evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)],
+                )
 
                 def find(value: str, assoc: Any = assoc, key: str = key) -> int:
                     ds = Dataset()
                     ds.QueryRetrieveLevel = "STUDY"
-                    for name in ("StudyInstanceUID", "StudyDate", "PatientName", "PatientID",
-                                 "AccessionNumber", "StudyDescription", "ModalitiesInStudy"):
+                    for name in (
+                        "StudyInstanceUID",
+                        "StudyDate",
+                        "PatientName",
+                        "PatientID",
+                        "AccessionNumber",
+                        "StudyDescription",
+                        "ModalitiesInStudy",
+                    ):
                         setattr(ds, name, "")
                     setattr(ds, key, value)
-                    return sum(1 for s, _ in assoc.send_c_find(ds, "1.2.840.10008.5.1.4.1.2.2.1")
-                               if s and s.Status == 0xFF00)
+                    return sum(
+                        1
+                        for s, _ in assoc.send_c_find(ds, "1.2.840.10008.5.1.4.1.2.2.1")
+                        if s and s.Status == 0xFF00
+                    )
 
-                calls = [lambda v=v: find(v) for v in values[:n + 10]]
+                calls = [lambda v=v: find(v) for v in values[: n + 10]]
                 results.append(_timed(kind, target.name, calls))
                 assoc.release()
             else:
                 client = target.http()  # type: ignore[attr-defined]
 
                 def qido(value: str, client: httpx.Client = client, key: str = key) -> int:
-                    r = client.get("/studies", params={key: value},
-                                   headers={"Accept": "application/dicom+json"})
+                    r = client.get(
+                        "/studies",
+                        params={key: value},
+                        headers={"Accept": "application/dicom+json"},
+                    )
                     if r.status_code == 204:
                         return 0
                     r.raise_for_status()
                     return len(r.json())
 
-                calls = [lambda v=v: qido(v) for v in values[:n + 10]]
+                calls = [lambda v=v: qido(v) for v in values[: n + 10]]
                 results.append(_timed(kind, target.name, calls))
                 client.close()
     return results
@@ -645,13 +825,13 @@ def metadata(targets: list[Target], study: str, n: int) -> list[Latency]:
         client = target.http()  # type: ignore[attr-defined]
 
         def get(client: httpx.Client = client) -> int:
-            r = client.get(f"/studies/{study}/metadata",
-                           headers={"Accept": "application/dicom+json"})
+            r = client.get(
+                f"/studies/{study}/metadata", headers={"Accept": "application/dicom+json"}
+            )
             r.raise_for_status()
             return len(r.json())
 
-        results.append(_timed("WADO-RS metadata, 1,000 instances", target.name,
-                              [get] * (n + 10)))
+        results.append(_timed("WADO-RS metadata, 1,000 instances", target.name, [get] * (n + 10)))
         client.close()
     return results
 
@@ -676,13 +856,13 @@ def retrieve(target: Target, studies: list[str], seconds: float, clients: int = 
         while time.monotonic() < stop:
             study = studies[k % len(studies)]
             k += clients
-            with client.stream("GET", f"/studies/{study}",
-                               headers={"Accept": DICOM_ACCEPT}) as r:
+            with client.stream("GET", f"/studies/{study}", headers={"Accept": DICOM_ACCEPT}) as r:
                 r.raise_for_status()
                 body = b"".join(r.iter_bytes())
             sizes[slot] += len(body)
-            counts[slot] += body.count(b"Content-Type: application/dicom") or \
-                body.count(b"content-type: application/dicom")
+            counts[slot] += body.count(b"Content-Type: application/dicom") or body.count(
+                b"content-type: application/dicom"
+            )
         client.close()
 
     meter = Meter(target.pid)
@@ -693,12 +873,16 @@ def retrieve(target: Target, studies: list[str], seconds: float, clients: int = 
     for t in threads:
         t.join()
     end = meter.sample()
-    result = Retrieval(target.name, sum(counts), sum(sizes) / 1e6, end[0] - start[0],
-                       Meter.since(start, end))
-    print(f"  {target.name:8s} WADO-RS studies, {clients} clients: "
-          f"{result.instances / result.wall_s:7.1f} inst/s "
-          f"{result.megabytes / result.wall_s:6.1f} MB/s  CPU target {result.cpu.target:.2f} "
-          f"bench {result.cpu.bench:.2f}", flush=True)
+    result = Retrieval(
+        target.name, sum(counts), sum(sizes) / 1e6, end[0] - start[0], Meter.since(start, end)
+    )
+    print(
+        f"  {target.name:8s} WADO-RS studies, {clients} clients: "
+        f"{result.instances / result.wall_s:7.1f} inst/s "
+        f"{result.megabytes / result.wall_s:6.1f} MB/s  CPU target {result.cpu.target:.2f} "
+        f"bench {result.cpu.bench:.2f}",
+        flush=True,
+    )
     return result
 
 
@@ -720,13 +904,18 @@ def months_of(count: int, rng: random.Random, days: int = 30) -> list[str]:
 
 
 def render(ingests: list[Ingest], lat: list[Latency], wado: list[Retrieval], scale: int) -> str:
-    lines = ["| measure | Salus | Orthanc | storescp (floor) | Salus / Orthanc | Salus / storescp "
-             "| target |", "|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| measure | Salus | Orthanc | storescp (floor) | Salus / Orthanc | Salus / storescp "
+        "| target |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     for assoc in sorted({i.associations for i in ingests}):
         med: dict[str, Ingest] = {}
         for name in ("Salus", "Orthanc", "storescp"):
-            runs = sorted((i for i in ingests if i.target == name and i.associations == assoc),
-                          key=lambda i: i.rate)
+            runs = sorted(
+                (i for i in ingests if i.target == name and i.associations == assoc),
+                key=lambda i: i.rate,
+            )
             if runs:
                 med[name] = runs[len(runs) // 2]
 
@@ -739,25 +928,29 @@ def render(ingests: list[Ingest], lat: list[Latency], wado: list[Retrieval], sca
 
         ro, rs = ratio("Salus", "Orthanc"), ratio("Salus", "storescp")
         met = ro >= INGEST_VS_ORTHANC and rs >= INGEST_VS_STORESCP
-        lines.append(f"| C-STORE ingest, {assoc} association(s) | {cell('Salus')} | "
-                     f"{cell('Orthanc')} | {cell('storescp')} | {ro:.2f}x | {rs:.2f}x | "
-                     f"≥ 1.5x Orthanc, ≥ 0.5x storescp: {'met' if met else '**not met**'} |")
+        lines.append(
+            f"| C-STORE ingest, {assoc} association(s) | {cell('Salus')} | "
+            f"{cell('Orthanc')} | {cell('storescp')} | {ro:.2f}x | {rs:.2f}x | "
+            f"≥ 1.5x Orthanc, ≥ 0.5x storescp: {'met' if met else '**not met**'} |"
+        )
     for kind in dict.fromkeys(x.kind for x in lat):
         cells = {x.target: x for x in lat if x.kind == kind}
         s, o = cells.get("Salus"), cells.get("Orthanc")
         goal = METADATA_MS if "metadata" in kind else QUERY_P95_MS
-        label = (f"{kind} ({scale:,}-instance index)" if "metadata" not in kind else kind)
+        label = f"{kind} ({scale:,}-instance index)" if "metadata" not in kind else kind
         salus = f"{s.p50:.1f} / {s.p95:.1f}" if s else "—"
         orthanc = f"{o.p50:.1f} / {o.p95:.1f}" if o else "—"
         ratio = f"{o.p95 / s.p95:.1f}x faster (p95)" if s and o else "—"
-        verdict = (f"p95 < {goal:.0f} ms: {'met' if s.p95 < goal else '**not met**'}"
-                   if s else "—")
-        lines.append(f"| {label}, p50 / p95 ms | {salus} | {orthanc} | — | {ratio} | — | "
-                     f"{verdict} |")
+        verdict = f"p95 < {goal:.0f} ms: {'met' if s.p95 < goal else '**not met**'}" if s else "—"
+        lines.append(
+            f"| {label}, p50 / p95 ms | {salus} | {orthanc} | — | {ratio} | — | {verdict} |"
+        )
     for r in wado:
-        lines.append(f"| WADO-RS whole studies, 4 clients ({r.target}) | "
-                     f"{r.instances / r.wall_s:,.0f} inst/s ({r.megabytes / r.wall_s:,.0f} MB/s)"
-                     f" | | | | | |")
+        lines.append(
+            f"| WADO-RS whole studies, 4 clients ({r.target}) | "
+            f"{r.instances / r.wall_s:,.0f} inst/s ({r.megabytes / r.wall_s:,.0f} MB/s)"
+            f" | | | | | |"
+        )
     return "\n".join(lines)
 
 
@@ -767,9 +960,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--range-days", type=int, default=0,
-                        help="StudyDate range width (default: 30 days at 20,000 instances, "
-                        "narrower as --scale grows, so that a range matches ~15 studies)")
+    parser.add_argument(
+        "--range-days",
+        type=int,
+        default=0,
+        help="StudyDate range width (default: 30 days at 20,000 instances, "
+        "narrower as --scale grows, so that a range matches ~15 studies)",
+    )
     parser.add_argument("--meta-repeats", type=int, default=20)
     parser.add_argument("--wado-seconds", type=float, default=15.0)
     parser.add_argument("--targets", default="salus,orthanc,storescp")
@@ -780,10 +977,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = [t.strip() for t in args.targets.split(",") if t.strip()]
     env = environment()
-    env["orthanc"] = subprocess.run(["Orthanc", "--version"], capture_output=True, text=True,
-                                    check=False).stdout.split("\n", 1)[0]
-    env["dcmtk"] = subprocess.run([dcmtk("storescu"), "--version"], capture_output=True, text=True,
-                                  check=False).stdout.split("\n", 1)[0]
+    env["orthanc"] = subprocess.run(
+        ["Orthanc", "--version"], capture_output=True, text=True, check=False
+    ).stdout.split("\n", 1)[0]
+    env["dcmtk"] = subprocess.run(
+        [dcmtk("storescu"), "--version"], capture_output=True, text=True, check=False
+    ).stdout.split("\n", 1)[0]
     import pydicom
     import pynetdicom
 
@@ -796,17 +995,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     lat: list[Latency] = []
     wado: list[Retrieval] = []
     try:
-        print(f"\nGenerating {args.instances:,} CT instances and a 1,000-instance study in "
-              f"{work} ...", flush=True)
+        print(
+            f"\nGenerating {args.instances:,} CT instances and a 1,000-instance study in "
+            f"{work} ...",
+            flush=True,
+        )
         ct = write_ct(work / "ct", args.instances, 50, 512, run)
         meta_files = write_ct(work / "meta", 1000, 1000, 64, run, first_study=900_000)
         meta_study = _uid(run, "study", 900_000)
         if not args.skip_ingest:
             for round_ in range(args.rounds):
                 for assoc in (1, 4):
-                    print(f"\n== C-STORE ingest, round {round_ + 1}, {assoc} association(s)",
-                          flush=True)
-                    order = names[round_ % len(names):] + names[:round_ % len(names)]
+                    print(
+                        f"\n== C-STORE ingest, round {round_ + 1}, {assoc} association(s)",
+                        flush=True,
+                    )
+                    order = names[round_ % len(names) :] + names[: round_ % len(names)]
                     for name in order:
                         target = TARGETS[name](work / f"{name}-{round_}-{assoc}").start()
                         try:
@@ -816,16 +1020,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                             shutil.rmtree(target.folder, ignore_errors=True)
         live = [TARGETS[n](work / f"{n}-live").start() for n in names if n != "storescp"]
         try:
-            print(f"\n== Loading: the CT studies, the 1,000-instance study, then an index of "
-                  f"{args.scale:,} instances", flush=True)
+            print(
+                f"\n== Loading: the CT studies, the 1,000-instance study, then an index of "
+                f"{args.scale:,} instances",
+                flush=True,
+            )
             for target in live:
                 store_all(target, ct)
                 store_all(target, meta_files)
                 took = target.grow(args.scale, run)  # type: ignore[attr-defined]
-                print(f"  {target.name}: index grown by {args.scale:,} in {took:.0f} s",
-                      flush=True)
-            patients = [f"P{(1_000_000 + rng.randrange(args.scale // 10)) // 2:07d}"
-                        for _ in range(args.queries + 10)]
+                print(f"  {target.name}: index grown by {args.scale:,} in {took:.0f} s", flush=True)
+            patients = [
+                f"P{(1_000_000 + rng.randrange(args.scale // 10)) // 2:07d}"
+                for _ in range(args.queries + 10)
+            ]
             print("\n== Queries (one client, sequential)", flush=True)
             days = args.range_days or max(1, round(30 * 20_000 / max(args.scale, 1)))
             print(f"  date ranges of {days} day(s)", flush=True)
@@ -846,12 +1054,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = render(ingests, lat, wado, args.scale)
     print(table)
     if args.json:
-        args.json.write_text(json.dumps({
-            "environment": env, "args": {k: str(v) for k, v in vars(args).items()},
-            "ingest": [{**asdict(i), "rate": i.rate, "mb_s": i.mb_s} for i in ingests],
-            "latency": [{"target": x.target, "kind": x.kind, "p50_ms": x.p50, "p95_ms": x.p95,
-                         "matches": x.matches, "n": len(x.samples_ms)} for x in lat],
-            "wado": [asdict(r) for r in wado], "table": table}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "environment": env,
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "ingest": [{**asdict(i), "rate": i.rate, "mb_s": i.mb_s} for i in ingests],
+                    "latency": [
+                        {
+                            "target": x.target,
+                            "kind": x.kind,
+                            "p50_ms": x.p50,
+                            "p95_ms": x.p95,
+                            "matches": x.matches,
+                            "n": len(x.samples_ms),
+                        }
+                        for x in lat
+                    ],
+                    "wado": [asdict(r) for r in wado],
+                    "table": table,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 
