@@ -148,6 +148,34 @@ def test_workers_share_the_port_restart_and_stop(tmp_path: Path) -> None:
     assert messages.count("salus stopped") >= 2, "|".join(messages)  # each lifespan ended cleanly
 
 
+def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """SIGKILL leaves the supervisor no chance to stop its workers: they notice
+    and stop by themselves (they would otherwise keep the port)."""
+    env = _env(tmp_path)
+    salus = [sys.executable, "-m", "salus"]
+    subprocess.run([*salus, "init"], env=env, check=True, capture_output=True, timeout=60)
+    port = free_port()
+    proc = subprocess.Popen(
+        [*salus, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(lambda: _ready(f"http://127.0.0.1:{port}") and len(_workers(proc.pid)) == 2, 60)
+        workers = _workers(proc.pid)
+        proc.kill()
+        proc.wait(timeout=30)
+        _wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), 40)
+        with socket.socket() as probe:  # nobody listens on the port any more
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", port))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
 def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     env = _env(tmp_path)
     salus = [sys.executable, "-m", "salus"]

@@ -45,6 +45,8 @@ log = logging.getLogger("salus.server")
 
 #: A worker that exits sooner than this after its start failed to start.
 STARTUP_GRACE = 5.0
+#: How often a worker checks that its supervisor is still there.
+PARENT_POLL_SECONDS = 1.0
 #: Set in every worker's environment: its slot (0 is the primary).
 WORKER_ENV = "SALUS_WORKER_INDEX"
 
@@ -64,14 +66,33 @@ def worker_settings(settings: Settings, workers: int) -> Settings:
     )
 
 
-def _serve_worker(settings: Settings, sock: socket.socket, index: int) -> None:
+def _serve_worker(
+    settings: Settings, sock: socket.socket, index: int, supervisor: int | None = None
+) -> None:
     """The body of one worker process (spawned)."""
     from salus.logging import configure_logging
     from salus.server.run import serve_app
 
     os.environ[WORKER_ENV] = str(index)
     configure_logging(settings.log_level, settings.log_format)
+    _stop_with(supervisor if supervisor is not None else os.getppid())
     serve_app(settings, primary=index == 0, sockets=[sock])
+
+
+def _stop_with(supervisor: int) -> None:
+    """Stop this worker (gracefully, SIGTERM) when the supervisor is gone, even if
+    it was killed without a chance to stop its workers (SIGKILL, OOM killer):
+    otherwise orphaned workers would keep the port and serve on."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_SECONDS)
+            if os.getppid() != supervisor:
+                log.error("supervisor gone; stopping worker")
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="salus-supervisor-watch", daemon=True).start()
 
 
 class Supervisor:
@@ -126,7 +147,7 @@ class Supervisor:
     def _start(self, index: int, settings: Settings, sock: socket.socket) -> None:
         process = self._context.Process(
             target=_serve_worker,
-            args=(settings, sock, index),
+            args=(settings, sock, index, os.getpid()),
             name=f"salus-worker-{index}",
             daemon=False,
         )
