@@ -142,8 +142,8 @@ def indicators_cmd(
     For a schedule, run ``salus warehouse indicators --schedule`` from cron (the
     primary's worker runs the job)."""
     from salus.warehouse.indicators import INDICATORS_JOB
+    from salus.warehouse.indicators.definitions_index import indicators
     from salus.warehouse.indicators.engine import Indicators
-    from salus.warehouse.indicators.library import indicators
 
     with command_errors():
         services, _, principal = _open(ctx)

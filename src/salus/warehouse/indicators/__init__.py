@@ -1,6 +1,6 @@
 """Indicators (issue 7, item 3): definitions as data, computed with DuckDB.
 
-:mod:`.library` loads the definitions (``definitions/*.json``) and the
+:mod:`.definitions_index` loads the definitions (``definitions/*.json``) and the
 ViewDefinitions they read (``views/*.json``); :mod:`.engine` computes them
 with suppression and access rules; :mod:`.routes` serves them as JSON, CSV
 and FHIR MeasureReports. The job kind :data:`INDICATORS_JOB` refreshes the
@@ -24,8 +24,8 @@ INDICATORS_JOB = "warehouse.indicators"
 
 def register_indicators_job(services: Services) -> None:
     def handle(ctx: JobContext) -> None:
+        from salus.warehouse.indicators.definitions_index import indicators
         from salus.warehouse.indicators.engine import Indicators, system_principal
-        from salus.warehouse.indicators.library import indicators
 
         engine = Indicators(services)
         engine.refresh(full=bool(ctx.payload.get("full")))

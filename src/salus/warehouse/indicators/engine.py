@@ -49,7 +49,7 @@ from salus.db.tables_warehouse import dataset_rows, dataset_submissions
 from salus.errors import ConfigurationError, Forbidden, InvalidInput, NotFound
 from salus.security.principal import AuthMethod, Principal, PrincipalKind
 from salus.security.roles import ROLES
-from salus.warehouse.indicators.library import Indicator, indicator, view_definitions
+from salus.warehouse.indicators.definitions_index import Indicator, indicator, view_definitions
 from salus.warehouse.query import view_table
 
 if TYPE_CHECKING:

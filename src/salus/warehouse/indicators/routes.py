@@ -23,8 +23,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from salus.server.security import current_principal, services_of
+from salus.warehouse.indicators.definitions_index import indicators
 from salus.warehouse.indicators.engine import NETWORK, IndicatorResult, Indicators
-from salus.warehouse.indicators.library import indicators
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

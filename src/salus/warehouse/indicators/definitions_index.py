@@ -1,4 +1,4 @@
-"""The indicator library: definitions as data (``definitions/*.json``, one per indicator).
+"""The indicator set: definitions as data (``definitions/*.json``, one per indicator).
 
 Each file holds ``id``, ``version`` (bump it when the definition's meaning
 changes), ``title``, ``description``, ``numerator`` and ``denominator``
@@ -97,7 +97,7 @@ def _files(folder: str) -> list[dict[str, Any]]:
 
 @cache
 def indicators() -> tuple[Indicator, ...]:
-    """Every indicator of the library, by id."""
+    """Every defined indicator, by id."""
     return tuple(Indicator.from_data(d) for d in _files("definitions"))
 
 
