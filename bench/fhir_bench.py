@@ -238,29 +238,49 @@ def location_id(location: str) -> str:
 
 
 # -- CPU accounting ------------------------------------------------------------------------
-def _tree_cpu(root: int) -> float:
-    """CPU seconds of ``root`` and its live descendants (``salus serve`` runs its
-    workers as child processes), reaped children included (cutime, cstime)."""
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
+@dataclass(frozen=True, slots=True)
+class Proc:
+    ppid: int
+    name: str
+    own: float  # utime + stime, seconds
+    cpu: float  # own + cutime + cstime: with its reaped children
+
+
+def processes() -> dict[int, Proc]:
+    table: dict[int, Proc] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            text = (entry / "stat").read_text()
+        except OSError:
             continue
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])
-        times[pid] = sum(int(v) for v in fields[11:15]) / CLK_TCK  # utime stime cutime cstime
-    total = 0.0
-    for pid, cpu in times.items():
-        node = pid
-        while node > 1:
-            if node == root:
-                total += cpu
-                break
-            node = parents.get(node, 0)
+        name = text[text.find("(") + 1 : text.rfind(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        own = int(fields[11]) + int(fields[12])
+        table[int(entry.name)] = Proc(
+            int(fields[1]), name, own / CLK_TCK, (own + int(fields[13]) + int(fields[14])) / CLK_TCK
+        )
+    return table
+
+
+def tree_cpu(table: dict[int, Proc], root: int) -> float:
+    """CPU seconds of ``root`` and all its descendants, reaped children included.
+
+    A process that exits and is reaped inside the tree moves its time into its parent's
+    ``cutime``/``cstime``, so a difference of two samples counts it exactly once (the
+    ``salus serve`` supervisor and its worker processes).
+    """
+    children: dict[int, list[int]] = {}
+    for pid, proc in table.items():
+        children.setdefault(proc.ppid, []).append(pid)
+    total, stack, seen = 0.0, [root] if root in table else [], set()
+    while stack:
+        pid = stack.pop()
+        if pid not in seen:
+            seen.add(pid)
+            total += table[pid].cpu
+            stack.extend(children.get(pid, ()))
     return total
 
 
@@ -317,7 +337,8 @@ class CpuMeter:
 
     def sample(self) -> Sample:
         busy, total = _machine()
-        return Sample(time.perf_counter(), time.process_time(), _tree_cpu(self.server_pid),
+        server = tree_cpu(processes(), self.server_pid)
+        return Sample(time.perf_counter(), time.process_time(), server,
                       _postgres_cpu() if self.with_postgres else {}, busy, total)
 
     @staticmethod

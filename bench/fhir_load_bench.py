@@ -91,13 +91,16 @@ from fhir_bench import (  # noqa: E402 - the shared benchmark helpers
     CLK_TCK,
     MEDPLUM,
     Data,
+    Proc,
     Server,
     encode,
     environment,
     postgres_version,
+    processes,
     reset_postgres,
     sqlite_version,
     transaction,
+    tree_cpu,
 )
 
 READ_TARGET = 1200.0  # requests/s: Medplum's reads by id (low end of 1,200-1,300)
@@ -106,52 +109,6 @@ MARK = "@@SALUS@@"  # placeholder in body templates, filled in by the Lua script
 
 
 # -- CPU accounting ------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Proc:
-    ppid: int
-    name: str
-    own: float  # utime + stime, seconds
-    cpu: float  # own + cutime + cstime: with its reaped children
-
-
-def processes() -> dict[int, Proc]:
-    table: dict[int, Proc] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name = text[text.find("(") + 1 : text.rfind(")")]
-        fields = text.rsplit(")", 1)[1].split()
-        own = int(fields[11]) + int(fields[12])
-        table[int(entry.name)] = Proc(
-            int(fields[1]), name, own / CLK_TCK, (own + int(fields[13]) + int(fields[14])) / CLK_TCK
-        )
-    return table
-
-
-def tree_cpu(table: dict[int, Proc], root: int) -> float:
-    """CPU seconds of ``root`` and all its descendants, reaped children included.
-
-    A process that exits and is reaped inside the tree moves its time into its parent's
-    ``cutime``/``cstime``, so a difference of two samples counts it exactly once (the
-    ``salus serve`` supervisor and its worker processes).
-    """
-    children: dict[int, list[int]] = {}
-    for pid, proc in table.items():
-        children.setdefault(proc.ppid, []).append(pid)
-    total, stack, seen = 0.0, [root] if root in table else [], set()
-    while stack:
-        pid = stack.pop()
-        if pid not in seen:
-            seen.add(pid)
-            total += table[pid].cpu
-            stack.extend(children.get(pid, ()))
-    return total
-
-
 #: ``postgres: [cluster: ]user database host(port) activity``: a client backend.
 _BACKEND = re.compile(r"postgres: (?:\S+: )?\S+ (\S+) (?:\S+\(\d+\)|\[local\]) ")
 
