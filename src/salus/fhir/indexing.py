@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, bindparam, delete, insert
+from sqlalchemy import Table, bindparam, delete
 from sqlalchemy.engine import Connection
 
 from salus.db.bulkcopy import copy_insert
@@ -39,7 +39,6 @@ INDEX_TABLES: tuple[Table, ...] = (
     fhir_idx_reference,
     fhir_idx_uri,
 )
-_INSERTS = {table.name: insert(table) for table in INDEX_TABLES}
 _DELETES = [delete(table).where(table.c.rid == bindparam("rid_")) for table in INDEX_TABLES]
 _TEXT = 255
 _URL = 1024
@@ -187,16 +186,6 @@ class Indexer:
         if not fresh:
             self.clear(conn, rid)
         self.insert_rows(conn, self.rows(rid, res_type, resource))
-
-    def insert_many(
-        self, conn: Connection, items: Sequence[tuple[int, str, Mapping[str, Any]]]
-    ) -> None:
-        """Index new resources (rid, type, body): one insert per index table."""
-        grouped: dict[Table, list[dict[str, Any]]] = {}
-        for rid, res_type, resource in items:
-            for table, rows in self.rows(rid, res_type, resource).items():
-                grouped.setdefault(table, []).extend(rows)
-        self.insert_rows(conn, grouped)
 
     @staticmethod
     def insert_rows(conn: Connection, grouped: Mapping[Table, list[dict[str, Any]]]) -> None:

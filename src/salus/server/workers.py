@@ -66,16 +66,14 @@ def worker_settings(settings: Settings, workers: int) -> Settings:
     )
 
 
-def _serve_worker(
-    settings: Settings, sock: socket.socket, index: int, supervisor: int | None = None
-) -> None:
+def _serve_worker(settings: Settings, sock: socket.socket, index: int, supervisor: int) -> None:
     """The body of one worker process (spawned)."""
     from salus.logging import configure_logging
     from salus.server.run import serve_app
 
     os.environ[WORKER_ENV] = str(index)
     configure_logging(settings.log_level, settings.log_format)
-    _stop_with(supervisor if supervisor is not None else os.getppid())
+    _stop_with(supervisor)
     serve_app(settings, primary=index == 0, sockets=[sock])
 
 
