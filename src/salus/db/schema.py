@@ -8,7 +8,7 @@ what migrations and the schema-agreement test need.
 
 from __future__ import annotations
 
-from salus.db import tables_dicom, tables_hl7, tables_warehouse
+from salus.db import tables_dicom, tables_hl7, tables_opendata, tables_warehouse
 from salus.db.tables import metadata
 
-__all__ = ["metadata", "tables_dicom", "tables_hl7", "tables_warehouse"]
+__all__ = ["metadata", "tables_dicom", "tables_hl7", "tables_opendata", "tables_warehouse"]
