@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.middleware.gzip import GZipMiddleware
 
-from salus import __version__, dicom, hl7, warehouse
+from salus import __version__, console, dicom, hl7, warehouse
 from salus.config import Settings
 from salus.fhir.asgi import FhirApp
 from salus.fhir.bulk_routes import install_bulk_routes
@@ -140,4 +140,5 @@ def create_app(
     warehouse.install_routes(api)  # /fhir/ViewDefinition: before FhirApp takes /fhir
     install_bulk_routes(api)  # the rest of /fhir is FhirApp (SalusApp dispatches to it)
     install_import_routes(api)
+    console.install_routes(api)  # last: the console's pages at / and /static/console
     return SalusApp(api, metrics, settings)
