@@ -376,6 +376,7 @@ def _job_dict(job: Any) -> dict[str, Any]:
 
 def _register_subcommands() -> None:
     from salus.audit.cli import audit
+    from salus.demo.cli import demo
     from salus.dicom.cli import dicom
     from salus.fhir.cli import fhir
     from salus.hl7.cli import hl7
@@ -397,6 +398,7 @@ def _register_subcommands() -> None:
         warehouse,
         datasets,
         submit,
+        demo,
     ):
         main.add_command(command)
 
