@@ -41,3 +41,6 @@ def install_routes(api: FastAPI) -> None:
     from salus.warehouse.indicators.routes import install_indicator_routes
 
     install_indicator_routes(api)  # /api/v1/indicators
+    from salus.warehouse.opendata.routes import install_opendata_routes
+
+    install_opendata_routes(api)  # /api/v1/open-data, /open-data (public)

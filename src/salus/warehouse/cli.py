@@ -167,3 +167,9 @@ def indicators_cmd(
                     writer.writerow([ind.id, *(cell[c] for c in result.columns)])
         finally:
             services.close()
+
+
+# -- open data (salus warehouse opendata publish|list) ------------------------------------
+from salus.warehouse.opendata.cli import opendata  # noqa: E402 - registered below
+
+warehouse.add_command(opendata)
