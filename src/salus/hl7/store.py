@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, tuple_, update
+from sqlalchemy import Select, and_, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
@@ -65,6 +65,9 @@ def _clip(value: str | None, size: int) -> str | None:
 
 
 Key = tuple[str | None, str, str | None]
+#: Keys per duplicate query: SQLite parses ``a OR b OR …`` into a tree as deep
+#: as the list is long, and refuses expressions deeper than 1,000.
+_KEYS_PER_QUERY = 100
 
 
 def _key(value: dict[str, Any]) -> Key:
@@ -211,17 +214,33 @@ class MessageStore:
             rows.append((row, duplicate))
         return rows
 
-    def _by_keys(self, conn: Connection, keys: Sequence[Key]) -> dict[Key, RowMapping]:
-        """Stored rows with these (organization, facility, MSH-10) keys: one query."""
-        if not keys:
-            return {}
+    def by_keys_query(self, keys: Sequence[Key]) -> Select[Any]:
+        """Rows with these keys, as one OR of exact matches.
+
+        Not ``(a, b, c) IN (VALUES …)``: SQLite answers a row-value IN list by
+        scanning the whole table, where an OR of equalities uses the unique
+        index once per key (PostgreSQL uses the index for either).
+        """
         c = hl7_messages.c
-        rows = conn.execute(
-            select(hl7_messages).where(
-                tuple_(c.org_id, c.sending_facility, c.control_id).in_(list(set(keys)))
+        return select(hl7_messages).where(
+            or_(
+                *(
+                    and_(c.org_id == org, c.sending_facility == facility, c.control_id == control)
+                    for org, facility, control in keys
+                )
             )
-        ).mappings()
-        return {(r["org_id"], r["sending_facility"], r["control_id"]): r for r in rows}
+        )
+
+    def _by_keys(self, conn: Connection, keys: Sequence[Key]) -> dict[Key, RowMapping]:
+        """Stored rows with these (organization, facility, MSH-10) keys: one query
+        per :data:`_KEYS_PER_QUERY` keys."""
+        unique = list(dict.fromkeys(keys))
+        found: dict[Key, RowMapping] = {}
+        for start in range(0, len(unique), _KEYS_PER_QUERY):
+            chunk = unique[start : start + _KEYS_PER_QUERY]
+            for r in conn.execute(self.by_keys_query(chunk)).mappings():
+                found[(r["org_id"], r["sending_facility"], r["control_id"])] = r
+        return found
 
     def _get(self, conn: Connection, message_id: int, lock: bool = False) -> RowMapping:
         query = select(hl7_messages).where(hl7_messages.c.id == message_id)

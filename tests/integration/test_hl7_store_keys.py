@@ -1,0 +1,51 @@
+"""Duplicate detection of the HL7 message store: found through the unique
+index on (organization, facility, MSH-10), never by scanning the store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import insert
+
+from salus.db.engine import Database
+from salus.db.tables import organizations
+from salus.hl7.store import MessageStore, NewMessage
+
+
+def _message(n: int) -> NewMessage:
+    return NewMessage(
+        raw=f"MSH|^~\\&|HIS|FAC|SALUS|SALUS|20260101||ADT^A01|C{n}|P|2.5\r".encode(),
+        source="mllp",
+        org_id="hosp",
+        sending_facility="FAC",
+        control_id=f"C{n}",
+        message_type="ADT^A01",
+    )
+
+
+def test_resent_messages_are_found_in_batches_larger_than_one_query(db: Database) -> None:
+    with db.write() as conn:
+        conn.execute(
+            insert(organizations).values(
+                id="hosp", name="H", kind="hospital", active=True, created_at=datetime.now(UTC)
+            )
+        )
+    store = MessageStore(db, None)
+    first = store.record_many([_message(n) for n in range(250)])
+    assert [duplicate for _, duplicate in first] == [False] * 250
+    again = store.record_many([_message(n) for n in range(240, 260)])
+    assert [duplicate for _, duplicate in again] == [True] * 10 + [False] * 10
+    assert [row["id"] for row, _ in again[:10]] == [row["id"] for row, _ in first[240:]]
+
+
+def test_duplicate_query_uses_the_unique_index_on_sqlite(db: Database) -> None:
+    if not db.is_sqlite:
+        pytest.skip("PostgreSQL plans a row-value IN and an OR alike (bitmap index scans)")
+    store = MessageStore(db, None)
+    query = store.by_keys_query([("hosp", "FAC", "C1"), ("hosp", "FAC", "C2")])
+    compiled = query.compile(db.engine, compile_kwargs={"literal_binds": True})
+    with db.engine.connect() as conn:
+        plan = [str(row[3]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")]
+    assert not any(step.startswith("SCAN hl7_messages") for step in plan), plan
+    assert any("INDEX" in step and "control_id=?" in step for step in plan), plan
