@@ -15,7 +15,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 
@@ -78,22 +78,68 @@ def _insert_ignore(conn: Connection, table: Any, values: dict[str, Any], keys: l
     conn.execute(statement, values)
 
 
-def _locked(conn: Connection, table: Any, *where: Any) -> RowMapping:
-    row = conn.execute(select(table).where(*where).with_for_update()).mappings().first()
-    assert row is not None  # noqa: S101 - inserted just before
-    return row
+#: Prebuilt locking ``SELECT`` of one row by its key columns, per (table, keys): a
+#: statement object built once keeps its cache key and compiled form.
+_SELECT_LOCKED: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+
+def _select_locked(table: Any, keys: tuple[str, ...]) -> Any:
+    statement = _SELECT_LOCKED.get((table.name, keys))
+    if statement is None:
+        statement = (
+            select(table)
+            .where(*[table.c[key] == bindparam(f"k_{key}") for key in keys])
+            .with_for_update()
+        )
+        _SELECT_LOCKED[(table.name, keys)] = statement
+    return statement
+
+
+def select_locked(conn: Connection, table: Any, **where: Any) -> RowMapping | None:
+    """The row of ``table`` whose columns equal ``where``, locked for this transaction."""
+    statement = _select_locked(table, tuple(where))
+    params = {f"k_{key}": value for key, value in where.items()}
+    return conn.execute(statement, params).mappings().first()
+
+
+#: Prebuilt ``UPDATE … WHERE pk = :pk`` per (table, columns set, columns incremented).
+_UPDATE_BY_PK: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Any] = {}
+
+
+def update_by_pk(
+    conn: Connection,
+    table: Any,
+    pk: int,
+    values: dict[str, Any],
+    increments: tuple[str, ...] = (),
+) -> None:
+    """``UPDATE table SET <values>, <each of increments> = it + 1 WHERE pk = :pk`` with a
+    statement built once per shape (most stores run the same two or three shapes)."""
+    names = tuple(values)
+    shape = (table.name, names, increments)
+    statement = _UPDATE_BY_PK.get(shape)
+    if statement is None:
+        sets: dict[str, Any] = {name: bindparam(f"v_{name}") for name in names}
+        sets.update({name: table.c[name] + 1 for name in increments})
+        statement = update(table).where(table.c.pk == bindparam("v__pk")).values(**sets)
+        _UPDATE_BY_PK[shape] = statement
+    params = {f"v_{name}": value for name, value in values.items()}
+    params["v__pk"] = pk
+    conn.execute(statement, params)
 
 
 def _found_or_created(
-    conn: Connection, table: Any, where: list[Any], values: dict[str, Any], keys: list[str]
+    conn: Connection, table: Any, where: dict[str, Any], values: dict[str, Any]
 ) -> RowMapping:
     """The locked row ``where`` selects, inserted from ``values`` first when missing
     (most instances join a patient, study and series that exist: one statement)."""
-    row = conn.execute(select(table).where(*where).with_for_update()).mappings().first()
+    row = select_locked(conn, table, **where)
     if row is not None:
         return row
-    _insert_ignore(conn, table, values, keys)
-    return _locked(conn, table, *where)
+    _insert_ignore(conn, table, values, list(where))
+    row = select_locked(conn, table, **where)
+    assert row is not None  # noqa: S101 - inserted just before
+    return row
 
 
 def _patient(
@@ -102,13 +148,11 @@ def _patient(
     """The locked patient row, and whether the index kept values that differ from
     the instance's (policy ``keep``: PS3.4 B.2.3 0xB000, coercion)."""
     values = parsed.patient
-    p = dicom_patients.c
     row = _found_or_created(
         conn,
         dicom_patients,
-        [p.org_id == org_id, p.patient_id == values["patient_id"], p.issuer == values["issuer"]],
+        {"org_id": org_id, "patient_id": values["patient_id"], "issuer": values["issuer"]},
         {**values, "org_id": org_id, "patient_key": None, "created_at": now, "updated_at": now},
-        ["org_id", "patient_id", "issuer"],
     )
     differs = [
         name
@@ -131,9 +175,7 @@ def _patient(
     if missing:
         if "patient_name" in missing:
             missing["patient_name_norm"] = values["patient_name_norm"]
-        conn.execute(
-            update(dicom_patients).where(p.pk == row["pk"]).values(**missing, updated_at=now)
-        )
+        update_by_pk(conn, dicom_patients, row["pk"], {**missing, "updated_at": now})
     return row, bool(differs) and policy == "keep"
 
 
@@ -144,11 +186,10 @@ def upsert_hierarchy(
     last value says whether the patient's indexed identity differs from the
     instance's (kept by policy)."""
     patient, coerced = _patient(conn, org_id, parsed, patient_policy, now)
-    s = dicom_studies.c
     study = _found_or_created(
         conn,
         dicom_studies,
-        [s.study_uid == parsed.study_uid],
+        {"study_uid": parsed.study_uid},
         {
             **parsed.study,
             "study_uid": parsed.study_uid,
@@ -163,18 +204,16 @@ def upsert_hierarchy(
             "created_at": now,
             "updated_at": now,
         },
-        ["study_uid"],
     )
     if study["org_id"] != org_id or study["patient_pk"] != patient["pk"]:
         raise StudyOwnedElsewhere()
     changed = {k: v for k, v in parsed.study.items() if v is not None and study[k] != v}
     if changed:
-        conn.execute(update(dicom_studies).where(s.pk == study["pk"]).values(**changed))
-    r = dicom_series.c
+        update_by_pk(conn, dicom_studies, study["pk"], changed)
     series = _found_or_created(
         conn,
         dicom_series,
-        [r.series_uid == parsed.series_uid],
+        {"series_uid": parsed.series_uid},
         {
             **parsed.series,
             "series_uid": parsed.series_uid,
@@ -184,7 +223,6 @@ def upsert_hierarchy(
             "created_at": now,
             "updated_at": now,
         },
-        ["series_uid"],
     )
     if series["study_pk"] != study["pk"]:
         raise StudyOwnedElsewhere("The series already belongs to another study.")
@@ -201,7 +239,7 @@ def upsert_hierarchy(
         )
     changed = {k: v for k, v in parsed.series.items() if v is not None and series[k] != v}
     if changed:
-        conn.execute(update(dicom_series).where(r.pk == series["pk"]).values(**changed))
+        update_by_pk(conn, dicom_series, series["pk"], changed)
     return patient, study, series, coerced
 
 
@@ -266,24 +304,16 @@ def insert_instance(
             "updated_at": now,
         },
     ).scalar_one()
-    r, s = dicom_series.c, dicom_studies.c
-    conn.execute(
-        update(dicom_series)
-        .where(r.pk == series["pk"])
-        .values(num_instances=r.num_instances + 1, updated_at=now)
-    )
-    changes: dict[str, Any] = {
-        "num_instances": s.num_instances + 1,
-        "updated_at": now,
-        **(study_values or {}),
-    }
+    update_by_pk(conn, dicom_series, series["pk"], {"updated_at": now}, ("num_instances",))
+    changes: dict[str, Any] = {"updated_at": now, **(study_values or {})}
+    increments: tuple[str, ...] = ("num_instances",)
     if not series["num_instances"]:  # the series is new to the study
-        changes["num_series"] = s.num_series + 1
+        increments = ("num_instances", "num_series")
         modalities = [m for m in str(study["modalities"] or "").split("\\") if m]
         modality = series["modality"]
         if modality and modality not in modalities:
             changes["modalities"] = "\\".join([*modalities, modality])[:200]
-    conn.execute(update(dicom_studies).where(s.pk == study["pk"]).values(**changes))
+    update_by_pk(conn, dicom_studies, study["pk"], changes, increments)
     return int(pk)
 
 
