@@ -45,6 +45,7 @@ from pynetdicom import sop_class as pynetdicom_sop_class
 from pynetdicom.presentation import PresentationContext, build_context
 
 from salus.dicom.archive import DicomArchive
+from salus.dicom.failures import record_store_failure
 from salus.dicom.matching import KEYS, Level, QueryValue
 from salus.dicom.parse import NEWER_TRANSFER_SYNTAXES, dataset_offset, part10_from_dimse
 from salus.dicom.query import InstanceRef, Match
@@ -428,10 +429,27 @@ class DimseListener:
                 self.archive.record_refusal(
                     getattr(event.assoc, _PRINCIPAL, None), "C-STORE", exc.message
                 )
+            else:
+                self._store_failed(event, exc, int(exc.dimse_status))
             return int(exc.dimse_status)
         except Exception as exc:
-            return _status(exc, 0xC000)
+            status = _status(exc, 0xC000)
+            self._store_failed(event, exc, status)
+            return status
         return 0x0000
+
+    def _store_failed(self, event: Event, exc: BaseException, status: int) -> None:
+        """Record a refused or failed C-STORE for the integration inbox (failures.py)."""
+        request: Any = event.request
+        record_store_failure(
+            self.archive.audit,
+            getattr(event.assoc, _PRINCIPAL, None),
+            "C-STORE",
+            exc,
+            status=status,
+            sop_class=str(getattr(request, "AffectedSOPClassUID", "") or "") or None,
+            sop_instance=str(getattr(request, "AffectedSOPInstanceUID", "") or "") or None,
+        )
 
     def _query(self, event: Event) -> tuple[Principal, Level, dict[str, QueryValue]]:
         principal = self._principal(event)

@@ -44,6 +44,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from salus.dicom.archive import DuplicateInstance, StoreResult, StudyMismatch
+from salus.dicom.failures import record_store_failure
 from salus.dicom.index import PatientConflict, StudyOwnedElsewhere
 from salus.dicom.parse import Unreadable
 from salus.dicom.web.common import PREFIX, archive_of, check_uid, dicomweb_root
@@ -206,6 +207,23 @@ def _boundary(request: Request) -> str:
     return boundary
 
 
+async def _store_failed(
+    archive: Any, who: Principal, exc: BaseException, reason: int, data: bytes
+) -> None:
+    """Record a refused or failed part for the integration inbox (failures.py)."""
+    sop_class, sop_instance = _uids(data)
+    await asyncio.to_thread(
+        record_store_failure,
+        archive.audit,
+        who,
+        "STOW-RS",
+        exc,
+        status=reason,
+        sop_class=sop_class,
+        sop_instance=sop_instance,
+    )
+
+
 async def stow(request: Request, who: Principal, study: str | None) -> Response:
     archive = archive_of(request)
     archive.authorize(who, Interaction.CREATE)  # refuse before reading the body
@@ -223,10 +241,12 @@ async def stow(request: Request, who: Principal, study: str | None) -> Response:
             stored = await asyncio.to_thread(archive.store, who, part.body, study)
         except SalusError as exc:
             result.failure(part.body, failure_reason(exc))
+            await _store_failed(archive, who, exc, failure_reason(exc), part.body)
             continue
         except Exception as exc:
             log.error("STOW-RS store failed: %s", type(exc).__name__)
             result.failure(part.body, PROCESSING_FAILURE)
+            await _store_failed(archive, who, exc, PROCESSING_FAILURE, part.body)
             continue
         result.stored(stored)
     if parts == 0:

@@ -55,6 +55,8 @@ __all__ = [
 ]
 
 SUBMIT_ROLES = frozenset({"hospital_integration", "data_steward", "administrator"})
+#: Issues of a refused submission kept in its audit event (the inbox shows them).
+REPORTED_ISSUES = 200
 Progress = Callable[[int, int], None]
 
 
@@ -139,7 +141,17 @@ class Datasets:
                     outcome=AuditOutcome.MINOR,
                     entity=f"dataset/{schema.name}",
                     description="dataset submission refused",
-                    detail={"errors": len(report.issues), "version": schema.version},
+                    detail={
+                        "errors": len(report.issues),
+                        "version": schema.version,
+                        # the report (row, column, code, message; no cell values) for the
+                        # console's integration inbox, first REPORTED_ISSUES issues
+                        "issues": [
+                            [i.row, i.column, i.code, i.message]
+                            for i in report.issues[:REPORTED_ISSUES]
+                        ],
+                        "truncated": report.truncated or len(report.issues) > REPORTED_ISSUES,
+                    },
                 )
             ]
         )
