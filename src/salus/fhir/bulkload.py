@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 
 from salus.db.engine import Database
+from salus.db.keys import pairs_in
 from salus.db.tables import fhir_resources
 from salus.errors import InvalidInput, SalusError
 from salus.fhir.store import FhirStore
@@ -99,7 +100,7 @@ def _load_batch(
         rows = (
             conn.execute(
                 select(fhir_resources.c.res_type, fhir_resources.c.res_id).where(
-                    tuple_(fhir_resources.c.res_type, fhir_resources.c.res_id).in_(keys)
+                    pairs_in(fhir_resources.c.res_type, fhir_resources.c.res_id, keys)
                 )
             ).all()
             if keys

@@ -23,9 +23,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import select, update
 
 from salus.audit.events import AuditEvent
+from salus.db.keys import pairs_in
 from salus.db.tables import bulk_imports, fhir_resources
 from salus.db.types import utcnow
 from salus.errors import Forbidden, SalusError, Unavailable
@@ -303,7 +304,7 @@ class ImportJob:
             with self.services.db.read() as conn:
                 rows = conn.execute(
                     select(fhir_resources.c.res_type, fhir_resources.c.res_id).where(
-                        tuple_(fhir_resources.c.res_type, fhir_resources.c.res_id).in_(keys)
+                        pairs_in(fhir_resources.c.res_type, fhir_resources.c.res_id, keys)
                     )
                 ).all()
             existing = {(str(t), str(i)) for t, i in rows}

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import ColumnElement, func, select, tuple_
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.engine import Connection
 
+from salus.db.keys import pairs_in
 from salus.db.tables import fhir_idx_reference, fhir_resources
 from salus.errors import InvalidInput
 from salus.fhir.query import CONTROL_PARAMS, ParamLookup, SearchPlan, base_query, build_search
@@ -244,9 +245,7 @@ class Searcher:
             return []
         ref = fhir_idx_reference
         keys = sorted({(t.res_type, t.res_id) for t in targets})
-        conditions: list[ColumnElement[bool]] = [
-            tuple_(ref.c.target_type, ref.c.target_id).in_(keys)
-        ]
+        conditions: list[ColumnElement[bool]] = [pairs_in(ref.c.target_type, ref.c.target_id, keys)]
         if param != "*":
             conditions.append(ref.c.param == param)
         rows = (

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, Table, and_, bindparam, delete, func, insert, select, tuple_, update
+from sqlalchemy import Select, Table, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, RowMapping
 
 from salus.audit.chain import AuditLog
 from salus.audit.events import AuditEvent
 from salus.db.bulkcopy import COPY_MIN_ROWS, copy_insert, next_ids
+from salus.db.keys import pairs_in
 from salus.db.tables import fhir_history, fhir_resources
 from salus.db.types import utcnow
 from salus.errors import (
@@ -391,7 +392,7 @@ class FhirStore:
         if batch.chosen_ids:
             existing = conn.execute(
                 select(fhir_resources.c.res_type, fhir_resources.c.res_id).where(
-                    tuple_(fhir_resources.c.res_type, fhir_resources.c.res_id).in_(batch.chosen_ids)
+                    pairs_in(fhir_resources.c.res_type, fhir_resources.c.res_id, batch.chosen_ids)
                 )
             ).first()
             if existing is not None:
