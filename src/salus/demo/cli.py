@@ -148,14 +148,13 @@ def _server(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]
 
 
 def _logins_table(manifest: dict[str, Any], base: str) -> Table:
-    table = Table(title=f"Console: {base}/", box=box.SIMPLE)
-    table.add_column("role", overflow="fold")
-    table.add_column("username", no_wrap=True)
-    table.add_column("organization", overflow="fold")
-    table.add_column("password", no_wrap=True)
+    """Users and passwords (the username starts with the hospital's id)."""
+    table = Table(title=f"Console: {base}/", box=box.SIMPLE, padding=(0, 1))
+    for column in ("username", "role", "password"):
+        table.add_column(column, no_wrap=True)
     for login in manifest["logins"]:
         if login["kind"] == "user":
-            table.add_row(login["role"], login["name"], login["org"], login["password"])
+            table.add_row(login["name"], login["role"], login["password"])
     return table
 
 

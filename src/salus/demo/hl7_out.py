@@ -5,7 +5,8 @@ Per encounter: an ADT^A01 (admission; A04 for an outpatient visit, HL7 v2.5.1
 ch. 3.3.1 and 3.3.4) with PID (MRN of the hospital's assigning authority,
 national id) and PV1 (visit number in PV1-19, admission and discharge times in
 PV1-44/45), then an ORU^R01 (ch. 7.3.1) with one OBR and an OBX per result
-(LOINC, UCUM units, reference range, abnormal flag). Original acknowledgement
+(LOINC, UCUM units, reference range, abnormal flag), then the discharge,
+ADT^A03 (ch. 3.3.3). Original acknowledgement
 mode (MSH-15/16 empty), UTF-8 (MSH-18 ``UNICODE UTF-8``), times with the
 hospital's UTC offset.
 """
@@ -94,11 +95,14 @@ def _pv1(enc: Encounter, spec: HospitalSpec, *, full: bool) -> str:
     return _segment(*fields)
 
 
-def _adt(reg: Registration, enc: Encounter, spec: HospitalSpec, control: str) -> Hl7Message:
-    event = "A04" if enc.cls == "AMB" else "A01"
+def _adt(
+    reg: Registration, enc: Encounter, spec: HospitalSpec, control: str, event: str
+) -> Hl7Message:
+    when = enc.end if event == "A03" else enc.start
+    structure = "ADT_A03" if event == "A03" else "ADT_A01"
     segments = [
-        _msh(spec, enc.start, f"ADT^{event}^ADT_A01", control),
-        _segment("EVN", event, _ts(enc.start, spec)),
+        _msh(spec, when, f"ADT^{event}^{structure}", control),
+        _segment("EVN", event, _ts(when, spec)),
         _pid(reg, spec.facility),
         _pv1(enc, spec, full=True),
     ]
@@ -159,7 +163,9 @@ def messages_for(network: Network, reg: Registration) -> list[Hl7Message]:
     spec = network.hospital(reg.org_id)
     out: list[Hl7Message] = []
     for enc in reg.encounters:
-        out.append(_adt(reg, enc, spec, f"{enc.visit}-ADT"))
+        admit = "A04" if enc.cls == "AMB" else "A01"
+        out.append(_adt(reg, enc, spec, f"{enc.visit}-{admit}", admit))
         if enc.labs:
             out.append(_oru(reg, enc, spec, f"{enc.visit}-ORU"))
+        out.append(_adt(reg, enc, spec, f"{enc.visit}-A03", "A03"))
     return out
