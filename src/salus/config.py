@@ -159,6 +159,7 @@ class Settings(BaseModel):
     warehouse_dataset_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     warehouse_dataset_max_rows: int = Field(default=50_000, ge=1)
     warehouse_indicator_min_cell: int = Field(default=5, ge=1, le=100)
+    warehouse_indicator_interval: int = Field(default=86400, ge=0)
 
     # -- derived values ------------------------------------------------------------
     def database_url_value(self) -> str:

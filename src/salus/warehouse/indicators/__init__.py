@@ -25,11 +25,17 @@ INDICATORS_JOB = "warehouse.indicators"
 def register_indicators_job(services: Services) -> None:
     def handle(ctx: JobContext) -> None:
         from salus.warehouse.indicators.definitions_index import indicators
-        from salus.warehouse.indicators.engine import Indicators, system_principal
+        from salus.warehouse.indicators.engine import Indicators
 
         engine = Indicators(services)
         engine.refresh(full=bool(ctx.payload.get("full")))
         for ind in indicators():
-            engine.compute(system_principal(), ind.id)
+            engine.snapshot(ind)  # the cells API reads use (snapshots.py)
+            ctx.heartbeat()
 
     services.job_handlers.register(INDICATORS_JOB, handle)
+    interval = services.settings.warehouse_indicator_interval
+    if interval > 0 and services.settings.jobs_enabled:
+        from salus.warehouse.indicators.snapshots import IndicatorSchedule
+
+        services.listeners.append(IndicatorSchedule(services, interval))  # primary only

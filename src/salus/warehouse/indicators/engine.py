@@ -37,6 +37,7 @@ from __future__ import annotations
 import getpass
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -46,10 +47,12 @@ from sqlalchemy import select
 from salus.audit.events import AuditEvent
 from salus.db.tables import organizations
 from salus.db.tables_warehouse import dataset_rows, dataset_submissions
+from salus.db.types import utcnow
 from salus.errors import ConfigurationError, Forbidden, InvalidInput, NotFound
 from salus.security.principal import AuthMethod, Principal, PrincipalKind
 from salus.security.roles import ROLES
 from salus.warehouse.indicators.definitions_index import Indicator, indicator, view_definitions
+from salus.warehouse.indicators.snapshots import load_snapshot, store_snapshot
 from salus.warehouse.query import view_table
 
 if TYPE_CHECKING:
@@ -136,17 +139,22 @@ class IndicatorResult:
     indicator: Indicator
     dimensions: list[str]
     cells: list[dict[str, Any]]
+    #: when the cells were computed (a scheduled snapshot, or now)
+    computed_at: datetime | None = None
 
     @property
     def columns(self) -> list[str]:
         return [*self.dimensions, "numerator", "denominator", "value", "suppressed"]
 
     def to_json(self, min_cell: int) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "indicator": self.indicator.to_json(min_cell),
             "dimensions": self.dimensions,
             "cells": self.cells,
         }
+        if self.computed_at is not None:
+            out["computedAt"] = self.computed_at.isoformat(timespec="seconds")
+        return out
 
 
 def _convert(value: Any, kind: pa.DataType) -> Any:
@@ -185,6 +193,8 @@ class Indicators:
             ROLES[name].deidentified for name in principal.roles if name in ROLES
         ):
             return None
+        if kind == "operator" and "administrator" in principal.roles:
+            return None  # the network's operator: aggregates, suppressed as for the authority
         raise Forbidden("Indicators are for hospitals, the health authority and analysts.")
 
     # -- views ----------------------------------------------------------------------------
@@ -316,9 +326,14 @@ class Indicators:
                 expression=["by"],
             )
         dims = ["hospital", "period", *[d for d in ind.always if d not in extra], *extra]
-        if refresh:
+        snapshot = None if refresh else load_snapshot(self.services, ind)
+        if snapshot is not None:  # the scheduled computation (snapshots.py)
+            raw, computed_at = snapshot.cells, snapshot.computed_at
+        elif refresh:
             self.refresh()
-        raw = self._cells(ind)
+            raw, computed_at = self.snapshot(ind)
+        else:
+            raw, computed_at = self._cells(ind), utcnow()
         if period is not None:
             raw = [c for c in raw if c["period"] == period]
         totals: dict[tuple[Any, ...], list[Any]] = {}
@@ -346,7 +361,12 @@ class Indicators:
                 )
             ]
         )
-        return IndicatorResult(ind, dims, cells)
+        return IndicatorResult(ind, dims, cells, computed_at)
+
+    def snapshot(self, ind: Indicator) -> tuple[list[dict[str, Any]], datetime]:
+        """Compute ``ind`` (unsuppressed cells) and store them as its snapshot."""
+        raw = self._cells(ind)
+        return raw, store_snapshot(self.services, ind, raw)
 
     def _cell(
         self, ind: Indicator, scope: str | None, dims: list[str], k: tuple[Any, ...],

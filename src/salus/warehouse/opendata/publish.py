@@ -199,8 +199,8 @@ class OpenData:
     # -- building ---------------------------------------------------------------------------
     def table(
         self, engine: Indicators, choice: Choice, periods: Sequence[str]
-    ) -> tuple[Indicator, Table]:
-        """One indicator's published table, suppressed."""
+    ) -> tuple[Indicator, Table, str | None]:
+        """One indicator's published table, suppressed, and when it was computed."""
         ind = indicator(choice.indicator)
         result = engine.compute(system_principal(), ind.id, by=choice.by)
         dims = tuple(result.dimensions)
@@ -221,7 +221,8 @@ class OpenData:
         for done in table.cells.values():  # the last line of defence
             if not done.suppressed and rule.primary(done):  # pragma: no cover - suppress() did
                 raise AssertionError("a small cell was about to be published")
-        return ind, table
+        when = result.computed_at
+        return ind, table, None if when is None else when.isoformat(timespec="seconds")
 
     def _rows(self, ind: Indicator, table: Table) -> list[dict[str, Any]]:
         dims = table.dims
@@ -281,8 +282,10 @@ class OpenData:
         if len(set(names)) != len(names):
             raise InvalidInput("Each indicator once per publication.", expression=["indicators"])
         engine = Indicators(self.services)
-        if request.refresh:
+        if request.refresh:  # materialize the views and recompute the snapshots first
             engine.refresh()
+            for choice in request.indicators:
+                engine.snapshot(indicator(choice.indicator))
         pub_id = str(uuid.uuid4())
         now = utcnow()
         files: list[_File] = []
@@ -291,7 +294,7 @@ class OpenData:
         periods: set[str] = set()
         cells = hidden = 0
         for choice in request.indicators:
-            ind, table = self.table(engine, choice, request.periods)
+            ind, table, computed_at = self.table(engine, choice, request.periods)
             rows = self._rows(ind, table)
             dims = list(table.dims)
             columns = [*dims, "numerator", "denominator", "value", "suppressed"]
@@ -329,6 +332,7 @@ class OpenData:
                 {
                     "id": ind.id,
                     "version": ind.version,
+                    "computedAt": computed_at,
                     "by": list(choice.by),
                     "definition": definition,
                 }

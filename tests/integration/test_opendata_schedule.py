@@ -1,0 +1,142 @@
+"""Indicators computed on a schedule (issue 7, item 3), on SQLite and PostgreSQL: the
+primary's schedule enqueues ``warehouse.indicators`` once per slot, the job
+worker stores a snapshot per indicator, and API reads and open data use it
+(without running DuckDB) until the next run or ``refresh=true``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from salus.db.tables import jobs
+from salus.db.tables_opendata import indicator_snapshots
+from salus.jobs import Worker
+from salus.services import Services
+from salus.storage.keys import FileKeyProvider
+from salus.warehouse.indicators.engine import Indicators
+from salus.warehouse.indicators.snapshots import IndicatorSchedule
+from tests.conftest import BACKENDS, settings_for
+from tests.integration.security_world import World, make_world
+from tests.integration.test_indicators import DATA, _bundle
+
+FHIR = "application/fhir+json"
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    with make_world(request.param, tmp_path_factory.mktemp("schedule")) as built:
+        assert built.services.warehouse is not None
+        built.services.warehouse.materializer.lag = timedelta(0)
+        for hospital, feed in (("hosp-a", "a-feed"), ("hosp-b", "b-feed")):
+            response = built.client.post(
+                "/fhir",
+                content=json.dumps(_bundle(hospital)),
+                headers=built.headers(feed, **{"Content-Type": FHIR}),
+            )
+            assert response.status_code == 200, response.text[:800]
+        yield built
+
+
+def submit_beds(world: World, hospital: str, text: str) -> None:
+    feed = {"hosp-a": "a-feed", "hosp-b": "b-feed"}[hospital]
+    response = world.client.post(
+        "/api/v1/datasets/beds/submissions",
+        content=text.encode(),
+        headers=world.headers(feed, **{"Content-Type": "text/csv"}),
+    )
+    assert response.status_code in (200, 201), response.text[:800]
+
+
+def occupancy(world: World, **params: str) -> tuple[float, str]:
+    response = world.call("moh-analyst", "GET", "/api/v1/indicators/bed-occupancy", params=params)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    cell = next(c for c in body["cells"] if c["hospital"] == "hosp-b")
+    return cell["value"], body["computedAt"]
+
+
+def test_schedule_enqueues_once_per_slot_and_the_job_stores_snapshots(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = world.services
+    submit_beds(world, "hosp-b", (DATA / "hosp-b_beds.csv").read_text())
+    schedule = IndicatorSchedule(services, 3600)
+    at = datetime(2026, 11, 23, 10, 5, tzinfo=UTC)
+    first = schedule.tick(at)
+    assert schedule.tick(at + timedelta(minutes=50)) == first  # same hour: same job
+    second = schedule.tick(at + timedelta(hours=1))
+    assert second != first
+    worker = Worker(services.jobs, services.job_handlers, name="test-schedule")
+    assert worker.drain() == 2
+    with services.db.read() as conn:
+        states = conn.execute(select(jobs.c.status).where(jobs.c.id.in_([first, second])))
+        assert {s for (s,) in states} == {"done"}
+        snaps = conn.execute(select(indicator_snapshots)).all()
+    assert len(snaps) == 14 and {s.version for s in snaps} == {"1.0"}
+    when = max(s.computed_at for s in snaps)
+
+    # reads use the snapshot: no DuckDB run
+    def no_duckdb(self: Indicators, ind: object) -> None:
+        raise AssertionError("computed instead of read from the snapshot")
+
+    monkeypatch.setattr(Indicators, "_cells", no_duckdb)
+    value, computed = occupancy(world)
+    assert value == round(500 / 620 * 100, 4)
+    assert abs(datetime.fromisoformat(computed) - when) < timedelta(seconds=2)
+    admissions = world.call("moh-analyst", "GET", "/api/v1/indicators/admissions").json()
+    assert {c["hospital"]: c["value"] for c in admissions["cells"]}["hosp-a"] == 7
+    monkeypatch.undo()
+
+    # new data shows at the next computation, or at once with refresh=true
+    submit_beds(
+        world,
+        "hosp-b",
+        "org,period,ward_id,ward_name,ward_type,beds,occupied_bed_days,admissions,discharges\n"
+        "hosp-b,2026-10,W-GEN,General,medical,20,310,60,58\n",
+    )
+    assert occupancy(world)[0] == round(500 / 620 * 100, 4)  # still the snapshot
+    fresh, later = occupancy(world, refresh="true")
+    assert fresh == 50.0 and later >= computed
+    assert occupancy(world)[0] == 50.0  # refresh stored a new snapshot
+
+
+def test_the_schedule_runs_in_the_server_loop(world: World) -> None:
+    schedule = IndicatorSchedule(world.services, 0.4)
+
+    async def run() -> None:
+        await schedule.start()
+        await asyncio.sleep(1.0)
+        await schedule.stop()
+
+    asyncio.run(run())
+    with world.services.db.read() as conn:
+        keys = conn.execute(
+            select(jobs.c.dedup_key).where(jobs.c.dedup_key.like("warehouse.indicators@0.4:%"))
+        ).all()
+    assert 1 <= len(keys) <= 3
+
+
+def test_the_schedule_is_a_listener_of_a_server_with_jobs(tmp_path: Path) -> None:
+    settings = settings_for("sqlite://", None, tmp_path / "data", warehouse_indicator_interval=60)
+    FileKeyProvider.create(settings.key_path())
+    services = Services.build(settings)
+    try:
+        assert "indicator-schedule" in [listener.name for listener in services.listeners]
+    finally:
+        services.close()
+    off = settings_for(
+        "sqlite://", None, tmp_path / "data", warehouse_indicator_interval=0, jobs_enabled=False
+    )
+    services = Services.build(off)
+    try:
+        assert "indicator-schedule" not in [listener.name for listener in services.listeners]
+    finally:
+        services.close()
