@@ -24,7 +24,9 @@ from tests.integration.security_world import PASSWORD, SYSTEM, World
 def w(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Hl7World]:
-    with hl7_world(request.param, tmp_path_factory.mktemp("inbox")) as world:
+    with hl7_world(
+        request.param, tmp_path_factory.mktemp("inbox"), rate_limit_login_per_minute=1000
+    ) as world:
         world.world.user_ids["a-integ"] = world.world.services.directory.create_user(
             SYSTEM,
             username="a-integ",

@@ -231,6 +231,7 @@ def search_events(
     until: datetime | None = None,
     outcome: int | None = None,
     category: str | None = None,
+    purpose: str | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
@@ -256,6 +257,8 @@ def search_events(
         query = query.where(audit_events.c.outcome == int(outcome))
     if category is not None:
         query = query.where(audit_events.c.category == str(category))
+    if purpose is not None:
+        query = query.where(audit_events.c.purpose == str(purpose))
     with db.read() as conn:
         return [dict(row) for row in conn.execute(query).mappings()]
 
