@@ -21,7 +21,15 @@ from salus.console.web import PACKAGE
 __all__ = ["PAGE_MODULES", "install_routes"]
 
 #: Page modules under ``salus.console.pages``, installed in this order.
-PAGE_MODULES: list[str] = ["home", "inbox", "audit", "dashboards"]
+PAGE_MODULES: list[str] = [
+    "home",
+    "inbox",
+    "audit",
+    "dashboards",
+    "patients",
+    "breakglass",
+    "viewer",
+]
 
 
 def install_routes(api: FastAPI) -> None:

@@ -1,0 +1,149 @@
+"""The image viewer (issue 8): ``GET /viewer/{study_uid}``.
+
+The page lists the study's series (thumbnails from the WADO-RS ``thumbnail``
+resource, PS3.18 10.4.1.1.6) and shows one instance at a time from the
+``rendered`` resource (PS3.18 10.4.1.1.4) with ``window=center,width,linear``
+(PS3.18 8.3.5.1.4). ``viewer.js`` scrolls (wheel, arrow keys, a slider) and
+changes the window (presets per modality, inputs, dragging on the image).
+
+The series and instances come from the archive's query (PS3.4 C.6, the same
+as QIDO-RS) with the signed-in person's principal, so the DICOMweb access
+rules and audit apply; the images are then fetched by the browser from
+``/dicomweb`` with the same session. A study the person may not see (or that
+does not exist) answers 403 without saying which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from salus.console import i18n
+from salus.console.i18n import N_
+from salus.console.web import ConsoleUser, console_router, render
+from salus.dicom.matching import Level
+from salus.dicom.web.common import archive_of, check_uid
+from salus.errors import Forbidden
+from salus.security.principal import Principal
+
+__all__ = ["PRESETS", "install"]
+
+_ = i18n.gettext
+
+#: Window presets (center, width) per modality, the usual ones of radiology viewers.
+PRESETS: dict[str, list[tuple[str, int, int]]] = {
+    "CT": [
+        (N_("Soft tissue"), 40, 400),
+        (N_("Lung"), -600, 1500),
+        (N_("Bone"), 300, 1500),
+        (N_("Brain"), 40, 80),
+    ],
+    "MR": [(N_("Brain"), 600, 1200), (N_("Body"), 500, 1000)],
+    "CR": [(N_("Chest"), 2048, 4096)],
+    "DX": [(N_("Chest"), 2048, 4096)],
+}
+
+
+def _value(match: Any, keyword: str) -> str:
+    value = match.attributes.get(keyword)
+    if isinstance(value, list):
+        return "\\".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _number(text: str) -> int:
+    try:
+        return int(float(text))
+    except ValueError:
+        return 0
+
+
+def _study(request: Request, principal: Principal, study_uid: str) -> dict[str, Any]:
+    archive = archive_of(request)
+    studies = archive.find(
+        principal,
+        Level.STUDY,
+        {
+            "StudyInstanceUID": study_uid,
+            "StudyDescription": "",
+            "StudyDate": "",
+            "ModalitiesInStudy": "",
+        },
+    )
+    if not studies:
+        raise Forbidden("This study is not available to you.")
+    series = archive.find(
+        principal,
+        Level.SERIES,
+        {
+            "StudyInstanceUID": study_uid,
+            "SeriesInstanceUID": "",
+            "Modality": "",
+            "SeriesDescription": "",
+            "SeriesNumber": "",
+        },
+    )
+    images = archive.find(
+        principal,
+        Level.IMAGE,
+        {
+            "StudyInstanceUID": study_uid,
+            "SeriesInstanceUID": "",
+            "SOPInstanceUID": "",
+            "InstanceNumber": "",
+            "Rows": "",
+        },
+    )
+    by_series: dict[str, list[tuple[int, str]]] = {}
+    for image in images:
+        if not image.attributes.get("Rows"):
+            continue  # no pixel data (structured reports, presentation states)
+        by_series.setdefault(str(image.series_uid), []).append(
+            (_number(_value(image, "InstanceNumber")), str(image.sop_instance_uid))
+        )
+    rows = []
+    for one in series:
+        uid = str(one.series_uid)
+        instances = [sop for _n, sop in sorted(by_series.get(uid, []))]
+        if not instances:
+            continue
+        modality = _value(one, "Modality")
+        rows.append(
+            {
+                "uid": uid,
+                "number": _number(_value(one, "SeriesNumber")),
+                "modality": modality,
+                "description": _value(one, "SeriesDescription"),
+                "instances": instances,
+                "presets": PRESETS.get(modality, []),
+            }
+        )
+    rows.sort(key=lambda r: (r["number"], r["uid"]))
+    study = studies[0]
+    return {
+        "uid": study_uid,
+        "description": _value(study, "StudyDescription"),
+        "date": _value(study, "StudyDate"),
+        "modalities": _value(study, "ModalitiesInStudy"),
+        "series": rows,
+    }
+
+
+def install(api: FastAPI) -> None:
+    router = console_router()
+
+    @router.get("/viewer/{study_uid}")
+    async def viewer(request: Request, study_uid: str, principal: ConsoleUser) -> Response:
+        check_uid(study_uid, "StudyInstanceUID")
+        study = await asyncio.to_thread(_study, request, principal, study_uid)
+        return render(
+            request,
+            "viewer/viewer.html",
+            {"study": study, "presets": PRESETS},
+            title=_("Image viewer"),
+        )
+
+    api.include_router(router)
