@@ -25,6 +25,7 @@ PAGE_MODULES: list[str] = [
     "home",
     "inbox",
     "audit",
+    "admin",
     "dashboards",
     "patients",
     "breakglass",
