@@ -82,7 +82,7 @@ def install(api: FastAPI) -> None:
         care_reader(request, principal)
         check_patient_id(patient_id)
         if not can_break_glass(principal):
-            raise Forbidden("Your roles do not allow break-the-glass access.")
+            raise Forbidden(N_("Your roles do not allow break-the-glass access."))
         reason = form.get("reason", "")
         try:
             await asyncio.to_thread(
@@ -109,7 +109,7 @@ def install(api: FastAPI) -> None:
 
     def _reviewer(principal: Principal) -> None:
         if "security_officer" not in principal.roles:
-            raise Forbidden("Only security officers review break-the-glass access.")
+            raise Forbidden(N_("Only security officers review break-the-glass access."))
 
     @router.get("/break-glass/reviews")
     async def reviews(request: Request, principal: ConsoleUser) -> Response:

@@ -73,7 +73,9 @@ def care_reader(request: Request, principal: Principal, res_type: str = "Patient
     decision = fhir.decide(request, principal, res_type, Interaction.READ)
     decision.require()
     if decision.deidentify:
-        raise Forbidden("Patient records are for care; de-identified roles use research extracts.")
+        raise Forbidden(
+            N_("Patient records are for care; de-identified roles use research extracts.")
+        )
 
 
 def can_break_glass(principal: Principal) -> bool:
@@ -82,7 +84,7 @@ def can_break_glass(principal: Principal) -> bool:
 
 def check_patient_id(patient_id: str) -> str:
     if not _ID.match(patient_id):
-        raise NotFound("Not found.")
+        raise NotFound(N_("Not found."))
     return patient_id
 
 
@@ -122,7 +124,9 @@ def _criteria(request: Request) -> dict[str, str]:
         for k in ("name", "identifier", "birthdate", "gender")
     }
     if values["birthdate"] and not _DATE.match(values["birthdate"]):
-        raise InvalidInput("Birth date is YYYY, YYYY-MM or YYYY-MM-DD.", expression=["birthdate"])
+        raise InvalidInput(
+            N_("Birth date is YYYY, YYYY-MM or YYYY-MM-DD."), expression=["birthdate"]
+        )
     if values["gender"] and values["gender"] not in GENDERS:
         values["gender"] = ""
     return values
@@ -284,7 +288,7 @@ def install(api: FastAPI) -> None:
     async def _restricted(request: Request, principal: Principal, patient_id: str) -> Response:
         basis = await access_basis(request, principal, patient_id)
         if basis["break_glass_until"]:
-            raise NotFound("Not found.")  # emergency access is held: there is no such record
+            raise NotFound(N_("Not found."))  # emergency access is held: there is no such record
         refusal = Forbidden("This patient's records are not available to you.")
         await audit_refusal(request, refusal, request.url.path)
         return render(
@@ -312,7 +316,7 @@ def install(api: FastAPI) -> None:
         doc = await fhir.read(request, principal, "DocumentReference", doc_id)
         contents = doc.get("content") or []
         if not 0 <= index < len(contents):
-            raise NotFound("Not found.")
+            raise NotFound(N_("Not found."))
         item = contents[index].get("attachment") or {}
         content_type = str(item.get("contentType") or "application/octet-stream")
         data = item.get("data")
@@ -322,11 +326,11 @@ def install(api: FastAPI) -> None:
             data = binary.get("data")
             content_type = str(binary.get("contentType") or content_type)
         if not isinstance(data, str):
-            raise NotFound("This attachment has no content stored in Salus.")
+            raise NotFound(N_("This attachment has no content stored in Salus."))
         try:
             body = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
-            raise InvalidInput("The attachment is not valid base64.") from None
+            raise InvalidInput(N_("The attachment is not valid base64.")) from None
         media = content_type.split(";")[0].strip().lower()
         inline = media in INLINE_TYPES
         return Response(

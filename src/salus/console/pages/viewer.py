@@ -74,7 +74,7 @@ def _study(request: Request, principal: Principal, study_uid: str) -> dict[str, 
         },
     )
     if not studies:
-        raise Forbidden("This study is not available to you.")
+        raise Forbidden(N_("This study is not available to you."))
     series = archive.find(
         principal,
         Level.SERIES,
