@@ -222,6 +222,22 @@ def test_imaging_studies_through_qido(api: Api, manifest: dict[str, Any]) -> Non
     assert routes == {"c-store", "stow-rs"}
 
 
+def test_imaging_studies_link_to_the_hospitals_patients(api: Api, manifest: dict[str, Any]) -> None:
+    """The ImagingStudy mirror (written once a study is stable, 2 s in the demo) points
+    at the Patient the hospital's HL7 or FHIR feed made, found by the MRN."""
+    for org, hospital in manifest["hospitals"].items():
+        who = api.client(f"{org}-his")
+        for study in hospital["dicom"]:
+            query = f"ImagingStudy?identifier=urn:dicom:uid|urn:oid:{study['study_uid']}"
+            deadline = time.monotonic() + 30
+            while not (found := api.search(who, query)):
+                assert time.monotonic() < deadline, "no ImagingStudy after 30 s"
+                time.sleep(0.5)
+            patient = api.search(who, f"Patient?identifier={hospital['mrn_system']}|{study['mrn']}")
+            assert found[0]["subject"]["reference"] == f"Patient/{patient[0]['id']}"
+            assert found[0]["numberOfInstances"] == len(study["instances"])
+
+
 def test_dataset_submissions_accepted(api: Api, manifest: dict[str, Any]) -> None:
     for org, hospital in manifest["hospitals"].items():
         who = api.user(f"{org}.steward")

@@ -13,6 +13,7 @@ hospital uses, one thread per interface:
 * **CSV datasets** (``/api/v1/datasets/{name}/submissions``) by the hospital's
   data steward, signed in with a password (``/auth/login``), 201.
 
+Each hospital's feeds run side by side (a thread per hospital and interface).
 Order: a hospital's FHIR diagnoses and prescriptions wait for its HL7 ADT
 messages (they point at the Patients and Encounters those create), and its
 images wait for its patients, so that the ImagingStudy links to the full
@@ -21,6 +22,7 @@ Patient rather than creating one from the DICOM header.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import socket
@@ -32,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from salus.demo.catalog import HospitalSpec
 from salus.demo.model import Network
 from salus.demo.render import DicomItem, Rendered
 from salus.hl7.mllp import END, frame
@@ -151,23 +154,20 @@ def _post_bundle(http: httpx.Client, token: str, org: str, mrn: str, data: bytes
             raise DemoFeedError(f"FHIR: {org} transaction entry answered {status}")
 
 
-def _send_fhir(state: _State, rendered: Rendered, network: Network, advance: Progress) -> None:
+def _send_fhir(state: _State, rendered: Rendered, spec: HospitalSpec, advance: Progress) -> None:
+    if spec.his != "fhir":
+        state.patients_ready[spec.org_id].wait()
     with _http(state.endpoints) as http:
-        # FHIR-speaking hospitals first: nothing to wait for.
-        order = sorted(network.hospitals, key=lambda s: s.his != "fhir")
-        for spec in order:
-            if spec.his != "fhir":
-                state.patients_ready[spec.org_id].wait()
+        client = f"{spec.org_id}-his"
+        token = _client_token(http, client, state.secrets[client])
+        for org, mrn, data in rendered.fhir:
             if state.stop.is_set():
                 return
-            client = f"{spec.org_id}-his"
-            token = _client_token(http, client, state.secrets[client])
-            for org, mrn, data in rendered.fhir:
-                if org == spec.org_id and not state.stop.is_set():
-                    _post_bundle(http, token, org, mrn, data)
-                    advance(INTERFACES[1], 1)
-            if spec.his == "fhir":
-                state.patients_ready[spec.org_id].set()
+            if org == spec.org_id:
+                _post_bundle(http, token, org, mrn, data)
+                advance(INTERFACES[1], 1)
+    if spec.his == "fhir":
+        state.patients_ready[spec.org_id].set()
 
 
 def _c_store(state: _State, items: list[DicomItem], ae_title: str, advance: Progress) -> None:
@@ -229,48 +229,47 @@ def _stow(http: httpx.Client, token: str, item: DicomItem) -> None:
 
 
 def _send_dicom(
-    state: _State, rendered: Rendered, network: Network, route: str, advance: Progress
+    state: _State, rendered: Rendered, spec: HospitalSpec, route: str, advance: Progress
 ) -> None:
+    items = [d for d in rendered.dicom if d.org_id == spec.org_id and d.route == route]
+    if not items:
+        return
+    state.patients_ready[spec.org_id].wait()
+    if state.stop.is_set():
+        return
+    if route == "c-store":
+        _c_store(state, items, spec.ae_title, advance)
+        return
     with _http(state.endpoints) as http:
-        for spec in network.hospitals:
-            items = [d for d in rendered.dicom if d.org_id == spec.org_id and d.route == route]
-            if not items:
-                continue
-            state.patients_ready[spec.org_id].wait()
+        client = f"{spec.org_id}-pacs"
+        token = _client_token(http, client, state.secrets[client])
+        for item in items:
             if state.stop.is_set():
                 return
-            if route == "c-store":
-                _c_store(state, items, spec.ae_title, advance)
-                continue
-            client = f"{spec.org_id}-pacs"
-            token = _client_token(http, client, state.secrets[client])
-            for item in items:
-                if state.stop.is_set():
-                    return
-                _stow(http, token, item)
-                advance(INTERFACES[3], len(item.instances))
+            _stow(http, token, item)
+            advance(INTERFACES[3], len(item.instances))
 
 
-def _send_csv(state: _State, rendered: Rendered, network: Network, advance: Progress) -> None:
+def _send_csv(state: _State, rendered: Rendered, network: Network, spec: HospitalSpec,
+              advance: Progress) -> None:  # fmt: skip
     with _http(state.endpoints) as http:
-        for spec in network.hospitals:
-            steward = f"{spec.org_id}.steward"
-            token = _user_token(http, steward, state.passwords[steward])
-            for org, name, data in rendered.csv:
-                if org != spec.org_id or state.stop.is_set():
-                    continue
-                response = http.post(
-                    f"/api/v1/datasets/{name}/submissions",
-                    params={"period": network.period},
-                    content=data,
-                    headers={"Authorization": f"Bearer {token}", "Content-Type": "text/csv"},
+        steward = f"{spec.org_id}.steward"
+        token = _user_token(http, steward, state.passwords[steward])
+        for org, name, data in rendered.csv:
+            if org != spec.org_id or state.stop.is_set():
+                continue
+            response = http.post(
+                f"/api/v1/datasets/{name}/submissions",
+                params={"period": network.period},
+                content=data,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "text/csv"},
+            )
+            if response.status_code != 201:
+                detail = json.dumps(response.json())[:300] if response.content else ""
+                raise DemoFeedError(
+                    f"CSV: {org} dataset {name}: HTTP {response.status_code} {detail}"
                 )
-                if response.status_code != 201:
-                    detail = json.dumps(response.json())[:300] if response.content else ""
-                    raise DemoFeedError(
-                        f"CSV: {org} dataset {name}: HTTP {response.status_code} {detail}"
-                    )
-                advance(INTERFACES[4], 1)
+            advance(INTERFACES[4], 1)
 
 
 def totals(rendered: Rendered) -> dict[str, int]:
@@ -300,19 +299,24 @@ def feed(
         {spec.org_id: threading.Event() for spec in network.hospitals},
     )
 
-    def hl7_all() -> None:
-        for spec in network.hospitals:
-            if spec.his == "hl7":
-                _send_hl7(state, rendered, spec.org_id, advance)
-                state.patients_ready[spec.org_id].set()
+    def hl7(spec: HospitalSpec) -> None:
+        _send_hl7(state, rendered, spec.org_id, advance)
+        state.patients_ready[spec.org_id].set()
 
-    jobs: list[tuple[str, Callable[[], None]]] = [
-        ("hl7", hl7_all),
-        ("fhir", lambda: _send_fhir(state, rendered, network, advance)),
-        ("c-store", lambda: _send_dicom(state, rendered, network, "c-store", advance)),
-        ("stow-rs", lambda: _send_dicom(state, rendered, network, "stow-rs", advance)),
-        ("csv", lambda: _send_csv(state, rendered, network, advance)),
-    ]
+    # One thread per hospital and interface, as each hospital's systems run on their own.
+    jobs: list[tuple[str, Callable[[], None]]] = []
+    for spec in network.hospitals:
+        name = spec.org_id
+        if spec.his == "hl7":
+            jobs.append((f"hl7-{name}", functools.partial(hl7, spec)))
+        jobs += [
+            (f"fhir-{name}", functools.partial(_send_fhir, state, rendered, spec, advance)),
+            (f"c-store-{name}",
+             functools.partial(_send_dicom, state, rendered, spec, "c-store", advance)),
+            (f"stow-rs-{name}",
+             functools.partial(_send_dicom, state, rendered, spec, "stow-rs", advance)),
+            (f"csv-{name}", functools.partial(_send_csv, state, rendered, network, spec, advance)),
+        ]  # fmt: skip
 
     def run(name: str, job: Callable[[], None]) -> None:
         try:

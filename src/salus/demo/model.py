@@ -40,7 +40,7 @@ class Size:
 SIZES: dict[str, Size] = {
     "tiny": Size(patients=3, shared=1, studies=2, slices=2, matrix=64, max_encounters=2),
     "small": Size(patients=12, shared=4, studies=4, slices=4, matrix=64),
-    "default": Size(patients=100, shared=24, studies=12, slices=10, matrix=128),
+    "default": Size(patients=60, shared=16, studies=10, slices=8, matrix=128),
 }
 
 
