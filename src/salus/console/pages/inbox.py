@@ -95,7 +95,7 @@ def scope_of(services: Services, who: Principal) -> Scope:
         return Scope(None, True, True)
     if not who.roles & set(INBOX_ROLES):
         raise Forbidden(
-            "The integration inbox is for data stewards, integration and administrators."
+            N_("The integration inbox is for data stewards, integration and administrators.")
         )
     network = services.org_kinds.kind(who.org_id) == "operator"
     return Scope(
@@ -125,18 +125,18 @@ def _date(value: str | None, name: str) -> date | None:
     try:
         return date.fromisoformat(value.strip())
     except ValueError:
-        raise InvalidInput("Dates are written YYYY-MM-DD.", expression=[name]) from None
+        raise InvalidInput(N_("Dates are written YYYY-MM-DD."), expression=[name]) from None
 
 
 def filters_of(request: Request, scope: Scope) -> Filters:
     params = request.query_params
     kind = params.get("kind") or "hl7"
     if kind not in KINDS:
-        raise InvalidInput("Unknown kind of inbox entry.", expression=["kind"])
+        raise InvalidInput(N_("Unknown kind of inbox entry."), expression=["kind"])
     org = (params.get("org") or "").strip() or None
     if scope.org is not None:
         if org not in (None, scope.org):
-            raise Forbidden("Hospitals see only their own feeds.")
+            raise Forbidden(N_("Hospitals see only their own feeds."))
         org = scope.org
     return Filters(
         kind, org, _date(params.get("since"), "since"), _date(params.get("until"), "until")
@@ -214,7 +214,7 @@ def _submission_by_seq(services: Services, seq: int) -> dict[str, Any]:
             .first()
         )
     if row is None:
-        raise NotFound("No such refused submission.")
+        raise NotFound(N_("No such refused submission."))
     return _submission(dict(row))
 
 
@@ -244,14 +244,14 @@ def _page(paging: Paging, fetched: list[dict[str, Any]]) -> tuple[Paging, list[d
 
 def _hl7(services: Services) -> Hl7Runtime:
     if services.hl7 is None:
-        raise NotFound("HL7 is not installed.")
+        raise NotFound(N_("HL7 is not installed."))
     return services.hl7
 
 
 def _hl7_row(services: Services, uid: str, scope: Scope) -> Any:
     row = _hl7(services).store.by_uid(uid[:36])
     if scope.org is not None and row["org_id"] != scope.org:
-        raise NotFound("No such HL7 message.")
+        raise NotFound(N_("No such HL7 message."))
     return row
 
 
@@ -337,7 +337,7 @@ def install(api: FastAPI) -> None:
         services = services_of(request)
         scope = scope_of(services, principal)
         if not scope.replay:
-            raise Forbidden("Only integration roles and administrators replay messages.")
+            raise Forbidden(N_("Only integration roles and administrators replay messages."))
         row = await asyncio.to_thread(_hl7_row, services, uid, scope)
         outcome: dict[str, Any]
         try:
@@ -361,7 +361,7 @@ def install(api: FastAPI) -> None:
         scope = scope_of(services, principal)
         item = await asyncio.to_thread(_submission_by_seq, services, seq)
         if scope.org is not None and item["org_id"] != scope.org:
-            raise NotFound("No such refused submission.")
+            raise NotFound(N_("No such refused submission."))
         paging = Paging.of(request, size=50)
         issues = item["issues"]
         paging = paging.with_total(len(issues))
