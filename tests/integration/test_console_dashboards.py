@@ -273,10 +273,11 @@ def test_pages_render_in_vietnamese_and_french(world: World) -> None:
     world.client.cookies.set("salus_lang", "vi")
     try:
         html = page(world, "moh-analyst", "/dashboards")
-        assert 'lang="vi"' in html
-        french = None
+        assert 'lang="vi"' in html and "<h1>Tổng quan mạng lưới</h1>" in html
+        assert "Thời gian nằm viện trung bình" in html and "3.5 ngày" in html
         world.client.cookies.set("salus_lang", "fr")
         french = page(world, "a-admin", "/dashboards/hospital")
-        assert 'lang="fr"' in french
+        assert 'lang="fr"' in french and "Score de qualité des données" in french
+        assert "Mortalité hospitalière" in french
     finally:
         world.client.cookies.clear()

@@ -43,6 +43,13 @@ from salus.audit.events import AuditEvent
 from salus.console import i18n
 from salus.console.charts import Bar, Series, bar_chart, format_number, line_chart
 from salus.console.i18n import N_
+from salus.console.pages.dashboards_labels import (
+    DIMENSION_TITLES,
+    VALUE_LABELS,
+    description_of,
+    title_of,
+    unit_of,
+)
 from salus.console.web import (
     ConsoleUser,
     NavItem,
@@ -83,41 +90,6 @@ HEADLINE = (
 QUALITY_WEIGHTS = {"data-completeness": 0.5, "data-timeliness": 0.5}
 BREAKDOWNS = ("sex", "age_band", "ward")
 HOSPITAL_ROLES = frozenset({"data_steward", "administrator", "hospital_integration"})
-
-TITLES = {
-    "admissions": N_("Admissions"),
-    "average-length-of-stay": N_("Average length of stay"),
-    "bed-occupancy": N_("Bed occupancy rate"),
-    "data-completeness": N_("Data completeness"),
-    "data-timeliness": N_("Data timeliness"),
-    "diagnoses-by-icd10-chapter": N_("Diagnoses by ICD-10 chapter"),
-    "discharges": N_("Discharges"),
-    "equipment-availability": N_("Equipment availability"),
-    "imaging-volume-by-modality": N_("Imaging volume by modality"),
-    "in-hospital-mortality": N_("In-hospital mortality"),
-    "laboratory-volume": N_("Laboratory volume"),
-    "medicine-stock-outs": N_("Medicine stock-outs"),
-    "readmissions-30d": N_("Readmissions within 30 days"),
-    "staff-per-bed": N_("Staff per bed"),
-}
-UNITS = {"count": "", "days": N_("days"), "%": "%", "FTE per bed": N_("FTE per bed")}
-DIMENSION_TITLES = {"sex": N_("Sex"), "age_band": N_("Age band"), "ward": N_("Ward")}
-VALUE_LABELS = {
-    "female": N_("female"),
-    "male": N_("male"),
-    "other": N_("other"),
-    "unknown": N_("unknown"),
-}
-
-
-def title_of(ind: Indicator) -> str:
-    return _(TITLES.get(ind.id, ind.title))
-
-
-def unit_of(ind: Indicator) -> str:
-    unit = UNITS.get(ind.unit, ind.unit)
-    return _(unit) if unit else ""
-
 
 # -- who may see what ------------------------------------------------------------------
 
@@ -360,13 +332,14 @@ def _compare(reader: Reader, request: Request, names: dict[str, str]) -> dict[st
         "compare-chart",
         _("%(indicator)s by hospital, %(period)s")
         % {"indicator": title_of(ind), "period": period or "—"},
-        _("Bar chart of the table below: one bar per hospital and one for the network."),
+        _("Bar chart of the table next to it: one bar per hospital and one for the network."),
         bars,
         unit=unit_of(ind),
         missing=_("no data"),
     )
     return {
         "ind": ind,
+        "description": description_of(ind),
         "period": period,
         "periods": periods,
         "rows": rows,
@@ -487,7 +460,7 @@ def _quality(reader: Reader, org: str, period: str | None) -> dict[str, Any]:
                 "title": title_of(ind),
                 "figure": shown,
                 "weight": round(QUALITY_WEIGHTS[key] * 100),
-                "description": ind.description,
+                "description": description_of(ind),
             }  # fmt: skip
         )
     return {"score": quality_score(values), "components": components}
