@@ -138,9 +138,12 @@ class _Draw:
                 person.script not in ("vi", "fr") or _strip_marks(reg.family) == reg.family
             ):
                 quirk = "typo"
-            if quirk == "typo":
+            if quirk == "typo" and len(reg.family) >= 3:
                 reg.family = _typo(rng, reg.family)
                 reg.quirks.append("typo in the family name")
+            elif quirk == "typo":  # a one-syllable Korean family name: the given name
+                reg.given = _typo(rng, reg.given)
+                reg.quirks.append("typo in the given name")
             elif quirk == "no-marks":
                 reg.family, reg.given = _strip_marks(reg.family), _strip_marks(reg.given)
                 reg.quirks.append("name without diacritics")
