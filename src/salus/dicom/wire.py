@@ -1,0 +1,201 @@
+"""Encoding the small data sets of a DIMSE exchange without pydicom's writer.
+
+pynetdicom encodes every DIMSE Command Set (PS3.7 9.3, 6.3.1: Implicit VR
+Little Endian, group 0000) and every C-FIND response Identifier (PS3.4
+C.4.1.1.3.2) with pydicom's ``write_dataset``, which costs about as much per
+element as reading one, and encodes each Command Set twice (once to measure
+the Command Group Length). A C-FIND with 25 matches spent most of its time
+there. This module encodes both directly (PS3.5 7.1.1-7.1.3 element framing,
+6.2 padding: UI with NUL, other text with a space; 7.5 sequences with
+explicit lengths) and falls back to pydicom for anything outside the simple
+subset (other VRs, deflated syntaxes, values that do not encode), so the
+bytes on the wire are valid DICOM either way.
+
+:func:`install` puts the encoders in front of pynetdicom's ``encode`` where it
+writes Command Sets (``pynetdicom.dimse_messages``) and response Identifiers
+(``pynetdicom.service_class``); :class:`FindResponse` is the Identifier a
+C-FIND handler yields.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+
+__all__ = ["FindResponse", "encode_command", "encode_elements", "install"]
+
+log = logging.getLogger("salus.dicom.dimse")
+
+#: Text VRs (PS3.5 6.2) and the byte that pads them to an even length.
+_TEXT = {
+    vr: b" "
+    for vr in ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM")
+    + ("UC", "UR", "UT")
+}
+_TEXT["UI"] = b"\x00"
+#: Binary integer VRs: struct format character.
+_INTS = {"US": "H", "SS": "h", "UL": "I", "SL": "i"}
+#: Explicit VR: these have two reserved bytes and a 32-bit length (PS3.5 7.1.2).
+_LONG = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+_ITEM, _GROUP_LENGTH_TAG = 0xFFFEE000, 0x00000000
+
+
+class Unsupported(ValueError):
+    """A value this encoder leaves to pydicom."""
+
+
+#: One element to encode: (tag, VR, value); value ``None`` (empty), text, an int,
+#: or for SQ a list of items, each a list of such elements.
+Element = tuple[int, str, Any]
+
+
+def _value_bytes(vr: str, value: Any, little: bool, encoding: str) -> bytes:
+    if value is None or value == "":
+        return b""
+    pad = _TEXT.get(vr)
+    if pad is not None:
+        if isinstance(value, list | tuple):
+            value = "\\".join(str(v) for v in value)
+        raw = str(value).encode(encoding if vr not in ("UI", "AE", "CS", "DA", "TM") else "ascii")
+        return raw + pad if len(raw) % 2 else raw
+    fmt = _INTS.get(vr)
+    if fmt is not None:
+        values = value if isinstance(value, list | tuple) else [value]
+        return struct.pack(("<" if little else ">") + fmt * len(values), *map(int, values))
+    raise Unsupported(vr)
+
+
+def encode_elements(
+    elements: Sequence[Element], implicit: bool, little: bool, encoding: str = "utf-8"
+) -> bytes:
+    """Elements (in any order) as a data set in the given encoding (PS3.5 7.1)."""
+    out = bytearray()
+    order = "<" if little else ">"
+    head_implicit = struct.Struct(order + "HHI")
+    head_short = struct.Struct(order + "HH2sH")
+    head_long = struct.Struct(order + "HH2s2xI")
+    for tag, vr, value in sorted(elements, key=lambda e: e[0]):
+        if vr == "SQ":
+            body = bytearray()
+            for item in value or []:
+                encoded = encode_elements(item, implicit, little, encoding)
+                body += head_implicit.pack(_ITEM >> 16, _ITEM & 0xFFFF, len(encoded))
+                body += encoded
+            raw = bytes(body)
+        else:
+            raw = _value_bytes(vr, value, little, encoding)
+        group, elem = tag >> 16, tag & 0xFFFF
+        if implicit:
+            out += head_implicit.pack(group, elem, len(raw))
+        elif vr in _LONG:
+            out += head_long.pack(group, elem, vr.encode("ascii"), len(raw))
+        else:
+            if len(raw) > 0xFFFF:
+                raise Unsupported("value too long for a 16-bit length")
+            out += head_short.pack(group, elem, vr.encode("ascii"), len(raw))
+        out += raw
+    return bytes(out)
+
+
+def encode_command(ds: Dataset) -> bytes:
+    """A Command Set (group 0000, Implicit VR Little Endian, PS3.7 6.3.1) whose
+    elements pynetdicom built; :class:`Unsupported` for anything unusual."""
+    elements: list[Element] = []
+    for elem in ds._dict.values():  # noqa: SLF001 - the elements as set, no conversion
+        if not isinstance(elem, DataElement) or elem.tag >> 16 != 0:
+            raise Unsupported("not a plain command element")
+        vr = str(elem.VR)
+        if vr not in _TEXT and vr not in _INTS:
+            raise Unsupported(vr)
+        elements.append((int(elem.tag), vr, elem.value))
+    return encode_elements(elements, True, True, "ascii")
+
+
+class FindResponse(Dataset):
+    """A C-FIND response Identifier kept as (tag, VR, value) elements and encoded by
+    :func:`encode_elements` when pynetdicom sends it (``to_dataset`` builds the
+    pydicom data set when the fast path does not apply)."""
+
+    def __init__(self, elements: list[Element]) -> None:
+        super().__init__()
+        object.__setattr__(self, "_salus_elements", elements)
+
+    def to_dataset(self) -> Dataset:
+        ds = Dataset()
+        for tag, vr, value in self._salus_elements:
+            ds.add(_data_element(tag, vr, value))
+        return ds
+
+
+def _data_element(tag: int, vr: str, value: Any) -> DataElement:
+    if vr == "SQ":
+        items = []
+        for item in value or []:
+            sub = Dataset()
+            for sub_tag, sub_vr, sub_value in item:
+                sub.add(_data_element(sub_tag, sub_vr, sub_value))
+            items.append(sub)
+        return DataElement(tag, vr, DicomSequence(items))
+    if isinstance(value, str) and "\\" in value:
+        return DataElement(tag, vr, value.split("\\"))
+    return DataElement(tag, vr, value)
+
+
+def item_elements(item: dict[str, Any]) -> list[Element]:
+    """A sequence item given by keyword (dictionary VRs)."""
+    out: list[Element] = []
+    for keyword, value in item.items():
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            continue
+        out.append((int(tag), str(dictionary_VR(tag)), value))
+    return out
+
+
+_installed = False
+
+
+def install() -> None:
+    """Put the fast encoders in front of pynetdicom's (once per process)."""
+    global _installed
+    if _installed:
+        return
+    from pynetdicom import dimse_messages, service_class
+
+    command_encode: Any = getattr(dimse_messages, "encode")  # noqa: B009
+    identifier_encode: Any = getattr(service_class, "encode")  # noqa: B009
+
+    def encode_command_set(
+        ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False
+    ) -> bytes | None:
+        if is_implicit_vr and is_little_endian and not deflated:
+            try:
+                return encode_command(ds)
+            except (Unsupported, UnicodeError, struct.error, TypeError, ValueError):
+                pass
+        encoded: bytes | None = command_encode(ds, is_implicit_vr, is_little_endian, deflated)
+        return encoded
+
+    def encode_identifier(
+        ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False
+    ) -> bytes | None:
+        if isinstance(ds, FindResponse):
+            if not deflated:
+                try:
+                    return encode_elements(ds._salus_elements, is_implicit_vr, is_little_endian)
+                except (Unsupported, UnicodeError, struct.error, TypeError, ValueError):
+                    pass
+            ds = ds.to_dataset()
+        encoded: bytes | None = identifier_encode(ds, is_implicit_vr, is_little_endian, deflated)
+        return encoded
+
+    setattr(dimse_messages, "encode", encode_command_set)  # noqa: B010
+    setattr(service_class, "encode", encode_identifier)  # noqa: B010
+    _installed = True
