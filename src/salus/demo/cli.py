@@ -158,6 +158,19 @@ def _logins_table(manifest: dict[str, Any], base: str) -> Table:
     return table
 
 
+def _summary(network: Any, rendered: Any) -> str:
+    shared = len(rendered.manifest["cross_hospital"])
+    encounters = sum(len(r.encounters) for r in network.registrations)
+    images = sum(len(d.instances) for d in rendered.dicom)
+    names = ", ".join(spec.name for spec in network.hospitals)
+    return (
+        f"Generated (seed {network.seed}, size {network.size_name}): {names}; "
+        f"{len(network.people)} people ({shared} at two hospitals), {encounters} encounters, "
+        f"{len(rendered.dicom)} imaging studies ({images} images), "
+        f"{len(rendered.csv)} datasets for {network.period}."
+    )
+
+
 @click.command()
 @click.option(
     "--size",
@@ -227,8 +240,10 @@ def demo(
             as_of=reference,
             size=size_named(size, patients=patients, studies=studies, slices=slices),
         )
-        rendered = render(network)
-        write(rendered, folder / "generated")
+        with console.status("Generating the network"):
+            rendered = render(network)
+            write(rendered, folder / "generated")
+        console.print(_summary(network, rendered))
         ports = {
             "http": _free(host, port, _DEFAULT_PORTS["http"]),
             "dicom": _free(host, dicom_port, _DEFAULT_PORTS["dicom"]),
