@@ -54,6 +54,13 @@ def _value(match: Any, keyword: str) -> str:
     return "" if value is None else str(value)
 
 
+def _date(text: str) -> str:
+    """A DICOM DA (PS3.5 6.2) as YYYY-MM-DD."""
+    if len(text) == 8 and text.isdigit():
+        return f"{text[:4]}-{text[4:6]}-{text[6:]}"
+    return text
+
+
 def _number(text: str) -> int:
     try:
         return int(float(text))
@@ -126,7 +133,7 @@ def _study(request: Request, principal: Principal, study_uid: str) -> dict[str, 
     return {
         "uid": study_uid,
         "description": _value(study, "StudyDescription"),
-        "date": _value(study, "StudyDate"),
+        "date": _date(_value(study, "StudyDate")),
         "modalities": _value(study, "ModalitiesInStudy"),
         "series": rows,
     }

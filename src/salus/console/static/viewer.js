@@ -36,6 +36,9 @@
     sliceLabel.textContent = (state.index + 1) + " / " + list.length;
     wc.value = state.center === null ? "" : String(Math.round(state.center));
     ww.value = state.width === null ? "" : String(Math.round(state.width));
+    var key = state.center === null ? "" : Math.round(state.center) + "," + Math.round(state.width);
+    var option = key && preset.querySelector('optgroup:not([hidden]) option[value="' + key + '"]');
+    preset.value = option ? key : "";
     var next = url();
     if (image.getAttribute("src") !== next) image.setAttribute("src", next);
     root.setAttribute("data-index", String(state.index));
