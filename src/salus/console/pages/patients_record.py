@@ -280,7 +280,9 @@ def _entry(resource: Mapping[str, Any], org: str, patient: str) -> Entry | None:
         end = str((resource.get("period") or {}).get("end") or "")
         reasons = [_text(r) for r in resource.get("reasonCode") or []]
         entry.detail = "; ".join(
-            p for p in [*(r for r in reasons if r), f"→ {end[:16].replace('T', ' ')}" if end else ""] if p
+            p
+            for p in [*(r for r in reasons if r), f"→ {end[:16].replace('T', ' ')}" if end else ""]
+            if p
         )
     elif res_type == "Condition":
         entry.title = _text(resource.get("code"))
