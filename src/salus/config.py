@@ -46,6 +46,7 @@ class Settings(BaseModel):
     database_url: SecretStr | None = None
     database_pool_size: int = Field(default=10, ge=1, le=200)
     migrate_on_start: bool = True
+    database_analyze_seconds: float = Field(default=300.0, ge=0)
 
     # -- blob store --------------------------------------------------------------
     blob_backend: Literal["filesystem", "s3"] = "filesystem"

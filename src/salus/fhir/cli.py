@@ -61,6 +61,7 @@ def import_cmd(
                     skip_invalid=skip_invalid,
                     progress=lambda n: bar.advance(task, n),
                 )
+            services.db.analyze()  # the planner's statistics after a bulk change
             services.audit.record(
                 [
                     AuditEvent.for_principal(
@@ -102,6 +103,7 @@ def reindex_cmd(ctx: click.Context, res_type: str | None) -> None:
                     res_type=res_type,
                     progress=lambda n: bar.advance(task, n),
                 )
+            services.db.analyze()
             services.audit.record(
                 [
                     AuditEvent.for_principal(

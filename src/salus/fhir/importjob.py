@@ -187,6 +187,8 @@ class ImportJob:
             )
             if done:
                 self.services.audit.append(conn, [self._completed_event(run)])
+        if done:
+            self.services.db.analyze()  # the planner's statistics after a bulk change
 
     def _completed_event(self, run: _Run) -> AuditEvent:
         return AuditEvent.for_principal(

@@ -66,6 +66,20 @@ class SalusApp:
             await self.api(scope, receive, send)
 
 
+async def _analyze_periodically(services: Services, interval: float, stop: asyncio.Event) -> None:
+    """Keep SQLite's planner statistics current: once at start, then every
+    ``interval`` seconds (see :meth:`Database.analyze`)."""
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(services.db.analyze)
+        except Exception:  # a busy or failing database: the next round tries again
+            log.warning("planner statistics were not refreshed", exc_info=True)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+        except TimeoutError:
+            pass
+
+
 def create_app(
     settings: Settings, services: Services | None = None, *, primary: bool = True
 ) -> SalusApp:
@@ -101,6 +115,13 @@ def create_app(
                         svc.jobs, svc.job_handlers, poll_interval=settings.jobs_poll_interval
                     )
                     workers.append(asyncio.create_task(worker.run(stop), name=f"worker-{index}"))
+            if primary and svc.db.is_sqlite and settings.database_analyze_seconds > 0:
+                workers.append(
+                    asyncio.create_task(
+                        _analyze_periodically(svc, settings.database_analyze_seconds, stop),
+                        name="analyze",
+                    )
+                )
             log.info("salus ready", extra={"version": __version__, "workers": len(workers)})
             yield
         finally:
