@@ -9,9 +9,11 @@ numerator), ``disaggregations`` (among ``hospital``, ``period``, ``sex``,
 always shown, such as the ICD-10 chapter), ``sources`` (the ViewDefinitions
 of ``views/`` and the operational datasets it reads), ``suppression``
 (``counts``: which of numerator and denominator are small-cell suppressed)
-and ``sql``: one DuckDB statement over the views, the dataset tables and the
-helper views of :mod:`.engine`, returning ``hospital``, ``period``, the
-dimensions and ``numerator``, ``denominator`` per cell.
+and ``sql``: one statement over the views, the dataset tables and the
+helper views and functions of :mod:`.portable`, in the SQL that DuckDB and
+Spark share (no ``strftime``: ``substr(CAST(d AS STRING), 1, 7)``),
+returning ``hospital``, ``period``, the dimensions and ``numerator``,
+``denominator`` per cell.
 """
 
 from __future__ import annotations

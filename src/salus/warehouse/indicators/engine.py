@@ -18,7 +18,9 @@ decrypted in memory) holding:
 * the operational datasets ``ds_beds``, ``ds_staff``, ``ds_equipment``,
   ``ds_medicines`` (accepted rows) and ``ds_submissions`` (first accepted
   submission per hospital, dataset and month);
-* the macro ``icd10_chapter(code)`` (ICD-10 2019 chapters I to XXII).
+* the functions ``icd10_chapter(code)`` (ICD-10 2019 chapters I to XXII),
+  ``age_band``, ``days_in``, ``days_between`` and the helper views, written
+  once for DuckDB and Spark (:mod:`.portable`).
 
 Age bands (``0-14``, ``15-44``, ``45-64``, ``65+``, ``unknown``) use the
 birth year (the views keep no more) and the year of the encounter.
@@ -52,6 +54,7 @@ from salus.errors import ConfigurationError, Forbidden, InvalidInput, NotFound
 from salus.security.principal import AuthMethod, Principal, PrincipalKind
 from salus.security.roles import ROLES
 from salus.warehouse.indicators.definitions_index import Indicator, indicator, view_definitions
+from salus.warehouse.indicators.portable import DATASETS, statements
 from salus.warehouse.indicators.snapshots import load_snapshot, store_snapshot
 from salus.warehouse.query import view_table
 
@@ -63,53 +66,6 @@ __all__ = ["NETWORK", "IndicatorResult", "Indicators", "system_principal"]
 
 #: The ``hospital`` of the network's cells.
 NETWORK = "network"
-
-_PRELUDE = [
-    """CREATE MACRO icd10_chapter(c) AS CASE
-      WHEN c IS NULL THEN NULL
-      WHEN substr(upper(c), 1, 1) IN ('A', 'B') THEN 'I'
-      WHEN substr(upper(c), 1, 1) = 'C' THEN 'II'
-      WHEN substr(upper(c), 1, 1) = 'D' AND substr(c, 2, 2) < '50' THEN 'II'
-      WHEN substr(upper(c), 1, 1) = 'D' THEN 'III'
-      WHEN substr(upper(c), 1, 1) = 'E' THEN 'IV'
-      WHEN substr(upper(c), 1, 1) = 'F' THEN 'V'
-      WHEN substr(upper(c), 1, 1) = 'G' THEN 'VI'
-      WHEN substr(upper(c), 1, 1) = 'H' AND substr(c, 2, 2) < '60' THEN 'VII'
-      WHEN substr(upper(c), 1, 1) = 'H' THEN 'VIII'
-      WHEN substr(upper(c), 1, 1) = 'I' THEN 'IX'
-      WHEN substr(upper(c), 1, 1) = 'J' THEN 'X'
-      WHEN substr(upper(c), 1, 1) = 'K' THEN 'XI'
-      WHEN substr(upper(c), 1, 1) = 'L' THEN 'XII'
-      WHEN substr(upper(c), 1, 1) = 'M' THEN 'XIII'
-      WHEN substr(upper(c), 1, 1) = 'N' THEN 'XIV'
-      WHEN substr(upper(c), 1, 1) = 'O' THEN 'XV'
-      WHEN substr(upper(c), 1, 1) = 'P' THEN 'XVI'
-      WHEN substr(upper(c), 1, 1) = 'Q' THEN 'XVII'
-      WHEN substr(upper(c), 1, 1) = 'R' THEN 'XVIII'
-      WHEN substr(upper(c), 1, 1) IN ('S', 'T') THEN 'XIX'
-      WHEN substr(upper(c), 1, 1) IN ('V', 'W', 'X', 'Y') THEN 'XX'
-      WHEN substr(upper(c), 1, 1) = 'Z' THEN 'XXI'
-      WHEN substr(upper(c), 1, 1) = 'U' THEN 'XXII'
-      ELSE 'unknown' END""",
-    """CREATE MACRO age_band(birth, on_date) AS CASE
-      WHEN birth IS NULL OR on_date IS NULL THEN 'unknown'
-      WHEN year(on_date) - CAST(substr(birth, 1, 4) AS INTEGER) < 15 THEN '0-14'
-      WHEN year(on_date) - CAST(substr(birth, 1, 4) AS INTEGER) < 45 THEN '15-44'
-      WHEN year(on_date) - CAST(substr(birth, 1, 4) AS INTEGER) < 65 THEN '45-64'
-      ELSE '65+' END""",
-    "CREATE MACRO days_in(period) AS day(last_day(CAST(period || '-01' AS DATE)))",
-]
-
-_VISITS = """CREATE VIEW visits AS SELECT e.key AS encounter, e.patient, h.hospital, e.class,
-  CAST(substr(e.start_at, 1, 10) AS DATE) AS visit_date,
-  CAST(substr(e.end_at, 1, 10) AS DATE) AS end_date, e.disposition,
-  coalesce(p.gender, 'unknown') AS sex,
-  age_band(p.birth, CAST(substr(e.start_at, 1, 10) AS DATE)) AS age_band
-FROM ind_encounters e JOIN hospitals h ON h.org_key = e.provider
-LEFT JOIN ind_patients p ON p.key = e.patient
-WHERE e.start_at IS NOT NULL"""
-_STAYS = """CREATE VIEW stays AS SELECT encounter, patient, hospital, visit_date AS admit_date,
-  end_date AS discharge_date, disposition, sex, age_band FROM visits WHERE class = 'IMP'"""
 
 #: dataset -> (column, source field or None, Arrow type)
 _DATASET_COLUMNS: dict[str, list[tuple[str, str, pa.DataType]]] = {
@@ -278,22 +234,16 @@ class Indicators:
     def _cells(self, ind: Indicator) -> list[dict[str, Any]]:
         con = duckdb.connect(":memory:")
         try:
-            for statement in _PRELUDE:
-                con.execute(statement)
             con.register("hospitals", self._hospitals())
             if ind.views:
                 stored = self.ensure_views()
                 for name in {*ind.views, "ind_encounters", "ind_patients"}:
                     con.register(name, view_table(self.services.blobs, stored[name]))
-                con.execute(_VISITS)
-                con.execute(_STAYS)
-            for name in ("beds", "staff", "equipment", "medicines"):
-                con.register(f"_ds_{name}", self._dataset(name))
-                con.execute(
-                    f"CREATE VIEW ds_{name} AS SELECT *, days_in(period) AS days_in_month "  # noqa: S608 - fixed names
-                    f"FROM _ds_{name}"
-                )
+            for name in DATASETS:
+                con.register(f"ds_{name}_rows", self._dataset(name))
             con.register("ds_submissions", self._submissions())
+            for statement in statements("duckdb", clinical=bool(ind.views)):
+                con.execute(statement)
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")
             cursor = con.execute(ind.sql)
@@ -302,6 +252,17 @@ class Indicators:
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         finally:
             con.close()
+
+    def input_tables(self) -> dict[str, pa.Table]:
+        """Every table the indicator statements read (before the helper views of
+        :mod:`.portable`), by name: the hand-off to another SQL engine."""
+        stored = self.ensure_views()
+        tables = {name: view_table(self.services.blobs, view) for name, view in stored.items()}
+        tables["hospitals"] = self._hospitals()
+        for name in DATASETS:
+            tables[f"ds_{name}_rows"] = self._dataset(name)
+        tables["ds_submissions"] = self._submissions()
+        return tables
 
     # -- computation --------------------------------------------------------------------------
     def compute(
