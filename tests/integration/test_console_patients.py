@@ -148,6 +148,30 @@ def test_record_shows_own_hospital_then_other_hospital_only_with_consent(world: 
     assert len(re.findall(r'data-kind="', paged)) == 1 and "Page 3 of 3" in paged
 
 
+def test_treatment_relationship_opens_the_other_hospitals_records(world: World) -> None:
+    p = seed(world)
+    sign_in(world, "a-doc")
+    refused = world.client.get(f"/patients/{p.b_patient}")
+    assert refused.status_code == 403 and "✘" in refused.text
+    # hospital A's feed records the treatment relationship (e.g. a referral from B)
+    related = world.call(
+        "a-feed",
+        "POST",
+        "/api/v1/care/treatment-relationships",
+        json={"patient": p.b_patient, "source": "referral"},
+    )
+    assert related.status_code == 201
+    page = world.client.get(f"/patients/{p.b_patient}")
+    assert page.status_code == 200 and 'data-testid="emergency"' not in page.text
+    assert timeline_ids(page.text) == {
+        "encounter",
+        "condition",
+        "document",
+        "observation",
+        "medication",
+    }
+
+
 def test_document_attachment_opens_sandboxed(world: World) -> None:
     p = seed(world)
     sign_in(world, "a-doc")
