@@ -24,8 +24,10 @@ import json
 import re
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from click.testing import CliRunner, Result
 
@@ -308,3 +310,23 @@ def test_cli_publish_and_list(world: World, published: dict[str, Any]) -> None:
         world, "warehouse", "opendata", "publish", "--org", "hosp-a", "--indicator", "admissions"
     )
     assert refused.exit_code != 0
+
+
+def test_cli_handoff_runs_the_indicator_sql_on_the_files(
+    world: World, published: dict[str, Any], tmp_path: Path
+) -> None:
+    """The Parquet hand-off (Spark's own run: test_spark_handoff.py) gives the same
+    cells through DuckDB over the files as the API."""
+    result = cli(world, "warehouse", "handoff", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "out"
+    catalog = {i["id"]: i for i in json.loads((folder / "indicators.json").read_text())}
+    con = duckdb.connect(":memory:")
+    for path in folder.glob("*.parquet"):
+        con.execute(f"CREATE VIEW {path.stem} AS SELECT * FROM read_parquet('{path}')")  # noqa: S608
+    for statement in (folder / "prelude-duckdb.sql").read_text().split(";\n\n"):
+        con.execute(statement.rstrip().rstrip(";"))
+    got = con.execute(
+        f"SELECT hospital, sum(numerator) FROM ({catalog['admissions']['sql']}) GROUP BY 1"  # noqa: S608
+    ).fetchall()
+    assert dict(got) == {"hosp-a": 7, "hosp-b": 3}

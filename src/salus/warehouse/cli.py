@@ -173,3 +173,29 @@ def indicators_cmd(
 from salus.warehouse.opendata.cli import opendata  # noqa: E402 - registered below
 
 warehouse.add_command(opendata)
+
+
+@warehouse.command("handoff")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--no-refresh", is_flag=True, help="Use the views as last materialized.")
+@click.pass_context
+def handoff_cmd(ctx: click.Context, folder: Path, no_refresh: bool) -> None:
+    """Write the indicators' inputs to FOLDER as plain Parquet, with the SQL for Spark.
+
+    The files are de-identified but NOT encrypted: keep FOLDER on the cluster's
+    protected storage. Audited (docs/warehouse.md, "Spark hand-off")."""
+    from salus.warehouse.indicators.engine import Indicators
+    from salus.warehouse.indicators.portable import handoff
+
+    with command_errors():
+        services, _, principal = _open(ctx)
+        try:
+            engine = Indicators(services)
+            if not no_refresh:
+                engine.refresh()
+            written = handoff(engine, principal, folder)
+        finally:
+            services.close()
+        for name, path in sorted(written.items()):
+            console.print(f"{name}\t{path}")
+        console.print(f"statements: {folder / 'prelude-spark.sql'}, {folder / 'indicators.json'}")
