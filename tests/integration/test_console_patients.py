@@ -98,6 +98,8 @@ def test_search_by_name_in_any_script_identifier_birth_date_and_sex(world: World
     sign_in(world, "b-doc")
     page = world.client.get("/patients", params={"name": p.hangul[:1], "identifier": p.b_mrn}).text
     assert f"/patients/{p.b_patient}" in page and p.hangul in page and "병원 B" in page
+    page = world.client.get("/patients", params={"name": p.hangul, "birthdate": "1984-03-12"}).text
+    assert f"/patients/{p.b_patient}" in page
 
 
 def test_search_is_paginated(world: World) -> None:
