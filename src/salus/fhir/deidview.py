@@ -42,15 +42,25 @@ _DROP = frozenset(
     }
 )
 _ADDRESS_KEEP = ("state", "country", "use", "type")
+#: Pseudonyms remembered per Pseudonymizer (a resource's references repeat).
+_CACHE_SIZE = 65_536
 
 
 class Pseudonymizer:
     def __init__(self, secret: bytes) -> None:
         self._key = hmac.new(secret, b"salus-deid-pseudonyms/1", hashlib.sha256).digest()
+        self._cache: dict[str, str] = {}
 
     def id(self, res_type: str, res_id: str) -> str:
-        digest = hmac.new(self._key, f"{res_type}/{res_id}".encode(), hashlib.sha256)
-        return "p-" + digest.hexdigest()[:40]
+        key = f"{res_type}/{res_id}"
+        found = self._cache.get(key)
+        if found is None:
+            digest = hmac.new(self._key, key.encode(), hashlib.sha256)
+            found = "p-" + digest.hexdigest()[:40]
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()  # a bounded memo: patients recur in bursts
+            self._cache[key] = found
+        return found
 
     def reference(self, reference: str) -> str | None:
         parts = reference.split("/")
@@ -62,15 +72,23 @@ class Pseudonymizer:
         return None  # absolute or urn references: dropped
 
 
+def _empty(value: Any) -> bool:
+    """None, ``{}`` or ``[]`` (what a cleaned branch leaves when nothing is kept)."""
+    return value is None or (type(value) in (dict, list) and not value)
+
+
 def _clean(value: Any, pseudo: Pseudonymizer) -> Any:
-    if isinstance(value, list):
+    kind = type(value)
+    if kind is list:
         cleaned = [_clean(item, pseudo) for item in value]
-        return [item for item in cleaned if item not in (None, {}, [])]
-    if not isinstance(value, Mapping):
-        return value
+        return [item for item in cleaned if not _empty(item)]
+    if kind is not dict:
+        if not isinstance(value, Mapping):
+            return value  # a primitive (the common case: checked without the ABC)
+        value = dict(value)
     out: dict[str, Any] = {}
     for key, item in value.items():
-        if key in _DROP or key.startswith("_"):
+        if key in _DROP or key[:1] == "_":
             continue
         if key == "display" and "reference" in value:
             continue
@@ -92,8 +110,11 @@ def _clean(value: Any, pseudo: Pseudonymizer) -> Any:
         if key == "birthDate" and isinstance(item, str):
             out[key] = item[:4]
             continue
+        if type(item) in (str, int, float, bool):
+            out[key] = item
+            continue
         cleaned = _clean(item, pseudo)
-        if cleaned not in (None, {}, []):
+        if not _empty(cleaned):
             out[key] = cleaned
     return out
 
