@@ -78,6 +78,29 @@ KIND_TITLES = {
 }
 
 
+#: Messages of the directory's refusals that administrators meet in these pages,
+#: extracted for translation (an error's message is translated when shown).
+DIRECTORY_MESSAGES = (
+    N_("A client with this id already exists."),
+    N_("A password needs more distinct characters."),
+    N_("A password must have at least 12 characters."),
+    N_("A user with this username already exists."),
+    N_("Administrators may only manage their own organization."),
+    N_("An organization needs a name."),
+    N_("An organization with this id already exists."),
+    N_("An organization id is 2-63 lower-case letters, digits or '-'."),
+    N_("A username is 3-100 letters, digits or . _ @ -."),
+    N_("A client id is 3-100 letters, digits or . _ -."),
+    N_("No such organization."),
+    N_("No such role grant."),
+    N_("Only administrators may change the directory."),
+    N_("Only network administrators may appoint network administrators."),
+    N_("Only network administrators may manage organizations."),
+    N_("The organization is disabled."),
+    N_("This role exists only in hospitals."),
+)
+
+
 def _require_admin(services: Services, who: Principal) -> bool:
     """Refuse non-administrators; True for the network operator's."""
     if "administrator" not in who.roles:
@@ -316,7 +339,9 @@ def install(api: FastAPI) -> None:  # noqa: C901 - one route per directory actio
                 done = "password-set"
             elif action == "totp":
                 uri = await asyncio.to_thread(services.signin.enroll_totp, principal, user_id)
-                return await user_page(request, principal, user_id, enrolled=uri)
+                shown = await user_page(request, principal, user_id, enrolled=uri)
+                shown.headers["Cache-Control"] = "no-store"
+                return shown
             elif action == "grant":
                 await asyncio.to_thread(
                     directory.grant_role,
