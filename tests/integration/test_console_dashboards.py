@@ -269,6 +269,22 @@ def test_new_data_shows_at_once_and_views_are_audited(world: World) -> None:
     assert "dashboard/hospital" in events.text and "indicator/data-completeness" in events.text
 
 
+def test_rejections_are_counted_beside_the_score(world: World) -> None:
+    before = tables(page(world, "b-admin", "/dashboards/hospital"))["rejections"]
+    bad = world.client.post(
+        "/api/v1/datasets/beds/submissions",
+        content=b"org,period,ward_id\nhosp-b,2026-10,W-GEN\n",
+        headers=world.headers("b-feed", **{"Content-Type": "text/csv"}),
+    )
+    assert bad.status_code == 422
+    after = tables(page(world, "b-admin", "/dashboards/hospital"))["rejections"]
+    assert int(after["datasets"][1]) == int(before["datasets"][1]) + 1
+    assert after["hl7"][1] == "0"
+    # hosp-a's figures do not move, and the score does not count rejections
+    a = page(world, "a-steward", "/dashboards/hospital")
+    assert tables(a)["rejections"]["datasets"][1] == "0"
+
+
 def test_pages_render_in_vietnamese_and_french(world: World) -> None:
     world.client.cookies.set("salus_lang", "vi")
     try:

@@ -50,6 +50,7 @@ from salus.console.pages.dashboards_labels import (
     title_of,
     unit_of,
 )
+from salus.console.pages.dashboards_quality import rejections
 from salus.console.web import (
     ConsoleUser,
     NavItem,
@@ -546,6 +547,7 @@ def install(api: FastAPI) -> None:
             context = _drill(reader, request, org, names)
             context["trend"] = _trend(reader, request, names, only=org)
             context["quality"] = _quality(reader, org, context["period"])
+            context["rejections"] = rejections(reader.services, principal, org)
             reader.audit("hospital")
             return context
 
