@@ -134,6 +134,7 @@ def test_files_download_unchanged_with_checksums(world: World, published: dict[s
     assert package["licenses"][0]["name"] == "CC-BY-4.0"
     assert package["contributors"] == [{"title": "Health authority", "role": "publisher"}]
     assert package["temporal"] == {"periods": ["2026-10"]}
+    assert package["hospitals"] == {"hosp-a": "Bệnh viện A", "hosp-b": "병원 B"}
     assert package["suppression"]["minCell"] == 5
     assert package["suppression"]["counts"]["bed-occupancy"] == []
     definitions = {i["id"]: i["definition"] for i in package["indicators"]}
@@ -267,6 +268,8 @@ def test_refusals(world: World, published: dict[str, Any]) -> None:
         "moh-analyst", "POST", path, json={"indicators": ["admissions", "admissions"]}
     )
     assert twice.status_code == 400
+    empty = world.call("moh-analyst", "POST", path, json={**REQUEST, "periods": ["2020-01"]})
+    assert empty.status_code == 400
     unknown = world.call("moh-analyst", "POST", path, json={"indicators": ["nope"]})
     assert unknown.status_code == 404
     wrong_by = world.call(

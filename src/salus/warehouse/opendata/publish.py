@@ -196,6 +196,15 @@ class OpenData:
             raise Forbidden("Open data is published by the health authority's analysts.")
         return principal.org_id, found[0]
 
+    def _hospital_names(self) -> dict[str, str]:
+        with self.services.db.read() as conn:
+            rows = conn.execute(
+                select(organizations.c.id, organizations.c.name).where(
+                    organizations.c.kind == "hospital"
+                )
+            ).all()
+        return {str(r.id): str(r.name) for r in sorted(rows)}
+
     # -- building ---------------------------------------------------------------------------
     def table(
         self, engine: Indicators, choice: Choice, periods: Sequence[str]
@@ -337,6 +346,10 @@ class OpenData:
                     "definition": definition,
                 }
             )
+        if not cells:
+            raise InvalidInput(
+                "No figures for these indicators and months.", expression=["periods"]
+            )
         title = request.title or "Health network indicators"
         description = request.description or (
             "Indicators of the city's hospital network, per hospital and for the network, "
@@ -354,6 +367,7 @@ class OpenData:
             "contributors": [{"title": org_name, "role": "publisher"}],
             "created": now.isoformat(timespec="seconds").replace("+00:00", "Z"),
             "temporal": {"periods": sorted(periods)},
+            "hospitals": self._hospital_names(),
             "indicators": chosen,
             "suppression": {
                 "minCell": self.min_cell,

@@ -26,8 +26,8 @@ practice, "Handbook on Statistical Disclosure Control", ch. 4):
    but not sufficient once relations chain (hierarchies, two or more
    disaggregations: a suppressed cell can be a "bridge" between two
    otherwise protected blocks). :func:`determined` solves the published
-   relations exactly (Gaussian elimination over the rationals, per connected
-   block of suppressed cells) and lists the suppressed cells whose value is
+   relations exactly (Gaussian elimination in exact integer arithmetic, per
+   connected block of suppressed cells) and lists the suppressed cells whose value is
    fixed by them; while a primary cell is among them, one more complementary
    cell is suppressed next to it and the loop goes on.
 
@@ -43,7 +43,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
 __all__ = [
@@ -267,31 +266,44 @@ def determined(table: Table, relations: Sequence[Group] | None = None) -> list[K
     return sorted(fixed, key=str)
 
 
+#: A Mersenne prime: elimination runs in GF(P), exact integers instead of fractions.
+#: Ranks over GF(P) and over the rationals agree unless P divides a minor of the
+#: 0/±1 relation matrix, which these tables cannot reach (minors of two-way tables
+#: are 0 or ±1; the tests compare with an independent rational-rank attacker).
+P = (1 << 61) - 1
+
+
 def _fixed(equations: list[dict[Key, int]]) -> list[Key]:
+    """Sparse reduced row echelon form over GF(P), built row by row; a pivot row
+    left with one entry fixes its variable."""
     variables = sorted({k for eq in equations for k in eq}, key=str)
     index = {k: i for i, k in enumerate(variables)}
-    rows = [[Fraction(0)] * len(variables) for _ in equations]
-    for row, eq in zip(rows, equations, strict=True):
-        for k, coefficient in eq.items():
-            row[index[k]] = Fraction(coefficient)
-    pivot_row = 0
-    for col in range(len(variables)):
-        found = next((r for r in range(pivot_row, len(rows)) if rows[r][col] != 0), None)
-        if found is None:
+    pivots: dict[int, dict[int, int]] = {}  # pivot column -> row, pivot entry 1
+    for eq in equations:
+        row = {index[k]: c % P for k, c in eq.items()}
+        for col in [c for c in row if c in pivots]:  # pivot rows hold no other pivot
+            factor = row.pop(col)
+            for c, v in pivots[col].items():
+                if c != col:
+                    value = (row.get(c, 0) - factor * v) % P
+                    if value:
+                        row[c] = value
+                    else:
+                        row.pop(c, None)
+        if not row:
             continue
-        rows[pivot_row], rows[found] = rows[found], rows[pivot_row]
-        lead = rows[pivot_row][col]
-        rows[pivot_row] = [v / lead for v in rows[pivot_row]]
-        for r in range(len(rows)):
-            if r != pivot_row and rows[r][col] != 0:
-                factor = rows[r][col]
-                rows[r] = [a - factor * b for a, b in zip(rows[r], rows[pivot_row], strict=True)]
-        pivot_row += 1
-        if pivot_row == len(rows):
-            break
-    out: list[Key] = []
-    for row in rows[:pivot_row]:
-        nonzero = [i for i, v in enumerate(row) if v != 0]
-        if len(nonzero) == 1:
-            out.append(variables[nonzero[0]])
-    return out
+        lead = min(row)
+        inverse = pow(row[lead], P - 2, P)
+        row = {c: v * inverse % P for c, v in row.items()}
+        for other in pivots.values():  # keep the form reduced
+            if lead in other:
+                factor = other.pop(lead)
+                for c, v in row.items():
+                    if c != lead:
+                        value = (other.get(c, 0) - factor * v) % P
+                        if value:
+                            other[c] = value
+                        else:
+                            other.pop(c, None)
+        pivots[lead] = row
+    return [variables[col] for col, row in pivots.items() if len(row) == 1]
