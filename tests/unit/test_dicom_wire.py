@@ -118,7 +118,7 @@ def test_without_sequences_the_bytes_are_pydicoms() -> None:
 
 def test_values_it_cannot_encode_go_to_pydicom() -> None:
     with pytest.raises(Unsupported):
-        encode_elements([(0x00280010, "OB", b"\x01\x02")], True, True)
+        encode_elements([(0x00280010, "OW", b"\x01\x02")], True, True)
     with pytest.raises(UnicodeError):  # a UI is ASCII
         encode_elements([(0x0020000D, "UI", "1.2.é")], True, True)
     with pytest.raises(Unsupported):  # too long for a 16-bit length
@@ -157,3 +157,21 @@ def test_install_is_idempotent_and_keeps_other_data_sets_on_pydicom() -> None:
     plain = Dataset()
     plain.PatientID = "P1"
     assert service_class.encode(plain, True, True) == encode(plain, True, True)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("sop_instance", "syntax"),
+    [
+        ("1.2.826.0.1.3680043.8.498.123456789.1", "1.2.840.10008.1.2"),
+        ("1.2.826.0.1.3680043.8.498.12345678.1", "1.2.840.10008.1.2.1"),
+        ("1.2.3", "1.2.840.10008.1.2.4.50"),
+    ],
+)
+def test_file_meta_of_a_received_data_set_is_pydicoms(sop_instance: str, syntax: str) -> None:
+    from salus.dicom.parse import _part10_from_dimse_pydicom, dataset_offset, part10_from_dimse
+
+    dataset = b"\x08\x00\x16\x00UI\x04\x001.2\x00"
+    args = (dataset, "1.2.840.10008.5.1.4.1.1.2", sop_instance, syntax)
+    ours = part10_from_dimse(*args)
+    assert ours == _part10_from_dimse_pydicom(*args)
+    assert ours[dataset_offset(ours) :] == dataset

@@ -32,6 +32,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from salus.dicom.structure import Incomplete, check_complete
+from salus.dicom.wire import Element, Unsupported, encode_elements
 from salus.errors import InvalidInput
 
 __all__ = [
@@ -239,7 +240,33 @@ def part10_from_dimse(
     dataset: bytes, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str
 ) -> bytes:
     """A DICOM File (PS3.10 7.1) around a data set received by C-STORE, which stays
-    byte for byte as it came off the wire."""
+    byte for byte as it came off the wire. The File Meta Information is encoded
+    directly (what pydicom's ``write_file_meta_info`` writes; pydicom when a UID
+    does not encode)."""
+    try:
+        elements: list[Element] = [
+            (0x00020001, "OB", b"\x00\x01"),
+            (0x00020002, "UI", sop_class_uid),
+            (0x00020003, "UI", sop_instance_uid),
+            (0x00020010, "UI", transfer_syntax_uid),
+            (0x00020012, "UI", str(IMPLEMENTATION_CLASS_UID)),
+            (0x00020013, "SH", "SALUS"),
+        ]
+        body = encode_elements(elements, False, True, "ascii")
+        head = encode_elements([(0x00020000, "UL", len(body))], False, True)
+    except (Unsupported, UnicodeError, ValueError):
+        return _part10_from_dimse_pydicom(
+            dataset, sop_class_uid, sop_instance_uid, transfer_syntax_uid
+        )
+    return b"".join((_PREAMBLE, head, body, dataset))
+
+
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+def _part10_from_dimse_pydicom(
+    dataset: bytes, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str
+) -> bytes:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(sop_class_uid)
     meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)

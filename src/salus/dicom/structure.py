@@ -38,7 +38,7 @@ class _Walker:
     value makes that value (or its container) run past the end, which the
     length check of the element itself catches."""
 
-    def __init__(self, data: bytes, little: bool) -> None:
+    def __init__(self, data: bytes | memoryview, little: bool) -> None:
         self.data = data
         self.order: Literal["little", "big"] = "little" if little else "big"
 
@@ -65,7 +65,7 @@ class _Walker:
             if implicit:
                 length, pos = self._uint(pos + 4, 4, end), pos + 8
             else:
-                vr = self.data[pos + 4 : pos + 6]
+                vr = bytes(self.data[pos + 4 : pos + 6])
                 if vr in _LONG_VRS:
                     length, pos = self._uint(pos + 8, 4, end), pos + 12
                 else:
@@ -104,7 +104,7 @@ class _Walker:
 
 def check_complete(data: bytes, offset: int, transfer_syntax: str) -> None:
     """Raise :class:`Incomplete` when the data set at ``offset`` is cut short."""
-    body = data[offset:]
+    body: bytes | memoryview = memoryview(data)[offset:]  # no copy of the pixel data
     if transfer_syntax == _DEFLATED:
         inflater = zlib.decompressobj(-15)
         try:

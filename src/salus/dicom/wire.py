@@ -13,8 +13,9 @@ bytes on the wire are valid DICOM either way.
 
 :func:`install` puts the encoders in front of pynetdicom's ``encode`` where it
 writes Command Sets (``pynetdicom.dimse_messages``) and response Identifiers
-(``pynetdicom.service_class``); :class:`FindResponse` is the Identifier a
-C-FIND handler yields.
+(``pynetdicom.service_class``), and reads PDUs in larger pieces than
+pynetdicom's 4 KiB (:data:`RECV_CHUNK`); :class:`FindResponse` is the
+Identifier a C-FIND handler yields.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def _value_bytes(vr: str, value: Any, little: bool, encoding: str) -> bytes:
             value = "\\".join(str(v) for v in value)
         raw = str(value).encode(encoding if vr not in ("UI", "AE", "CS", "DA", "TM") else "ascii")
         return raw + pad if len(raw) % 2 else raw
+    if vr in ("OB", "UN") and isinstance(value, bytes | bytearray):
+        return bytes(value) + b"\x00" if len(value) % 2 else bytes(value)
     fmt = _INTS.get(vr)
     if fmt is not None:
         values = value if isinstance(value, list | tuple) else [value]
@@ -198,4 +201,29 @@ def install() -> None:
 
     setattr(dimse_messages, "encode", encode_command_set)  # noqa: B010
     setattr(service_class, "encode", encode_identifier)  # noqa: B010
+    _install_recv()
     _installed = True
+
+
+#: Largest single read of a PDU's body (pynetdicom reads 4 KiB at a time: 130
+#: system calls for a 512 x 512 CT image). Bounded, so that a PDU length field
+#: (up to 4 GiB, from the peer) never sizes a buffer by itself.
+RECV_CHUNK = 1 << 18
+
+
+def _install_recv() -> None:
+    from pynetdicom.transport import AssociationSocket
+
+    def recv(self: Any, nr_bytes: int) -> bytearray:
+        """``AssociationSocket.recv`` in larger reads; same contract (all the bytes,
+        or what arrived before the peer closed the connection)."""
+        sock = self.socket
+        bytestream = bytearray()
+        while len(bytestream) < nr_bytes:
+            chunk = sock.recv(min(nr_bytes - len(bytestream), RECV_CHUNK))
+            if not chunk:
+                break
+            bytestream += chunk
+        return bytestream
+
+    setattr(AssociationSocket, "recv", recv)  # noqa: B010
