@@ -112,10 +112,31 @@ def hospital_reader(services: Services, principal: Principal) -> bool:
 
 # -- results, kept while the data behind them has not changed ----------------------------
 
-_CACHE: dict[tuple[Any, ...], tuple[float, tuple[Any, ...], IndicatorResult]] = {}
-_CACHE_LOCK = threading.Lock()
 _CACHE_TTL = 300.0
 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dashboards")
+_STATE_LOCK = threading.Lock()
+
+
+@dataclass
+class Kept:
+    """The dashboards' state in one application (``app.state.dashboards``): results
+    by (indicator, disaggregation, reader's scope) with the data stamp they were
+    computed at, and whether the bundled views are known to be stored."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    results: dict[tuple[Any, ...], tuple[float, tuple[Any, ...], IndicatorResult]] = field(
+        default_factory=dict
+    )
+    views_stored: bool = False
+
+
+def _kept(request: Request) -> Kept:
+    with _STATE_LOCK:
+        kept = getattr(request.app.state, "dashboards", None)
+        if not isinstance(kept, Kept):
+            kept = Kept()
+            request.app.state.dashboards = kept
+        return kept
 
 
 def _data_stamp(services: Services) -> tuple[Any, ...]:
@@ -144,33 +165,41 @@ class Reader:
     principal: Principal
     engine: Indicators
     scope: str | None
+    kept: Kept
     stamp: tuple[Any, ...] = ()
     read: list[str] = field(default_factory=list)
 
     @classmethod
-    def open(cls, services: Services, principal: Principal) -> Reader:
+    def open(cls, services: Services, principal: Principal, kept: Kept) -> Reader:
         engine = Indicators(services)
-        return cls(services, principal, engine, engine.own_scope(principal), _data_stamp(services))
+        scope = engine.own_scope(principal)
+        return cls(services, principal, engine, scope, kept, _data_stamp(services))
 
     def result(self, key: str, by: Sequence[str] = ()) -> IndicatorResult:
-        cache_key = (id(self.services), key, tuple(by), self.scope)
+        cache_key = (key, tuple(by), self.scope)
         now = time.monotonic()
-        with _CACHE_LOCK:
-            hit = _CACHE.get(cache_key)
+        with self.kept.lock:
+            hit = self.kept.results.get(cache_key)
         if hit is not None and hit[1] == self.stamp and now - hit[0] < _CACHE_TTL:
             result = hit[2]
         else:
             result = self.engine.compute(self.principal, key, by=by)
-            with _CACHE_LOCK:
-                if len(_CACHE) > 2000:
-                    _CACHE.clear()
-                _CACHE[cache_key] = (now, self.stamp, result)
+            with self.kept.lock:
+                if len(self.kept.results) > 2000:
+                    self.kept.results.clear()
+                self.kept.results[cache_key] = (now, self.stamp, result)
         self.read.append(key + (f"?by={','.join(by)}" if by else ""))
         return result
 
     def many(self, keys: Sequence[str]) -> dict[str, IndicatorResult]:
         """Several indicators at once: computations (DuckDB, decryption, database
-        reads) release the GIL, so a few threads shorten a cold page."""
+        reads) release the GIL, so a few threads shorten a cold page. The bundled
+        views are stored first, by one thread: on a fresh install, computations
+        side by side would each try to create them."""
+        with self.kept.lock:
+            if not self.kept.views_stored:
+                self.engine.ensure_views()
+                self.kept.views_stored = True
         contexts = [contextvars.copy_context() for _ in keys]  # the request id, for the audit
         futures = [_POOL.submit(c.run, self.result, k) for c, k in zip(contexts, keys, strict=True)]
         return {k: f.result() for k, f in zip(keys, futures, strict=True)}
@@ -273,7 +302,7 @@ async def _open(request: Request, principal: Principal, allowed: Callable[..., b
         raise Forbidden(
             N_("The dashboards are for the health authority, the operator and hospital data roles.")
         )
-    return await asyncio.to_thread(Reader.open, services, principal)
+    return await asyncio.to_thread(Reader.open, services, principal, _kept(request))
 
 
 def _options(names: dict[str, str]) -> list[tuple[str, str]]:
