@@ -178,6 +178,8 @@ def test_analyst_overview_compare_trend_and_drill_down(browser: Any, network: Li
         a = row(page, "hospitals", "hosp-a")
         assert a[:4] == ["Bệnh viện A", "6", "3.3 days", "82.5%"]
         assert row(page, "hospitals", "hosp-b")[:4] == ["병원 B", "suppressed", "suppressed", "50%"]
+        computed = page.get_by_test_id("computed-at").inner_text()  # the snapshots' time
+        assert re.fullmatch(r"Figures computed at \d{4}-\d\d-\d\d \d\d:\d\d UTC\.", computed)
         shot(page, "dashboards-overview-analyst")
 
         page.get_by_role("link", name="Compare hospitals").click()

@@ -18,31 +18,26 @@ indicators API's (docs/warehouse.md, "Suppression and access"): an analyst
 sees aggregates with small cells suppressed, a hospital its own cells
 unsuppressed and every other cell as the analyst does. Results are kept a
 few minutes per (indicator, disaggregation, reader's scope), and dropped as
-soon as a view is re-materialized or a dataset submitted; every page view is
-audited. The CSV links are the indicators API's own CSV (the session cookie
+soon as a view is re-materialized, a dataset submitted or a snapshot stored
+(:mod:`.dashboards_data`); every page view is audited. The CSV links are the indicators API's own CSV (the session cookie
 authenticates it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import threading
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from salus.audit.events import AuditEvent
 from salus.console import i18n
 from salus.console.charts import Bar, Series, bar_chart, format_number, line_chart
 from salus.console.i18n import N_
+from salus.console.pages.dashboards_data import Reader, kept_state
 from salus.console.pages.dashboards_labels import (
     DIMENSION_TITLES,
     VALUE_LABELS,
@@ -62,14 +57,12 @@ from salus.console.web import (
     render,
 )
 from salus.db.tables import organizations
-from salus.db.tables_opendata import indicator_snapshots
-from salus.db.tables_warehouse import dataset_submissions
 from salus.errors import Forbidden, InvalidInput, NotFound
 from salus.security.principal import Principal
 from salus.server.security import services_of
 from salus.services import Services
 from salus.warehouse.indicators.definitions_index import Indicator, indicator, indicators
-from salus.warehouse.indicators.engine import NETWORK, IndicatorResult, Indicators
+from salus.warehouse.indicators.engine import NETWORK, IndicatorResult
 
 __all__ = ["HEADLINE", "QUALITY_WEIGHTS", "install", "quality_score"]
 
@@ -108,116 +101,6 @@ def hospital_reader(services: Services, principal: Principal) -> bool:
     return services.org_kinds.kind(principal.org_id) == "hospital" and bool(
         principal.roles & HOSPITAL_ROLES
     )
-
-
-# -- results, kept while the data behind them has not changed ----------------------------
-
-_CACHE_TTL = 300.0
-_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dashboards")
-_STATE_LOCK = threading.Lock()
-
-
-@dataclass
-class Kept:
-    """The dashboards' state in one application (``app.state.dashboards``): results
-    by (indicator, disaggregation, reader's scope) with the data stamp they were
-    computed at, and whether the bundled views are known to be stored."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    results: dict[tuple[Any, ...], tuple[float, tuple[Any, ...], IndicatorResult]] = field(
-        default_factory=dict
-    )
-    views_stored: bool = False
-
-
-def _kept(request: Request) -> Kept:
-    with _STATE_LOCK:
-        kept = getattr(request.app.state, "dashboards", None)
-        if not isinstance(kept, Kept):
-            kept = Kept()
-            request.app.state.dashboards = kept
-        return kept
-
-
-def _data_stamp(services: Services) -> tuple[Any, ...]:
-    """What the indicators read changed when this changes: the views' materializations
-    the dataset submissions and the stored snapshots (their count and latest time)."""
-    assert services.warehouse is not None  # noqa: S101 - Indicators() checked it
-    views = tuple(
-        (v.name, v.generation, v.row_count, v.materialized_at)
-        for v in services.warehouse.catalog.list()
-    )
-    with services.db.read() as conn:
-        submitted = conn.execute(
-            select(func.count(), func.max(dataset_submissions.c.submitted_at))
-        ).one()
-        snapshots = conn.execute(
-            select(func.count(), func.max(indicator_snapshots.c.computed_at))
-        ).one()
-    return (*views, tuple(submitted), tuple(snapshots))
-
-
-@dataclass
-class Reader:
-    """The indicators one principal may see, for one page (blocking: run in a thread)."""
-
-    services: Services
-    principal: Principal
-    engine: Indicators
-    scope: str | None
-    kept: Kept
-    stamp: tuple[Any, ...] = ()
-    read: list[str] = field(default_factory=list)
-
-    @classmethod
-    def open(cls, services: Services, principal: Principal, kept: Kept) -> Reader:
-        engine = Indicators(services)
-        scope = engine.own_scope(principal)
-        return cls(services, principal, engine, scope, kept, _data_stamp(services))
-
-    def result(self, key: str, by: Sequence[str] = ()) -> IndicatorResult:
-        cache_key = (key, tuple(by), self.scope)
-        now = time.monotonic()
-        with self.kept.lock:
-            hit = self.kept.results.get(cache_key)
-        if hit is not None and hit[1] == self.stamp and now - hit[0] < _CACHE_TTL:
-            result = hit[2]
-        else:
-            result = self.engine.compute(self.principal, key, by=by)
-            with self.kept.lock:
-                if len(self.kept.results) > 2000:
-                    self.kept.results.clear()
-                self.kept.results[cache_key] = (now, self.stamp, result)
-        self.read.append(key + (f"?by={','.join(by)}" if by else ""))
-        return result
-
-    def many(self, keys: Sequence[str]) -> dict[str, IndicatorResult]:
-        """Several indicators at once: computations (DuckDB, decryption, database
-        reads) release the GIL, so a few threads shorten a cold page. The bundled
-        views are stored first, by one thread: on a fresh install, computations
-        side by side would each try to create them."""
-        with self.kept.lock:
-            if not self.kept.views_stored:
-                self.engine.ensure_views()
-                self.kept.views_stored = True
-        contexts = [contextvars.copy_context() for _ in keys]  # the request id, for the audit
-        futures = [_POOL.submit(c.run, self.result, k) for c, k in zip(contexts, keys, strict=True)]
-        return {k: f.result() for k, f in zip(keys, futures, strict=True)}
-
-    def audit(self, page: str) -> None:
-        self.services.audit.record(
-            [
-                AuditEvent.for_principal(
-                    self.principal,
-                    category="export",
-                    action="R",
-                    entity=f"dashboard/{page}",
-                    description="dashboard viewed",
-                    flags="deidentified",
-                    detail={"indicators": sorted(set(self.read))[:50]},
-                )
-            ]
-        )
 
 
 def _hospital_names(services: Services) -> dict[str, str]:
@@ -302,7 +185,7 @@ async def _open(request: Request, principal: Principal, allowed: Callable[..., b
         raise Forbidden(
             N_("The dashboards are for the health authority, the operator and hospital data roles.")
         )
-    return await asyncio.to_thread(Reader.open, services, principal, _kept(request))
+    return await asyncio.to_thread(Reader.open, services, principal, kept_state(request))
 
 
 def _options(names: dict[str, str]) -> list[tuple[str, str]]:
@@ -422,18 +305,19 @@ def _trend(
 
 
 def _drill(reader: Reader, request: Request, org: str, names: dict[str, str]) -> dict[str, Any]:
-    results = reader.many(HEADLINE)
+    ind = _indicator(request, "admissions")
+    dims = [d for d in BREAKDOWNS if d in ind.disaggregations]
+    results = reader.many(HEADLINE, [(ind.id, (d,)) for d in dims])
     periods = _periods(list(results.values()))
     period = _month(request, "period") or (periods[-1] if periods else None)
     rows = []
     for result in results.values():
-        ind = result.indicator
-        own = figure(ind, _cell(result, org, period) if period else None)
-        network = figure(ind, _cell(result, NETWORK, period) if period else None)
-        rows.append({"ind": ind, "title": title_of(ind), "own": own, "network": network})
-    ind = _indicator(request, "admissions")
+        shown = result.indicator
+        own = figure(shown, _cell(result, org, period) if period else None)
+        network = figure(shown, _cell(result, NETWORK, period) if period else None)
+        rows.append({"ind": shown, "title": title_of(shown), "own": own, "network": network})
     breakdowns = []
-    for dim in (d for d in BREAKDOWNS if d in ind.disaggregations):
+    for dim in dims:
         split = reader.result(ind.id, (dim,))
         cells = _cells(split, hospital=org, period=period)
         entries: list[tuple[str, dict[str, Any]]] = [
@@ -518,6 +402,7 @@ def install(api: FastAPI) -> None:
         def build() -> dict[str, Any]:
             context = _overview(reader, request, _hospital_names(services))
             reader.audit("overview")
+            context["computed_at"] = reader.computed_at
             return context
 
         context = await asyncio.to_thread(build)
@@ -530,6 +415,7 @@ def install(api: FastAPI) -> None:
         def build() -> dict[str, Any]:
             context = _compare(reader, request, _hospital_names(reader.services))
             reader.audit("compare")
+            context["computed_at"] = reader.computed_at
             return context
 
         context = await asyncio.to_thread(build)
@@ -545,6 +431,7 @@ def install(api: FastAPI) -> None:
             context = _trend(reader, request, names)
             context["hospitals"] = _options(names)
             reader.audit("trend")
+            context["computed_at"] = reader.computed_at
             return context
 
         context = await asyncio.to_thread(build)
@@ -561,6 +448,7 @@ def install(api: FastAPI) -> None:
                 raise NotFound(N_("No such hospital."))
             context = _drill(reader, request, org, names)
             reader.audit(f"hospitals/{org}")
+            context["computed_at"] = reader.computed_at
             return context
 
         context = await asyncio.to_thread(build)
@@ -578,6 +466,7 @@ def install(api: FastAPI) -> None:
             context["quality"] = _quality(reader, org, context["period"])
             context["rejections"] = rejections(reader.services, principal, org)
             reader.audit("hospital")
+            context["computed_at"] = reader.computed_at
             return context
 
         context = await asyncio.to_thread(build)
