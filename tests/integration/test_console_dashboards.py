@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.security_world import World, make_world
+from tests.integration.security_world import PASSWORD, World, make_world
 from tests.integration.test_indicators import DATA, FHIR, _bundle
 
 SEPTEMBER_BEDS = (
@@ -283,6 +283,40 @@ def test_rejections_are_counted_beside_the_score(world: World) -> None:
     # hosp-a's figures do not move, and the score does not count rejections
     a = page(world, "a-steward", "/dashboards/hospital")
     assert tables(a)["rejections"]["datasets"][1] == "0"
+
+
+def test_the_authority_asks_for_a_computation_with_the_form(world: World) -> None:
+    world.client.cookies.clear()
+    signed = world.client.post(
+        "/login", data={"username": "moh-analyst", "password": PASSWORD, "next": "/dashboards"}
+    )
+    assert signed.status_code == 200
+    csrf = re.search(r'name="csrf" value="([^"]+)"', signed.text)
+    assert csrf is not None
+    forged = world.client.post("/dashboards/compute", data={"csrf": "forged"})
+    assert forged.status_code == 403
+    done = world.client.post(
+        "/dashboards/compute", data={"csrf": csrf.group(1)}, follow_redirects=False
+    )
+    assert done.status_code == 303
+    job_id = int(done.headers["location"].rsplit("=", 1)[1])
+    assert world.services.jobs.get(job_id).kind == "warehouse.indicators"
+    again = world.client.post(
+        "/dashboards/compute", data={"csrf": csrf.group(1)}, follow_redirects=False
+    )
+    assert again.headers["location"] == done.headers["location"]  # one job a minute
+    shown = world.client.get(done.headers["location"])
+    assert "The computation is queued" in shown.text
+    world.client.cookies.clear()
+    sign = world.client.post(
+        "/login", data={"username": "a-admin", "password": PASSWORD, "next": "/"}
+    )
+    assert sign.status_code == 200
+    own = re.search(r'name="csrf" value="([^"]+)"', sign.text)
+    assert own is not None
+    refused = world.client.post("/dashboards/compute", data={"csrf": own.group(1)})
+    assert refused.status_code == 403
+    world.client.cookies.clear()
 
 
 def test_pages_render_in_vietnamese_and_french(world: World) -> None:

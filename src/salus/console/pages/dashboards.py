@@ -19,8 +19,10 @@ sees aggregates with small cells suppressed, a hospital its own cells
 unsuppressed and every other cell as the analyst does. Results are kept a
 few minutes per (indicator, disaggregation, reader's scope), and dropped as
 soon as a view is re-materialized, a dataset submitted or a snapshot stored
-(:mod:`.dashboards_data`); every page view is audited. The CSV links are the indicators API's own CSV (the session cookie
-authenticates it).
+(:mod:`.dashboards_data`); every page view is audited. The CSV links are the
+indicators API's own CSV (the session cookie authenticates it). The authority
+and the operator may ask for the schedule's job to run now
+(``POST /dashboards/compute``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from sqlalchemy import select
 from salus.console import i18n
 from salus.console.charts import Bar, Series, bar_chart, format_number, line_chart
 from salus.console.i18n import N_
-from salus.console.pages.dashboards_data import Reader, kept_state
+from salus.console.pages.dashboards_data import Reader, kept_state, request_computation
 from salus.console.pages.dashboards_labels import (
     DIMENSION_TITLES,
     VALUE_LABELS,
@@ -50,9 +52,11 @@ from salus.console.web import (
     ConsoleUser,
     NavItem,
     Paging,
+    check_csrf,
     console_router,
     has_role,
     nav_item,
+    read_form,
     redirect,
     render,
 )
@@ -406,7 +410,20 @@ def install(api: FastAPI) -> None:
             return context
 
         context = await asyncio.to_thread(build)
+        context["queued"] = request.query_params.get("queued", "").isdigit()
         return render(request, "dashboards/overview.html", context, title=_("Network overview"))
+
+    @router.post("/dashboards/compute")
+    async def compute(request: Request, principal: ConsoleUser) -> Response:
+        """Ask for the indicators to be computed now (the schedule's job, run by the
+        primary's job workers), e.g. right after a demo or a large submission."""
+        form = await read_form(request)
+        check_csrf(request, form)
+        services = services_of(request)
+        if not authority_reader(services, principal):
+            raise Forbidden(N_("Only the health authority and the operator start a computation."))
+        job_id = await asyncio.to_thread(request_computation, services, principal)
+        return redirect(f"/dashboards?queued={job_id}")
 
     @router.get("/dashboards/compare")
     async def compare(request: Request, principal: ConsoleUser) -> Response:

@@ -29,9 +29,10 @@ from salus.db.tables_opendata import indicator_snapshots
 from salus.db.tables_warehouse import dataset_submissions
 from salus.security.principal import Principal
 from salus.services import Services
+from salus.warehouse.indicators import INDICATORS_JOB
 from salus.warehouse.indicators.engine import IndicatorResult, Indicators
 
-__all__ = ["Kept", "Reader", "kept_state"]
+__all__ = ["Kept", "Reader", "kept_state", "request_computation"]
 
 _CACHE_TTL = 300.0
 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dashboards")
@@ -158,3 +159,27 @@ class Reader:
                 )
             ]
         )
+
+
+def request_computation(services: Services, principal: Principal) -> int:
+    """Enqueue the indicators job (views materialized, every indicator computed and
+    its snapshot stored); several requests in one minute share one job. Audited."""
+    minute = int(time.time() // 60)
+    job_id = services.jobs.enqueue(
+        INDICATORS_JOB,
+        {"requested_by": principal.id},
+        dedup_key=f"{INDICATORS_JOB}@console:{minute}",
+    )
+    services.audit.record(
+        [
+            AuditEvent.for_principal(
+                principal,
+                category="export",
+                action="E",
+                entity="indicator/*",
+                description="indicators computation requested",
+                detail={"job": job_id},
+            )
+        ]
+    )
+    return job_id
