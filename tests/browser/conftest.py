@@ -68,7 +68,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One server for the whole browser session (start-up costs seconds)."""
     if _skip_reason():
         pytest.skip(_skip_reason() or "")
-    with live_server(tmp_path_factory.mktemp("live")) as server:
+    # Every module signs in from 127.0.0.1 against this one server: the login rate
+    # limit (20 a minute by default) is raised so that they do not lock each other out.
+    with live_server(
+        tmp_path_factory.mktemp("live"), SALUS_RATE_LIMIT_LOGIN_PER_MINUTE="600"
+    ) as server:
         yield server
 
 

@@ -68,32 +68,14 @@ def _number(text: str) -> int:
         return 0
 
 
+#: Instances listed for one study (a larger study shows its first ones).
+MAX_INSTANCES = 5000
+
+
 def _study(request: Request, principal: Principal, study_uid: str) -> dict[str, Any]:
-    archive = archive_of(request)
-    studies = archive.find(
-        principal,
-        Level.STUDY,
-        {
-            "StudyInstanceUID": study_uid,
-            "StudyDescription": "",
-            "StudyDate": "",
-            "ModalitiesInStudy": "",
-        },
-    )
-    if not studies:
-        raise Forbidden(N_("This study is not available to you."))
-    series = archive.find(
-        principal,
-        Level.SERIES,
-        {
-            "StudyInstanceUID": study_uid,
-            "SeriesInstanceUID": "",
-            "Modality": "",
-            "SeriesDescription": "",
-            "SeriesNumber": "",
-        },
-    )
-    images = archive.find(
+    """The study's series and image instances from one instance-level query (its
+    matches carry the study and series attributes too, PS3.4 C.6.1.1.5)."""
+    images = archive_of(request).find(
         principal,
         Level.IMAGE,
         {
@@ -103,20 +85,22 @@ def _study(request: Request, principal: Principal, study_uid: str) -> dict[str, 
             "InstanceNumber": "",
             "Rows": "",
         },
+        limit=MAX_INSTANCES,
     )
+    if not images:
+        raise Forbidden(N_("This study is not available to you."))
     by_series: dict[str, list[tuple[int, str]]] = {}
+    first_of: dict[str, Any] = {}
     for image in images:
-        if not image.attributes.get("Rows"):
-            continue  # no pixel data (structured reports, presentation states)
-        by_series.setdefault(str(image.series_uid), []).append(
-            (_number(_value(image, "InstanceNumber")), str(image.sop_instance_uid))
-        )
+        uid = str(image.series_uid)
+        first_of.setdefault(uid, image)
+        if image.attributes.get("Rows"):  # not structured reports, presentation states
+            by_series.setdefault(uid, []).append(
+                (_number(_value(image, "InstanceNumber")), str(image.sop_instance_uid))
+            )
     rows = []
-    for one in series:
-        uid = str(one.series_uid)
-        instances = [sop for _n, sop in sorted(by_series.get(uid, []))]
-        if not instances:
-            continue
+    for uid, instances in by_series.items():
+        one = first_of[uid]
         modality = _value(one, "Modality")
         rows.append(
             {
@@ -124,12 +108,12 @@ def _study(request: Request, principal: Principal, study_uid: str) -> dict[str, 
                 "number": _number(_value(one, "SeriesNumber")),
                 "modality": modality,
                 "description": _value(one, "SeriesDescription"),
-                "instances": instances,
+                "instances": [sop for _n, sop in sorted(instances)],
                 "presets": PRESETS.get(modality, []),
             }
         )
     rows.sort(key=lambda r: (r["number"], r["uid"]))
-    study = studies[0]
+    study = images[0]
     return {
         "uid": study_uid,
         "description": _value(study, "StudyDescription"),
