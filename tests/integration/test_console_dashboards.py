@@ -223,6 +223,21 @@ def test_time_series_over_months_and_its_filters(world: World) -> None:
                hospital="hosp-a", **months)  # fmt: skip
     only = tables(one)["trend"]
     assert set(only) == {None, "network", "hosp-a"} and only["hosp-a"][1:] == ["89.7%"]
+    link = re.search(r'href="([^"]+)" data-testid="trend-csv"', one)
+    assert link is not None
+    href = link.group(1).replace("&amp;", "&")
+    assert href == (
+        "/api/v1/indicators/bed-occupancy?format=csv&hospital=hosp-a&from=2026-10&to=2026-10"
+    )
+    rows = list(csv.DictReader(io.StringIO(world.call("moh-analyst", "GET", href).text)))
+    assert [(r["hospital"], r["period"], r["value"]) for r in rows] == [
+        ("hosp-a", "2026-10", str(round(1390 / 1550 * 100, 4)))
+    ]
+    every = world.call("moh-analyst", "GET", "/api/v1/indicators/bed-occupancy",
+                       params={"from": "2026-09"}).json()["cells"]  # fmt: skip
+    assert {c["period"] for c in every} == {"2026-09", "2026-10"}
+    assert world.call("moh-analyst", "GET", "/api/v1/indicators/bed-occupancy",
+                      params={"to": "Oct"}).status_code == 400  # fmt: skip
     page(world, "moh-analyst", "/dashboards/trend", 400, **{"from": "2026-11", "to": "2026-10"})
     page(world, "moh-analyst", "/dashboards/trend", 400, **{"from": "October"})
     page(world, "moh-analyst", "/dashboards/trend", 404, hospital="nowhere")

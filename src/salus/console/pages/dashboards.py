@@ -304,7 +304,7 @@ def _trend(
         "months": chosen,
         "table": table,
         "chart": chart,
-        "csv": _csv(ind, hospital=hospital),
+        "csv": _csv(ind, hospital=hospital, **{"from": chosen[0] if chosen else start, "to": end}),
     }
 
 

@@ -2,6 +2,7 @@
 
 * ``GET /api/v1/indicators``: the definitions (JSON).
 * ``GET /api/v1/indicators/{id}?period=YYYY-MM&hospital=&by=sex,age_band&format=json|csv``
+  (or ``from=YYYY-MM&to=YYYY-MM``: a range of months)
   (``refresh=true`` materializes the views first): the cells as the caller
   may see them (:meth:`~.engine.Indicators.compute`).
 * ``GET /api/v1/indicators/{id}/$measure-report`` (same parameters): a FHIR
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import io
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from salus.errors import InvalidInput
 from salus.server.security import current_principal, services_of
 from salus.warehouse.indicators.definitions_index import indicators
 from salus.warehouse.indicators.engine import NETWORK, IndicatorResult, Indicators
@@ -47,6 +50,7 @@ async def _result(request: Request) -> tuple[Indicators, IndicatorResult]:
     engine = Indicators(services_of(request))
     q = request.query_params
     by = [d.strip() for part in q.getlist("by") for d in part.split(",") if d.strip()]
+    first, last = _month(q.get("from")), _month(q.get("to"))
     result = await asyncio.to_thread(
         engine.compute,
         principal,
@@ -56,7 +60,21 @@ async def _result(request: Request) -> tuple[Indicators, IndicatorResult]:
         by=by,
         refresh=q.get("refresh", "false").lower() == "true",
     )
+    if first or last:  # a range of months (the console's time series links it)
+        cells = [
+            c for c in result.cells
+            if (not first or c["period"] >= first) and (not last or c["period"] <= last)
+        ]  # fmt: skip
+        result = dataclasses.replace(result, cells=cells)
     return engine, result
+
+
+def _month(value: str | None) -> str | None:
+    if not value:
+        return None
+    if len(value) != 7 or value[4] != "-" or not (value[:4] + value[5:]).isdigit():
+        raise InvalidInput("A month is written YYYY-MM.", expression=["from", "to"])
+    return value
 
 
 async def _one(request: Request) -> Response:
