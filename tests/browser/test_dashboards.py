@@ -257,6 +257,11 @@ def test_hospital_b_and_a_clinician(browser: Any, network: LiveServer) -> None:
         assert page.get_by_test_id("quality-score").inner_text() == "12.5 / 100"
         assert "Bệnh viện A" not in page.locator("main").inner_text()
         shot(page, "dashboards-hospital-b")
+        page.get_by_label("Language").select_option("vi")
+        page.wait_for_selector("html[lang=vi]")
+        assert page.locator("h1").inner_text() == "Bảng điều khiển của 병원 B"
+        assert page.get_by_test_id("quality-score").inner_text() == "12,5 / 100"
+        shot(page, "dashboards-hospital-b-vi")
     with signed_in(browser, network, "a-doc") as page:
         page.goto("/")
         assert page.get_by_role("link", name="Dashboards").count() == 0

@@ -339,7 +339,7 @@ def test_pages_render_in_vietnamese_and_french(world: World) -> None:
     try:
         html = page(world, "moh-analyst", "/dashboards")
         assert 'lang="vi"' in html and "<h1>Tổng quan mạng lưới</h1>" in html
-        assert "Thời gian nằm viện trung bình" in html and "3.5 ngày" in html
+        assert "Thời gian nằm viện trung bình" in html and "3,5 ngày" in html
         world.client.cookies.set("salus_lang", "fr")
         french = page(world, "a-admin", "/dashboards/hospital")
         assert 'lang="fr"' in french and "Score de qualité des données" in french

@@ -39,6 +39,8 @@ def test_format_number() -> None:
     assert format_number(1234) == "1,234"
     assert format_number(89.6774) == "89.7"
     assert format_number(None) == ""
+    assert format_number(1234.56, locale="vi") == "1.234,6"
+    assert format_number(3.5, locale="fr") == "3,5"
 
 
 def test_bar_chart_is_labelled_and_bars_are_proportional() -> None:

@@ -21,7 +21,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from babel.numbers import format_decimal
 from markupsafe import Markup, escape
+
+from salus.console import i18n
 
 __all__ = ["PALETTE", "Bar", "Series", "bar_chart", "format_number", "line_chart", "nice_scale"]
 
@@ -50,13 +53,16 @@ class Series:
     values: Sequence[float | None]
 
 
-def format_number(value: float | None, decimals: int = 1) -> str:
-    """A figure as pages show it: integers without decimals, others rounded."""
+def format_number(value: float | None, decimals: int = 1, locale: str | None = None) -> str:
+    """A figure as pages show it, in the page's language (CLDR number symbols:
+    ``1,234.5`` in English, ``1.234,5`` in Vietnamese): integers without
+    decimals, others rounded to ``decimals``."""
     if value is None:
         return ""
+    where = locale or i18n.current_locale()
     if float(value).is_integer():
-        return f"{int(value):,}"
-    return f"{value:,.{decimals}f}"
+        return format_decimal(int(value), format="#,##0", locale=where)
+    return format_decimal(value, format="#,##0." + "0" * decimals, locale=where)
 
 
 def nice_scale(top: float, ticks: int = 5) -> tuple[float, float]:

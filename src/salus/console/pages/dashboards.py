@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
+from babel.numbers import format_decimal
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from sqlalchemy import select
@@ -381,7 +382,9 @@ def _quality(reader: Reader, org: str, period: str | None) -> dict[str, Any]:
                 "description": description_of(ind),
             }  # fmt: skip
         )
-    return {"score": quality_score(values), "components": components}
+    score = quality_score(values)
+    text = None if score is None else format_decimal(score, "0.0", locale=i18n.current_locale())
+    return {"score": score, "score_text": text, "components": components}
 
 
 def install(api: FastAPI) -> None:
