@@ -122,9 +122,22 @@ def _cells(result: IndicatorResult, **match: Any) -> list[dict[str, Any]]:
     return [c for c in result.cells if all(c.get(k) == v for k, v in match.items())]
 
 
+#: id(result) -> (result, {(hospital, period): cell}) of results without other dimensions
+_INDEXES: dict[int, tuple[IndicatorResult, dict[tuple[str, str], dict[str, Any]]]] = {}
+
+
 def _cell(result: IndicatorResult, hospital: str, period: str) -> dict[str, Any] | None:
-    found = _cells(result, hospital=hospital, period=period)
-    return found[0] if found else None
+    """The cell of a hospital (or the network) and month, found through an index
+    built once per result (a page asks for hospitals x indicators x months)."""
+    entry = _INDEXES.get(id(result))
+    if entry is None or entry[0] is not result:
+        index: dict[tuple[str, str], dict[str, Any]] = {}
+        for cell in result.cells:
+            index.setdefault((str(cell["hospital"]), str(cell["period"])), cell)
+        if len(_INDEXES) > 500:
+            _INDEXES.clear()
+        entry = _INDEXES[id(result)] = (result, index)
+    return entry[1].get((hospital, period))
 
 
 def _periods(results: Sequence[IndicatorResult]) -> list[str]:
