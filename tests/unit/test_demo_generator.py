@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import unicodedata
 from datetime import date
 from pathlib import Path
@@ -36,6 +39,23 @@ def test_same_seed_gives_byte_identical_output(tmp_path: Path) -> None:
     assert any(name.endswith(".hl7") for name in first)
     write(render(generate(8, "tiny", as_of=AS_OF)), tmp_path / "c")
     assert _tree(tmp_path / "c")["manifest.json"] != first["manifest.json"]
+
+
+def test_same_seed_same_bytes_across_processes(tmp_path: Path) -> None:
+    """Nothing depends on string hashing (PYTHONHASHSEED) or on the process."""
+    script = (
+        "import sys; from datetime import date; from pathlib import Path; "
+        "from salus.demo import generate, render, write; "
+        "write(render(generate(7, 'tiny', as_of=date(2026, 11, 1))), Path(sys.argv[1]))"
+    )
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        subprocess.run(  # noqa: S603
+            [sys.executable, "-c", script, str(tmp_path / hash_seed)], env=env, check=True
+        )
+    assert _tree(tmp_path / "1") == _tree(tmp_path / "2")
+    write(render(generate(7, "tiny", as_of=AS_OF)), tmp_path / "here")
+    assert _tree(tmp_path / "here") == _tree(tmp_path / "1")
 
 
 def test_sizes_and_overrides() -> None:
