@@ -928,9 +928,11 @@ def render(ingests: list[Ingest], lat: list[Latency], wado: list[Retrieval], sca
 
         ro, rs = ratio("Salus", "Orthanc"), ratio("Salus", "storescp")
         met = ro >= INGEST_VS_ORTHANC and rs >= INGEST_VS_STORESCP
+        ro_text = "—" if ro != ro else f"{ro:.2f}x"  # NaN: a target not in this run
+        rs_text = "—" if rs != rs else f"{rs:.2f}x"
         lines.append(
             f"| C-STORE ingest, {assoc} association(s) | {cell('Salus')} | "
-            f"{cell('Orthanc')} | {cell('storescp')} | {ro:.2f}x | {rs:.2f}x | "
+            f"{cell('Orthanc')} | {cell('storescp')} | {ro_text} | {rs_text} | "
             f"≥ 1.5x Orthanc, ≥ 0.5x storescp: {'met' if met else '**not met**'} |"
         )
     for kind in dict.fromkeys(x.kind for x in lat):
