@@ -121,6 +121,8 @@ def test_values_it_cannot_encode_go_to_pydicom() -> None:
         encode_elements([(0x00280010, "OW", b"\x01\x02")], True, True)
     with pytest.raises(UnicodeError):  # a UI is ASCII
         encode_elements([(0x0020000D, "UI", "1.2.é")], True, True)
+    with pytest.raises(Unsupported):  # bytes in a text VR: pydicom's business
+        encode_elements([(0x00001031, "AE", b"MOVER")], True, True)
     with pytest.raises(Unsupported):  # too long for a 16-bit length
         encode_elements([(0x00081030, "LO", "x" * 70000)], False, True)
 

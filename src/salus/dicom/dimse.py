@@ -221,6 +221,8 @@ def _response_elements(keys: list[_Requested], level: str, match: Match) -> Data
             elements.append((tag, "SQ", [item_elements(item) for item in items]))
             continue
         if value is None:
+            if requested_vr not in _SIMPLE_VRS:  # e.g. "US or SS": pydicom resolves it
+                raise ValueError("a VR the fast encoder leaves to pydicom")
             elements.append((tag, requested_vr, None))
             continue
         vr = _dictionary_vr(tag)

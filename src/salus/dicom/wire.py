@@ -62,6 +62,8 @@ def _value_bytes(vr: str, value: Any, little: bool, encoding: str) -> bytes:
         return b""
     pad = _TEXT.get(vr)
     if pad is not None:
+        if isinstance(value, bytes | bytearray | float):  # pydicom decides how to write these
+            raise Unsupported(vr)
         if isinstance(value, list | tuple):
             value = "\\".join(str(v) for v in value)
         raw = str(value).encode(encoding if vr not in ("UI", "AE", "CS", "DA", "TM") else "ascii")
