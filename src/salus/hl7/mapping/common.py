@@ -246,6 +246,12 @@ def encounter_resource(ctx: Context, pv1: Segment, status: str, *, end: bool = F
             "subject": local("patient"),
             "period": period,
             "participant": participants,
+            # The sending hospital provides the care: the indicators count
+            # encounters per hospital by this reference (docs/warehouse.md).
+            "serviceProvider": {
+                "reference": f"Organization/{ctx.profile.org_id}",
+                "identifier": {"system": "urn:salus:org", "value": ctx.profile.org_id},
+            },
             "location": [{"location": {"display": location}, "status": "active"}]
             if location
             else [],
