@@ -110,6 +110,11 @@ def _encounter(reg: Registration, enc: Encounter, spec: HospitalSpec, patient: s
         "class": {"system": V3_ACT, "code": enc.cls, "display": _CLASS[enc.cls]},
         "subject": {"reference": patient},
         "period": {"start": fhir_time(enc.start, spec), "end": fhir_time(enc.end, spec)},
+        # The hospital that provides the care (the indicators count encounters by it).
+        "serviceProvider": {
+            "reference": f"Organization/{reg.org_id}",
+            "identifier": {"system": "urn:salus:org", "value": reg.org_id},
+        },
     }
 
 
