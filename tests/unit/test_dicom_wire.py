@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.dsutils import decode, encode
 
-from salus.dicom.dimse import _response, _response_elements, requested_keys
+from salus.dicom.dimse import _response
 from salus.dicom.matching import Level
 from salus.dicom.query import Match
 from salus.dicom.wire import (
@@ -20,7 +20,9 @@ from salus.dicom.wire import (
     Unsupported,
     encode_command,
     encode_elements,
+    find_response,
     install,
+    requested_keys,
 )
 
 SYNTAXES = [(True, True), (False, True), (False, False)]  # implicit LE, explicit LE, explicit BE
@@ -92,7 +94,7 @@ def test_find_response_decodes_like_pydicoms(
 ) -> None:
     identifier = _identifier()
     match = _match(**overrides)
-    fast = _response_elements(requested_keys(identifier), "SERIES", match)
+    fast = find_response(requested_keys(identifier), "SERIES", match)
     assert isinstance(fast, FindResponse)
     ours = encode_elements(fast._salus_elements, implicit, little)
     theirs = encode(_response(identifier, "SERIES", match), implicit, little)
@@ -110,7 +112,7 @@ def test_without_sequences_the_bytes_are_pydicoms() -> None:
     del identifier.RequestAttributesSequence
     del identifier.IssuerOfAccessionNumberSequence
     match = _match()
-    fast = _response_elements(requested_keys(identifier), "SERIES", match)
+    fast = find_response(requested_keys(identifier), "SERIES", match)
     for implicit, little in SYNTAXES:
         ours = encode_elements(fast._salus_elements, implicit, little)
         assert ours == encode(_response(identifier, "SERIES", match), implicit, little)

@@ -36,7 +36,6 @@ from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
-from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, AllTransferSyntaxes
@@ -51,7 +50,7 @@ from salus.dicom.matching import KEYS, Level, QueryValue
 from salus.dicom.parse import NEWER_TRANSFER_SYNTAXES, dataset_offset, part10_from_dimse
 from salus.dicom.query import InstanceRef, Match
 from salus.dicom.transcode import NATIVE, NotConvertible, to_native
-from salus.dicom.wire import Element, FindResponse, item_elements
+from salus.dicom.wire import find_response, requested_keys
 from salus.dicom.wire import install as install_wire_encoders
 from salus.errors import NotAuthenticated, SalusError
 from salus.security.principal import Principal
@@ -194,55 +193,6 @@ def identifier_values(identifier: Dataset) -> tuple[str, dict[str, QueryValue]]:
         else:
             keys[keyword] = str(value)
     return level, keys
-
-
-#: A requested key of a C-FIND identifier: (tag, VR as requested, keyword).
-_Requested = tuple[int, str, str]
-
-
-def requested_keys(identifier: Dataset) -> list[_Requested]:
-    """The keys a C-FIND response carries (read once per request, not per match)."""
-    keys = []
-    for elem in identifier:
-        keyword = elem.keyword
-        if keyword and keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet"):
-            keys.append((int(elem.tag), str(elem.VR), keyword))
-    return keys
-
-
-def _response_elements(keys: list[_Requested], level: str, match: Match) -> Dataset:
-    """:func:`_response` as a :class:`~salus.dicom.wire.FindResponse` (encoded
-    without pydicom's writer); the same elements, VRs and values."""
-    elements: list[Element] = [(0x00080005, "CS", "ISO_IR 192"), (0x00080052, "CS", level)]
-    for tag, requested_vr, keyword in keys:
-        value = match.attributes.get(keyword)
-        if requested_vr == "SQ":
-            items = value if isinstance(value, list) else []
-            elements.append((tag, "SQ", [item_elements(item) for item in items]))
-            continue
-        if value is None:
-            if requested_vr not in _SIMPLE_VRS:  # e.g. "US or SS": pydicom resolves it
-                raise ValueError("a VR the fast encoder leaves to pydicom")
-            elements.append((tag, requested_vr, None))
-            continue
-        vr = _dictionary_vr(tag)
-        if keyword in KEYS and KEYS[keyword].vr in ("IS", "US"):
-            elements.append((tag, vr, int(value)))
-        else:
-            elements.append((tag, vr, str(value)))
-    return FindResponse(elements)
-
-
-def _dictionary_vr(tag: int) -> str:
-    vr = str(dictionary_VR(tag))
-    if vr not in _SIMPLE_VRS:
-        raise ValueError("a VR the fast encoder leaves to pydicom")
-    return vr
-
-
-_SIMPLE_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM"} | {
-    "UC", "UI", "UR", "UT", "US", "UL", "SS", "SL"
-}  # fmt: skip
 
 
 def _response(identifier: Dataset, level: str, match: Match) -> Dataset:
@@ -537,8 +487,9 @@ class DimseListener:
             if event.is_cancelled:
                 yield _CANCEL, None
                 return
+            response: Dataset
             try:
-                response = _response_elements(requested, level.value, match)
+                response = find_response(requested, level.value, match)
             except (ValueError, TypeError, KeyError):
                 response = _response(identifier, level.value, match)
             yield _PENDING, response

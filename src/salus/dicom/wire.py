@@ -15,7 +15,8 @@ bytes on the wire are valid DICOM either way.
 writes Command Sets (``pynetdicom.dimse_messages``) and response Identifiers
 (``pynetdicom.service_class``), and reads PDUs in larger pieces than
 pynetdicom's 4 KiB (:data:`RECV_CHUNK`); :class:`FindResponse` is the
-Identifier a C-FIND handler yields.
+Identifier a C-FIND handler yields (:func:`find_response` builds it from a
+query match and the keys the request asked for).
 """
 
 from __future__ import annotations
@@ -23,14 +24,24 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-__all__ = ["FindResponse", "encode_command", "encode_elements", "install"]
+if TYPE_CHECKING:
+    from salus.dicom.query import Match
+
+__all__ = [
+    "FindResponse",
+    "encode_command",
+    "encode_elements",
+    "find_response",
+    "install",
+    "requested_keys",
+]
 
 log = logging.getLogger("salus.dicom.dimse")
 
@@ -162,6 +173,59 @@ def item_elements(item: dict[str, Any]) -> list[Element]:
             continue
         out.append((int(tag), str(dictionary_VR(tag)), value))
     return out
+
+
+#: A requested key of a C-FIND identifier: (tag, VR as requested, keyword).
+Requested = tuple[int, str, str]
+
+
+def requested_keys(identifier: Dataset) -> list[Requested]:
+    """The keys a C-FIND response carries (read once per request, not per match)."""
+    keys = []
+    for elem in identifier:
+        keyword = elem.keyword
+        if keyword and keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet"):
+            keys.append((int(elem.tag), str(elem.VR), keyword))
+    return keys
+
+
+def find_response(keys: list[Requested], level: str, match: Match) -> FindResponse:
+    """A C-FIND response identifier (PS3.4 C.4.1.1.3.2) as a :class:`FindResponse`:
+    every requested key with its value or empty, the elements, VRs and values
+    ``salus.dicom.dimse._response`` builds as a pydicom data set. ``ValueError``
+    for a VR this encoder leaves to pydicom (the caller then builds that one)."""
+    from salus.dicom.matching import KEYS  # matching imports parse, which imports this
+
+    elements: list[Element] = [(0x00080005, "CS", "ISO_IR 192"), (0x00080052, "CS", level)]
+    for tag, requested_vr, keyword in keys:
+        value = match.attributes.get(keyword)
+        if requested_vr == "SQ":
+            items = value if isinstance(value, list) else []
+            elements.append((tag, "SQ", [item_elements(item) for item in items]))
+            continue
+        if value is None:
+            if requested_vr not in _SIMPLE_VRS:  # e.g. "US or SS": pydicom resolves it
+                raise ValueError("a VR the fast encoder leaves to pydicom")
+            elements.append((tag, requested_vr, None))
+            continue
+        vr = _dictionary_vr(tag)
+        if keyword in KEYS and KEYS[keyword].vr in ("IS", "US"):
+            elements.append((tag, vr, int(value)))
+        else:
+            elements.append((tag, vr, str(value)))
+    return FindResponse(elements)
+
+
+def _dictionary_vr(tag: int) -> str:
+    vr = str(dictionary_VR(tag))
+    if vr not in _SIMPLE_VRS:
+        raise ValueError("a VR the fast encoder leaves to pydicom")
+    return vr
+
+
+_SIMPLE_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM"} | {
+    "UC", "UI", "UR", "UT", "US", "UL", "SS", "SL"
+}  # fmt: skip
 
 
 _installed = False
