@@ -16,6 +16,7 @@ import pytest
 from salus.hl7.mapping import SUPPORTED
 from salus.hl7.mllp import END, frame
 from salus.jobs import JobStatus, Worker
+from salus.security.principal import AuthMethod
 from tests.conftest import BACKENDS
 from tests.integration.hl7_world import Hl7World, ack_code, adt, hl7_world, msg, msh, segments_of
 from tests.integration.security_world import SYSTEM
@@ -164,6 +165,24 @@ def test_replay_after_a_mapping_fix_through_the_api(
     # Each call was audited.
     events = call("ops-sec", "GET", "/api/v1/audit/events", params={"count": 500}).json()
     assert f"HL7Message/{uid}" in json.dumps(events)
+
+
+def test_replay_of_a_rejected_message_keeps_the_sender_its_connection_proved(
+    w: Hl7World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message imported for a client (or sent on a certificate-authenticated
+    connection) from a facility no profile names is replayed as that client."""
+    feed = w.world.services.directory.client_principal("a-feed", AuthMethod.CLIENT_SECRET, None)
+    monkeypatch.delitem(SUPPORTED["ADT"], "A28")  # not supported yet: refused (AR)
+    raw = adt("R1", "A28", mrn="R9").replace(b"|HOSPA|SALUS|", b"|LABX|SALUS|")
+    received = w.runtime.service.receive(raw, source="file", connection=feed)
+    assert received.ack.code == "AR"
+    [row] = [r for r in w.runtime.store.list() if r["control_id"] == "R1"]
+    assert row["state"] == "rejected" and row["client_id"] == "a-feed"
+    monkeypatch.undo()  # the new message type is deployed
+    ack = w.runtime.service.replay(int(row["id"]))
+    assert ack.code == "AA"
+    assert [p["identifier"][0]["value"] for p in w.search("a-feed", "Patient")] == ["R9"]
 
 
 class FakeReceiver:

@@ -528,7 +528,12 @@ class Hl7Service:
             )
         if row["state"] == "rejected" or not row["client_id"]:
             message = parse_message(self.store.body(row))
-            principal = self.identify(message.header, None, None)
+            # A sender known by its connection (a client certificate, an
+            # import's --client) stays the sender; others are known by MSH-4.
+            connection = (
+                self._client(str(row["client_id"]), row["peer"]) if row["client_id"] else None
+            )
+            principal = self.identify(message.header, connection, row["peer"])
             supported(message.header.message_code, message.header.trigger_event)
             extra = {"org_id": principal.org_id, "client_id": principal.client_id}
         else:
