@@ -37,6 +37,7 @@ the hospital the cell belongs to (and the host's SYSTEM principal).
 from __future__ import annotations
 
 import getpass
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,12 +46,13 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from salus.audit.events import AuditEvent
 from salus.db.tables import organizations
 from salus.db.tables_warehouse import dataset_rows, dataset_submissions
 from salus.db.types import utcnow
-from salus.errors import ConfigurationError, Forbidden, InvalidInput, NotFound
+from salus.errors import ConfigurationError, Conflict, Forbidden, InvalidInput, NotFound
 from salus.security.principal import AuthMethod, Principal, PrincipalKind
 from salus.security.roles import ROLES
 from salus.warehouse.indicators.definitions_index import Indicator, indicator, view_definitions
@@ -123,6 +125,10 @@ def _convert(value: Any, kind: pa.DataType) -> Any:
     return str(value)
 
 
+#: Serializes the bundled views' first storing within a process.
+_VIEWS_LOCK = threading.Lock()
+
+
 class Indicators:
     """Indicator computation for one Salus process (stateless; see the module doc)."""
 
@@ -155,7 +161,19 @@ class Indicators:
 
     # -- views ----------------------------------------------------------------------------
     def ensure_views(self) -> dict[str, StoredView]:
-        """Store the bundled ViewDefinitions (or update them when they changed)."""
+        """Store the bundled ViewDefinitions (or update them when they changed).
+
+        Concurrent first calls (two requests on a fresh install, two server
+        processes) would each create the same views: one at a time per
+        process, and a conflict with another process is read back once.
+        """
+        with _VIEWS_LOCK:
+            try:
+                return self._ensure_views()
+            except (Conflict, IntegrityError):
+                return self._ensure_views()  # another process stored them first
+
+    def _ensure_views(self) -> dict[str, StoredView]:
         catalog = self.warehouse.catalog
         stored: dict[str, StoredView] = {}
         for name, definition in view_definitions().items():
