@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 
@@ -76,6 +76,17 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, SalusError):
         return f"{exc.code}: {exc.message}"
     return f"{type(exc).__module__}.{type(exc).__qualname__}"
+
+
+#: Statements built once (an enqueue per stored DICOM instance, HL7 message...).
+_INSERT = jobs.insert().returning(jobs.c.id)
+_INSERT_UNLESS_DUPLICATE = {
+    name: dialect_insert(jobs)
+    .on_conflict_do_nothing(index_elements=["dedup_key"])
+    .returning(jobs.c.id)
+    for name, dialect_insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+}
+_BY_DEDUP_KEY = select(jobs.c.id).where(jobs.c.dedup_key == bindparam("key"))
 
 
 class JobQueue:
@@ -139,21 +150,12 @@ class JobQueue:
 
     def _insert(self, conn: Connection, values: dict[str, Any]) -> int:
         if values["dedup_key"] is None:
-            result = conn.execute(jobs.insert().values(**values).returning(jobs.c.id))
-            return int(result.scalar_one())
-        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        stmt = (
-            dialect_insert(jobs)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=["dedup_key"])
-            .returning(jobs.c.id)
-        )
-        inserted = conn.execute(stmt).scalar_one_or_none()
+            return int(conn.execute(_INSERT, values).scalar_one())
+        dialect = conn.dialect.name
+        inserted = conn.execute(_INSERT_UNLESS_DUPLICATE[dialect], values).scalar_one_or_none()
         if inserted is not None:
             return int(inserted)
-        existing = conn.execute(
-            select(jobs.c.id).where(jobs.c.dedup_key == values["dedup_key"])
-        ).scalar_one()
+        existing = conn.execute(_BY_DEDUP_KEY, {"key": values["dedup_key"]}).scalar_one()
         return int(existing)
 
     # -- consuming -------------------------------------------------------------------
