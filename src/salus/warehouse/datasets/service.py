@@ -63,6 +63,8 @@ Progress = Callable[[int, int], None]
 class SubmissionRejected(UnprocessableContent):
     """A submission with errors: nothing was written; ``report`` says where."""
 
+    code = "submission-rejected"
+
     def __init__(self, dataset: str, report: Report) -> None:
         super().__init__(
             f"The {dataset} submission was refused: {len(report.issues)} error(s); "
