@@ -210,7 +210,9 @@ def install_audit_routes(api: FastAPI) -> None:
         return {"id": new_id}
 
     @api.get("/api/v1/patients/{patient}/access", tags=["care"])
-    async def access_basis(request: Request, who: CurrentPrincipal, patient: str) -> dict[str, Any]:
+    async def access_basis_of_patient(
+        request: Request, who: CurrentPrincipal, patient: str
+    ) -> dict[str, Any]:
         """What makes this patient's records at other hospitals visible to the caller."""
         services = services_of(request)
         decision = services.policy.authorize(
@@ -220,7 +222,7 @@ def install_audit_routes(api: FastAPI) -> None:
             raise Forbidden("De-identified access does not address single patients.")
         flt = decision.require()
         result = await asyncio.to_thread(
-            _access_basis, services, who.org_id, who.id, who.kind.value, patient, flt.care_sharing
+            access_basis, services, who.org_id, who.id, who.kind.value, patient, flt.care_sharing
         )
         await audit_access(
             request,
@@ -235,7 +237,7 @@ def install_audit_routes(api: FastAPI) -> None:
         return result
 
 
-def _access_basis(
+def access_basis(
     services: Any,
     org_id: str,
     principal_id: str,

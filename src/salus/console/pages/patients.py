@@ -52,7 +52,7 @@ from salus.errors import Forbidden, Gone, InvalidInput, NotFound
 from salus.security.policy import Interaction
 from salus.security.principal import Principal
 from salus.security.roles import ROLES
-from salus.server.audit_routes import _access_basis  # the access basis the API answers
+from salus.server.audit_routes import access_basis as api_access_basis  # as the API answers
 from salus.server.security import audit_access, audit_refusal, services_of
 
 __all__ = ["install"]
@@ -94,7 +94,7 @@ async def access_basis(request: Request, principal: Principal, patient_id: str) 
     decision = fhir.decide(request, principal, "Patient", Interaction.READ)
     flt = decision.require()
     basis: dict[str, Any] = await asyncio.to_thread(
-        _access_basis,
+        api_access_basis,
         services,
         principal.org_id,
         principal.id,
