@@ -257,3 +257,18 @@ def test_refuses_a_folder_that_is_not_a_demo(tmp_path: Path) -> None:
     assert result.exit_code != 0
     assert "not a demo folder" in result.output
     assert (tmp_path / "precious.txt").read_text() == "not a demo"
+
+
+def test_indicators_were_computed_for_every_hospital(api: Api, manifest: dict[str, Any]) -> None:
+    """The demo stores the indicators' snapshots after ingest: each hospital's
+    own figures count its laboratory results (results are attributed through
+    their Encounter's serviceProvider, for HL7- and FHIR-fed hospitals alike)."""
+    for org in manifest["hospitals"]:
+        response = api.http.get(
+            "/api/v1/indicators/laboratory-volume", headers=api.user(f"{org}.steward")
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert "computedAt" in body  # read from the stored snapshot
+        own = [c for c in body["cells"] if c["hospital"] == org]
+        assert sum(c["numerator"] or 0 for c in own) > 0, org

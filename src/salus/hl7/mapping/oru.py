@@ -185,6 +185,30 @@ def _notes_after(ctx: Context, seg: Segment) -> list[dict[str, str]]:
     return notes
 
 
+#: HL7 table 0074 (diagnostic service sections): imaging sections; the
+#: laboratory's are in :data:`_LAB_SECTIONS`. Results of other sections
+#: (cardiology, nursing...) get no category.
+_IMAGING_SECTIONS = frozenset({"RAD", "RX", "CT", "NMR", "NMS", "RC", "US", "VUS", "XRC", "CUS"})
+_LAB_SECTIONS = frozenset(
+    {"LAB", "AU", "BG", "BLB", "CG", "CH", "CP", "HLA", "HM", "ICU", "IMM", "MB", "MCB",
+     "MYC", "OSL", "PAT", "SP", "SR", "TX", "URN", "VR"}
+)  # fmt: skip
+_OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+
+
+def _category(obr: Segment) -> list[Resource] | None:
+    """Observation.category from OBR-24: laboratory or imaging. An ORU^R01
+    without a section is a laboratory result (the usual case of the message)."""
+    section = obr.get(24).upper()
+    if section in _IMAGING_SECTIONS:
+        code, display = "imaging", "Imaging"
+    elif not section or section in _LAB_SECTIONS:
+        code, display = "laboratory", "Laboratory"
+    else:
+        return None
+    return [{"coding": [{"system": _OBSERVATION_CATEGORY, "code": code, "display": display}]}]
+
+
 def map_oru(ctx: Context) -> Plan:
     plan = Plan()
     patient_step(ctx, plan, update=False)
@@ -198,6 +222,7 @@ def map_oru(ctx: Context) -> Plan:
         for obx in (seg for seg in group if seg.name == "OBX"):
             key = f"obs-{index}-{obx.sequence}"
             extra: Resource = {
+                "category": _category(obr),
                 "encounter": encounter_ref(plan),
                 "note": _notes_after(ctx, obx),
             }
@@ -226,6 +251,18 @@ def map_oru(ctx: Context) -> Plan:
                 "identifier": identifiers
                 or [{"system": ctx.profile.system("report"), "value": order_key}],
                 "status": REPORT_STATUS.get(obr.get(25).upper(), "final"),
+                "category": [
+                    {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/v2-0074",
+                                "code": obr.get(24).upper(),
+                            }
+                        ]
+                    }
+                ]
+                if obr.get(24)
+                else None,
                 "code": codeable(obr.rep(4)) or {"text": "Report"},
                 "subject": local("patient"),
                 "encounter": encounter_ref(plan),
