@@ -155,3 +155,18 @@ def test_the_schedule_is_a_listener_of_a_server_with_jobs(tmp_path: Path) -> Non
         assert "indicator-schedule" not in [listener.name for listener in services.listeners]
     finally:
         services.close()
+
+
+def test_cli_compute_gives_fresh_cells_and_keeps_them(world: World) -> None:
+    from tests.integration.test_opendata import cli
+
+    submit_beds(
+        world,
+        "hosp-b",
+        "org,period,ward_id,ward_name,ward_type,beds,occupied_bed_days,admissions,discharges\n"
+        "hosp-b,2026-10,W-GEN,General,medical,20,434,60,58\n",
+    )
+    result = cli(world, "warehouse", "indicators", "--compute", "--id", "bed-occupancy")
+    assert result.exit_code == 0, result.output
+    assert "bed-occupancy,hosp-b,2026-10,434,620,70.0,False" in result.output
+    assert occupancy(world)[0] == 70.0  # the API reads the snapshot the CLI stored

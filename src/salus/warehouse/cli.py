@@ -161,6 +161,7 @@ def indicators_cmd(
             engine.refresh()
             writer = csv.writer(sys.stdout)
             for ind in chosen:
+                engine.snapshot(ind)  # fresh cells, kept for the API (snapshots.py)
                 result = engine.compute(principal, ind.id, period=period)
                 writer.writerow(["indicator", *result.columns])
                 for cell in result.cells:
