@@ -75,6 +75,8 @@ def spark() -> Iterator[Any]:
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.driver.memory", "512m")
         .config("spark.sql.adaptive.enabled", "false")
+        .config("spark.sql.codegen.wholeStage", "false")  # tiny data: compiling costs more
+        .config("spark.sql.codegen.factoryMode", "NO_CODEGEN")
         .config("spark.sql.catalogImplementation", "in-memory")
         .config(
             "spark.driver.extraJavaOptions", "-XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xshare:auto"
