@@ -48,8 +48,11 @@ def _skip_reason() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium for one test module. Not for the session: Playwright's sync API
+    keeps an asyncio loop running in this thread while it is open, and tests
+    that run afterwards with ``asyncio.run`` would fail."""
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
