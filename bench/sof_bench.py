@@ -34,7 +34,7 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,39 +129,54 @@ FLOOR_SQL = {
 }
 
 
-def load(scale: int) -> dict[str, list[dict[str, Any]]]:
-    """Synthea resources of the four types, replicated with new ids to ``scale``."""
+def base_resources(types: list[str]) -> list[dict[str, Any]]:
+    """The Synthea resources of ``types``, with relative references (``Type/id``)."""
     base: list[dict[str, Any]] = []
     for path in sorted(SYNTHEA.glob("*.json.gz")):
         bundle = json.loads(gzip.open(path).read())
         for entry in bundle["entry"]:
             resource = entry["resource"]
-            if resource["resourceType"] in TYPES:
-                resource.setdefault("id", entry["fullUrl"].split(":")[-1])
-                base.append(resource)
+            resource.setdefault("id", entry["fullUrl"].split(":")[-1])
+            base.append(resource)
     text = json.dumps(base)
     # urn:uuid references become relative ones, as a server stores them
     for resource in base:
         text = text.replace(
             f"urn:uuid:{resource['id']}", f"{resource['resourceType']}/{resource['id']}"
         )
-    base = json.loads(text)
-    out: dict[str, list[dict[str, Any]]] = {t: [] for t in TYPES}
+    return [r for r in json.loads(text) if r["resourceType"] in types]
+
+
+def replicate(
+    types: list[str], scale: int, references: tuple[str, ...] = ("subject",)
+) -> Iterator[dict[str, Any]]:
+    """``scale`` resources of ``types``, one at a time: copy ``n`` of each Synthea
+    resource gets the id suffix ``-n``, and so do its ``references`` (the
+    elements named; other references, such as organizations, are kept)."""
+    base = base_resources(types)
     copy_no = 0
     total = 0
     while total < scale:
         suffix = f"-{copy_no}"
         for resource in base:
             if total >= scale:
-                break
+                return
             clone = copy.deepcopy(resource)
             clone["id"] = resource["id"] + suffix
-            subject = clone.get("subject")
-            if isinstance(subject, dict) and "reference" in subject:
-                subject["reference"] += suffix
-            out[clone["resourceType"]].append(clone)
+            for element in references:
+                ref = clone.get(element)
+                if isinstance(ref, dict) and "reference" in ref:
+                    ref["reference"] += suffix
+            yield clone
             total += 1
         copy_no += 1
+
+
+def load(scale: int) -> dict[str, list[dict[str, Any]]]:
+    """Synthea resources of the four types, replicated with new ids to ``scale``."""
+    out: dict[str, list[dict[str, Any]]] = {t: [] for t in TYPES}
+    for clone in replicate(TYPES, scale):
+        out[clone["resourceType"]].append(clone)
     return out
 
 
