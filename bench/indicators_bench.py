@@ -28,11 +28,16 @@ Read with care: the Synthea sample has ambulatory and emergency encounters
 only (no ``IMP`` stays), SNOMED-coded conditions (no ICD-10) and no imaging
 studies, and no operational datasets are loaded: the stay, diagnosis,
 imaging and dataset indicators run over empty inputs (``rows out`` shows it).
+``--inpatient-every N`` makes every N-th Encounter an inpatient stay (class
+``IMP``, discharge disposition ``home``, one in 20 of them ``exp``) before
+de-identification, so that the stay indicators (admissions, discharges,
+length of stay, mortality, readmissions) have rows to compute.
 
-Run: ``python bench/indicators_bench.py --scale 50000 --rounds 5`` (well under
-a minute on 2 cores); the issue's figure:
-``python bench/indicators_bench.py --scale 1000000 --rounds 5`` (about 2 GB of
-memory less than ``sof_bench.py``: the resources are not held).
+Run: ``python bench/indicators_bench.py --scale 50000 --rounds 5`` (5 s on
+2 cores, 200 MB); the issue's figure:
+``python bench/indicators_bench.py --scale 1000000 --rounds 5`` (add
+``--inpatient-every 4`` for the stay indicators). The resources are streamed,
+not held (``sof_bench.py`` holds them: about 2 GB at that scale).
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from sof_bench import replicate  # noqa: E402
 
 #: Rows buffered per view before they become an Arrow table.
 CHUNK_ROWS = 100_000
+_HL7 = "http://terminology.hl7.org/CodeSystem"
 
 
 class _NoRowsDb:
@@ -83,7 +89,18 @@ def _engine(pseudo: Any, rows: list[Any]) -> Any:
     return SimpleNamespace(services=services)
 
 
-def build(scale: int, pseudo: Any) -> tuple[dict[str, Any], int, float, dict[str, int]]:
+def _make_inpatient(encounter: dict[str, Any], number: int) -> None:
+    encounter["class"] = {"system": f"{_HL7}/v3-ActCode", "code": "IMP"}
+    code = "exp" if number % 20 == 0 else "home"
+    system = f"{_HL7}/discharge-disposition"
+    encounter["hospitalization"] = {
+        "dischargeDisposition": {"coding": [{"system": system, "code": code}]}
+    }
+
+
+def build(
+    scale: int, pseudo: Any, inpatient_every: int = 0
+) -> tuple[dict[str, Any], int, float, dict[str, int]]:
     """The ``ind_*`` tables and the others the statements read; returns
     (tables, resources, seconds spent in views and de-identification, count per type)."""
     import pyarrow as pa
@@ -108,6 +125,8 @@ def build(scale: int, pseudo: Any) -> tuple[dict[str, Any], int, float, dict[str
         res_type = resource["resourceType"]
         counts[res_type] += 1
         if res_type == "Encounter":
+            if inpatient_every and counts[res_type] % inpatient_every == 0:
+                _make_inpatient(resource, counts[res_type] // inpatient_every)
             ref = (resource.get("serviceProvider") or {}).get("reference", "")
             if ref.startswith("Organization/"):
                 providers.add(ref.split("/", 1)[1])
@@ -147,9 +166,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--inpatient-every", type=int, default=0, help="make every N-th Encounter a stay"
+    )
     args = parser.parse_args()
 
-    tables, total, spent, counts = build(args.scale, Pseudonymizer(b"bench-secret"))
+    tables, total, spent, counts = build(
+        args.scale, Pseudonymizer(b"bench-secret"), args.inpatient_every
+    )
     print(f"{total} resources: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     print(
         f"build ind_* tables (deidentify + views + Arrow): {spent:.2f} s, "
