@@ -10,7 +10,7 @@ from sqlalchemy import insert
 
 from salus.db.engine import Database
 from salus.db.tables import organizations
-from salus.hl7.store import MessageStore, NewMessage
+from salus.hl7.store import MessageStore, NewMessage, keys_statement
 
 
 def _message(n: int) -> NewMessage:
@@ -42,10 +42,14 @@ def test_resent_messages_are_found_in_batches_larger_than_one_query(db: Database
 def test_duplicate_query_uses_the_unique_index_on_sqlite(db: Database) -> None:
     if not db.is_sqlite:
         pytest.skip("PostgreSQL plans a row-value IN and an OR alike (bitmap index scans)")
-    store = MessageStore(db, None)
-    query = store.by_keys_query([("hosp", "FAC", "C1"), ("hosp", "FAC", "C2")])
-    compiled = query.compile(db.engine, compile_kwargs={"literal_binds": True})
+    compiled = keys_statement(2).compile(db.engine)
+    values = {"o0": "hosp", "f0": "FAC", "c0": "C1", "o1": "hosp", "f1": "FAC", "c1": "C2"}
+    params = compiled.construct_params(values)
+    positional = tuple(params[name] for name in compiled.positiontup or ())
     with db.engine.connect() as conn:
-        plan = [str(row[3]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")]
+        plan = [
+            str(row[3])
+            for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", positional)
+        ]
     assert not any(step.startswith("SCAN hl7_messages") for step in plan), plan
     assert any("INDEX" in step and "control_id=?" in step for step in plan), plan

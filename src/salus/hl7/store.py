@@ -11,6 +11,7 @@ returns the original row instead of a new one (HL7 v2.8 2.10.1).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, insert, or_, select, update
+from sqlalchemy import Select, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError
 
@@ -78,6 +79,30 @@ def _key(value: dict[str, Any]) -> Key:
 def _keyed(item: NewMessage) -> bool:
     """Whether duplicate detection applies (a known sender and an MSH-10)."""
     return item.org_id is not None and bool(item.control_id)
+
+
+@functools.cache
+def keys_statement(count: int) -> Select[Any]:
+    """Rows with ``count`` (organization, facility, MSH-10) keys, bound as
+    ``o0, f0, c0, …``: one OR of exact matches, built once per count.
+
+    Not ``(a, b, c) IN (VALUES …)``: SQLite answers a row-value IN list by
+    scanning the whole table, where an OR of equalities uses the unique
+    index once per key (PostgreSQL uses the index for either).
+    """
+    c = hl7_messages.c
+    return select(hl7_messages).where(
+        or_(
+            *(
+                and_(
+                    c.org_id == bindparam(f"o{i}"),
+                    c.sending_facility == bindparam(f"f{i}"),
+                    c.control_id == bindparam(f"c{i}"),
+                )
+                for i in range(count)
+            )
+        )
+    )
 
 
 class MessageStore:
@@ -214,23 +239,6 @@ class MessageStore:
             rows.append((row, duplicate))
         return rows
 
-    def by_keys_query(self, keys: Sequence[Key]) -> Select[Any]:
-        """Rows with these keys, as one OR of exact matches.
-
-        Not ``(a, b, c) IN (VALUES …)``: SQLite answers a row-value IN list by
-        scanning the whole table, where an OR of equalities uses the unique
-        index once per key (PostgreSQL uses the index for either).
-        """
-        c = hl7_messages.c
-        return select(hl7_messages).where(
-            or_(
-                *(
-                    and_(c.org_id == org, c.sending_facility == facility, c.control_id == control)
-                    for org, facility, control in keys
-                )
-            )
-        )
-
     def _by_keys(self, conn: Connection, keys: Sequence[Key]) -> dict[Key, RowMapping]:
         """Stored rows with these (organization, facility, MSH-10) keys: one query
         per :data:`_KEYS_PER_QUERY` keys."""
@@ -238,7 +246,10 @@ class MessageStore:
         found: dict[Key, RowMapping] = {}
         for start in range(0, len(unique), _KEYS_PER_QUERY):
             chunk = unique[start : start + _KEYS_PER_QUERY]
-            for r in conn.execute(self.by_keys_query(chunk)).mappings():
+            params: dict[str, Any] = {}
+            for i, (org, facility, control) in enumerate(chunk):
+                params[f"o{i}"], params[f"f{i}"], params[f"c{i}"] = org, facility, control
+            for r in conn.execute(keys_statement(len(chunk)), params).mappings():
                 found[(r["org_id"], r["sending_facility"], r["control_id"])] = r
         return found
 
