@@ -23,7 +23,7 @@ import httpx
 from salus.config import Settings
 from salus.services import Services
 from tests.conftest import free_port
-from tests.integration.security_world import CLIENTS, ORGS, PASSWORD, SYSTEM, USERS
+from tests.integration.security_world import PASSWORD, create_accounts
 
 __all__ = ["PASSWORD", "LiveServer", "live_server"]
 
@@ -70,29 +70,7 @@ class LiveServer:
 def _populate(settings: Settings, server: LiveServer) -> None:
     services = Services.build(settings)
     try:
-        directory = services.directory
-        for org_id, name, kind in ORGS:
-            directory.create_organization(SYSTEM, org_id, name, kind)
-        for username, (org_id, roles) in USERS.items():
-            server.user_ids[username] = directory.create_user(
-                SYSTEM,
-                username=username,
-                org_id=org_id,
-                display_name=username,
-                password=PASSWORD,
-                roles=roles,
-            )
-        for client_id, (org_id, roles) in CLIENTS.items():
-            created = directory.create_client(
-                SYSTEM,
-                client_id=client_id,
-                org_id=org_id,
-                name=client_id,
-                auth_method="client_secret",
-                roles=roles,
-            )
-            assert created.secret
-            server.secrets[client_id] = created.secret
+        server.user_ids, server.secrets = create_accounts(services.directory)
     finally:
         services.close()
 

@@ -81,6 +81,35 @@ class World:
         return self.client.request(method, path, json=json, params=params, headers=headers)
 
 
+def create_accounts(directory: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """The world's organizations, users and clients; returns (user ids, client secrets)."""
+    user_ids: dict[str, str] = {}
+    secrets: dict[str, str] = {}
+    for org_id, name, kind in ORGS:
+        directory.create_organization(SYSTEM, org_id, name, kind)
+    for username, (org_id, roles) in USERS.items():
+        user_ids[username] = directory.create_user(
+            SYSTEM,
+            username=username,
+            org_id=org_id,
+            display_name=username,
+            password=PASSWORD,
+            roles=roles,
+        )
+    for client_id, (org_id, roles) in CLIENTS.items():
+        created = directory.create_client(
+            SYSTEM,
+            client_id=client_id,
+            org_id=org_id,
+            name=client_id,
+            auth_method="client_secret",
+            roles=roles,
+        )
+        assert created.secret
+        secrets[client_id] = created.secret
+    return user_ids, secrets
+
+
 @contextmanager
 def make_world(backend: str, folder: Path, **setting_overrides: Any) -> Iterator[World]:
     with backend_database(backend, folder) as (url, schema):
@@ -98,29 +127,7 @@ def make_world(backend: str, folder: Path, **setting_overrides: Any) -> Iterator
             world = World(
                 TestClient(create_app(settings, services), raise_server_exceptions=False), services
             )
-            directory = services.directory
-            for org_id, name, kind in ORGS:
-                directory.create_organization(SYSTEM, org_id, name, kind)
-            for username, (org_id, roles) in USERS.items():
-                world.user_ids[username] = directory.create_user(
-                    SYSTEM,
-                    username=username,
-                    org_id=org_id,
-                    display_name=username,
-                    password=PASSWORD,
-                    roles=roles,
-                )
-            for client_id, (org_id, roles) in CLIENTS.items():
-                created = directory.create_client(
-                    SYSTEM,
-                    client_id=client_id,
-                    org_id=org_id,
-                    name=client_id,
-                    auth_method="client_secret",
-                    roles=roles,
-                )
-                assert created.secret
-                world.secrets[client_id] = created.secret
+            world.user_ids, world.secrets = create_accounts(services.directory)
             with world.client:
                 for username in USERS:
                     response = world.client.post(
