@@ -175,29 +175,35 @@ def _bundle(hospital: str) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
+def seed_network(world: World, datasets: str | None = "*") -> None:
+    """Post hospital A's and B's FHIR bundles, then their dataset CSVs whose
+    name matches ``datasets`` (``"beds"``; ``"*"``: all; None: none)."""
+    assert world.services.warehouse is not None
+    world.services.warehouse.materializer.lag = timedelta(0)
+    for hospital, feed in (("hosp-a", "a-feed"), ("hosp-b", "b-feed")):
+        response = world.client.post(
+            "/fhir",
+            content=json.dumps(_bundle(hospital)),
+            headers=world.headers(feed, **{"Content-Type": FHIR}),
+        )
+        assert response.status_code == 200, response.text[:800]
+    for path in sorted(DATA.glob(f"*_{datasets}.csv")) if datasets else []:
+        hospital, dataset = path.stem.split("_", 1)
+        feed = {"hosp-a": "a-feed", "hosp-b": "b-feed"}[hospital]
+        response = world.client.post(
+            f"/api/v1/datasets/{dataset}/submissions",
+            content=path.read_bytes(),
+            headers=world.headers(feed, **{"Content-Type": "text/csv"}),
+        )
+        assert response.status_code in (200, 201), response.text[:800]
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def world(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[World]:
     with make_world(request.param, tmp_path_factory.mktemp("indicators")) as built:
-        assert built.services.warehouse is not None
-        built.services.warehouse.materializer.lag = timedelta(0)
-        for hospital, feed in (("hosp-a", "a-feed"), ("hosp-b", "b-feed")):
-            response = built.client.post(
-                "/fhir",
-                content=json.dumps(_bundle(hospital)),
-                headers=built.headers(feed, **{"Content-Type": FHIR}),
-            )
-            assert response.status_code == 200, response.text[:800]
-        for path in sorted(DATA.glob("*.csv")):
-            hospital, dataset = path.stem.split("_", 1)
-            feed = {"hosp-a": "a-feed", "hosp-b": "b-feed"}[hospital]
-            response = built.client.post(
-                f"/api/v1/datasets/{dataset}/submissions",
-                content=path.read_bytes(),
-                headers=built.headers(feed, **{"Content-Type": "text/csv"}),
-            )
-            assert response.status_code in (200, 201), response.text[:800]
+        seed_network(built)
         # the first request materializes the views
         response = built.call(
             "moh-analyst", "GET", "/api/v1/indicators/admissions", params={"refresh": "true"}

@@ -23,7 +23,6 @@ import io
 import json
 import re
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from salus.cli import main
 from salus.warehouse.opendata.suppression import Cell, Table
 from tests.conftest import BACKENDS
 from tests.integration.security_world import World, make_world
-from tests.integration.test_indicators import DATA, PATIENTS, STAYS, _bundle
+from tests.integration.test_indicators import PATIENTS, STAYS, seed_network
 from tests.unit.test_opendata_suppression import attack
 
 FHIR = "application/fhir+json"
@@ -56,23 +55,7 @@ def world(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[World]:
     with make_world(request.param, tmp_path_factory.mktemp("opendata")) as built:
-        assert built.services.warehouse is not None
-        built.services.warehouse.materializer.lag = timedelta(0)
-        for hospital, feed in (("hosp-a", "a-feed"), ("hosp-b", "b-feed")):
-            response = built.client.post(
-                "/fhir",
-                content=json.dumps(_bundle(hospital)),
-                headers=built.headers(feed, **{"Content-Type": FHIR}),
-            )
-            assert response.status_code == 200, response.text[:800]
-        for path in sorted(DATA.glob("*_beds.csv")):
-            feed = {"hosp-a": "a-feed", "hosp-b": "b-feed"}[path.stem.split("_")[0]]
-            response = built.client.post(
-                "/api/v1/datasets/beds/submissions",
-                content=path.read_bytes(),
-                headers=built.headers(feed, **{"Content-Type": "text/csv"}),
-            )
-            assert response.status_code in (200, 201), response.text[:800]
+        seed_network(built, "beds")
         yield built
 
 

@@ -6,7 +6,6 @@ worker stores a snapshot per indicator, and API reads and open data use it
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,7 +23,7 @@ from salus.warehouse.indicators.engine import Indicators
 from salus.warehouse.indicators.snapshots import IndicatorSchedule
 from tests.conftest import BACKENDS, settings_for
 from tests.integration.security_world import World, make_world
-from tests.integration.test_indicators import DATA, _bundle
+from tests.integration.test_indicators import DATA, seed_network
 
 FHIR = "application/fhir+json"
 
@@ -34,15 +33,7 @@ def world(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[World]:
     with make_world(request.param, tmp_path_factory.mktemp("schedule")) as built:
-        assert built.services.warehouse is not None
-        built.services.warehouse.materializer.lag = timedelta(0)
-        for hospital, feed in (("hosp-a", "a-feed"), ("hosp-b", "b-feed")):
-            response = built.client.post(
-                "/fhir",
-                content=json.dumps(_bundle(hospital)),
-                headers=built.headers(feed, **{"Content-Type": FHIR}),
-            )
-            assert response.status_code == 200, response.text[:800]
+        seed_network(built, None)
         yield built
 
 

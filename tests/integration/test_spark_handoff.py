@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from salus.warehouse.indicators.definitions_index import indicators
 from salus.warehouse.indicators.engine import Indicators, system_principal
 from salus.warehouse.indicators.portable import handoff, statements
 from tests.integration.security_world import World, make_world
-from tests.integration.test_indicators import DATA, _bundle
+from tests.integration.test_indicators import seed_network
 
 if shutil.which("java") is None:
     pytest.skip("Spark needs Java (java not on PATH)", allow_module_level=True)
@@ -37,24 +36,7 @@ FHIR = "application/fhir+json"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with make_world("sqlite", tmp_path_factory.mktemp("spark")) as built:
-        assert built.services.warehouse is not None
-        built.services.warehouse.materializer.lag = timedelta(0)
-        for hospital, feed in (("hosp-a", "a-feed"), ("hosp-b", "b-feed")):
-            response = built.client.post(
-                "/fhir",
-                content=json.dumps(_bundle(hospital)),
-                headers=built.headers(feed, **{"Content-Type": FHIR}),
-            )
-            assert response.status_code == 200, response.text[:800]
-        for path in sorted(DATA.glob("*.csv")):
-            hospital, dataset = path.stem.split("_", 1)
-            feed = {"hosp-a": "a-feed", "hosp-b": "b-feed"}[hospital]
-            response = built.client.post(
-                f"/api/v1/datasets/{dataset}/submissions",
-                content=path.read_bytes(),
-                headers=built.headers(feed, **{"Content-Type": "text/csv"}),
-            )
-            assert response.status_code in (200, 201), response.text[:800]
+        seed_network(built)
         yield built
 
 
