@@ -135,6 +135,16 @@ def _qr(uri: str) -> str:
     return svg
 
 
+async def _admin_form(request: Request, who: Principal) -> tuple[dict[str, str], Services]:
+    """The posted form of an administration action, once its CSRF token and the
+    administrator's role are checked."""
+    form = await read_form(request)
+    check_csrf(request, form)
+    services = services_of(request)
+    _require_admin(services, who)
+    return form, services
+
+
 async def _read(request: Request, who: Principal, entity: str) -> None:
     await audit_access(
         request, who, category="admin", action="R", entity=entity, description="directory read"
@@ -156,6 +166,38 @@ def install(api: FastAPI) -> None:  # noqa: C901 - one route per directory actio
             "own_org": who.org_id,
         }
 
+    async def list_page(
+        request: Request,
+        who: Principal,
+        network: bool,
+        rows: list[dict[str, Any]],
+        *,
+        template: str,
+        title: str,
+        entity: str,
+        error: str | None,
+        form: Any,
+        **extra: Any,
+    ) -> Response:
+        """One page of a directory list, audited as a read, with the form of
+        a failed creation (422) shown again above it."""
+        paging = Paging.of(request).with_total(len(rows))
+        await _read(request, who, entity)
+        return render(
+            request,
+            template,
+            {
+                **common(request, who, network),
+                "rows": rows[paging.offset : paging.offset + paging.size],
+                "paging": paging,
+                "error": error,
+                "form": form or {},
+                **extra,
+            },
+            title=title,
+            status_code=422 if error else 200,
+        )
+
     @router.get("/admin")
     async def admin_home(request: Request, principal: ConsoleUser) -> Response:
         _require_admin(services_of(request), principal)
@@ -169,20 +211,16 @@ def install(api: FastAPI) -> None:  # noqa: C901 - one route per directory actio
         services = services_of(request)
         network = _require_admin(services, who)
         rows = await asyncio.to_thread(_organizations, services, who, network)
-        paging = Paging.of(request).with_total(len(rows))
-        await _read(request, who, "Organization?list")
-        return render(
+        return await list_page(
             request,
-            "admin/organizations.html",
-            {
-                **common(request, who, network),
-                "rows": rows[paging.offset : paging.offset + paging.size],
-                "paging": paging,
-                "error": error,
-                "form": form or {},
-            },
+            who,
+            network,
+            rows,
+            template="admin/organizations.html",
             title=_("Organizations"),
-            status_code=422 if error else 200,
+            entity="Organization?list",
+            error=error,
+            form=form,
         )
 
     @router.get("/admin/organizations")
@@ -191,10 +229,7 @@ def install(api: FastAPI) -> None:  # noqa: C901 - one route per directory actio
 
     @router.post("/admin/organizations")
     async def create_organization(request: Request, principal: ConsoleUser) -> Response:
-        form = await read_form(request)
-        check_csrf(request, form)
-        services = services_of(request)
-        _require_admin(services, principal)
+        form, services = await _admin_form(request, principal)
         try:
             await asyncio.to_thread(
                 services.directory.create_organization,
@@ -211,10 +246,7 @@ def install(api: FastAPI) -> None:  # noqa: C901 - one route per directory actio
     async def organization_active(
         request: Request, org_id: str, principal: ConsoleUser
     ) -> Response:
-        form = await read_form(request)
-        check_csrf(request, form)
-        services = services_of(request)
-        _require_admin(services, principal)
+        form, services = await _admin_form(request, principal)
         active = form.get("active") == "1"
         await asyncio.to_thread(
             services.directory.set_organization_active, principal, org_id, active
@@ -238,23 +270,19 @@ def install(api: FastAPI) -> None:  # noqa: C901 - one route per directory actio
                 for r in rows
                 if query in str(r["username"]).lower() or query in str(r["display_name"]).lower()
             ]
-        paging = Paging.of(request).with_total(len(rows))
         orgs = await asyncio.to_thread(_organizations, services, who, network)
-        await _read(request, who, "User?list")
-        return render(
+        return await list_page(
             request,
-            "admin/users.html",
-            {
-                **common(request, who, network),
-                "rows": rows[paging.offset : paging.offset + paging.size],
-                "paging": paging,
-                "q": query,
-                "orgs": [o for o in orgs if o["active"]],
-                "error": error,
-                "form": form or {},
-            },
+            who,
+            network,
+            rows,
+            template="admin/users.html",
             title=_("Users"),
-            status_code=422 if error else 200,
+            entity="User?list",
+            error=error,
+            form=form,
+            q=query,
+            orgs=[o for o in orgs if o["active"]],
         )
 
     @router.get("/admin/users")
@@ -263,10 +291,7 @@ def install(api: FastAPI) -> None:  # noqa: C901 - one route per directory actio
 
     @router.post("/admin/users")
     async def create_user(request: Request, principal: ConsoleUser) -> Response:
-        form = await read_form(request)
-        check_csrf(request, form)
-        services = services_of(request)
-        _require_admin(services, principal)
+        form, services = await _admin_form(request, principal)
         try:
             user_id = await asyncio.to_thread(
                 lambda: services.directory.create_user(
@@ -318,10 +343,7 @@ def install(api: FastAPI) -> None:  # noqa: C901 - one route per directory actio
     async def user_action(
         request: Request, user_id: str, action: str, principal: ConsoleUser
     ) -> Response:
-        form = await read_form(request)
-        check_csrf(request, form)
-        services = services_of(request)
-        _require_admin(services, principal)
+        form, services = await _admin_form(request, principal)
         directory = services.directory
         done: str
         try:
@@ -379,23 +401,19 @@ def install(api: FastAPI) -> None:  # noqa: C901 - one route per directory actio
         services = services_of(request)
         network = _require_admin(services, who)
         rows = await asyncio.to_thread(services.directory.list_clients, who)
-        paging = Paging.of(request).with_total(len(rows))
         orgs = await asyncio.to_thread(_organizations, services, who, network)
-        await _read(request, who, "Client?list")
-        return render(
+        return await list_page(
             request,
-            "admin/clients.html",
-            {
-                **common(request, who, network),
-                "rows": rows[paging.offset : paging.offset + paging.size],
-                "paging": paging,
-                "orgs": [o for o in orgs if o["active"]],
-                "error": error,
-                "form": form or {},
-                "created": created,
-            },
+            who,
+            network,
+            rows,
+            template="admin/clients.html",
             title=_("Applications"),
-            status_code=422 if error else 200,
+            entity="Client?list",
+            error=error,
+            form=form,
+            orgs=[o for o in orgs if o["active"]],
+            created=created,
         )
 
     @router.get("/admin/clients")
@@ -404,10 +422,7 @@ def install(api: FastAPI) -> None:  # noqa: C901 - one route per directory actio
 
     @router.post("/admin/clients")
     async def create_client(request: Request, principal: ConsoleUser) -> Response:
-        form = await read_form(request)
-        check_csrf(request, form)
-        services = services_of(request)
-        _require_admin(services, principal)
+        form, services = await _admin_form(request, principal)
         try:
             made = await asyncio.to_thread(
                 lambda: services.directory.create_client(
@@ -447,10 +462,7 @@ def install(api: FastAPI) -> None:  # noqa: C901 - one route per directory actio
     async def client_action(
         request: Request, client_id: str, action: str, principal: ConsoleUser
     ) -> Response:
-        form = await read_form(request)
-        check_csrf(request, form)
-        services = services_of(request)
-        _require_admin(services, principal)
+        form, services = await _admin_form(request, principal)
         directory = services.directory
         if action == "active":
             active = form.get("active") == "1"
