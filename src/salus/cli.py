@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.table import Table
@@ -22,6 +22,9 @@ from rich.table import Table
 from salus import __version__
 from salus.cliutil import command_errors, console, progress, settings_from
 from salus.errors import SalusError
+
+if TYPE_CHECKING:
+    from salus.services import Services
 
 __all__ = ["main"]
 
@@ -180,6 +183,21 @@ def keys_rotate(ctx: click.Context, no_rewrap: bool) -> None:
             services.close()
 
 
+def _audit_signing_key(services: Services, verb: str, kid: str) -> None:
+    """Record a change of the token signing keys in the audit trail."""
+    from salus.audit.events import AuditEvent
+    from salus.security.cli import system_principal
+
+    event = AuditEvent.for_principal(
+        system_principal(),
+        category="admin",
+        action="E",
+        entity="SigningKey",
+        description=f"token signing key {verb}: {kid}",
+    )
+    services.audit.record([event])
+
+
 @keys.command("rotate-signing")
 @click.pass_context
 def keys_rotate_signing(ctx: click.Context) -> None:
@@ -188,25 +206,13 @@ def keys_rotate_signing(ctx: click.Context) -> None:
     The previous key stays published in the JWKS so that tokens it signed keep
     working until they expire; retire it afterwards with ``retire-signing``.
     """
-    from salus.audit.events import AuditEvent
-    from salus.security.cli import system_principal
     from salus.services import Services
 
     with _errors():
         services = Services.build(_settings(ctx))
         try:
             kid = services.signing_keys.rotate()
-            services.audit.record(
-                [
-                    AuditEvent.for_principal(
-                        system_principal(),
-                        category="admin",
-                        action="E",
-                        entity="SigningKey",
-                        description=f"token signing key rotated: {kid}",
-                    )
-                ]
-            )
+            _audit_signing_key(services, "rotated", kid)
             console.print(f"New signing key: {kid}")
         finally:
             services.close()
@@ -219,25 +225,13 @@ def keys_retire_signing(ctx: click.Context, kid: str) -> None:
     """Stop trusting an old signing key (its tokens stop verifying at once).
 
     A key id that begins with "-" goes after "--": salus keys retire-signing -- KID"""
-    from salus.audit.events import AuditEvent
-    from salus.security.cli import system_principal
     from salus.services import Services
 
     with _errors():
         services = Services.build(_settings(ctx))
         try:
             services.signing_keys.retire(kid)
-            services.audit.record(
-                [
-                    AuditEvent.for_principal(
-                        system_principal(),
-                        category="admin",
-                        action="E",
-                        entity="SigningKey",
-                        description=f"token signing key retired: {kid}",
-                    )
-                ]
-            )
+            _audit_signing_key(services, "retired", kid)
             console.print(f"Signing key retired: {kid}")
         finally:
             services.close()
