@@ -154,6 +154,37 @@ def test_stored_values_hash_the_same_after_a_round_trip(db: Database, log: Audit
     assert verify_chain(db).ok
 
 
+def test_record_is_one_statement_on_postgresql(db: Database, log: AuditLog) -> None:
+    """PostgreSQL appends through ``salus_audit_append`` (migration 0015): one
+    autocommit statement per batch, hashed as :func:`event_hash` does; the
+    in-process append (no function) continues the same chain."""
+    from sqlalchemy import event as sa_event
+
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    sa_event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        log.record([read_event(request_id="req-1", detail={"q": 'a"b'}), read_event()])
+        statements.clear()
+        assert log.record([read_event(flags="refused"), read_event(action="U")]) == [3, 4]
+    finally:
+        sa_event.remove(db.engine, "before_cursor_execute", seen)
+    if db.is_sqlite:
+        assert len(statements) == 4  # BEGIN IMMEDIATE, head, insert, move (then COMMIT)
+    else:
+        assert len(statements) == 1 and "salus_audit_append" in statements[0]
+        log._pg_append = False  # as on a database without the function
+    with db.write() as conn:
+        assert log.append(conn, [read_event()]) == [5]
+    log._pg_append = None
+    assert log.record([read_event(description="ü")]) == [6]
+    report = verify_chain(db)
+    assert report.ok and report.events_checked == 6
+
+
 def test_append_needs_a_transaction(db: Database, log: AuditLog) -> None:
     with db.engine.connect() as conn, pytest.raises(RuntimeError):
         log.append(conn, [read_event()])

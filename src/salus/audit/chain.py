@@ -34,14 +34,21 @@ import os
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from salus.audit.batcher import RecordBatcher
-from salus.audit.events import GENESIS_HASH, AuditEvent
+from salus.audit.events import (
+    GENESIS_HASH,
+    HASHED_FIELDS,
+    AuditEvent,
+    canonical_json,
+    iso_utc,
+)
 from salus.audit.signing import Checkpoint, CheckpointSigner, Ed25519Signer
 from salus.db.engine import Database
 from salus.db.tables import audit_checkpoints, audit_events, audit_head
@@ -78,6 +85,66 @@ _MOVE_HEAD = (
     .values(seq=bindparam("h_seq"), hash=bindparam("h_hash"))
 )
 
+# PostgreSQL: the whole append in one statement (migration 0015, ADR 21).
+_PG_TEXT_COLUMNS = (
+    "category",
+    "action",
+    "principal_kind",
+    "principal_id",
+    "org_id",
+    "client_id",
+    "address",
+    "purpose",
+    "patient_key",
+    "entity",
+    "description",
+    "request_id",
+    "flags",
+)
+_PG_APPEND = (
+    "SELECT salus_audit_append(%(recorded_at)s, %(recorded_text)s, %(prefix)s, %(mid)s,"
+    " %(category)s, %(action)s, %(outcome)s::smallint[], %(principal_kind)s,"
+    " %(principal_id)s, %(org_id)s, %(client_id)s, %(address)s, %(purpose)s,"
+    " %(patient_key)s, %(entity)s, %(description)s, %(request_id)s, %(flags)s,"
+    " %(detail)s)"
+)
+_PG_BEFORE_RECORDED_AT = tuple(name for name in HASHED_FIELDS if name < "recorded_at")
+if tuple(name for name in HASHED_FIELDS if name > "recorded_at") != ("request_id", "seq"):
+    raise RuntimeError("salus_audit_append assumes request_id and seq follow recorded_at")
+_PG_HAS_APPEND = "SELECT to_regproc('salus_audit_append') IS NOT NULL"
+#: The SQLSTATE the function raises for an inconsistent head.
+_PG_HEAD_ERROR = "SA001"
+
+
+def _pg_append_params(events: Sequence[AuditEvent], recorded_at: datetime) -> dict[str, Any]:
+    """Parameters of ``salus_audit_append``: each event's canonical JSON in two
+    parts around ``recorded_at`` and ``seq`` (:func:`event_hash` order: every
+    other key sorts before ``recorded_at``; ``request_id`` and ``seq`` after)."""
+    params: dict[str, Any] = {name: [] for name in _PG_TEXT_COLUMNS}
+    prefixes: list[str] = []
+    mids: list[str] = []
+    outcomes: list[int] = []
+    details: list[str | None] = []
+    for event in events:
+        record = {name: getattr(event, name) for name in _PG_BEFORE_RECORDED_AT}
+        record["outcome"] = int(event.outcome)
+        prefixes.append(canonical_json(record).decode("utf-8")[:-1])
+        mids.append(',"request_id":' + canonical_json(event.request_id).decode("utf-8") + ',"seq":')
+        outcomes.append(int(event.outcome))
+        detail = event.detail
+        details.append(None if detail is None else canonical_json(dict(detail)).decode("utf-8"))
+        for name in _PG_TEXT_COLUMNS:
+            params[name].append(getattr(event, name))
+    params.update(
+        recorded_at=recorded_at,
+        recorded_text=iso_utc(recorded_at),
+        prefix=prefixes,
+        mid=mids,
+        outcome=outcomes,
+        detail=details,
+    )
+    return params
+
 
 class AuditLog:
     """Append events to the chain, record them (also in groups), sign checkpoints."""
@@ -99,6 +166,8 @@ class AuditLog:
         self.batch_max = batch_max
         self.batch_delay = batch_delay
         self._batcher: RecordBatcher | None = None
+        #: Whether PostgreSQL has ``salus_audit_append`` (checked once; None: not yet).
+        self._pg_append: bool | None = None
         self._checkpointer: asyncio.Task[None] | None = None
 
     # -- appending -------------------------------------------------------------------
@@ -116,6 +185,8 @@ class AuditLog:
         if any(not isinstance(event, AuditEvent) for event in events):
             raise InvalidInput("Only AuditEvent objects can be appended to the audit trail.")
         self._check_transaction(conn)
+        if self._pg_append_available(conn):
+            return self._append_pg(conn, events)
         head = self._lock_head(conn)
         recorded_at = self.clock()  # read under the lock: recorded_at follows seq
         rows = []
@@ -135,12 +206,53 @@ class AuditLog:
         return [int(row["seq"]) for row in rows]
 
     def record(self, events: Sequence[AuditEvent]) -> list[int]:
-        """Append ``events`` in a write transaction of their own (durable on return)."""
+        """Append ``events`` in a write transaction of their own (durable on return).
+
+        On PostgreSQL this is one statement in autocommit mode (one round
+        trip; it commits, with ``synchronous_commit``, before it returns).
+        """
         events = list(events)
         if not events:
             return []
+        if not self.db.is_sqlite:
+            if any(not isinstance(event, AuditEvent) for event in events):
+                raise InvalidInput("Only AuditEvent objects can be appended to the audit trail.")
+            with self.db.engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                if self._pg_append_available(conn):
+                    return self._append_pg(conn, events)
         with self.db.write() as conn:
             return self.append(conn, events)
+
+    def _pg_append_available(self, conn: Connection) -> bool:
+        """Whether the one-statement append (migration 0015) can be used on ``conn``."""
+        if conn.dialect.name != "postgresql":
+            return False
+        available = self._pg_append
+        if available is None:
+            available = bool(conn.exec_driver_sql(_PG_HAS_APPEND).scalar())
+            self._pg_append = available
+        return available
+
+    def _append_pg(self, conn: Connection, events: Sequence[AuditEvent]) -> list[int]:
+        """Lock the head, hash, insert and move the head in one statement.
+
+        ``recorded_at`` is read just before the statement rather than under
+        the head lock, so on PostgreSQL two concurrent appends may store
+        ``recorded_at`` values a little out of ``seq`` order (ADR 21); the
+        hashes cover the stored value either way.
+        """
+        params = _pg_append_params(events, self.clock())
+        try:
+            last = conn.exec_driver_sql(_PG_APPEND, params).scalar()
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) == _PG_HEAD_ERROR:
+                raise IntegrityError("The audit chain head is missing but events exist.") from None
+            raise
+        if last is None:
+            raise IntegrityError("The audit chain head could not be moved.")
+        first = int(last) - len(events) + 1
+        return list(range(first, int(last) + 1))
 
     def head(self) -> ChainHead:
         """The committed head: (0, 64 zeros) while the chain is empty."""
