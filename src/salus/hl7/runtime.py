@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,7 @@ from salus.hl7.mllp import ListenerConfig, MllpListener
 from salus.hl7.parse import Message, loose_header, split_batch_bytes
 from salus.hl7.profiles import Profile, Profiles, load_profiles
 from salus.hl7.service import Hl7Service, Prepared, Received
-from salus.hl7.store import MessageStore
+from salus.hl7.store import MessageStore, Row
 from salus.security.principal import Principal
 
 if TYPE_CHECKING:
@@ -44,6 +45,16 @@ log = logging.getLogger("salus.hl7")
 
 #: The job kind that sends one outbound HL7 message.
 SEND_JOB = "hl7.send"
+
+
+@dataclass(slots=True)
+class Committed:
+    """Frames whose messages are committed, before their replies are made."""
+
+    replies: list[bytes | None]
+    #: (frame index, its messages, whether it was a batch envelope)
+    work: list[tuple[int, list[Prepared], bool]] = field(default_factory=list)
+    rows: list[tuple[Row, bool]] = field(default_factory=list)
 
 
 class Hl7Runtime:
@@ -69,7 +80,7 @@ class Hl7Runtime:
             apply_sync=settings.hl7_apply == "sync",
             production=settings.mode == "production",
         )
-        self.committer = GroupCommitter(self.answer_many)
+        self.committer = GroupCommitter(self.commit_many, self.finish_many)
         self.service.on_application_ack = self._application_ack
         self._peers: dict[tuple[str | None, bytes | None], tuple[float, Principal | None]] = {}
         self._peer_lock = threading.Lock()
@@ -144,8 +155,13 @@ class Hl7Runtime:
     def answer_many(self, frames: Sequence[Frame]) -> list[bytes | None]:
         """The replies to frames that arrived together: their messages are committed in
         one transaction, then (sync mode) applied in order, then acknowledged."""
-        replies: list[bytes | None] = [None] * len(frames)
-        work: list[tuple[int, list[Prepared], bool]] = []  # (frame, messages, envelope)
+        return self.finish_many(self.commit_many(frames))
+
+    def commit_many(self, frames: Sequence[Frame]) -> Committed:
+        """Steps 1-4 for frames that arrived together: their messages committed in one
+        transaction (the :class:`GroupCommitter`'s first step)."""
+        committed = Committed([None] * len(frames))
+        replies = committed.replies
         for index, item in enumerate(frames):
             if item.oversized:
                 header, raw_header = loose_header(item.body)
@@ -165,12 +181,17 @@ class Hl7Runtime:
             prepared = [
                 self.service.prepare(raw, peer=item.peer, connection=connection) for raw in raws
             ]
-            work.append((index, prepared, batch.is_envelope))
-        everything = [p for _, prepared, _ in work for p in prepared]
-        if not everything:
-            return replies
-        rows = iter(self.store.record_many([p.item for p in everything]))
-        for index, prepared, envelope in work:
+            committed.work.append((index, prepared, batch.is_envelope))
+        everything = [p for _, prepared, _ in committed.work for p in prepared]
+        if everything:
+            committed.rows = self.store.record_many([p.item for p in everything])
+        return committed
+
+    def finish_many(self, committed: Committed) -> list[bytes | None]:
+        """Step 5 (sync mode) and the replies, after :meth:`commit_many`."""
+        replies = committed.replies
+        rows = iter(committed.rows)
+        for index, prepared, envelope in committed.work:
             received = [self.service.settle(p, *next(rows)) for p in prepared]
             if not envelope:
                 replies[index] = self._reply(received[0])

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Select, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from salus.db.engine import Database
 from salus.db.tables_hl7 import hl7_messages
@@ -69,6 +69,20 @@ Key = tuple[str | None, str, str | None]
 #: Keys per duplicate query: SQLite parses ``a OR b OR …`` into a tree as deep
 #: as the list is long, and refuses expressions deeper than 1,000.
 _KEYS_PER_QUERY = 100
+
+
+#: Attempts of a batch whose insert met a key committed meanwhile.
+_BATCH_TRIES = 3
+#: PostgreSQL SQLSTATEs worth another attempt: a deadlock (two batches in flight
+#: inserting the same two keys in crossed order) and a serialization failure.
+_RETRY_STATES = frozenset({"40P01", "40001"})
+
+
+def _retryable(exc: IntegrityError | OperationalError) -> bool:
+    """A unique-key conflict, or a transaction PostgreSQL aborted to break a deadlock."""
+    if isinstance(exc, IntegrityError):
+        return True
+    return getattr(exc.orig, "sqlstate", None) in _RETRY_STATES
 
 
 def _key(value: dict[str, Any]) -> Key:
@@ -169,24 +183,31 @@ class MessageStore:
         only for the inserts.
         """
         values = [self._values(item) for item in items]
-        try:
-            with self.db.write() as conn:
-                return self._insert(conn, items, values)
-        except IntegrityError:
-            if len(items) == 1 and not _keyed(items[0]):
-                raise
-        # A concurrent writer (another process, an import) stored one of these keys
-        # between our check and our insert: redo them one by one, reading theirs.
+        for _ in range(_BATCH_TRIES):
+            try:
+                with self.db.write() as conn:
+                    return self._insert(conn, items, values)
+            except (IntegrityError, OperationalError) as exc:
+                if not _retryable(exc) or not any(_keyed(item) for item in items):
+                    raise
+                # Another batch in flight (the group committer's next thread, another
+                # process, an import) committed one of these keys between our duplicate
+                # query and our insert; the unique index made us wait for its commit.
+                # Again: the duplicate query now finds its row.
+                for value in values:
+                    value.pop("id", None)
+        # Still conflicting (a stream of racing resends): one by one, reading theirs.
         out = []
         for item, value in zip(items, values, strict=True):
-            for _ in range(2):
+            for _ in range(_BATCH_TRIES):
                 try:
                     with self.db.write() as conn:
                         out += self._insert(conn, [item], [value])
                     break
-                except IntegrityError:
-                    if not _keyed(item):
+                except (IntegrityError, OperationalError) as exc:
+                    if not _retryable(exc) or not _keyed(item):
                         raise
+                    value.pop("id", None)
             else:  # pragma: no cover - the unique key guarantees a row to read
                 raise NotFound("The message store lost a duplicate.")
         return out
