@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 from salus.db.types import BigIntPK, UTCDateTime
@@ -383,10 +384,20 @@ fhir_idx_date = _index_table(
     "fhir_idx_date",
     Column("low", UTCDateTime, nullable=False),
     Column("high", UTCDateTime, nullable=False),
+    #: Bit 1: the resource has several values of this parameter; bit 2: the value
+    #: spans more than a day (salus.fhir.indexing.DATE_MULTI / DATE_LONG).
+    Column("shape", SmallInteger, nullable=False, server_default=text("3")),
 )
 Index("ix_fhir_idx_date_low", fhir_idx_date.c.res_type, fhir_idx_date.c.param, fhir_idx_date.c.low)
 Index(
     "ix_fhir_idx_date_high", fhir_idx_date.c.res_type, fhir_idx_date.c.param, fhir_idx_date.c.high
+)
+Index(
+    "ix_fhir_idx_date_shape",
+    fhir_idx_date.c.res_type,
+    fhir_idx_date.c.param,
+    fhir_idx_date.c.shape,
+    fhir_idx_date.c.high,
 )
 
 fhir_idx_number = _index_table(

@@ -118,8 +118,12 @@ def _load_batch(
         if (r["resourceType"], str(r.get("id"))) in existing
     ]
     try:
+        # Validation, index values and sealing need no database: done before the
+        # write transaction so that it stays short (SQLite has one writer at a
+        # time) and several import processes overlap their work.
+        prepared = store.prepare_creates(principal, [(r, r.get("id")) for _, _, r in creates])
         with db.write() as conn:
-            store.create_many(conn, principal, [(r, r.get("id")) for _, _, r in creates])
+            store.commit_creates(conn, prepared)
             for _, _, resource in updates:
                 store.update(
                     conn, principal, resource["resourceType"], str(resource["id"]), resource

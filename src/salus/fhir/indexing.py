@@ -10,6 +10,7 @@ rows.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Table, bindparam, delete
@@ -27,7 +28,7 @@ from salus.db.tables import (
     fhir_idx_uri,
 )
 
-__all__ = ["INDEX_TABLES", "Indexer"]
+__all__ = ["DATE_LONG", "DATE_MULTI", "DATE_SHORT_SPAN", "INDEX_TABLES", "Indexer"]
 
 INDEX_TABLES: tuple[Table, ...] = (
     fhir_idx_composite,
@@ -39,6 +40,13 @@ INDEX_TABLES: tuple[Table, ...] = (
     fhir_idx_reference,
     fhir_idx_uri,
 )
+#: ``fhir_idx_date.shape`` bits: the resource has several values of the parameter
+#: (FHIR search.html: ANDed conditions may then match different values), and the
+#: value spans more than :data:`DATE_SHORT_SPAN` (a range search finds the short
+#: ones that begin before its start within that span of it).
+DATE_MULTI = 1
+DATE_LONG = 2
+DATE_SHORT_SPAN = timedelta(days=1)
 _DELETES = [delete(table).where(table.c.rid == bindparam("rid_")) for table in INDEX_TABLES]
 _TEXT = 255
 _URL = 1024
@@ -147,6 +155,18 @@ def _composite_row(value: Any) -> tuple[Table, dict[str, Any]] | None:
     return fhir_idx_composite, row
 
 
+def _date_shapes(rows: list[dict[str, Any]]) -> None:
+    """Set ``shape`` on a resource's date rows (:data:`DATE_MULTI`, :data:`DATE_LONG`)."""
+    per_param: dict[str, int] = {}
+    for row in rows:
+        per_param[row["param"]] = per_param.get(row["param"], 0) + 1
+    for row in rows:
+        shape = DATE_MULTI if per_param[row["param"]] > 1 else 0
+        if row["high"] - row["low"] > DATE_SHORT_SPAN:
+            shape |= DATE_LONG
+        row["shape"] = shape
+
+
 class Indexer:
     def __init__(self, extract: Extractor | None = None) -> None:
         if extract is None:
@@ -171,6 +191,9 @@ class Indexer:
             seen.add(key)
             values.update(rid=rid, res_type=res_type)
             grouped.setdefault(table, []).append(values)
+        dates = grouped.get(fhir_idx_date)
+        if dates:
+            _date_shapes(dates)
         return grouped
 
     def replace(

@@ -36,10 +36,12 @@ from sqlalchemy import (
     exists,
     false,
     func,
+    intersect,
     not_,
     or_,
     select,
     true,
+    union_all,
 )
 
 from salus.db.tables import (
@@ -54,6 +56,7 @@ from salus.db.tables import (
     fhir_resources,
 )
 from salus.errors import InvalidInput
+from salus.fhir.indexing import DATE_LONG, DATE_MULTI, DATE_SHORT_SPAN
 from salus.fhir.search.values import date_interval, decimal_range, normalize_string
 
 __all__ = ["CONTROL_PARAMS", "ParsedSearch", "SearchPlan", "build_search", "split_or"]
@@ -415,7 +418,86 @@ class SearchPlan:
     def _date(self, table: Table, value: str, modifier: str) -> ColumnElement[bool]:
         prefix, text = _prefix(value)
         low, high = date_range(text)
-        return _range_condition(prefix, table.c.low, table.c.high, low, high)
+        condition = _range_condition(prefix, table.c.low, table.c.high, low, high)
+        if prefix == "eq":  # implied (low <= high <= end): bounds the scan of the low index
+            condition = and_(condition, table.c.low <= high)
+        return condition
+
+    # -- date ranges: ANDed conditions on one parameter -----------------------------------
+    def date_ranges(self, res_type: str, params: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+        """Date parameters repeated (ANDed) with single values and comparable
+        prefixes (``date=geX&date=ltY``): answered by :meth:`date_and`."""
+        found: dict[str, list[str]] = {}
+        for name, value in params:
+            if name in CONTROL_PARAMS or name.startswith("_") or ":" in name or "." in name:
+                continue
+            definition = self.lookup(res_type, name)
+            if definition is None or definition.type != "date" or len(split_or(value)) != 1:
+                continue
+            if _prefix(value)[0] in ("ne", "ap"):
+                continue
+            found.setdefault(name, []).append(value)
+        return {name: values for name, values in found.items() if len(values) > 1}
+
+    def date_and(
+        self, res_type: str, name: str, values: Sequence[str], resource: FromClause = R
+    ) -> ColumnElement[bool]:
+        """Several ANDed conditions on one date parameter (search.html#date).
+
+        Each may be met by a different value of a multi-valued element, so a
+        resource with several values (``shape`` bit :data:`DATE_MULTI`) is
+        tested condition by condition; a resource with one value must have it
+        meet them all, which is one range on one index row: those that begin
+        inside the range (the ``low`` index), the short ones that begin less
+        than :data:`DATE_SHORT_SPAN` before it and end inside it, and the long
+        ones (bit :data:`DATE_LONG`, few) that begin before it (the ``shape``
+        index). No scan of all the values above the start or below the end.
+        """
+        table = fhir_idx_date
+        rows = [self._date(table, value, "") for value in values]
+        every = and_(*rows)
+        starts: list[datetime] = []  # every match ends (high) at or after these
+        ends: list[datetime] = []  # every match begins (low) at or before these
+        for value in values:
+            prefix, text = _prefix(value)
+            low, high = date_range(text)
+            if prefix in ("eq", "ge"):
+                starts.append(low)
+            if prefix in ("gt", "sa"):
+                starts.append(high)
+            if prefix in ("eq", "le"):
+                ends.append(high)
+            if prefix in ("lt", "eb"):
+                ends.append(low)
+
+        def rids(*conditions: ColumnElement[bool]) -> Select[Any]:
+            return select(table.c.rid).where(
+                table.c.res_type == res_type, table.c.param == name, *conditions
+            )
+
+        parts: list[Select[Any]] = [rids(every)]
+        if starts and ends:
+            start, end = max(starts), min(ends)
+            parts = [
+                rids(every, table.c.low >= start, table.c.low <= end),
+                rids(
+                    every,
+                    table.c.shape.in_([0, DATE_MULTI]),
+                    table.c.high >= start,
+                    table.c.high <= start + DATE_SHORT_SPAN,
+                    table.c.low < start,
+                ),
+                rids(
+                    every,
+                    table.c.shape.in_([DATE_LONG, DATE_LONG | DATE_MULTI]),
+                    table.c.high >= start,
+                    table.c.low < start,
+                ),
+            ]
+        multi = [DATE_MULTI, DATE_MULTI | DATE_LONG]
+        several = intersect(*(rids(table.c.shape.in_(multi), row) for row in rows)).subquery()
+        # One IN over one compound select: both planners start from the index scans.
+        return resource.c.rid.in_(union_all(*parts, select(several.c.rid)))
 
     def _number(self, table: Table, value: str, modifier: str) -> ColumnElement[bool]:
         prefix, text = _prefix(value)
@@ -574,15 +656,23 @@ def build_search(
     plan: SearchPlan, res_type: str, params: Sequence[tuple[str, str]], *, lenient: bool
 ) -> ParsedSearch:
     parsed = ParsedSearch()
+    ranges = plan.date_ranges(res_type, params)
     for name, value in params:
         if name in CONTROL_PARAMS:
             continue
         try:
+            if name in ranges:
+                values = ranges.pop(name)
+                if values:
+                    parsed.conditions.append(plan.date_and(res_type, name, values))
+                continue
             parsed.conditions.append(plan.condition(res_type, name, value))
         except InvalidInput:
             if not lenient:
                 raise
             parsed.ignored.append(name)
+        if name in ranges:
+            ranges[name] = []  # done (or ignored) at its first occurrence
     return parsed
 
 
