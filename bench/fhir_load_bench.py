@@ -433,7 +433,9 @@ class Wrk:
                 f"{one.latency_ms['p50']:.1f} ms p95 {one.latency_ms['p95']:.1f} ms; CPU "
                 f"cores server {one.cpu.server:.2f} wrk {one.cpu.wrk:.2f} postgres "
                 f"{one.cpu.postgres:.2f} others {one.cpu.others:.2f} machine "
-                f"{one.cpu.machine_busy:.0%}"
+                f"{one.cpu.machine_busy:.0%}; server CPU "
+                f"{(1000 * one.cpu.server / one.rate if one.rate else 0.0):.2f} ms per "
+                f"{'resource' if per_request > 1 or key.startswith('post') else 'request'}"
                 + (f"; {one.errors} ERRORS: {one.first_error}" if one.errors else ""),
                 flush=True,
             )
@@ -565,31 +567,44 @@ def run_backend(name: str, url: str | None, binary: str, args: argparse.Namespac
         data = Data(args.seed)
         phases = result.phases
 
+        selected = args.phase_set
         templates = [patient_template(data, False) for _ in range(40)]
-        phases["post_patient"], _ = wrk.run(
-            "post_patient", "POST Patient", "post_patient", {"bodies": templates}
-        )
+        if "post_patient" in selected:
+            phases["post_patient"], _ = wrk.run(
+                "post_patient", "POST Patient", "post_patient", {"bodies": templates}
+            )
+        else:  # the later phases need Patients: one untimed round, not reported
+            wrk.run(
+                "post_patient",
+                "POST Patient (seed, not reported)",
+                "post_patient",
+                {"bodies": templates},
+                1,
+                1,
+            )
         ids = patient_ids(server, args.max_ids)
         since = datetime.now(UTC) - timedelta(seconds=2)  # ids of the Bundles: only the new
         templates = [observation_template(data) for _ in range(40)]
-        phases["post_observation"], _ = wrk.run(
-            "post_observation",
-            "POST Observation",
-            "post_observation",
-            {"bodies": templates, "ids": ids},
-        )
+        if "post_observation" in selected:
+            phases["post_observation"], _ = wrk.run(
+                "post_observation",
+                "POST Observation",
+                "post_observation",
+                {"bodies": templates, "ids": ids},
+            )
         bundles = [
             encode(transaction([(data.patient(), None) for _ in range(BUNDLE_SIZE)])).decode()
             for _ in range(20)
         ]
-        phases["bundle_patient"], _ = wrk.run(
-            "bundle_patient",
-            f"transaction Bundles of {BUNDLE_SIZE} Patients",
-            "bundle",
-            {"bodies": bundles},
-            BUNDLE_SIZE,
-        )
-        ids = patient_ids(server, args.max_ids, ids, since)
+        if "bundle_patient" in selected:
+            phases["bundle_patient"], _ = wrk.run(
+                "bundle_patient",
+                f"transaction Bundles of {BUNDLE_SIZE} Patients",
+                "bundle",
+                {"bodies": bundles},
+                BUNDLE_SIZE,
+            )
+            ids = patient_ids(server, args.max_ids, ids, since)
         bundles = [
             encode(
                 transaction(
@@ -601,14 +616,18 @@ def run_backend(name: str, url: str | None, binary: str, args: argparse.Namespac
             ).decode()
             for _ in range(20)
         ]
-        phases["bundle_observation"], _ = wrk.run(
-            "bundle_observation",
-            f"transaction Bundles of {BUNDLE_SIZE} Observations",
-            "bundle",
-            {"bodies": bundles},
-            BUNDLE_SIZE,
-        )
-        phases["read"], _ = wrk.run("read", "read Patient by id", "read", {"ids": ids})
+        if "bundle_observation" in selected:
+            phases["bundle_observation"], _ = wrk.run(
+                "bundle_observation",
+                f"transaction Bundles of {BUNDLE_SIZE} Observations",
+                "bundle",
+                {"bodies": bundles},
+                BUNDLE_SIZE,
+            )
+        if "read" in selected:
+            phases["read"], _ = wrk.run("read", "read Patient by id", "read", {"ids": ids})
+        if "update" not in selected:
+            return result
 
         fresh = list(ids)
         data.rng.shuffle(fresh)
@@ -661,6 +680,9 @@ ROWS: list[tuple[str, str, str | None]] = [
 ]
 
 
+PHASE_KEYS = tuple(key for key, _, _ in ROWS)
+
+
 def target(key: str) -> float | None:
     if key == "read":
         return READ_TARGET
@@ -709,9 +731,9 @@ def render(result: BackendResult, args: argparse.Namespace) -> str:
         "",
         "Median round of each phase: latency and CPU (cores: CPU seconds per second).",
         "",
-        "| phase | requests | p50 / p95 / p99 ms | server | wrk | PostgreSQL | other processes "
-        "| machine busy |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| phase | requests | p50 / p95 / p99 ms | server | server CPU ms per unit | wrk "
+        "| PostgreSQL | other processes | machine busy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for phase in result.phases.values():
         if not phase.rounds:
@@ -720,7 +742,9 @@ def render(result: BackendResult, args: argparse.Namespace) -> str:
         lat, cpu = r.latency_ms, r.cpu
         lines.append(
             f"| {phase.name} | {r.requests:,} | {lat['p50']:.1f} / {lat['p95']:.1f} / "
-            f"{lat['p99']:.1f} | {cpu.server:.2f} | {cpu.wrk:.2f} | {cpu.postgres:.2f} | "
+            f"{lat['p99']:.1f} | {cpu.server:.2f} | "
+            f"{(1000 * cpu.server / r.rate if r.rate else 0.0):.2f} | {cpu.wrk:.2f} | "
+            f"{cpu.postgres:.2f} | "
             f"{cpu.others:.2f} | {cpu.machine_busy:.0%} |"
         )
     notes = list(result.notes)
@@ -759,10 +783,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=20_000,
         help="Patient ids to fetch for reads, references and updates (default 20,000; 0: all)",
     )
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASE_KEYS),
+        help="comma-separated subset of " + ",".join(PHASE_KEYS) + " (default: all); "
+        "without post_patient one untimed round of it still creates the Patients "
+        "the other phases use",
+    )
     parser.add_argument("--seed", type=int, default=20261123)
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data folders")
     args = parser.parse_args(argv)
+    args.phase_set = {p.strip() for p in args.phases.split(",") if p.strip()}
+    unknown = args.phase_set - set(PHASE_KEYS)
+    if unknown or not args.phase_set:
+        parser.error(f"--phases: unknown or empty ({', '.join(sorted(unknown))})")
     if args.seconds < 1 or args.rounds < 1 or args.threads < 1 or args.connections < args.threads:
         parser.error("--seconds, --rounds and --threads must be >= 1, --connections >= --threads")
 
