@@ -170,3 +170,36 @@ def test_range_matches_what_separate_conditions_give(world: World) -> None:
         )
         assert combined == separately, (low, high)
     assert ids["enc_straddle"] in _ids(world, "Encounter?date=ge2026-01-10&date=le2026-01-10")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "Encounter?date=ge2025",
+        "Encounter?date=ge2025&status=finished",
+        "Encounter?subject:missing=false&date=lt2027",
+        "Goal?target-date=ge2026-01-01&lifecycle-status=active",
+    ],
+)
+def test_first_pages_of_dense_conditions_walk_in_rid_order(
+    world: World, query: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every condition counted as dense, pages come from the rid-order walk
+    (correlated EXISTS probes); they must be the pages of the collected form."""
+    from salus.fhir import searching
+
+    def pages(size: int) -> list[list[str]]:
+        found: list[list[str]] = []
+        for offset in range(0, 12, size):
+            response = world.client.get(
+                f"/fhir/{query}&_count={size}&_offset={offset}", headers=world.headers("a-feed")
+            )
+            assert response.status_code == 200, response.text
+            found.append([e["resource"]["id"] for e in response.json().get("entry", [])])
+        return found
+
+    collected = pages(2)
+    monkeypatch.setattr(searching, "DENSE_MATCHES", 1)
+    walked = pages(2)
+    assert walked == collected
+    assert sum(len(page) for page in walked) >= 3

@@ -239,6 +239,9 @@ class SearchPlan:
         self.lookup = lookup
         #: The caller's policy filter for another alias of fhir_resources (chains).
         self.visible = visible
+        #: The index sub-query of each top-level ``rid IN (…)`` condition made,
+        #: by the condition's id (see :meth:`probe_form`).
+        self.subqueries: dict[int, Select[Any]] = {}
 
     def condition(
         self, res_type: str, name: str, value: str, resource: FromClause = R
@@ -304,11 +307,35 @@ class SearchPlan:
         so that both planners start from the index (type, param, value) and
         probe resources by rid, instead of scanning every resource of the type.
         """
-        return resource.c.rid.in_(
-            select(table.c.rid).where(
-                table.c.res_type == res_type, table.c.param == param, condition
-            )
+        rids = select(table.c.rid).where(
+            table.c.res_type == res_type, table.c.param == param, condition
         )
+        found = resource.c.rid.in_(rids)
+        if resource is R:
+            self.subqueries[id(found)] = rids
+        return found
+
+    def matches_at_least(
+        self, conn: Any, condition: ColumnElement[bool], enough: int
+    ) -> bool | None:
+        """Whether a top-level index condition has ``enough`` index rows (counted
+        up to that many, from its index alone); None if it is not one."""
+        rids = self.subqueries.get(id(condition))
+        if rids is None:
+            return None
+        found = conn.execute(
+            select(func.count()).select_from(rids.limit(enough).subquery())
+        ).scalar_one()
+        return int(found) >= enough
+
+    def probe_form(self, condition: ColumnElement[bool]) -> ColumnElement[bool]:
+        """The same condition as a correlated ``EXISTS`` probe of the index by
+        ``rid``: for conditions that many resources meet, so that the first page
+        in ``rid`` order is found by walking the resources in that order and
+        stopping at the page, not by collecting and sorting every match."""
+        rids = self.subqueries[id(condition)]
+        table = rids.selected_columns[0].table
+        return exists(rids.where(table.c.rid == R.c.rid))
 
     # -- special parameters --------------------------------------------------------------
     def _id(self, value: str, modifier: str, resource: FromClause) -> ColumnElement[bool]:

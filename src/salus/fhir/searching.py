@@ -29,6 +29,11 @@ __all__ = ["SearchResult", "Searcher"]
 R = fhir_resources
 MAX_COUNT = 1000
 DEFAULT_COUNT = 50
+#: Index rows from which a condition counts as met by many resources: the first
+#: page is then found by walking resources in ``rid`` order (at most about
+#: resources ÷ this × page size probes) rather than by collecting every match.
+#: Below it, collecting the matches costs less than that walk at 1,000,000.
+DENSE_MATCHES = 5000
 MAX_INCLUDES = 1000
 _MANDATORY = ("resourceType", "id", "meta")
 _SUMMARY_DROP = ("text", "contained")
@@ -55,6 +60,14 @@ def _int_param(
         raise InvalidInput(f"{name} must be a non-negative integer.", expression=[name])
     value = int(values[-1])
     return min(value, maximum) if maximum is not None else value
+
+
+def _all_dense(conn: Connection, plan: SearchPlan, conditions: Sequence[Any]) -> bool:
+    """Whether every condition is an index condition with at least
+    :data:`DENSE_MATCHES` index rows (none selective enough to start from)."""
+    return bool(conditions) and all(
+        plan.matches_at_least(conn, c, DENSE_MATCHES) is True for c in conditions
+    )
 
 
 def _last(params: Sequence[tuple[str, str]], name: str) -> str | None:
@@ -123,7 +136,13 @@ class Searcher:
             )
         matches: list[Stored] = []
         if summary != "count" and count > 0:
-            ordered = query.order_by(*plan.sort_keys(res_type, _last(params, "_sort")))
+            sort = _last(params, "_sort")
+            if not sort and _all_dense(conn, plan, parsed.conditions):
+                # Many matches and the default order (rid): walk the resources in
+                # that order, probing the index, and stop at the page.
+                probes = [plan.probe_form(c) for c in parsed.conditions]
+                query = base_query(res_type, probes, visible)
+            ordered = query.order_by(*plan.sort_keys(res_type, sort))
             rids = [
                 int(r) for r in conn.execute(ordered.limit(count).offset(offset), values).scalars()
             ]
