@@ -30,6 +30,7 @@ from salus.errors import (
 from salus.fhir.auditevents import read_audit_event, search_audit_events
 from salus.fhir.bundle import BundleProcessor
 from salus.fhir.deidview import Pseudonymizer, deidentify
+from salus.fhir.groupcommit import CreateGroup
 from salus.fhir.operations import everything, meta_parameters, validate_operation
 from salus.fhir.patch import apply_patch
 from salus.fhir.rest import (
@@ -85,6 +86,8 @@ class FhirRouter:
     ) -> None:
         self.db = db
         self.store = store
+        #: Concurrent one-by-one creates share a transaction (ADR 21).
+        self.creates = CreateGroup(db, store)
         self.policy = policy
         self.searcher = searcher
         self.pseudonymizer = pseudonymizer
@@ -536,14 +539,16 @@ class FhirRouter:
             )
         condition = request.headers.get("if-none-exist")
         batch = self.store.prepare_creates(request.principal, [(resource, None)])
-        with self.db.write() as conn:
-            if condition:  # conditional create (http.html#ccreate)
-                params = parse_qsl(condition.split("?", 1)[-1], keep_blank_values=True)
-                found = self._matcher(request)(conn, res_type, params)
-                if len(found) > 1:
-                    raise PreconditionFailed("If-None-Exist matches several resources.")
-                if found:
-                    return self._with_headers(found[0], request, 200, None)
+        if not condition:
+            [stored] = self.creates.commit(batch)
+            return self._prefer(request, stored, 201)
+        with self.db.write() as conn:  # conditional create (http.html#ccreate)
+            params = parse_qsl(condition.split("?", 1)[-1], keep_blank_values=True)
+            found = self._matcher(request)(conn, res_type, params)
+            if len(found) > 1:
+                raise PreconditionFailed("If-None-Exist matches several resources.")
+            if found:
+                return self._with_headers(found[0], request, 200, None)
             [stored] = self.store.commit_creates(conn, batch)
         return self._prefer(request, stored, 201)
 

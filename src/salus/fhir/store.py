@@ -419,11 +419,37 @@ class FhirStore:
                 grouped.setdefault(table, []).extend(values)
         self.indexer.insert_rows(conn, grouped)
         self.audit.append(conn, batch.events)
-        org_id = batch.principal.org_id
         return [
-            Stored(t, i, 1, batch.now, False, org_id, body, row["patient_key"])
+            Stored(t, i, 1, row["last_updated"], False, row["org_id"], body, row["patient_key"])
             for (t, i, body), row in zip(batch.prepared, batch.rows, strict=True)
         ]
+
+    def commit_create_groups(
+        self, conn: Connection, batches: Sequence[PreparedCreates]
+    ) -> list[list[Stored]]:
+        """Several requests' :meth:`prepare_creates` written as one batch (one
+        insert per table, one audit append) in the caller's transaction; the
+        results split per request (:mod:`salus.fhir.groupcommit`)."""
+        if len(batches) == 1:
+            return [self.commit_creates(conn, batches[0])]
+        merged = PreparedCreates(
+            batches[0].principal,
+            batches[0].now,
+            [p for b in batches for p in b.prepared],
+            [c for b in batches for c in b.chosen_ids],
+            [r for b in batches for r in b.rows],
+            [x for b in batches for x in b.index_rows],
+            [e for b in batches for e in b.events],
+        )
+        if len(set(merged.chosen_ids)) != len(merged.chosen_ids):
+            raise Conflict("The same resource id appears twice.")
+        stored = self.commit_creates(conn, merged)
+        out: list[list[Stored]] = []
+        start = 0
+        for batch in batches:
+            out.append(stored[start : start + len(batch.rows)])
+            start += len(batch.rows)
+        return out
 
     def update(
         self,
