@@ -108,8 +108,10 @@ class Messages:
     def _pid(self, mrn: str) -> str:
         rng = self.rng
         birth = f"{rng.randrange(1930, 2020)}{rng.randrange(1, 13):02d}{rng.randrange(1, 29):02d}"
-        return (f"PID|1||{mrn}^^^{FACILITY}^MR||{rng.choice(FAMILIES)}^{rng.choice(GIVEN)}||"
-                f"{birth}|{rng.choice('MF')}|||{rng.randrange(1, 500)} Lê Lợi^^Huế^^^VN^H")
+        return (
+            f"PID|1||{mrn}^^^{FACILITY}^MR||{rng.choice(FAMILIES)}^{rng.choice(GIVEN)}||"
+            f"{birth}|{rng.choice('MF')}|||{rng.randrange(1, 500)} Lê Lợi^^Huế^^^VN^H"
+        )
 
     def adt(self, n: int) -> list[bytes]:
         out: list[bytes] = []
@@ -144,9 +146,12 @@ class Messages:
             rng = self.rng
             mrn = rng.choice(self.known)
             order = f"F{self.run}-{next(self.counter)}"
-            segments = [self._msh("ORU^R01^ORU_R01"), self._pid(mrn),
-                        f"OBR|1||{order}|24323-8^Metabolic panel^LN|||20240101083000|||||||||||||||"
-                        "20240101090000|||F"]
+            segments = [
+                self._msh("ORU^R01^ORU_R01"),
+                self._pid(mrn),
+                f"OBR|1||{order}|24323-8^Metabolic panel^LN|||20240101083000|||||||||||||||"
+                "20240101090000|||F",
+            ]
             for i, (code, name, unit, ref) in enumerate(LABS, 1):
                 value = round(rng.uniform(0.5, 150), 1)
                 segments.append(f"OBX|{i}|NM|{code}^{name}^LN||{value}|{unit}^^UCUM|{ref}|N|||F")
@@ -165,7 +170,9 @@ def parse_floor(messages: Sequence[bytes]) -> float:
 
 # -- the server ------------------------------------------------------------------------------
 class Server:
-    def __init__(self, label: str, data_dir: Path, database_url: str | None, apply: str) -> None:
+    def __init__(
+        self, label: str, data_dir: Path, database_url: str | None, apply: str, in_flight: int = 2
+    ) -> None:
         self.label = label.lower()
         self.data_dir = data_dir
         self.database_url = database_url
@@ -181,6 +188,7 @@ class Server:
             "SALUS_MLLP_PORT": str(self.mllp_port),
             "SALUS_HL7_PROFILES_FILE": str(profiles),
             "SALUS_HL7_APPLY": apply,
+            "SALUS_HL7_COMMITS_IN_FLIGHT": str(in_flight),
             # One server process: MLLP runs in the primary only, and the CPU meter
             # reads one pid.
             "SALUS_HTTP_WORKERS": "1",
@@ -192,7 +200,11 @@ class Server:
     def cli(self, *args: str) -> str:
         done = subprocess.run(
             [sys.executable, "-m", "salus", "--data-dir", str(self.data_dir), *args],
-            env=self.env, capture_output=True, text=True, check=False)
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"salus {' '.join(args)} failed: {done.stderr or done.stdout}")
         return done.stdout
@@ -203,9 +215,21 @@ class Server:
         self.cli("client", "create", CLIENT_ID, "--org", ORG, "--role", "hospital_integration")
         log = (self.data_dir / "server.log").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "salus", "--data-dir", str(self.data_dir), "serve",
-             "--port", str(self.http_port)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "salus",
+                "--data-dir",
+                str(self.data_dir),
+                "serve",
+                "--port",
+                str(self.http_port),
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -262,6 +286,8 @@ class Phase:
     errors: int = 0
     first_error: str = ""
     applied_s: float | None = None  # async mode: until the last message was mapped
+    #: PostgreSQL counters over the phase (see pg_counters), per message where it says so
+    pg: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -279,8 +305,57 @@ def _ack_code(reply: bytes) -> str:
     return "?"
 
 
-def stream(server: Server, meter: CpuMeter, name: str, messages: Sequence[bytes],
-           connections: int, profile_dir: Path | None, wait_applied: bool) -> Phase:
+#: What ``pg_counters`` reads: cluster-wide WAL statistics (pg_stat_wal, PostgreSQL 14+),
+#: checkpoints, and autovacuum / autoanalyze runs on the message store.
+_PG_COUNTERS = """
+SELECT w.wal_records, w.wal_fpi, w.wal_bytes, w.wal_write, w.wal_sync,
+       b.checkpoints_timed + b.checkpoints_req, b.buffers_backend_fsync,
+       coalesce((SELECT autovacuum_count + autoanalyze_count FROM pg_stat_user_tables
+                 WHERE relname = 'hl7_messages' AND schemaname = current_schema()), 0)
+FROM pg_stat_wal w, pg_stat_bgwriter b
+"""
+_PG_NAMES = (
+    "wal_records",
+    "wal_fpi",
+    "wal_bytes",
+    "wal_write",
+    "wal_sync",
+    "checkpoints",
+    "backend_fsyncs",
+    "autovacuums",
+)
+
+
+def pg_counters(url: str | None) -> dict[str, float]:
+    """PostgreSQL's cumulative counters now (empty without PostgreSQL or when unreadable).
+
+    They explain commit latency that moves between runs: a checkpoint during a
+    phase (and the full-page images, ``wal_fpi``, that every page touched
+    after it costs in WAL), autovacuum on the table being written, and how
+    many WAL syncs the commits needed. Cluster-wide: other databases' work
+    counts too.
+    """
+    if not url:
+        return {}
+    import psycopg
+
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute(_PG_COUNTERS).fetchone()
+    except psycopg.Error:
+        return {}
+    return {k: float(v) for k, v in zip(_PG_NAMES, row or (), strict=False)}
+
+
+def stream(
+    server: Server,
+    meter: CpuMeter,
+    name: str,
+    messages: Sequence[bytes],
+    connections: int,
+    profile_dir: Path | None,
+    wait_applied: bool,
+) -> Phase:
     """Send ``messages`` over ``connections`` sockets, each waiting for its ACKs."""
     shares = [list(messages[i::connections]) for i in range(connections)]
     latencies: list[list[float]] = [[] for _ in range(connections)]
@@ -310,11 +385,13 @@ def stream(server: Server, meter: CpuMeter, name: str, messages: Sequence[bytes]
     for thread in pool:
         thread.start()
     spy = _profiler(server, name, profile_dir)
+    pg_before = pg_counters(server.database_url)
     ready.wait()
     start = meter.sample()
     for thread in pool:
         thread.join()
     end = meter.sample()
+    pg_after = pg_counters(server.database_url)
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(timeout=60)
@@ -323,25 +400,48 @@ def stream(server: Server, meter: CpuMeter, name: str, messages: Sequence[bytes]
         while server.pending():
             time.sleep(0.05)
         applied_s = time.perf_counter() - start.wall
-    phase = Phase(name, len(messages) - len(errors), end.wall - start.wall,
-                  CpuMeter.since(start, end), [x for lat in latencies for x in lat],
-                  len(errors), errors[0] if errors else "", applied_s)
+    phase = Phase(
+        name,
+        len(messages) - len(errors),
+        end.wall - start.wall,
+        CpuMeter.since(start, end),
+        [x for lat in latencies for x in lat],
+        len(errors),
+        errors[0] if errors else "",
+        applied_s,
+    )
+    if pg_before and pg_after:
+        phase.pg = {k: pg_after[k] - pg_before[k] for k in pg_before}
     report_phase(phase)
     return phase
 
 
-def _profiler(server: Server, name: str,
-              profile_dir: Path | None) -> subprocess.Popen[bytes] | None:
+def _profiler(
+    server: Server, name: str, profile_dir: Path | None
+) -> subprocess.Popen[bytes] | None:
     spy = shutil.which("py-spy")
     if profile_dir is None or spy is None:
         return None
     profile_dir.mkdir(parents=True, exist_ok=True)
     slug = "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
     process = subprocess.Popen(
-        [spy, "record", "--pid", str(server.pid), "--format", "raw", "--rate", "200",
-         "--nonblocking", "--gil", "--output",
-         str(profile_dir / f"{server.label}-{slug}.txt")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            spy,
+            "record",
+            "--pid",
+            str(server.pid),
+            "--format",
+            "raw",
+            "--rate",
+            "200",
+            "--nonblocking",
+            "--gil",
+            "--output",
+            str(profile_dir / f"{server.label}-{slug}.txt"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(1.0)
     return process
 
@@ -349,13 +449,29 @@ def _profiler(server: Server, name: str,
 def report_phase(phase: Phase) -> None:
     cpu = phase.cpu
     note = f", {phase.errors} errors: {phase.first_error[:300]!r}" if phase.errors else ""
-    applied = (f"; applied after {phase.applied_s:.1f} s = {phase.applied_rate:,.0f}/s"
-               if phase.applied_rate else "")
-    print(f"  {phase.name}: {phase.messages:,} in {phase.wall_s:.1f} s = {phase.rate:,.0f}/s "
-          f"ACKed{applied}; latency p50 {quantile(phase.latencies_ms, 0.5):.1f} ms p95 "
-          f"{quantile(phase.latencies_ms, 0.95):.1f} ms; CPU cores bench {cpu.bench:.2f} server "
-          f"{cpu.server:.2f} postgres {cpu.postgres:.2f} others {cpu.others:.2f} machine "
-          f"{cpu.machine_busy:.0%}{note}", flush=True)
+    applied = (
+        f"; applied after {phase.applied_s:.1f} s = {phase.applied_rate:,.0f}/s"
+        if phase.applied_rate
+        else ""
+    )
+    print(
+        f"  {phase.name}: {phase.messages:,} in {phase.wall_s:.1f} s = {phase.rate:,.0f}/s "
+        f"ACKed{applied}; latency p50 {quantile(phase.latencies_ms, 0.5):.1f} ms p95 "
+        f"{quantile(phase.latencies_ms, 0.95):.1f} ms; CPU cores bench {cpu.bench:.2f} server "
+        f"{cpu.server:.2f} postgres {cpu.postgres:.2f} others {cpu.others:.2f} machine "
+        f"{cpu.machine_busy:.0%}{note}",
+        flush=True,
+    )
+    if phase.pg and phase.messages:
+        per = {k: v / phase.messages for k, v in phase.pg.items()}
+        print(
+            f"    PostgreSQL (cluster-wide) per message: WAL {per['wal_bytes'] / 1024:.2f} KB, "
+            f"{per['wal_records']:.1f} records, {per['wal_fpi']:.2f} full-page images, "
+            f"{per['wal_sync']:.2f} WAL syncs; during the phase: "
+            f"{phase.pg['checkpoints']:.0f} checkpoint(s) started, "
+            f"{phase.pg['autovacuums']:.0f} autovacuum/analyze run(s) on hl7_messages",
+            flush=True,
+        )
 
 
 # -- driver ----------------------------------------------------------------------------------
@@ -364,40 +480,64 @@ class Result:
     backend: str
     version: str
     mode: str
+    in_flight: int = 2
     floor_adt: float = 0.0
     floor_oru: float = 0.0
     phases: dict[str, Phase] = field(default_factory=dict)
 
 
-def run(backend: str, url: str | None, mode: str, args: argparse.Namespace) -> Result:
+def run(
+    backend: str, url: str | None, mode: str, in_flight: int, args: argparse.Namespace
+) -> Result:
     work = Path(tempfile.mkdtemp(prefix=f"salus-hl7-bench-{backend.lower()}-{mode}-"))
     if url:
         reset_postgres(url)
-    server = Server(backend, work, url, mode)
-    print(f"\n== {backend}, SALUS_HL7_APPLY={mode} ({work}) ==", flush=True)
+    server = Server(backend, work, url, mode, in_flight)
+    print(
+        f"\n== {backend}, SALUS_HL7_APPLY={mode}, SALUS_HL7_COMMITS_IN_FLIGHT={in_flight} "
+        f"({work}) ==",
+        flush=True,
+    )
     try:
         server.start()
         version = postgres_version(url) if url else f"SQLite {sqlite_version()}"
         meter = CpuMeter(server.pid, with_postgres=url is not None)
         data = Messages(args.seed)
-        result = Result(backend, version, mode)
+        result = Result(backend, version, mode, in_flight)
         waiting = mode == "async"
         # Warm up (patients the ORU phases refer to; connections, caches).
         stream(server, meter, "warm-up", data.adt(200), 2, None, waiting)
-        for connections in args.connections:
+        for connections in args.connections if "adt" in args.kinds else []:
             adt = data.adt(args.messages)
             result.floor_adt = max(result.floor_adt, parse_floor(adt))
             key = f"adt-{connections}"
-            result.phases[key] = stream(server, meter, f"ADT A01/A08, {connections} conn.", adt,
-                                        connections, args.profile, waiting)
-        for connections in args.connections:
+            result.phases[key] = stream(
+                server,
+                meter,
+                f"ADT A01/A08, {connections} conn.",
+                adt,
+                connections,
+                args.profile,
+                waiting,
+            )
+        for connections in args.connections if "oru" in args.kinds else []:
             oru = data.oru(max(args.messages // 2, 100))
             result.floor_oru = max(result.floor_oru, parse_floor(oru))
             key = f"oru-{connections}"
-            result.phases[key] = stream(server, meter, f"ORU R01 (5 OBX), {connections} conn.",
-                                        oru, connections, args.profile, waiting)
-        print(f"  parse-only floor (python-hl7 parse + create_ack, 1 core): ADT "
-              f"{result.floor_adt:,.0f}/s, ORU {result.floor_oru:,.0f}/s", flush=True)
+            result.phases[key] = stream(
+                server,
+                meter,
+                f"ORU R01 (5 OBX), {connections} conn.",
+                oru,
+                connections,
+                args.profile,
+                waiting,
+            )
+        print(
+            f"  parse-only floor (python-hl7 parse + create_ack, 1 core): ADT "
+            f"{result.floor_adt:,.0f}/s, ORU {result.floor_oru:,.0f}/s",
+            flush=True,
+        )
         return result
     except BaseException:
         print(server.log_tail(), file=sys.stderr)
@@ -410,9 +550,9 @@ def run(backend: str, url: str | None, mode: str, args: argparse.Namespace) -> R
 
 def render(results: list[Result]) -> str:
     lines = [
-        "| backend | apply | measure | ACKed msg/s | applied msg/s | p50 / p95 ms | "
+        "| backend | apply | in flight | measure | ACKed msg/s | applied msg/s | p50 / p95 ms | "
         "parse-only floor | CPU cores: bench / server / PostgreSQL / others | target |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         for key, phase in r.phases.items():
@@ -426,9 +566,11 @@ def render(results: list[Result]) -> str:
             errors = f" ({phase.errors} errors)" if phase.errors else ""
             p50, p95 = quantile(phase.latencies_ms, 0.5), quantile(phase.latencies_ms, 0.95)
             lines.append(
-                f"| {r.backend} | {r.mode} | {phase.name} | {phase.rate:,.0f}{errors} | "
-                f"{applied} | {p50:.1f} / {p95:.1f} | {floor:,.0f} | {c.bench:.2f} / "
-                f"{c.server:.2f} / {c.postgres:.2f} / {c.others:.2f} | {target} |")
+                f"| {r.backend} | {r.mode} | {r.in_flight} | {phase.name} | "
+                f"{phase.rate:,.0f}{errors} | {applied} | {p50:.1f} / {p95:.1f} | "
+                f"{floor:,.0f} | {c.bench:.2f} / {c.server:.2f} / {c.postgres:.2f} / "
+                f"{c.others:.2f} | {target} |"
+            )
     return "\n".join(lines)
 
 
@@ -442,8 +584,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep", action="store_true", help="keep the temporary data folders")
     parser.add_argument("--profile", type=Path, metavar="DIR")
+    parser.add_argument("--kinds", default="adt,oru", help="message kinds: adt, oru or both")
+    parser.add_argument(
+        "--commits-in-flight",
+        default="2",
+        metavar="N[,N…]",
+        help="SALUS_HL7_COMMITS_IN_FLIGHT values; with several (e.g. 1,2) the servers "
+        "alternate, each value measured in turn, --rounds times",
+    )
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args(argv)
     args.connections = [int(c) for c in str(args.connections).split(",") if c.strip()]
+    args.kinds = {k.strip() for k in str(args.kinds).split(",") if k.strip()}
+    in_flight = [int(n) for n in str(args.commits_in_flight).split(",") if n.strip()]
 
     env = environment()
     env["python-hl7"] = hl7.__version__ if hasattr(hl7, "__version__") else "?"
@@ -451,32 +604,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     pg_url = os.environ.get("SALUS_BENCH_DATABASE_URL")
     results: list[Result] = []
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        if backend not in ("sqlite", "postgresql"):
+            parser.error(f"unknown backend {backend!r}")
+        if backend == "postgresql" and not pg_url:
+            print("\nPostgreSQL skipped: SALUS_BENCH_DATABASE_URL is not set.")
+            continue
+        label, url = ("SQLite", None) if backend == "sqlite" else ("PostgreSQL", pg_url)
         for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-            if backend == "sqlite":
-                results.append(run("SQLite", None, mode, args))
-            elif backend == "postgresql":
-                if not pg_url:
-                    print("\nPostgreSQL skipped: SALUS_BENCH_DATABASE_URL is not set.")
-                    break
-                results.append(run("PostgreSQL", pg_url, mode, args))
-            else:
-                parser.error(f"unknown backend {backend!r}")
+            for _, n in itertools.product(range(args.rounds), in_flight):
+                results.append(run(label, url, mode, n, args))
     print()
     for r in {(r.backend, r.version) for r in results}:
         print(f"{r[0]}: {r[1]}")
     print(render(results))
     if args.json:
-        args.json.write_text(json.dumps({
-            "environment": env, "args": {k: str(v) for k, v in vars(args).items()},
-            "results": [{**{k: v for k, v in asdict(r).items() if k != "phases"},
-                         "phases": {k: {"name": p.name, "messages": p.messages, "wall_s": p.wall_s,
-                                        "rate": p.rate, "applied_rate": p.applied_rate,
-                                        "p50_ms": quantile(p.latencies_ms, 0.5),
-                                        "p95_ms": quantile(p.latencies_ms, 0.95),
-                                        "cpu": asdict(p.cpu), "errors": p.errors,
-                                        "first_error": p.first_error}
-                                    for k, p in r.phases.items()}}
-                        for r in results]}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "environment": env,
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "results": [
+                        {
+                            **{k: v for k, v in asdict(r).items() if k != "phases"},
+                            "phases": {
+                                k: {
+                                    "name": p.name,
+                                    "messages": p.messages,
+                                    "wall_s": p.wall_s,
+                                    "rate": p.rate,
+                                    "applied_rate": p.applied_rate,
+                                    "p50_ms": quantile(p.latencies_ms, 0.5),
+                                    "p95_ms": quantile(p.latencies_ms, 0.95),
+                                    "cpu": asdict(p.cpu),
+                                    "errors": p.errors,
+                                    "first_error": p.first_error,
+                                }
+                                for k, p in r.phases.items()
+                            },
+                        }
+                        for r in results
+                    ],
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

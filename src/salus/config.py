@@ -148,6 +148,7 @@ class Settings(BaseModel):
     mllp_tls_cafile: Path | None = None
     hl7_profiles_file: Path | None = None
     hl7_apply: Literal["sync", "async"] = "sync"
+    hl7_commits_in_flight: int = Field(default=2, ge=1, le=8)
 
     # -- FHIR ------------------------------------------------------------------------
     fhir_enforce_profiles: bool = False

@@ -80,7 +80,9 @@ class Hl7Runtime:
             apply_sync=settings.hl7_apply == "sync",
             production=settings.mode == "production",
         )
-        self.committer = GroupCommitter(self.commit_many, self.finish_many)
+        self.committer = GroupCommitter(
+            self.commit_many, self.finish_many, in_flight=settings.hl7_commits_in_flight
+        )
         self.service.on_application_ack = self._application_ack
         self._peers: dict[tuple[str | None, bytes | None], tuple[float, Principal | None]] = {}
         self._peer_lock = threading.Lock()
