@@ -322,3 +322,42 @@ def test_whole_puts_larger_than_the_sealing_buffer(tmp_path: Path) -> None:
     assert store.verify(ref.digest) == ref
     small = store.put(b"after a large one")  # the buffer is reused, not stale
     assert store.get(small.digest) == b"after a large one"
+
+
+def test_file_store_syncs_each_new_entry_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put syncs its file (fdatasync) and its folder; a new shard folder's entry
+    is synced in its parent once, and later puts into that shard sync only the
+    shard itself (the folder is remembered, not looked up or synced again)."""
+    from salus.storage import objects as objects_module
+
+    synced: list[Path] = []
+    data_synced: list[int] = []
+    real_fdatasync = os.fdatasync
+    monkeypatch.setattr(objects_module, "_fsync_dir", lambda path: synced.append(path))
+
+    def fdatasync(fd: int) -> None:
+        data_synced.append(fd)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(objects_module.os, "fdatasync", fdatasync)
+    root = tmp_path / "blobs"
+    files = FileObjectStore(root)
+    name = "ab" + "cd" + "0" * 60
+
+    writer = files.writer()
+    writer.write(b"first")
+    assert writer.commit(name, {"v": "1"})
+    shard = root / "ab" / "cd"
+    assert synced[0] == shard  # the file's entry
+    assert sorted(synced[1:]) == [root, root / "ab"]  # the two new folders' entries
+    assert len(data_synced) == 1
+
+    synced.clear()
+    writer = files.writer()
+    writer.write(b"second")
+    assert writer.commit("abcd" + "1" * 60, {"v": "1"})
+    assert synced == [shard]  # the shard is known: only the new file's entry
+    assert len(data_synced) == 2
+    assert files.open(name).read_range(0, 5) == b"first"
