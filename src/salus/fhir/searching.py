@@ -33,7 +33,10 @@ DEFAULT_COUNT = 50
 #: page is then found by walking resources in ``rid`` order (at most about
 #: resources ÷ this × page size probes) rather than by collecting every match.
 #: Below it, collecting the matches costs less than that walk at 1,000,000.
-DENSE_MATCHES = 5000
+#: 0 turns the walk off: OFF for now, because on SQLite (300,000 resources) the
+#: correlated form took over 25 s for a token with ~30,000 matches against
+#: 43 ms collected (a bad plan, not yet examined); see docs/benchmarks.md.
+DENSE_MATCHES = 0
 MAX_INCLUDES = 1000
 _MANDATORY = ("resourceType", "id", "meta")
 _SUMMARY_DROP = ("text", "contained")
@@ -65,7 +68,7 @@ def _int_param(
 def _all_dense(conn: Connection, plan: SearchPlan, conditions: Sequence[Any]) -> bool:
     """Whether every condition is an index condition with at least
     :data:`DENSE_MATCHES` index rows (none selective enough to start from)."""
-    return bool(conditions) and all(
+    return DENSE_MATCHES > 0 and bool(conditions) and all(
         plan.matches_at_least(conn, c, DENSE_MATCHES) is True for c in conditions
     )
 
