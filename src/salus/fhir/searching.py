@@ -68,8 +68,10 @@ def _int_param(
 def _all_dense(conn: Connection, plan: SearchPlan, conditions: Sequence[Any]) -> bool:
     """Whether every condition is an index condition with at least
     :data:`DENSE_MATCHES` index rows (none selective enough to start from)."""
-    return DENSE_MATCHES > 0 and bool(conditions) and all(
-        plan.matches_at_least(conn, c, DENSE_MATCHES) is True for c in conditions
+    return (
+        DENSE_MATCHES > 0
+        and bool(conditions)
+        and all(plan.matches_at_least(conn, c, DENSE_MATCHES) is True for c in conditions)
     )
 
 
