@@ -146,6 +146,12 @@ def _pg_append_params(events: Sequence[AuditEvent], recorded_at: datetime) -> di
     return params
 
 
+def _check_events(events: Sequence[object]) -> None:
+    """Refuse anything but :class:`AuditEvent` before it reaches the chain."""
+    if any(not isinstance(event, AuditEvent) for event in events):
+        raise InvalidInput("Only AuditEvent objects can be appended to the audit trail.")
+
+
 class AuditLog:
     """Append events to the chain, record them (also in groups), sign checkpoints."""
 
@@ -182,8 +188,7 @@ class AuditLog:
         events = list(events)
         if not events:
             return []
-        if any(not isinstance(event, AuditEvent) for event in events):
-            raise InvalidInput("Only AuditEvent objects can be appended to the audit trail.")
+        _check_events(events)
         self._check_transaction(conn)
         if self._pg_append_available(conn):
             return self._append_pg(conn, events)
@@ -215,8 +220,7 @@ class AuditLog:
         if not events:
             return []
         if not self.db.is_sqlite:
-            if any(not isinstance(event, AuditEvent) for event in events):
-                raise InvalidInput("Only AuditEvent objects can be appended to the audit trail.")
+            _check_events(events)
             with self.db.engine.connect() as conn:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
                 if self._pg_append_available(conn):
