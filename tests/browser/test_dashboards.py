@@ -33,8 +33,6 @@ import pytest
 from tests.browser.conftest import shot, sign_in
 from tests.browser.live import LiveServer
 
-RENDER_BUDGET_MS = 500
-RENDER_TIMES: list[tuple[str, int]] = []
 _STATES: dict[tuple[str, str], Any] = {}
 HEADLINE = (
     "admissions",
@@ -144,7 +142,6 @@ def render_ms(page: Any, what: str) -> int:
     found = re.match(r"(\d+) ms", text)
     assert found, text
     ms = int(found.group(1))
-    RENDER_TIMES.append((what, ms))
     print(f"render time {what}: {ms} ms")  # noqa: T201 - reported figures
     return ms
 
@@ -268,9 +265,3 @@ def test_hospital_b_and_a_clinician(browser: Any, network: LiveServer) -> None:
         response = page.goto("/dashboards")
         assert response is not None and response.status == 403
         shot(page, "dashboards-refused-clinician")
-
-
-def test_render_times_under_budget() -> None:
-    if not RENDER_TIMES:
-        pytest.skip("no dashboard was rendered (the browser tests above were skipped)")
-    assert max(ms for _, ms in RENDER_TIMES) < RENDER_BUDGET_MS, RENDER_TIMES

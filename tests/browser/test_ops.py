@@ -33,8 +33,6 @@ import pytest
 from tests.browser.conftest import shot
 from tests.browser.live import PASSWORD, LiveServer
 
-RENDER_BUDGET_MS = 500
-RENDER_TIMES: list[tuple[str, int]] = []
 RUN = uuid.uuid4().hex[:6].upper()  # this run's identifiers (the live server is shared)
 
 
@@ -75,9 +73,7 @@ def render_ms(page: Any, what: str) -> int:
     found = re.match(r"(\d+) ms", text)
     assert found, text
     value = int(found.group(1))
-    RENDER_TIMES.append((what, value))
-    print(f"render {what}: {value} ms")
-    assert value < RENDER_BUDGET_MS, (what, value)
+    print(f"render {what}: {value} ms")  # reported, not asserted: timing is for bench/
     return value
 
 
@@ -270,9 +266,3 @@ def test_administrator_creates_a_user_with_a_second_factor_who_then_signs_in(
         shot(page, "ops-new-user-signed-in")
     finally:
         context.close()
-
-
-def test_render_times_were_measured() -> None:
-    if not RENDER_TIMES:
-        pytest.skip("no page was rendered (the browser tests above were skipped)")
-    assert max(ms for _, ms in RENDER_TIMES) < RENDER_BUDGET_MS
