@@ -4,9 +4,10 @@ index on (organization, facility, MSH-10), never by scanning the store."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import event, insert
 
 from salus.db.engine import Database
 from salus.db.tables import organizations
@@ -53,3 +54,40 @@ def test_duplicate_query_uses_the_unique_index_on_sqlite(db: Database) -> None:
         ]
     assert not any(step.startswith("SCAN hl7_messages") for step in plan), plan
     assert any("INDEX" in step and "control_id=?" in step for step in plan), plan
+
+
+def test_a_batch_is_one_statement_and_duplicates_cost_one_more(db: Database) -> None:
+    """PostgreSQL: new messages go in with one autocommit ``INSERT … ON CONFLICT DO
+    NOTHING RETURNING`` (no BEGIN, no duplicate query, no COMMIT round trips);
+    resent ones are read back after it. SQLite: the same insert in a transaction."""
+    with db.write() as conn:
+        conn.execute(
+            insert(organizations).values(
+                id="hosp", name="H", kind="hospital", active=True, created_at=datetime.now(UTC)
+            )
+        )
+    store = MessageStore(db, None)
+    statements: list[str] = []
+    autocommit: list[bool] = []
+
+    def on_execute(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement.split(None, 1)[0].upper())
+        # psycopg in autocommit mode sends no BEGIN, and the statement commits itself.
+        autocommit.append(bool(getattr(conn.connection.dbapi_connection, "autocommit", False)))
+
+    event.listen(db.engine, "before_cursor_execute", on_execute)
+    try:
+        store.record_many([_message(n) for n in range(5)])
+        fresh, fresh_autocommit = list(statements), list(autocommit)
+        statements.clear()
+        autocommit.clear()
+        again = store.record_many([_message(n) for n in range(3, 8)])
+    finally:
+        event.remove(db.engine, "before_cursor_execute", on_execute)
+    assert [duplicate for _, duplicate in again] == [True, True, False, False, False]
+    if db.is_sqlite:  # BEGIN IMMEDIATE is a statement of its own there
+        assert fresh == ["BEGIN", "INSERT"], fresh
+        assert statements == ["BEGIN", "INSERT", "SELECT"], statements
+    else:
+        assert fresh == ["INSERT"] and fresh_autocommit == [True], (fresh, fresh_autocommit)
+        assert statements == ["INSERT", "SELECT"] and autocommit == [True, True], statements

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Insert, Select, and_, bindparam, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, RowMapping
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -119,6 +120,43 @@ def keys_statement(count: int) -> Select[Any]:
     )
 
 
+#: Rows inserted in one autocommit statement on PostgreSQL; more go in one transaction
+#: (SQLAlchemy pages an insert at 1,000 rows, ``insertmanyvalues_page_size``).
+_ONE_STATEMENT_ROWS = 500
+
+
+@functools.cache
+def insert_statement(dialect: str) -> Insert:
+    """``INSERT … ON CONFLICT (org_id, sending_facility, control_id) DO NOTHING
+    RETURNING id, uid`` for ``dialect`` (PostgreSQL, or SQLite 3.35 and later)."""
+    make = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    c = hl7_messages.c
+    return (
+        make(hl7_messages)
+        .on_conflict_do_nothing(index_elements=[c.org_id, c.sending_facility, c.control_id])
+        .returning(c.id, c.uid)
+    )
+
+
+def _fresh(
+    items: Sequence[NewMessage], values: Sequence[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], set[int]]:
+    """The rows to insert, and the positions of messages that repeat an earlier
+    message of the same batch (they are its duplicates)."""
+    fresh: list[dict[str, Any]] = []
+    repeats: set[int] = set()
+    seen: set[Key] = set()
+    for index, (item, value) in enumerate(zip(items, values, strict=True)):
+        if _keyed(item):
+            key = _key(value)
+            if key in seen:
+                repeats.add(index)
+                continue
+            seen.add(key)
+        fresh.append(value)
+    return fresh, repeats
+
+
 class MessageStore:
     def __init__(self, db: Database, sealer: ValueSealer | None) -> None:
         self.db = db
@@ -180,29 +218,36 @@ class MessageStore:
         organization, facility and control id is returned instead (and
         ``duplicate`` is True); nothing new is written for it. Rows are
         sealed before the transaction starts, so it holds the write lock
-        only for the inserts.
+        only for the insert.
+
+        One statement does it: ``INSERT … ON CONFLICT (org_id,
+        sending_facility, control_id) DO NOTHING RETURNING id, uid``; a row
+        that did not come back met a stored key, and only then are the
+        originals read. On PostgreSQL that statement runs on its own, in
+        autocommit mode: one round trip, committed (``synchronous_commit``)
+        before its answer, where ``BEGIN``, a duplicate query, the insert and
+        ``COMMIT`` took four. A key that a concurrent transaction inserted
+        and has not committed makes PostgreSQL wait for that commit, then
+        skip the row, so the original is always committed when it is read.
         """
         values = [self._values(item) for item in items]
         for _ in range(_BATCH_TRIES):
             try:
-                with self.db.write() as conn:
-                    return self._insert(conn, items, values)
+                return self._record(items, values)
             except (IntegrityError, OperationalError) as exc:
                 if not _retryable(exc) or not any(_keyed(item) for item in items):
                     raise
-                # Another batch in flight (the group committer's next thread, another
-                # process, an import) committed one of these keys between our duplicate
-                # query and our insert; the unique index made us wait for its commit.
-                # Again: the duplicate query now finds its row.
+                # PostgreSQL broke a deadlock (two batches in flight inserting the same
+                # keys in crossed order): again; the keys committed meanwhile come back
+                # as duplicates.
                 for value in values:
                     value.pop("id", None)
-        # Still conflicting (a stream of racing resends): one by one, reading theirs.
-        out = []
+        # Still conflicting (a stream of racing resends): one by one.
+        out: list[tuple[Row, bool]] = []
         for item, value in zip(items, values, strict=True):
             for _ in range(_BATCH_TRIES):
                 try:
-                    with self.db.write() as conn:
-                        out += self._insert(conn, [item], [value])
+                    out += self._record([item], [value])
                     break
                 except (IntegrityError, OperationalError) as exc:
                     if not _retryable(exc) or not _keyed(item):
@@ -212,52 +257,68 @@ class MessageStore:
                 raise NotFound("The message store lost a duplicate.")
         return out
 
-    def _insert(
-        self, conn: Connection, items: Sequence[NewMessage], values: Sequence[dict[str, Any]]
+    def _record(
+        self, items: Sequence[NewMessage], values: Sequence[dict[str, Any]]
     ) -> list[tuple[Row, bool]]:
-        out: list[tuple[Row | None, bool]] = []
-        fresh: list[dict[str, Any]] = []
-        seen: set[tuple[str | None, str, str | None]] = set()
-        keyed = [_key(v) for i, v in zip(items, values, strict=True) if _keyed(i)]
-        existing = self._by_keys(conn, keyed)
-        for item, value in zip(items, values, strict=True):
-            if _keyed(item):
-                key = _key(value)
-                if key in seen:  # the same message twice in one batch
-                    out.append((None, True))
-                    continue
-                found = existing.get(key)
-                if found is not None:
-                    out.append((found, True))
-                    continue
-                seen.add(key)
-            out.append((None, False))
-            fresh.append(value)
-        if fresh:
-            ids = (
-                conn.execute(
-                    insert(hl7_messages).returning(hl7_messages.c.id, sort_by_parameter_order=True),
-                    fresh,
-                )
-                .scalars()
-                .all()
-            )
-            for value, new_id in zip(fresh, ids, strict=True):
-                value["id"] = int(new_id)
+        """One attempt: the insert committed, then the originals of the duplicates read."""
+        fresh, batch_duplicates = _fresh(items, values)
+        if self.db.is_sqlite or len(fresh) > _ONE_STATEMENT_ROWS:
+            # SQLite: BEGIN and COMMIT cost no round trip, and the writer lock is
+            # held by the transaction. Many rows: SQLAlchemy splits the insert into
+            # pages, which one transaction keeps atomic.
+            with self.db.write() as conn:
+                inserted = self._insert(conn, fresh)
+                return self._rows(conn, items, values, inserted, batch_duplicates)
+        with self.db.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            inserted = self._insert(conn, fresh)
+            return self._rows(conn, items, values, inserted, batch_duplicates)
+
+    def _insert(self, conn: Connection, fresh: Sequence[dict[str, Any]]) -> set[str]:
+        """Insert ``fresh`` rows but those whose key is stored; the uids inserted."""
+        if not fresh:
+            return set()
+        by_uid = {value["uid"]: value for value in fresh}
+        inserted: set[str] = set()
+        for new_id, uid in conn.execute(insert_statement(self.db.dialect), fresh):
+            by_uid[uid]["id"] = int(new_id)
+            inserted.add(uid)
+        return inserted
+
+    def _rows(
+        self,
+        conn: Connection,
+        items: Sequence[NewMessage],
+        values: Sequence[dict[str, Any]],
+        inserted: set[str],
+        batch_duplicates: set[int],
+    ) -> list[tuple[Row, bool]]:
+        """(row, duplicate) per message: its own values when inserted, else the original."""
+        missing: list[Key] = []
+        for index, (item, value) in enumerate(zip(items, values, strict=True)):
+            if index in batch_duplicates or value["uid"] in inserted:
+                continue
+            if not _keyed(item):  # only a keyed row can meet a stored key
+                raise IntegrityError("INSERT hl7_messages", None, Exception("not inserted"))
+            missing.append(_key(value))
+        existing = self._by_keys(conn, missing) if missing else {}
         rows: list[tuple[Row, bool]] = []
-        fresh_iter = iter(fresh)
         by_key: dict[Key, Row] = {}
-        for (stored, duplicate), value in zip(out, values, strict=True):
+        for index, (item, value) in enumerate(zip(items, values, strict=True)):
             key = _key(value)
-            row: Row
-            if stored is not None:
-                row = stored
-            elif not duplicate:
-                row = dict(next(fresh_iter))
-                by_key[key] = row
+            if index in batch_duplicates:
+                rows.append((by_key[key], True))
+            elif value["uid"] in inserted:
+                row = dict(value)
+                if _keyed(item):
+                    by_key[key] = row
+                rows.append((row, False))
             else:
-                row = by_key[key]
-            rows.append((row, duplicate))
+                original = existing.get(key)
+                if original is None:  # a conflict with no row: retried by record_many
+                    raise IntegrityError("INSERT hl7_messages", None, Exception("no original"))
+                by_key[key] = original
+                rows.append((original, True))
         return rows
 
     def _by_keys(self, conn: Connection, keys: Sequence[Key]) -> dict[Key, RowMapping]:
