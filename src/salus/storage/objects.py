@@ -166,23 +166,7 @@ class _FileWriter:
             raise
         os.close(self._fd)
         self._fd = None
-        final = self._store.path_for(name)
-        if final.exists():
-            self._tmp.unlink(missing_ok=True)
-            return False
-        new_parents = self._store._make_shard(final.parent)
-        os.replace(self._tmp, final)
-        if self._store.fsync:
-            # The file's entry, then any new shard folder's entry in its parent, are
-            # durable before the writer returns. (Handing these syncs to one thread
-            # per round was measured slower: the folders differ, so a round syncs
-            # them one after another, where separate writers' fsyncs share the
-            # journal commits in parallel.)
-            for folder in (final.parent, *new_parents):
-                _fsync_dir(folder)
-            if new_parents:
-                self._store._shard_synced(final.parent)
-        return True
+        return self._store.publish(self._tmp, name)
 
     def abort(self) -> None:
         if self._fd is not None:
@@ -308,6 +292,27 @@ class FileObjectStore:
             for parent in new_parents:
                 _fsync_dir(parent)
             self._shard_synced(folder)
+
+    def publish(self, tmp: Path, name: str) -> bool:
+        """Move a finished temporary file (its data already synced) into place as
+        ``name``, durably: the file's entry, then any new shard folder's entry in
+        its parent, are synced before this returns. False (and ``tmp`` removed)
+        when an object of that name exists already (content addressing: the same
+        bytes). (Handing these syncs to one thread per round was measured slower:
+        the folders of concurrent puts differ, so a round syncs them one after
+        another, where separate writers' fsyncs share the journal commits.)"""
+        final = self.path_for(name)
+        if final.exists():
+            tmp.unlink(missing_ok=True)
+            return False
+        new_parents = self._make_shard(final.parent)
+        os.replace(tmp, final)
+        if self.fsync:
+            for folder in (final.parent, *new_parents):
+                _fsync_dir(folder)
+            if new_parents:
+                self._shard_synced(final.parent)
+        return True
 
     def _make_shard(self, folder: Path) -> tuple[Path, ...]:
         """Create a shard folder if needed; returns the folders whose entries still
