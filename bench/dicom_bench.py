@@ -608,11 +608,70 @@ class StoreSCP(Target):
         return self
 
 
+class BareSCP(Target):
+    """The floor of the mandated library: a pynetdicom Storage SCP whose handler
+    returns 0x0000 and keeps nothing (this script, ``--bare-scp``, in its own process)."""
+
+    name, ae = "pynetdicom", "BARE"
+    sync = False
+
+    def start(self) -> BareSCP:
+        args = [sys.executable, str(Path(__file__).resolve()), "--bare-scp", str(self.dicom_port)]
+        if self.sync:
+            (self.folder / "out").mkdir(exist_ok=True)
+            args += ["--sync-dir", str(self.folder / "out")]
+        self._spawn(args, dict(os.environ))
+        return self
+
+
+class SyncSCP(BareSCP):
+    """The same SCP writing each received data set to a new file, ``fdatasync``ed
+    before the success status (Orthanc's one sync per instance)."""
+
+    name, ae = "pynetdicom+sync", "BARESYNC"
+    sync = True
+
+
+def serve_bare_scp(port: int, sync_dir: Path | None) -> int:
+    """Run the floor SCP (``--bare-scp``) until SIGTERM."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    counter = iter(range(1 << 62))
+
+    def on_store(event: Any) -> int:
+        if sync_dir is not None:
+            data = event.request.DataSet.getbuffer()
+            fd = os.open(sync_dir / f"{next(counter):08d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            try:
+                os.write(fd, data)
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        return 0x0000
+
+    ae = AE(ae_title="BARE")
+    ae.maximum_associations = 16
+    ae.supported_contexts = AllStoragePresentationContexts
+    server = ae.start_server(
+        ("127.0.0.1", port),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_CONN_OPEN, _nodelay)],
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.shutdown()
+    return 0
+
+
 TARGETS: dict[str, Callable[[Path], Target]] = {
     "salus": Salus,
     "orthanc": Orthanc,
     "storescp": StoreSCP,
+    "pynetdicom": BareSCP,
+    "pynetdicom+sync": SyncSCP,
 }
+FLOOR_TARGETS = ("pynetdicom", "pynetdicom+sync", "salus", "orthanc", "storescp")
 
 
 # -- phases -----------------------------------------------------------------------------------
@@ -956,6 +1015,48 @@ def render(ingests: list[Ingest], lat: list[Latency], wado: list[Retrieval], sca
     return "\n".join(lines)
 
 
+def floors(files: Sequence[Path], rounds: int, names: Sequence[str]) -> list[Ingest]:
+    """``--floors``: the same ``storescu`` into each receiver, alternated, 1 and 4 associations."""
+    out: list[Ingest] = []
+    for round_ in range(rounds):
+        for assoc in (1, 4):
+            print(f"\n== Floors, round {round_ + 1}, {assoc} association(s)", flush=True)
+            order = list(names[round_ % len(names) :]) + list(names[: round_ % len(names)])
+            for name in order:
+                target = TARGETS[name](Path(tempfile.mkdtemp(prefix=f"floor-{name}-"))).start()
+                try:
+                    out.append(ingest(target, files, assoc, None))
+                finally:
+                    target.stop()
+                    shutil.rmtree(target.folder, ignore_errors=True)
+    return out
+
+
+def render_floors(ingests: list[Ingest]) -> str:
+    """Median over rounds of inst/s and server CPU per instance, against Orthanc."""
+    lines = [
+        "| receiver | assoc. | inst/s | MB/s | CPU ms / instance (receiver) | x Orthanc |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for assoc in sorted({i.associations for i in ingests}):
+        med: dict[str, Ingest] = {}
+        for name in dict.fromkeys(i.target for i in ingests):
+            runs = sorted(
+                (i for i in ingests if i.target == name and i.associations == assoc),
+                key=lambda i: i.rate,
+            )
+            if runs:
+                med[name] = runs[len(runs) // 2]
+        orthanc = med.get("Orthanc")
+        for name, i in med.items():
+            cpu_ms = i.cpu.target * i.wall_s / i.instances * 1000
+            ratio = f"{i.rate / orthanc.rate:.2f}x" if orthanc else "—"
+            lines.append(
+                f"| {name} | {assoc} | {i.rate:,.0f} | {i.mb_s:,.0f} | {cpu_ms:.2f} | {ratio} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
     parser.add_argument("--instances", type=int, default=2000)
@@ -972,12 +1073,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--meta-repeats", type=int, default=20)
     parser.add_argument("--wado-seconds", type=float, default=15.0)
     parser.add_argument("--targets", default="salus,orthanc,storescp")
-    parser.add_argument("--skip-ingest", action="store_true")
+    parser.add_argument("--skip-ingest", action="store_true", help="= --phases without ingest")
+    parser.add_argument(
+        "--phases",
+        default="ingest,queries,metadata,wado",
+        help="comma-separated: ingest, queries, metadata, wado (queries only: "
+        "the live targets get just the scale index, no CT studies)",
+    )
+    parser.add_argument(
+        "--floors",
+        action="store_true",
+        help="only the ingest floors: storescu into a bare pynetdicom SCP, the same "
+        "with fdatasync, Salus, Orthanc and storescp (--targets to narrow)",
+    )
+    parser.add_argument("--bare-scp", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--sync-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--profile", type=Path, metavar="DIR")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
+    if args.bare_scp:
+        return serve_bare_scp(args.bare_scp, args.sync_dir)
     names = [t.strip() for t in args.targets.split(",") if t.strip()]
+    phases = {p.strip() for p in args.phases.split(",") if p.strip()}
+    if args.skip_ingest:
+        phases.discard("ingest")
+    if args.floors and args.targets == parser.get_default("targets"):
+        names = list(FLOOR_TARGETS)
     env = environment()
     env["orthanc"] = subprocess.run(
         ["Orthanc", "--version"], capture_output=True, text=True, check=False
@@ -1002,10 +1124,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{work} ...",
             flush=True,
         )
-        ct = write_ct(work / "ct", args.instances, 50, 512, run)
-        meta_files = write_ct(work / "meta", 1000, 1000, 64, run, first_study=900_000)
+        needs_ct = args.floors or bool(phases & {"ingest", "metadata", "wado"})
+        ct = write_ct(work / "ct", args.instances if needs_ct else 0, 50, 512, run)
+        if args.floors:
+            ingests = floors(ct, args.rounds, names)
+            print()
+            print(render_floors(ingests))
+            return 0
+        meta_files = write_ct(work / "meta", 1000 if needs_ct else 0, 1000, 64, run, 900_000)
         meta_study = _uid(run, "study", 900_000)
-        if not args.skip_ingest:
+        if "ingest" in phases:
             for round_ in range(args.rounds):
                 for assoc in (1, 4):
                     print(
@@ -1028,24 +1156,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
             for target in live:
-                store_all(target, ct)
-                store_all(target, meta_files)
+                if phases & {"metadata", "wado"}:
+                    store_all(target, ct)
+                    store_all(target, meta_files)
                 took = target.grow(args.scale, run)  # type: ignore[attr-defined]
                 print(f"  {target.name}: index grown by {args.scale:,} in {took:.0f} s", flush=True)
             patients = [
                 f"P{(1_000_000 + rng.randrange(args.scale // 10)) // 2:07d}"
                 for _ in range(args.queries + 10)
             ]
-            print("\n== Queries (one client, sequential)", flush=True)
             days = args.range_days or max(1, round(30 * 20_000 / max(args.scale, 1)))
-            print(f"  date ranges of {days} day(s)", flush=True)
-            lat += queries(live, patients, months_of(args.queries + 10, rng, days), args.queries)
-            print("\n== WADO-RS metadata", flush=True)
-            lat += metadata(live, meta_study, args.meta_repeats)
-            print("\n== WADO-RS retrieval", flush=True)
-            studies = list(dict.fromkeys(_uid(run, "study", i // 50) for i in range(len(ct))))
-            for target in live:
-                wado.append(retrieve(target, studies, args.wado_seconds))
+            ranges = months_of(args.queries + 10, rng, days)
+            if "queries" in phases:
+                print("\n== Queries (one client, sequential)", flush=True)
+                print(f"  date ranges of {days} day(s)", flush=True)
+                lat += queries(live, patients, ranges, args.queries)
+            if "metadata" in phases:
+                print("\n== WADO-RS metadata", flush=True)
+                lat += metadata(live, meta_study, args.meta_repeats)
+            if "wado" in phases:
+                print("\n== WADO-RS retrieval", flush=True)
+                studies = list(dict.fromkeys(_uid(run, "study", i // 50) for i in range(len(ct))))
+                for target in live:
+                    wado.append(retrieve(target, studies, args.wado_seconds))
         finally:
             for target in live:
                 target.stop()
