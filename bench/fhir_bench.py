@@ -1104,6 +1104,7 @@ def run_backend(name: str, url: str | None, args: argparse.Namespace) -> Backend
             load.refresh()
         else:
             stored = grow(load, data, args.scale, load.written, result)
+        save_state(work, data, stored, server.secret)
         reads_and_updates(load, data, args.reads, 0, result, key="read_at_scale")
         result.stored = stored
         searches(load, data, args.queries, args.search_seconds, result)
@@ -1116,6 +1117,17 @@ def run_backend(name: str, url: str | None, args: argparse.Namespace) -> Backend
         server.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+STATE_FILE = "bench-state.json"
+
+
+def save_state(work: Path, data: Data, stored: int, secret: str) -> None:
+    """What a later ``--reuse`` run needs to search the kept database: ids, names, codes."""
+    state = {"stored": stored, "secret": secret, "patient_ids": data.patient_ids,
+             "families": data.families, "codes_of": data.codes_of,
+             "coded_patients": data.coded_patients}
+    (work / STATE_FILE).write_text(json.dumps(state))
 
 
 def sqlite_version() -> str:

@@ -239,9 +239,10 @@ class SearchPlan:
         self.lookup = lookup
         #: The caller's policy filter for another alias of fhir_resources (chains).
         self.visible = visible
-        #: The index sub-query of each top-level ``rid IN (…)`` condition made,
-        #: by the condition's id (see :meth:`probe_form`).
-        self.subqueries: dict[int, Select[Any]] = {}
+        #: Each top-level ``rid IN (…)`` condition made, by the condition's id:
+        #: its index table, its sub-query and its test on the index row without
+        #: the type (see :meth:`probe_form`).
+        self.subqueries: dict[int, tuple[Any, Select[Any], ColumnElement[bool]]] = {}
 
     def condition(
         self, res_type: str, name: str, value: str, resource: FromClause = R
@@ -307,24 +308,38 @@ class SearchPlan:
         so that both planners start from the index (type, param, value) and
         probe resources by rid, instead of scanning every resource of the type.
         """
-        rids = select(table.c.rid).where(
-            table.c.res_type == res_type, table.c.param == param, condition
-        )
+        return self._rids_in(table, res_type, and_(table.c.param == param, condition), resource)
+
+    def _rids_in(
+        self, table: Any, res_type: str, row_test: ColumnElement[bool], resource: FromClause
+    ) -> ColumnElement[bool]:
+        """``resource.rid IN (rids of index rows of res_type passing row_test)``;
+        remembered at the top level for :meth:`matches_at_least` and :meth:`probe_form`."""
+        rids = select(table.c.rid).where(table.c.res_type == res_type, row_test)
         found = resource.c.rid.in_(rids)
         if resource is R:
-            self.subqueries[id(found)] = rids
+            self.subqueries[id(found)] = (table, rids, row_test)
         return found
 
+    def is_index_condition(self, condition: ColumnElement[bool]) -> bool:
+        return id(condition) in self.subqueries
+
     def matches_at_least(
-        self, conn: Any, condition: ColumnElement[bool], enough: int
+        self,
+        conn: Any,
+        condition: ColumnElement[bool],
+        enough: int,
+        values: Mapping[str, Any] | None = None,
     ) -> bool | None:
         """Whether a top-level index condition has ``enough`` index rows (counted
-        up to that many, from its index alone); None if it is not one."""
-        rids = self.subqueries.get(id(condition))
-        if rids is None:
+        up to that many, from its index alone; ``values``: the policy filter's, which
+        a chain's condition needs); None if it is not one."""
+        made = self.subqueries.get(id(condition))
+        if made is None:
             return None
+        rids = made[1]
         found = conn.execute(
-            select(func.count()).select_from(rids.limit(enough).subquery())
+            select(func.count()).select_from(rids.limit(enough).subquery()), dict(values or {})
         ).scalar_one()
         return int(found) >= enough
 
@@ -333,9 +348,11 @@ class SearchPlan:
         ``rid``: for conditions that many resources meet, so that the first page
         in ``rid`` order is found by walking the resources in that order and
         stopping at the page, not by collecting and sorting every match."""
-        rids = self.subqueries[id(condition)]
-        table = rids.selected_columns[0].table
-        return exists(rids.where(table.c.rid == R.c.rid))
+        table, _, row_test = self.subqueries[id(condition)]
+        # No type test: the rid implies it, and leaving it out leaves the planners
+        # (SQLite's above all) only the index on rid to probe with, not the index
+        # on (type, param, value) that a dense value would make a long scan of.
+        return exists(select(table.c.rid).where(table.c.rid == R.c.rid, row_test))
 
     # -- special parameters --------------------------------------------------------------
     def _id(self, value: str, modifier: str, resource: FromClause) -> ColumnElement[bool]:
@@ -602,13 +619,17 @@ class SearchPlan:
             inner,
             self.visible(target),
         )
-        return exists(
-            select(ref.c.rid).where(
-                ref.c.rid == resource.c.rid,
+        # rid IN (references to the matching targets): the planners start from the
+        # chain's targets and the reference index, not from every resource of the type.
+        return self._rids_in(
+            ref,
+            res_type,
+            and_(
                 ref.c.param == definition.code,
                 ref.c.target_type == targets[0],
                 ref.c.target_id.in_(matching),
-            )
+            ),
+            resource,
         )
 
     def _has(

@@ -29,14 +29,14 @@ __all__ = ["SearchResult", "Searcher"]
 R = fhir_resources
 MAX_COUNT = 1000
 DEFAULT_COUNT = 50
-#: Index rows from which a condition counts as met by many resources: the first
-#: page is then found by walking resources in ``rid`` order (at most about
-#: resources ÷ this × page size probes) rather than by collecting every match.
-#: Below it, collecting the matches costs less than that walk at 1,000,000.
-#: 0 turns the walk off: OFF for now, because on SQLite (300,000 resources) the
-#: correlated form took over 25 s for a token with ~30,000 matches against
-#: 43 ms collected (a bad plan, not yet examined); see docs/benchmarks.md.
-DENSE_MATCHES = 0
+#: Index rows from which a condition counts as met by many resources (counted
+#: from its index, up to this many). In the default order (``rid``) such a
+#: condition is tested by probing the index by rid (a correlated ``EXISTS``)
+#: rather than by collecting its matches: with a sparse condition beside it the
+#: planners start from the sparse one and probe; with none, the resources are
+#: walked in rid order and the walk stops at the page (at most about resources
+#: of the type ÷ this × page size probes). See ADR 8 (search at 1,000,000).
+DENSE_MATCHES = 2000
 MAX_INCLUDES = 1000
 _MANDATORY = ("resourceType", "id", "meta")
 _SUMMARY_DROP = ("text", "contained")
@@ -65,14 +65,18 @@ def _int_param(
     return min(value, maximum) if maximum is not None else value
 
 
-def _all_dense(conn: Connection, plan: SearchPlan, conditions: Sequence[Any]) -> bool:
-    """Whether every condition is an index condition with at least
-    :data:`DENSE_MATCHES` index rows (none selective enough to start from)."""
-    return (
-        DENSE_MATCHES > 0
-        and bool(conditions)
-        and all(plan.matches_at_least(conn, c, DENSE_MATCHES) is True for c in conditions)
-    )
+def _probing(
+    conn: Connection, plan: SearchPlan, conditions: Sequence[Any], values: Mapping[str, Any]
+) -> list[Any]:
+    """The conditions for a page in the default order: each index condition met
+    by at least :data:`DENSE_MATCHES` index rows in its probe form, the others as
+    they are (the planners start from those)."""
+    if DENSE_MATCHES <= 0:
+        return list(conditions)
+    return [
+        plan.probe_form(c) if plan.matches_at_least(conn, c, DENSE_MATCHES, values) else c
+        for c in conditions
+    ]
 
 
 def _last(params: Sequence[tuple[str, str]], name: str) -> str | None:
@@ -142,11 +146,13 @@ class Searcher:
         matches: list[Stored] = []
         if summary != "count" and count > 0:
             sort = _last(params, "_sort")
-            if not sort and _all_dense(conn, plan, parsed.conditions):
-                # Many matches and the default order (rid): walk the resources in
-                # that order, probing the index, and stop at the page.
-                probes = [plan.probe_form(c) for c in parsed.conditions]
-                query = base_query(res_type, probes, visible)
+            if not sort:
+                # The default order (rid): dense conditions are probed, so that the
+                # page comes from the sparse ones or from a walk in rid order that
+                # stops at the page, not from collecting and sorting every match.
+                query = base_query(
+                    res_type, _probing(conn, plan, parsed.conditions, values), visible
+                )
             ordered = query.order_by(*plan.sort_keys(res_type, sort))
             rids = [
                 int(r) for r in conn.execute(ordered.limit(count).offset(offset), values).scalars()

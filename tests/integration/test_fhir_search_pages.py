@@ -1,0 +1,161 @@
+"""Pages in the default order (FHIR search.html#count, #sort: no ``_sort``, the
+server's order is stable) are the same whichever form the search takes: every
+condition collected (``rid IN`` the index), every condition probed by rid (a
+walk in rid order that stops at the page), or a mix (sparse conditions
+collected, dense ones probed; see ``salus.fhir.searching.DENSE_MATCHES``).
+On SQLite and PostgreSQL, with the access filter at every level of a chain."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import BACKENDS
+from tests.integration.security_world import World, make_world
+
+FHIR = "application/fhir+json"
+LOINC = "http://loinc.org"
+CODES = ("8867-4", "8310-5", "29463-7")
+FAMILIES = ("Nguyễn", "Trần", "Nguyễn", "Lê", "Nguyên", "Trần")
+
+
+def _post(world: World, who: str, resource: dict[str, Any]) -> str:
+    response = world.client.post(
+        f"/fhir/{resource['resourceType']}",
+        content=json.dumps(resource).encode(),
+        headers={**world.headers(who), "Content-Type": FHIR},
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def _observation(patient: str, code: str, when: str, status: str = "final") -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "status": status,
+        "code": {"coding": [{"system": LOINC, "code": code}]},
+        "subject": {"reference": f"Patient/{patient}"},
+        "effectiveDateTime": when,
+    }
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    with make_world(request.param, tmp_path_factory.mktemp("pages")) as built:
+        patients = [
+            _post(built, "a-feed", {"resourceType": "Patient", "name": [{"family": f}]})
+            for f in FAMILIES
+        ]
+        observations: list[tuple[str, str, str, str, str]] = []  # id, patient, code, date, status
+        n = 0
+        for p, patient in enumerate(patients):
+            for k in range(3):
+                code = CODES[(p + k) % 3]
+                when = f"2026-0{1 + n % 6}-{10 + n % 15}T08:00:00Z"
+                status = "final" if n % 4 else "amended"
+                res_id = _post(built, "a-feed", _observation(patient, code, when, status))
+                observations.append((res_id, patient, code, when, status))
+                n += 1
+        # The other hospital: its own Patient of the same name, and an Observation
+        # that refers to one of hospital A's Patients (which it cannot read).
+        b_patient = _post(
+            built, "b-feed", {"resourceType": "Patient", "name": [{"family": "Nguyễn"}]}
+        )
+        b_own = _post(built, "b-feed", _observation(b_patient, CODES[0], "2026-02-01T08:00:00Z"))
+        b_cross = _post(
+            built, "b-feed", _observation(patients[0], CODES[0], "2026-02-01T09:00:00Z")
+        )
+        built.data = {  # type: ignore[attr-defined]
+            "patients": patients,
+            "observations": observations,
+            "b_patient": b_patient,
+            "b_own": b_own,
+            "b_cross": b_cross,
+        }
+        yield built
+
+
+def _pages(world: World, who: str, query: str, size: int) -> list[str]:
+    """Every match, page by page (``_count``/``_offset``), in the order given."""
+    found: list[str] = []
+    for offset in range(0, 40, size):
+        response = world.client.get(
+            f"/fhir/{query}&_count={size}&_offset={offset}", headers=world.headers(who)
+        )
+        assert response.status_code == 200, response.text
+        page = [e["resource"]["id"] for e in response.json().get("entry", [])]
+        found += page
+        if len(page) < size:
+            break
+    return found
+
+
+QUERIES = [
+    "Observation?code=http://loinc.org|8867-4",
+    "Observation?code=http://loinc.org|8867-4,http://loinc.org|8310-5",
+    "Observation?date=ge2026-03-01",
+    "Observation?status=final&date=lt2026-04-01",
+    "Observation?subject=Patient/{p0}&code=http://loinc.org|8310-5",
+    "Observation?subject:Patient.family=Nguyen",
+    "Observation?subject:Patient.family=Nguyen&code=http://loinc.org|29463-7",
+    "Observation?code:not=http://loinc.org|8867-4",
+    "Patient?family=Ng",
+    "Patient?_has:Observation:subject:code=http://loinc.org|29463-7",
+]
+
+
+@pytest.mark.parametrize("query", QUERIES)
+@pytest.mark.parametrize("who", ["a-feed", "b-feed"])
+def test_pages_are_the_same_collected_probed_or_mixed(
+    world: World, query: str, who: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from salus.fhir import searching
+
+    query = query.format(p0=world.data["patients"][0])  # type: ignore[attr-defined]
+    forms: dict[int, list[str]] = {}
+    for dense in (0, 1, 4):  # collected, all probed, mixed
+        monkeypatch.setattr(searching, "DENSE_MATCHES", dense)
+        forms[dense] = _pages(world, who, query, 2)
+        assert len(set(forms[dense])) == len(forms[dense]), (dense, "a match twice")
+    assert forms[1] == forms[0]
+    assert forms[4] == forms[0]
+    monkeypatch.setattr(searching, "DENSE_MATCHES", 0)
+    response = world.client.get(f"/fhir/{query}&_count=100", headers=world.headers(who))
+    assert [e["resource"]["id"] for e in response.json().get("entry", [])] == forms[0]
+
+
+def _expected(world: World, test: Any) -> list[str]:
+    rows = world.data["observations"]  # type: ignore[attr-defined]
+    return [row[0] for row in rows if test(row)]
+
+
+@pytest.mark.parametrize("dense", [0, 1, 4])
+def test_what_the_pages_hold(world: World, dense: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The matches themselves, in creation (rid) order, under each form."""
+    from salus.fhir import searching
+
+    monkeypatch.setattr(searching, "DENSE_MATCHES", dense)
+    data = world.data  # type: ignore[attr-defined]
+    patients = data["patients"]
+    nguyen = {patients[i] for i, f in enumerate(FAMILIES) if f in ("Nguyễn", "Nguyên")}
+    assert _pages(world, "a-feed", QUERIES[0], 2) == _expected(world, lambda r: r[2] == CODES[0])
+    assert _pages(world, "a-feed", QUERIES[2], 3) == _expected(world, lambda r: r[3] >= "2026-03")
+    assert _pages(world, "a-feed", QUERIES[3], 2) == _expected(
+        world, lambda r: r[4] == "final" and r[3] < "2026-04"
+    )
+    assert _pages(world, "a-feed", QUERIES[4].format(p0=patients[0]), 1) == _expected(
+        world, lambda r: r[1] == patients[0] and r[2] == CODES[1]
+    )
+    assert _pages(world, "a-feed", QUERIES[5], 2) == _expected(world, lambda r: r[1] in nguyen)
+    assert _pages(world, "a-feed", QUERIES[6], 2) == _expected(
+        world, lambda r: r[1] in nguyen and r[2] == CODES[2]
+    )
+    # Hospital B: its own Observation through its own Patient only; the one that
+    # refers to hospital A's Patient does not match through a Patient it cannot read.
+    assert _pages(world, "b-feed", QUERIES[5], 2) == [data["b_own"]]
+    assert _pages(world, "b-feed", QUERIES[0], 2) == [data["b_own"], data["b_cross"]]
