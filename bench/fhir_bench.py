@@ -1130,6 +1130,53 @@ def save_state(work: Path, data: Data, stored: int, secret: str) -> None:
     (work / STATE_FILE).write_text(json.dumps(state))
 
 
+def load_state(work: Path, data: Data) -> int:
+    state = json.loads((work / STATE_FILE).read_text())
+    data.patient_ids = list(state["patient_ids"])
+    data.families = list(state["families"])
+    data.codes_of = {k: list(v) for k, v in state["codes_of"].items()}
+    data.coded_patients = list(state["coded_patients"])
+    return int(state["stored"])
+
+
+def search_again(name: str, url: str | None, work: Path,
+                 args: argparse.Namespace) -> BackendResult:
+    """``--reuse``: the searches only, against a database kept by ``--keep`` (its data
+    folder and, for PostgreSQL, the database in SALUS_BENCH_DATABASE_URL), migrated to
+    head first (``salus migrate``), its planner statistics refreshed."""
+    state = json.loads((work / STATE_FILE).read_text())
+    server = Server(name, work, url)
+    server.secret = str(state["secret"])
+    print(f"\n== {name}, searches only, kept database ({work}) ==", flush=True)
+    began = time.monotonic()
+    server.cli("migrate")
+    if url:
+        analyze_postgres(url)
+    else:
+        import sqlite3
+
+        with sqlite3.connect(work / "salus.db") as sqlite:
+            sqlite.execute("PRAGMA analysis_limit=1000")
+            sqlite.execute("ANALYZE")
+    print(f"  migrated and analyzed in {time.monotonic() - began:.0f} s", flush=True)
+    try:
+        server.restart()
+        version = postgres_version(url) if url else f"SQLite {sqlite_version()}"
+        meter = CpuMeter(server.pid, with_postgres=url is not None)
+        load = Load(server, meter, args.clients, args.profile)
+        data = Data(args.seed)
+        stored = load_state(work, data)
+        result = BackendResult(name, version, args.scale, stored, "")
+        searches(load, data, args.queries, args.search_seconds, result)
+        result.database_size = database_size(url, work)
+        return result
+    except BaseException:
+        print(server.log_tail(), file=sys.stderr)
+        raise
+    finally:
+        server.stop()
+
+
 def sqlite_version() -> str:
     import sqlite3
 
@@ -1190,7 +1237,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="time limit per kind of search (fewer queries past it)")
     parser.add_argument("--seed", type=int, default=20261123)
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary data folders")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary data folders (and the PostgreSQL database) "
+                             "for a later --reuse")
+    parser.add_argument("--reuse", action="append", default=[], metavar="BACKEND=DIR",
+                        help="searches only, against the data folder DIR kept by an earlier "
+                             "--keep run of BACKEND (sqlite or postgresql; for postgresql the "
+                             "database in SALUS_BENCH_DATABASE_URL); repeat for both")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="py-spy record the server during each phase into DIR (collapsed "
                              "stacks; needs py-spy on PATH; the profiler slows the server)")
@@ -1200,7 +1253,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("Salus FHIR benchmark: " + ", ".join(f"{k} {v}" for k, v in env.items()), flush=True)
     results: list[BackendResult] = []
     pg_url = os.environ.get("SALUS_BENCH_DATABASE_URL")
+    for reuse in args.reuse:
+        backend, _, folder = reuse.partition("=")
+        if backend not in ("sqlite", "postgresql") or not folder:
+            parser.error(f"--reuse takes sqlite=DIR or postgresql=DIR, not {reuse!r}")
+        if backend == "postgresql" and not pg_url:
+            parser.error("--reuse postgresql=DIR needs SALUS_BENCH_DATABASE_URL")
+        label = "SQLite" if backend == "sqlite" else "PostgreSQL"
+        results.append(search_again(label, pg_url if backend == "postgresql" else None,
+                                    Path(folder), args))
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        if args.reuse:
+            break
         if backend == "sqlite":
             results.append(run_backend("SQLite", None, args))
         elif backend == "postgresql":

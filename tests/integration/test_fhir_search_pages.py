@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -159,3 +160,26 @@ def test_what_the_pages_hold(world: World, dense: int, monkeypatch: pytest.Monke
     # refers to hospital A's Patient does not match through a Patient it cannot read.
     assert _pages(world, "b-feed", QUERIES[5], 2) == [data["b_own"]]
     assert _pages(world, "b-feed", QUERIES[0], 2) == [data["b_own"], data["b_cross"]]
+
+
+def test_string_prefixes_at_the_edges_of_their_range(world: World) -> None:
+    """search.html#string (starts with, case- and accent-insensitive), answered
+    from the index by the range of code points a prefix spans: values just past
+    the range's end, LIKE wildcards and characters outside the BMP."""
+    names = ["Qabz", "Qab{", "Qac", "Qa_b", "Qaxb", "Q𝒜lpha", "Q𝒜", "Qǿrn", "QÖrn"]
+    made = {
+        name: _post(world, "a-feed", {"resourceType": "Patient", "name": [{"family": name}]})
+        for name in names
+    }
+
+    def found(prefix: str) -> set[str]:
+        ids = set(_pages(world, "a-feed", f"Patient?family={quote(prefix)}", 5))
+        return {name for name, res_id in made.items() if res_id in ids}
+
+    assert found("Qab") == {"Qabz", "Qab{"}
+    assert found("qa") == {"Qabz", "Qab{", "Qac", "Qa_b", "Qaxb"}
+    assert found("Qa_") == {"Qa_b"}
+    assert found("Q𝒜") == {"Q𝒜lpha", "Q𝒜"}
+    assert found("Q𝒜l") == {"Q𝒜lpha"}
+    assert found("qor") == {"Qǿrn", "QÖrn"}
+    assert found("Qz") == set()

@@ -378,6 +378,8 @@ Index(
     fhir_idx_string.c.res_type,
     fhir_idx_string.c.param,
     fhir_idx_string.c.norm,
+    # PostgreSQL: LIKE 'prefix%' uses the index whatever the collation (migration 0017).
+    postgresql_ops={"norm": "varchar_pattern_ops"},
 )
 
 fhir_idx_date = _index_table(

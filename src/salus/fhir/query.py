@@ -43,6 +43,8 @@ from sqlalchemy import (
     true,
     union_all,
 )
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from salus.db.tables import (
     fhir_idx_composite,
@@ -138,6 +140,46 @@ def _split_pipe(value: str) -> tuple[str | None, str]:
     if match is None:
         return None, value.replace("\\|", "|")
     return match.group(1).replace("\\|", "|"), match.group(2).replace("\\|", "|")
+
+
+class _CodePointOrder(ColumnElement[str]):
+    """A text column compared in code-point order: ``COLLATE "C"`` on PostgreSQL,
+    the column itself on SQLite (its binary collation of UTF-8 is that order)."""
+
+    inherit_cache = True
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, column: ColumnElement[str]) -> None:
+        self.column = column
+        self.type = column.type
+
+
+@compiles(_CodePointOrder)
+def _code_point_order(element: _CodePointOrder, compiler: Any, **kw: Any) -> str:
+    return f'{compiler.process(element.column, **kw)} COLLATE "C"'
+
+
+@compiles(_CodePointOrder, "sqlite")
+def _code_point_order_sqlite(element: _CodePointOrder, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.column, **kw))
+
+
+def _prefix_match(column: Any, prefix: str) -> ColumnElement[bool]:
+    """Values that begin with ``prefix``: ``LIKE 'prefix%'`` and the range of code
+    points it implies. SQLite's ``LIKE`` is case-insensitive, so it cannot use an
+    index of binary collation, but the range can; PostgreSQL's ``LIKE`` uses the
+    pattern-ops index (migration 0017) and checks the range on the row."""
+    like = column.startswith(prefix, autoescape=True)
+    if not prefix:
+        return and_(like)
+    following = ord(prefix[-1]) + 1
+    if following > 0x10FFFF:
+        return and_(like)
+    if 0xD800 <= following <= 0xDFFF:  # surrogates are not characters
+        following = 0xE000
+    upper = prefix[:-1] + chr(following)
+    ordered = _CodePointOrder(column)
+    return and_(ordered >= prefix, ordered < upper, like)
 
 
 def _token_match(system_col: Any, code_col: Any, value: str) -> ColumnElement[bool]:
@@ -393,7 +435,7 @@ class SearchPlan:
             return table.c.norm.contains(norm, autoescape=True)
         if modifier not in ("", "text"):
             raise InvalidInput(f"Modifier ':{modifier}' does not apply to strings.")
-        return table.c.norm.startswith(norm, autoescape=True)
+        return _prefix_match(table.c.norm, norm)
 
     def _token(self, table: Table, value: str, modifier: str) -> ColumnElement[bool]:
         if modifier == "text":
