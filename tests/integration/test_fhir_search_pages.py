@@ -13,11 +13,14 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from sqlalchemy import func, select
 
+from salus.db.tables import fhir_idx_token, fhir_resources
 from tests.conftest import BACKENDS
 from tests.integration.security_world import World, make_world
 
 FHIR = "application/fhir+json"
+R_JOIN = fhir_resources.c.rid == fhir_idx_token.c.rid
 LOINC = "http://loinc.org"
 CODES = ("8867-4", "8310-5", "29463-7")
 FAMILIES = ("Nguyễn", "Trần", "Nguyễn", "Lê", "Nguyên", "Trần")
@@ -183,3 +186,33 @@ def test_string_prefixes_at_the_edges_of_their_range(world: World) -> None:
     assert found("Q𝒜l") == {"Q𝒜lpha"}
     assert found("qor") == {"Qǿrn", "QÖrn"}
     assert found("Qz") == set()
+
+
+def test_a_resource_with_two_index_rows_of_one_code_is_one_match(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two codings of one system|code (different displays) are two index rows; the
+    page read from the index in rid order still holds the resource once."""
+    from salus.fhir import searching
+
+    data = world.data  # type: ignore[attr-defined]
+    twice = _observation(data["patients"][1], "8867-4", "2026-06-01T08:00:00Z")
+    twice["code"]["coding"] = [
+        {"system": LOINC, "code": "8867-4", "display": "Heart rate"},
+        {"system": LOINC, "code": "8867-4", "display": "Pulse"},
+    ]
+    twice_id = _post(world, "a-feed", twice)
+    with world.services.db.read() as conn:
+        rows = conn.execute(
+            select(func.count())
+            .select_from(fhir_idx_token.join(fhir_resources, R_JOIN))
+            .where(fhir_resources.c.res_id == twice_id, fhir_idx_token.c.param == "code")
+        ).scalar_one()
+    assert rows == 2
+    forms = {}
+    for dense in (0, 1):
+        monkeypatch.setattr(searching, "DENSE_MATCHES", dense)
+        forms[dense] = _pages(world, "a-feed", QUERIES[0], 1)
+    assert forms[1] == forms[0]
+    assert forms[0].count(twice_id) == 1
+    assert forms[0] == _expected(world, lambda r: r[2] == CODES[0]) + [twice_id]

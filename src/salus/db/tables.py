@@ -366,6 +366,8 @@ Index(
     fhir_idx_token.c.param,
     fhir_idx_token.c.code,
     fhir_idx_token.c.system,
+    # In rid order for one system|code: the first page of a search (migration 0018).
+    fhir_idx_token.c.rid,
 )
 
 fhir_idx_string = _index_table(

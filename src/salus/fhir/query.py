@@ -285,6 +285,9 @@ class SearchPlan:
         #: its index table, its sub-query and its test on the index row without
         #: the type (see :meth:`probe_form`).
         self.subqueries: dict[int, tuple[Any, Select[Any], ColumnElement[bool]]] = {}
+        #: The ids of those whose index rows come in rid order: a token ``system|code``
+        #: (one value), equal on every column of the token index before ``rid``.
+        self.ordered: set[int] = set()
 
     def condition(
         self, res_type: str, name: str, value: str, resource: FromClause = R
@@ -327,6 +330,15 @@ class SearchPlan:
         if definition.type == "token" and modifier == "not":
             inner = or_(*(self._token(table, v, "") for v in values))
             return not_(self._exists(table, definition.code, inner, resource, res_type))
+        if definition.type == "token" and not modifier and len(values) == 1:
+            system, code = _split_pipe(values[0])
+            if system and code:
+                found = self._exists(
+                    table, definition.code, self._token(table, values[0], ""), resource, res_type
+                )
+                if resource is R:
+                    self.ordered.add(id(found))
+                return found
         builder = getattr(self, f"_{definition.type}")
         ors = [
             builder(table, v, modifier)
@@ -365,6 +377,36 @@ class SearchPlan:
 
     def is_index_condition(self, condition: ColumnElement[bool]) -> bool:
         return id(condition) in self.subqueries
+
+    def in_rid_order(self, condition: ColumnElement[bool]) -> bool:
+        return id(condition) in self.ordered
+
+    def driven_by(
+        self,
+        res_type: str,
+        driver: ColumnElement[bool],
+        others: Sequence[ColumnElement[bool]],
+        visible: ColumnElement[bool],
+    ) -> Select[Any]:
+        """The matches in rid order, read from the index of ``driver`` (one of
+        :attr:`ordered`) in its order, each resource then checked: the first page
+        costs a page of index entries, not every match (``DISTINCT``: a resource
+        may have two index rows of one code, with different display texts)."""
+        table, _, row_test = self.subqueries[id(driver)]
+        return (
+            select(table.c.rid)
+            .distinct()
+            .select_from(table.join(R, R.c.rid == table.c.rid))
+            .where(
+                table.c.res_type == res_type,
+                row_test,
+                R.c.res_type == res_type,
+                R.c.deleted.is_(False),
+                visible,
+                *others,
+            )
+            .order_by(table.c.rid)
+        )
 
     def matches_at_least(
         self,

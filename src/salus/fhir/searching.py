@@ -79,6 +79,30 @@ def _probing(
     ]
 
 
+def _default_order(
+    conn: Connection,
+    plan: SearchPlan,
+    res_type: str,
+    conditions: Sequence[Any],
+    values: Mapping[str, Any],
+    visible: Any,
+) -> Any:
+    """The matches in the default order (rid), planned so that the first page
+    does not cost every match: dense conditions are probed by rid; with none
+    sparse, the page is read in rid order from the index of a dense condition
+    whose rows come in that order (a token ``system|code``), else found by walking
+    the resources in rid order; either walk stops at the page."""
+    probing = _probing(conn, plan, conditions, values)
+    dense = [c for c, p in zip(conditions, probing, strict=True) if p is not c]
+    if len(dense) == len(conditions):
+        for n, condition in enumerate(conditions):
+            if plan.in_rid_order(condition):
+                return plan.driven_by(
+                    res_type, condition, [*probing[:n], *probing[n + 1 :]], visible
+                )
+    return base_query(res_type, probing, visible).order_by(*plan.sort_keys(res_type, None))
+
+
 def _last(params: Sequence[tuple[str, str]], name: str) -> str | None:
     values = [v for k, v in params if k == name]
     return values[-1] if values else None
@@ -146,14 +170,9 @@ class Searcher:
         matches: list[Stored] = []
         if summary != "count" and count > 0:
             sort = _last(params, "_sort")
-            if not sort:
-                # The default order (rid): dense conditions are probed, so that the
-                # page comes from the sparse ones or from a walk in rid order that
-                # stops at the page, not from collecting and sorting every match.
-                query = base_query(
-                    res_type, _probing(conn, plan, parsed.conditions, values), visible
-                )
             ordered = query.order_by(*plan.sort_keys(res_type, sort))
+            if not sort:
+                ordered = _default_order(conn, plan, res_type, parsed.conditions, values, visible)
             rids = [
                 int(r) for r in conn.execute(ordered.limit(count).offset(offset), values).scalars()
             ]
