@@ -378,6 +378,13 @@ class SearchPlan:
     def is_index_condition(self, condition: ColumnElement[bool]) -> bool:
         return id(condition) in self.subqueries
 
+    def count_rank(self, condition: ColumnElement[bool]) -> int:
+        """How likely an index condition is to be sparse, by its table (0: most)."""
+        table = self.subqueries[id(condition)][0]
+        base = getattr(table, "element", table)
+        ranks = {fhir_idx_reference: 0, fhir_idx_string: 1, fhir_idx_token: 2, fhir_idx_date: 4}
+        return ranks.get(base, 3)
+
     def in_rid_order(self, condition: ColumnElement[bool]) -> bool:
         return id(condition) in self.ordered
 
@@ -432,7 +439,10 @@ class SearchPlan:
         ``rid``: for conditions that many resources meet, so that the first page
         in ``rid`` order is found by walking the resources in that order and
         stopping at the page, not by collecting and sorting every match."""
-        table, _, row_test = self.subqueries[id(condition)]
+        table, rids, row_test = self.subqueries[id(condition)]
+        if id(condition) in self.ordered:
+            # Its index ends with rid: one lookup of every column, on both databases.
+            return exists(rids.where(table.c.rid == R.c.rid))
         # No type test: the rid implies it, and leaving it out leaves the planners
         # (SQLite's above all) only the index on rid to probe with, not the index
         # on (type, param, value) that a dense value would make a long scan of.

@@ -68,13 +68,19 @@ def _int_param(
 def _probing(
     conn: Connection, plan: SearchPlan, conditions: Sequence[Any], values: Mapping[str, Any]
 ) -> list[Any]:
-    """The conditions for a page in the default order: each index condition met
-    by at least :data:`DENSE_MATCHES` index rows in its probe form, the others as
-    they are (the planners start from those)."""
+    """The conditions for a page in the default order. The index conditions are
+    counted (up to :data:`DENSE_MATCHES` index rows, likeliest sparse first: a
+    reference, a string, a token, then the others): the first one found sparse
+    stays as it is, the planners start from it, and every other index condition
+    is probed by rid; if all are dense, all are probed. Other conditions stay."""
     if DENSE_MATCHES <= 0:
         return list(conditions)
+    indexed = sorted((c for c in conditions if plan.is_index_condition(c)), key=plan.count_rank)
+    start = next(
+        (c for c in indexed if not plan.matches_at_least(conn, c, DENSE_MATCHES, values)), None
+    )
     return [
-        plan.probe_form(c) if plan.matches_at_least(conn, c, DENSE_MATCHES, values) else c
+        plan.probe_form(c) if plan.is_index_condition(c) and c is not start else c
         for c in conditions
     ]
 
@@ -92,6 +98,10 @@ def _default_order(
     sparse, the page is read in rid order from the index of a dense condition
     whose rows come in that order (a token ``system|code``), else found by walking
     the resources in rid order; either walk stops at the page."""
+    if len(conditions) == 1 and plan.in_rid_order(conditions[0]):
+        # Alone, reading its index in order costs at most what collecting would:
+        # no need to count its matches first.
+        return plan.driven_by(res_type, conditions[0], [], visible)
     probing = _probing(conn, plan, conditions, values)
     dense = [c for c, p in zip(conditions, probing, strict=True) if p is not c]
     if len(dense) == len(conditions):
