@@ -179,3 +179,60 @@ def test_file_meta_of_a_received_data_set_is_pydicoms(sop_instance: str, syntax:
     ours = part10_from_dimse(*args)
     assert ours == _part10_from_dimse_pydicom(*args)
     assert ours[dataset_offset(ours) :] == dataset
+
+
+def _pynetdicom_pdvs(rsp: C_FIND, max_pdu: int) -> list[tuple[int, bytes]]:
+    """The PDVs pynetdicom's own path writes for a response (pydicom's encoder)."""
+    from unittest import mock
+
+    from pynetdicom import dimse_messages
+    from pynetdicom.dimse_messages import C_FIND_RSP
+
+    message = C_FIND_RSP()
+    with mock.patch.object(dimse_messages, "encode", encode):
+        message.primitive_to_message(rsp)
+        return [
+            pdv for p in message.encode_msg(1, max_pdu) for pdv in p.presentation_data_value_list
+        ]
+
+
+@pytest.mark.parametrize(
+    ("status", "identifier"),
+    [
+        (0xFF00, b"\x08\x00\x20\x00\x08\x00\x00\x0020200101"),
+        (0xFF01, b"\x10\x00\x20\x00\x02\x00\x00\x00P1"),
+        (0x0000, None),
+    ],
+)
+def test_find_response_is_one_pdu_with_pynetdicoms_pdvs(
+    status: int, identifier: bytes | None
+) -> None:
+    from salus.dicom.wire import find_response_pdata
+
+    rsp = C_FIND()
+    rsp.MessageIDBeingRespondedTo = 7
+    rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"
+    rsp.Status = status
+    rsp.Identifier = BytesIO(identifier) if identifier is not None else None
+    pdata = find_response_pdata(rsp, 1, 16384)
+    assert pdata is not None
+    assert pdata.presentation_data_value_list == _pynetdicom_pdvs(rsp, 16384)
+    assert len(pdata.presentation_data_value_list) == (2 if identifier else 1)
+
+
+def test_find_responses_outside_the_plain_case_go_to_pynetdicom() -> None:
+    from salus.dicom.wire import find_response_pdata
+
+    rsp = C_FIND()
+    rsp.MessageIDBeingRespondedTo = 7
+    rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"
+    rsp.Status = 0xA700
+    assert find_response_pdata(rsp, 1, 16384) is None  # a failure status
+    rsp.Status = 0xFF00
+    rsp.Identifier = BytesIO(b"\x10\x00\x20\x00\x02\x00\x00\x00P1" * 100)
+    assert find_response_pdata(rsp, 1, 256) is None  # does not fit the peer's PDU
+    assert find_response_pdata(rsp, 1, 0) is not None  # 0: no limit
+    rsp.Status = 0x0000
+    rsp.Identifier = None
+    rsp.ErrorComment = "x"
+    assert find_response_pdata(rsp, 1, 16384) is None

@@ -39,6 +39,7 @@ __all__ = [
     "encode_command",
     "encode_elements",
     "find_response",
+    "find_response_pdata",
     "install",
     "requested_keys",
 ]
@@ -268,7 +269,77 @@ def install() -> None:
     setattr(dimse_messages, "encode", encode_command_set)  # noqa: B010
     setattr(service_class, "encode", encode_identifier)  # noqa: B010
     _install_recv()
+    _install_find_send()
     _installed = True
+
+
+#: Statuses whose C-FIND-RSP carries no Offending Element nor Error Comment
+#: (PS3.4 C.4.1.1.4: Pending, Pending with optional keys unsupported, Success).
+_PLAIN_FIND_STATUSES = frozenset({0xFF00, 0xFF01, 0x0000})
+
+
+def find_response_pdata(primitive: Any, context_id: int, max_pdu: int) -> Any:
+    """A C-FIND-RSP (PS3.7 9.3.2.2) as ONE P-DATA primitive holding two PDVs, the
+    Command Set and the Identifier (PS3.8 9.3.5: a P-DATA-TF PDU carries one or
+    more PDVs; E.2: the last fragment of each), or ``None`` where pynetdicom's
+    own path must send it (other statuses, an Error Comment or Offending Element,
+    a peer whose maximum PDU is too small for both). The bytes of each PDV are
+    those pynetdicom writes (unit tests compare them)."""
+    from pynetdicom.pdu_primitives import P_DATA
+
+    status = primitive.Status
+    if (
+        status not in _PLAIN_FIND_STATUSES
+        or primitive.ErrorComment is not None
+        or primitive.OffendingElement is not None
+        or primitive.MessageIDBeingRespondedTo is None
+    ):
+        return None
+    identifier = primitive.Identifier
+    data = identifier.getvalue() if identifier is not None else b""
+    elements: list[Element] = [
+        (0x00000002, "UI", primitive.AffectedSOPClassUID),
+        (0x00000100, "US", 0x8020),
+        (0x00000120, "US", primitive.MessageIDBeingRespondedTo),
+        (0x00000800, "US", 0x0001 if data else 0x0101),
+        (0x00000900, "US", status),
+    ]
+    body = encode_elements(elements, True, True, "ascii")
+    command = encode_elements([(_GROUP_LENGTH_TAG, "UL", len(body))], True, True) + body
+    # PDV item: 4-byte length, context ID, message control header, fragment.
+    if max_pdu and len(command) + len(data) + 12 > max_pdu:
+        return None
+    pdata = P_DATA()
+    pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
+    if data:
+        pdata.presentation_data_value_list.append((context_id, b"\x02" + data))
+    return pdata
+
+
+def _install_find_send() -> None:
+    """C-FIND responses sent as one P-DATA each, without building pynetdicom's
+    DIMSE message object (its Command Set is a pydicom data set filled element by
+    element, then encoded twice): about half of a pending response's cost on the
+    server, and one PDU instead of two for the peer to read. Only while no
+    ``EVT_DIMSE_SENT`` handler is bound (the message object is what it gets)."""
+    from pynetdicom import evt
+    from pynetdicom.dimse import DIMSEServiceProvider
+    from pynetdicom.dimse_primitives import C_FIND
+
+    send_msg: Any = DIMSEServiceProvider.send_msg
+
+    def send(self: Any, primitive: Any, context_id: int) -> None:
+        if type(primitive) is C_FIND and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+            try:
+                pdata = find_response_pdata(primitive, context_id, self.maximum_pdu_size)
+            except (Unsupported, UnicodeError, struct.error, TypeError, ValueError):
+                pdata = None
+            if pdata is not None:
+                self.dul.send_pdu(pdata)
+                return
+        send_msg(self, primitive, context_id)
+
+    setattr(DIMSEServiceProvider, "send_msg", send)  # noqa: B010
 
 
 #: Largest single read of a PDU's body (pynetdicom reads 4 KiB at a time: 130
