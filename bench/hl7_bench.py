@@ -159,6 +159,11 @@ class Messages:
         return out
 
 
+def default_in_flight(url: str | None) -> int:
+    """The server's SALUS_HL7_COMMITS_IN_FLIGHT when unset (salus.hl7.runtime.commits_in_flight)."""
+    return 2 if url else 1
+
+
 def parse_floor(messages: Sequence[bytes]) -> float:
     """Messages per second that python-hl7 parses and acknowledges on one core (no I/O)."""
     began = time.perf_counter()
@@ -171,7 +176,12 @@ def parse_floor(messages: Sequence[bytes]) -> float:
 # -- the server ------------------------------------------------------------------------------
 class Server:
     def __init__(
-        self, label: str, data_dir: Path, database_url: str | None, apply: str, in_flight: int = 2
+        self,
+        label: str,
+        data_dir: Path,
+        database_url: str | None,
+        apply: str,
+        in_flight: int | None = None,
     ) -> None:
         self.label = label.lower()
         self.data_dir = data_dir
@@ -188,13 +198,14 @@ class Server:
             "SALUS_MLLP_PORT": str(self.mllp_port),
             "SALUS_HL7_PROFILES_FILE": str(profiles),
             "SALUS_HL7_APPLY": apply,
-            "SALUS_HL7_COMMITS_IN_FLIGHT": str(in_flight),
             # One server process: MLLP runs in the primary only, and the CPU meter
             # reads one pid.
             "SALUS_HTTP_WORKERS": "1",
         }
         if database_url:
             self.env["SALUS_DATABASE_URL"] = database_url
+        if in_flight is not None:  # None: the server's default for the backend
+            self.env["SALUS_HL7_COMMITS_IN_FLIGHT"] = str(in_flight)
         self.process: subprocess.Popen[bytes] | None = None
 
     def cli(self, *args: str) -> str:
@@ -446,6 +457,11 @@ def _profiler(
     return process
 
 
+def _ms_per(cores: float, phase: Phase) -> str:
+    """CPU milliseconds per acknowledged message, from cores busy over the phase."""
+    return f"{cores / phase.rate * 1000:.2f}" if phase.rate else "-"
+
+
 def report_phase(phase: Phase) -> None:
     cpu = phase.cpu
     note = f", {phase.errors} errors: {phase.first_error[:300]!r}" if phase.errors else ""
@@ -458,7 +474,8 @@ def report_phase(phase: Phase) -> None:
         f"  {phase.name}: {phase.messages:,} in {phase.wall_s:.1f} s = {phase.rate:,.0f}/s "
         f"ACKed{applied}; latency p50 {quantile(phase.latencies_ms, 0.5):.1f} ms p95 "
         f"{quantile(phase.latencies_ms, 0.95):.1f} ms; CPU cores bench {cpu.bench:.2f} server "
-        f"{cpu.server:.2f} postgres {cpu.postgres:.2f} others {cpu.others:.2f} machine "
+        f"{cpu.server:.2f} ({_ms_per(cpu.server, phase)} ms/msg) postgres {cpu.postgres:.2f} "
+        f"({_ms_per(cpu.postgres, phase)} ms/msg) others {cpu.others:.2f} machine "
         f"{cpu.machine_busy:.0%}{note}",
         flush=True,
     )
@@ -480,21 +497,23 @@ class Result:
     backend: str
     version: str
     mode: str
-    in_flight: int = 2
+    in_flight: int | None = None
+    url: str | None = field(default=None, repr=False)
     floor_adt: float = 0.0
     floor_oru: float = 0.0
     phases: dict[str, Phase] = field(default_factory=dict)
 
 
 def run(
-    backend: str, url: str | None, mode: str, in_flight: int, args: argparse.Namespace
+    backend: str, url: str | None, mode: str, in_flight: int | None, args: argparse.Namespace
 ) -> Result:
     work = Path(tempfile.mkdtemp(prefix=f"salus-hl7-bench-{backend.lower()}-{mode}-"))
     if url:
         reset_postgres(url)
     server = Server(backend, work, url, mode, in_flight)
     print(
-        f"\n== {backend}, SALUS_HL7_APPLY={mode}, SALUS_HL7_COMMITS_IN_FLIGHT={in_flight} "
+        f"\n== {backend}, SALUS_HL7_APPLY={mode}, "
+        f"SALUS_HL7_COMMITS_IN_FLIGHT={in_flight or default_in_flight(url)} "
         f"({work}) ==",
         flush=True,
     )
@@ -503,7 +522,7 @@ def run(
         version = postgres_version(url) if url else f"SQLite {sqlite_version()}"
         meter = CpuMeter(server.pid, with_postgres=url is not None)
         data = Messages(args.seed)
-        result = Result(backend, version, mode, in_flight)
+        result = Result(backend, version, mode, in_flight, url)
         waiting = mode == "async"
         # Warm up (patients the ORU phases refer to; connections, caches).
         stream(server, meter, "warm-up", data.adt(200), 2, None, waiting)
@@ -565,8 +584,9 @@ def render(results: list[Result]) -> str:
                 target = f"≥ {TARGET:,.0f}: {met}"
             errors = f" ({phase.errors} errors)" if phase.errors else ""
             p50, p95 = quantile(phase.latencies_ms, 0.5), quantile(phase.latencies_ms, 0.95)
+            in_flight = r.in_flight or default_in_flight(r.url)
             lines.append(
-                f"| {r.backend} | {r.mode} | {r.in_flight} | {phase.name} | "
+                f"| {r.backend} | {r.mode} | {in_flight} | {phase.name} | "
                 f"{phase.rate:,.0f}{errors} | {applied} | {p50:.1f} / {p95:.1f} | "
                 f"{floor:,.0f} | {c.bench:.2f} / {c.server:.2f} / {c.postgres:.2f} / "
                 f"{c.others:.2f} | {target} |"
@@ -587,16 +607,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kinds", default="adt,oru", help="message kinds: adt, oru or both")
     parser.add_argument(
         "--commits-in-flight",
-        default="2",
+        default="default",
         metavar="N[,N…]",
-        help="SALUS_HL7_COMMITS_IN_FLIGHT values; with several (e.g. 1,2) the servers "
-        "alternate, each value measured in turn, --rounds times",
+        help="SALUS_HL7_COMMITS_IN_FLIGHT values ('default': unset, the server's default "
+        "for the backend, 1 on SQLite and 2 on PostgreSQL); with several (e.g. 1,2) the "
+        "servers alternate, each value measured in turn, --rounds times",
     )
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args(argv)
     args.connections = [int(c) for c in str(args.connections).split(",") if c.strip()]
     args.kinds = {k.strip() for k in str(args.kinds).split(",") if k.strip()}
-    in_flight = [int(n) for n in str(args.commits_in_flight).split(",") if n.strip()]
+    in_flight = [
+        None if n.strip() == "default" else int(n)
+        for n in str(args.commits_in_flight).split(",")
+        if n.strip()
+    ]
 
     env = environment()
     env["python-hl7"] = hl7.__version__ if hasattr(hl7, "__version__") else "?"
@@ -625,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "args": {k: str(v) for k, v in vars(args).items()},
                     "results": [
                         {
-                            **{k: v for k, v in asdict(r).items() if k != "phases"},
+                            **{k: v for k, v in asdict(r).items() if k not in ("phases", "url")},
                             "phases": {
                                 k: {
                                     "name": p.name,
