@@ -119,6 +119,10 @@ async def endpoint(request: Request) -> Response:
         await asyncio.gather(*(services.audit.record_async(e) for e in result.audit))
     if result.resource is None:
         return Response(status_code=result.status, headers=result.headers)
+    if result.raw is not None:  # the stored JSON (Starlette's JSONResponse would give the same)
+        return Response(
+            result.raw, status_code=result.status, headers=result.headers, media_type=FHIR_JSON
+        )
     return JSONResponse(
         result.resource, status_code=result.status, headers=result.headers, media_type=FHIR_JSON
     )

@@ -59,6 +59,9 @@ class FhirResponse:
     headers: dict[str, str] = field(default_factory=dict)
     #: Read events the adapter records (group commit) before answering.
     audit: list[AuditEvent] = field(default_factory=list)
+    #: ``resource`` as JSON bytes when they are at hand (a stored body, read by
+    #: id): the adapter sends them instead of serializing ``resource`` again.
+    raw: bytes | None = None
 
 
 def parse_json_body(body: bytes | None) -> dict[str, Any]:

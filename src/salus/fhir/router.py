@@ -224,9 +224,9 @@ class FhirRouter:
         decision = self._decide(request, res_type, Interaction.READ)
         if decision.deidentify:
             raise Forbidden("De-identified access searches; it does not read by id.")
-        with self.db.read_once() as conn:
-            stored = self.store.read(conn, decision.require(), res_type, res_id)
+        stored = self.store.read_from(self.db, decision.require(), res_type, res_id)
         response = self._with_headers(stored, request, 200, stored.resource)
+        response.raw = stored.raw
         response.audit.append(
             self._read_event(
                 request, decision, f"{res_type}/{res_id}", "read", patient_key=_patient_of(stored)
@@ -239,9 +239,9 @@ class FhirRouter:
         decision = self._decide(request, res_type, Interaction.READ)
         if decision.deidentify:
             raise Forbidden("De-identified access searches; it does not read by id.")
-        with self.db.read_once() as conn:
-            stored = self.store.vread(conn, decision.require(), res_type, res_id, vid)
+        stored = self.store.vread_from(self.db, decision.require(), res_type, res_id, vid)
         response = self._with_headers(stored, request, 200, stored.resource)
+        response.raw = stored.raw
         response.audit.append(
             self._read_event(
                 request,
@@ -435,8 +435,7 @@ class FhirRouter:
         decision = self._decide(request, res_type, Interaction.READ)
         if decision.deidentify:
             raise Forbidden("De-identified access does not read by id.")
-        with self.db.read_once() as conn:
-            stored = self.store.read(conn, decision.require(), res_type, res_id)
+        stored = self.store.read_from(self.db, decision.require(), res_type, res_id)
         response = FhirResponse(200, meta_parameters(stored))
         response.audit.append(
             self._read_event(

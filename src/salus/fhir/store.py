@@ -18,7 +18,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from salus.audit.chain import AuditLog
 from salus.audit.events import AuditEvent
 from salus.db.bulkcopy import COPY_MIN_ROWS, copy_insert, next_ids
+from salus.db.engine import Database
 from salus.db.keys import pairs_in
 from salus.db.tables import fhir_history, fhir_resources
 from salus.db.types import utcnow
@@ -113,6 +114,9 @@ class Stored:
     org_id: str
     resource: dict[str, Any] | None
     patient_key: str | None = None
+    #: ``resource`` as the JSON bytes it was stored as, when read from the
+    #: database (an adapter may send them as they are instead of serializing).
+    raw: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def etag(self) -> str:
@@ -166,23 +170,29 @@ class FhirStore:
         return self.sealer.seal(raw, f"fhir:{res_type}/{res_id}/{version}".encode())
 
     def _open(self, res_type: str, res_id: str, version: int, body: bytes) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(self._open_raw(res_type, res_id, version, body))
+        return loaded
+
+    def _open_raw(self, res_type: str, res_id: str, version: int, body: bytes) -> bytes:
         raw = bytes(body)
         if self.sealer is not None and raw.startswith(ValueSealer.MAGIC):
             raw = self.sealer.open(raw, f"fhir:{res_type}/{res_id}/{version}".encode())
-        loaded: dict[str, Any] = json.loads(raw)
-        return loaded
+        return raw
 
     def stored_from_row(self, row: RowMapping) -> Stored:
         """A resource row (``fhir_resources`` or ``fhir_history``), its body opened."""
         return self._stored(row)
 
-    def _stored(self, row: RowMapping, with_body: bool = True) -> Stored:
+    def _stored(
+        self, row: Mapping[Any, Any], with_body: bool = True, *, keep_raw: bool = False
+    ) -> Stored:
         body = row.get("body")
-        resource = (
-            self._open(row["res_type"], row["res_id"], row["version"], body)
+        raw = (
+            self._open_raw(row["res_type"], row["res_id"], row["version"], body)
             if with_body and body is not None and not row["deleted"]
             else None
         )
+        resource: dict[str, Any] | None = json.loads(raw) if raw is not None else None
         return Stored(
             str(row["res_type"]),
             str(row["res_id"]),
@@ -192,6 +202,7 @@ class FhirStore:
             str(row["org_id"]),
             resource,
             row["patient_key"],
+            raw if keep_raw else None,
         )
 
     # -- writes ------------------------------------------------------------------------
@@ -543,28 +554,62 @@ class FhirStore:
     # -- reads -------------------------------------------------------------------------
     def read(self, conn: Connection, flt: RecordFilter, res_type: str, res_id: str) -> Stored:
         """FHIR http.html#read: 404 when absent or not visible, 410 when deleted."""
+        statement, params = self._read_query(flt, res_type, res_id)
+        row = conn.execute(statement, params).mappings().first()
+        return self._read_found(row, res_type, res_id)
+
+    def read_from(self, db: Database, flt: RecordFilter, res_type: str, res_id: str) -> Stored:
+        """:meth:`read` as one statement of its own (:meth:`Database.fetch_one`)."""
+        statement, params = self._read_query(flt, res_type, res_id)
+        return self._read_found(db.fetch_one(statement, params), res_type, res_id)
+
+    @staticmethod
+    def _read_query(
+        flt: RecordFilter, res_type: str, res_id: str
+    ) -> tuple[Select[Any], dict[str, Any]]:
         statement = _by_id_statement(fhir_resources, RESOURCE_COLUMNS, flt, versioned=False)
         params = flt.params()
         params["_rt"], params["_rid"] = res_type, check_id(res_id)
-        row = conn.execute(statement, params).mappings().first()
+        return statement, params
+
+    def _read_found(self, row: Mapping[Any, Any] | None, res_type: str, res_id: str) -> Stored:
         if row is None:
             raise NotFound(f"{res_type}/{res_id} is not known.")
         if row["deleted"]:
             raise Gone(f"{res_type}/{res_id} has been deleted.")
-        return self._stored(row)
+        return self._stored(row, keep_raw=True)
 
     def vread(
         self, conn: Connection, flt: RecordFilter, res_type: str, res_id: str, version: int
     ) -> Stored:
+        statement, params = self._vread_query(flt, res_type, res_id, version)
+        row = conn.execute(statement, params).mappings().first()
+        return self._vread_found(row, res_type, res_id, version)
+
+    def vread_from(
+        self, db: Database, flt: RecordFilter, res_type: str, res_id: str, version: int
+    ) -> Stored:
+        """:meth:`vread` as one statement of its own (:meth:`Database.fetch_one`)."""
+        statement, params = self._vread_query(flt, res_type, res_id, version)
+        return self._vread_found(db.fetch_one(statement, params), res_type, res_id, version)
+
+    @staticmethod
+    def _vread_query(
+        flt: RecordFilter, res_type: str, res_id: str, version: int
+    ) -> tuple[Select[Any], dict[str, Any]]:
         statement = _by_id_statement(fhir_history, HISTORY_COLUMNS, flt, versioned=True)
         params = flt.params()
         params["_rt"], params["_rid"], params["_vid"] = res_type, check_id(res_id), version
-        row = conn.execute(statement, params).mappings().first()
+        return statement, params
+
+    def _vread_found(
+        self, row: Mapping[Any, Any] | None, res_type: str, res_id: str, version: int
+    ) -> Stored:
         if row is None:
             raise NotFound(f"{res_type}/{res_id} has no version {version}.")
         if row["deleted"]:
             raise Gone(f"{res_type}/{res_id} version {version} is a deletion.")
-        return self._stored(row)
+        return self._stored(row, keep_raw=True)
 
     def history(
         self,

@@ -1,0 +1,100 @@
+"""``Database.fetch_one``: one read statement on the DBAPI connection, with the
+same values as ``Connection.execute`` gives, on SQLite and PostgreSQL (ADR 11)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    insert,
+    literal,
+    select,
+)
+from sqlalchemy.exc import DBAPIError
+
+from salus.db import Database
+from salus.db.types import UTCDateTime
+
+_META = MetaData()
+_ROWS = Table(
+    "fetch_one_rows",
+    _META,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(50), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("gone", Boolean, nullable=False),
+    Column("body", LargeBinary, nullable=True),
+)
+#: A required parameter, a typed one (bind processor) and a literal of the statement's own.
+_BY_NAME = select(_ROWS).where(
+    _ROWS.c.name == bindparam("name"),
+    _ROWS.c.at >= bindparam("since", type_=UTCDateTime()),
+    _ROWS.c.gone == literal(False),
+)
+_IN_LIST = select(_ROWS).where(_ROWS.c.name.in_(bindparam("names", expanding=True)))
+_AT = datetime(2026, 11, 23, 13, 45, 1, 250000, tzinfo=UTC)
+
+
+@pytest.fixture
+def rows(db: Database) -> Database:
+    _META.create_all(db.engine)
+    with db.write() as conn:
+        conn.execute(
+            insert(_ROWS),
+            [
+                {"id": 1, "name": "a", "at": _AT, "gone": False, "body": b'\x00{"x":1}'},
+                {"id": 2, "name": "b", "at": _AT, "gone": True, "body": None},
+            ],
+        )
+    return db
+
+
+def test_same_values_as_execute(rows: Database) -> None:
+    params = {"name": "a", "since": datetime(2026, 1, 1, tzinfo=UTC)}
+    with rows.read() as conn:
+        expected = dict(conn.execute(_BY_NAME, params).mappings().one())
+    got = rows.fetch_one(_BY_NAME, params)
+    assert got == expected
+    assert got is not None
+    assert got["at"] == _AT and got["at"].tzinfo is not None  # through UTCDateTime
+    assert got["gone"] is False and bytes(got["body"]) == b'\x00{"x":1}'
+    # The typed parameter is processed too: a later bound excludes the row.
+    assert (
+        rows.fetch_one(_BY_NAME, {"name": "a", "since": datetime(2027, 1, 1, tzinfo=UTC)}) is None
+    )
+    assert rows.fetch_one(_BY_NAME, {"name": "b", "since": params["since"]}) is None  # literal
+    assert rows.fetch_one(_BY_NAME, {"name": "zz", "since": params["since"]}) is None
+
+
+def test_expanding_lists_fall_back(rows: Database) -> None:
+    got = rows.fetch_one(_IN_LIST, {"names": ["x", "b"]})
+    assert got is not None and got["id"] == 2 and got["body"] is None
+
+
+def test_driver_errors_are_wrapped_and_the_connection_stays_usable(rows: Database) -> None:
+    missing = Table("fetch_one_missing", MetaData(), Column("id", Integer, primary_key=True))
+    statement = select(missing).where(missing.c.id == bindparam("id"))
+    with pytest.raises(DBAPIError) as caught:
+        rows.fetch_one(statement, {"id": 12345})
+    assert caught.value.hide_parameters and "12345" not in str(caught.value)
+    # Every pooled connection still works, in transactions that roll back (on
+    # PostgreSQL the connection was switched to autocommit for the statement
+    # and must be switched back).
+    for _ in range(3):
+        with pytest.raises(RuntimeError), rows.write() as conn:
+            conn.execute(insert(_ROWS), {"id": 3, "name": "c", "at": _AT, "gone": False})
+            assert rows.fetch_one(_BY_NAME, {"name": "a", "since": _AT}) is not None
+            raise RuntimeError("roll back")
+    params = {"name": "c", "since": _AT}
+    assert rows.fetch_one(_BY_NAME, params) is None
+    with rows.read() as conn:
+        assert conn.execute(_BY_NAME, params).first() is None
