@@ -156,8 +156,8 @@ def test_stored_values_hash_the_same_after_a_round_trip(db: Database, log: Audit
 
 def test_record_is_one_statement_on_postgresql(db: Database, log: AuditLog) -> None:
     """PostgreSQL appends through ``salus_audit_append`` (migration 0015): one
-    autocommit statement per batch, hashed as :func:`event_hash` does; the
-    in-process append (no function) continues the same chain."""
+    autocommit statement per batch, hashed as :func:`event_hash` does, and
+    inside a write transaction too (the chain continues)."""
     from sqlalchemy import event as sa_event
 
     statements: list[str] = []
@@ -176,13 +176,32 @@ def test_record_is_one_statement_on_postgresql(db: Database, log: AuditLog) -> N
         assert len(statements) == 4  # BEGIN IMMEDIATE, head, insert, move (then COMMIT)
     else:
         assert len(statements) == 1 and "salus_audit_append" in statements[0]
-        log._pg_append = False  # as on a database without the function
     with db.write() as conn:
         assert log.append(conn, [read_event()]) == [5]
-    log._pg_append = None
     assert log.record([read_event(description="ü")]) == [6]
     report = verify_chain(db)
     assert report.ok and report.events_checked == 6
+
+
+def test_postgresql_without_the_append_function_is_refused(db: Database, log: AuditLog) -> None:
+    """No second implementation of the append on PostgreSQL: a database that
+    was not migrated to 0015 is refused (503: run ``salus migrate``), nothing
+    written, in autocommit and inside a write transaction alike (ADR 21)."""
+    if db.is_sqlite:
+        pytest.skip("salus_audit_append is PostgreSQL's; SQLite appends in Python")
+    log.record([read_event()])
+    with db.write() as conn:
+        conn.exec_driver_sql(
+            "DROP FUNCTION salus_audit_append(timestamptz, text, text[], text[], text[],"
+            " text[], smallint[], text[], text[], text[], text[], text[], text[], text[],"
+            " text[], text[], text[], text[], text[])"
+        )
+    with pytest.raises(Unavailable, match="salus migrate"):
+        log.record([read_event()])
+    with pytest.raises(Unavailable), db.write() as conn:
+        log.append(conn, [read_event()])
+    assert count(db) == 1
+    assert verify_chain(db).ok
 
 
 def test_append_needs_a_transaction(db: Database, log: AuditLog) -> None:

@@ -4,9 +4,12 @@ Every event gets the next ``seq`` (1, 2, 3… without gaps) and
 ``hash = SHA-256(prev_hash ‖ canonical event)`` (exact form:
 :func:`salus.audit.events.event_hash`), so changing, removing or reordering
 a stored event breaks the chain at that event. ``seq`` is assigned under the
-lock of the one ``audit_head`` row (``SELECT … FOR UPDATE`` on PostgreSQL; on
-SQLite the write transaction, ``BEGIN IMMEDIATE``, is already exclusive),
-and the head is updated in the same transaction as the events.
+lock of the one ``audit_head`` row, and the head is updated in the same
+transaction as the events: on SQLite here, in Python (the write transaction,
+``BEGIN IMMEDIATE``, is already exclusive); on PostgreSQL by the function
+``salus_audit_append`` (migration 0015, one statement), always: a database
+without it is refused as not migrated, there is no second implementation
+to fall back on (ADR 21).
 
 :meth:`AuditLog.append` runs inside the caller's write transaction, so an
 event commits or rolls back with the change it records. Events with no
@@ -111,9 +114,10 @@ _PG_APPEND = (
 _PG_BEFORE_RECORDED_AT = tuple(name for name in HASHED_FIELDS if name < "recorded_at")
 if tuple(name for name in HASHED_FIELDS if name > "recorded_at") != ("request_id", "seq"):
     raise RuntimeError("salus_audit_append assumes request_id and seq follow recorded_at")
-_PG_HAS_APPEND = "SELECT to_regproc('salus_audit_append') IS NOT NULL"
 #: The SQLSTATE the function raises for an inconsistent head.
 _PG_HEAD_ERROR = "SA001"
+#: undefined_function: a database that was not migrated to 0015.
+_PG_NO_FUNCTION = "42883"
 
 
 def _pg_append_params(events: Sequence[AuditEvent], recorded_at: datetime) -> dict[str, Any]:
@@ -172,8 +176,6 @@ class AuditLog:
         self.batch_max = batch_max
         self.batch_delay = batch_delay
         self._batcher: RecordBatcher | None = None
-        #: Whether PostgreSQL has ``salus_audit_append`` (checked once; None: not yet).
-        self._pg_append: bool | None = None
         self._checkpointer: asyncio.Task[None] | None = None
 
     # -- appending -------------------------------------------------------------------
@@ -190,7 +192,7 @@ class AuditLog:
             return []
         _check_events(events)
         self._check_transaction(conn)
-        if self._pg_append_available(conn):
+        if conn.dialect.name == "postgresql":
             return self._append_pg(conn, events)
         head = self._lock_head(conn)
         recorded_at = self.clock()  # read under the lock: recorded_at follows seq
@@ -223,20 +225,9 @@ class AuditLog:
             _check_events(events)
             with self.db.engine.connect() as conn:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-                if self._pg_append_available(conn):
-                    return self._append_pg(conn, events)
+                return self._append_pg(conn, events)
         with self.db.write() as conn:
             return self.append(conn, events)
-
-    def _pg_append_available(self, conn: Connection) -> bool:
-        """Whether the one-statement append (migration 0015) can be used on ``conn``."""
-        if conn.dialect.name != "postgresql":
-            return False
-        available = self._pg_append
-        if available is None:
-            available = bool(conn.exec_driver_sql(_PG_HAS_APPEND).scalar())
-            self._pg_append = available
-        return available
 
     def _append_pg(self, conn: Connection, events: Sequence[AuditEvent]) -> list[int]:
         """Lock the head, hash, insert and move the head in one statement.
@@ -250,8 +241,13 @@ class AuditLog:
         try:
             last = conn.exec_driver_sql(_PG_APPEND, params).scalar()
         except DBAPIError as exc:
-            if getattr(exc.orig, "sqlstate", None) == _PG_HEAD_ERROR:
+            state = getattr(exc.orig, "sqlstate", None)
+            if state == _PG_HEAD_ERROR:
                 raise IntegrityError("The audit chain head is missing but events exist.") from None
+            if state == _PG_NO_FUNCTION:  # one rule, one implementation: no fallback (ADR 21)
+                raise Unavailable(
+                    "The database schema is not up to date; run 'salus migrate'."
+                ) from None
             raise
         if last is None:
             raise IntegrityError("The audit chain head could not be moved.")
