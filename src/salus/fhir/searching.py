@@ -38,6 +38,7 @@ DEFAULT_COUNT = 50
 #: of the type ÷ this × page size probes). See ADR 8 (search at 1,000,000).
 DENSE_MATCHES = 2000
 MAX_INCLUDES = 1000
+_CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
 _MANDATORY = ("resourceType", "id", "meta")
 _SUMMARY_DROP = ("text", "contained")
 
@@ -159,6 +160,12 @@ class Searcher:
         visible_for: Callable[[str], RecordFilter | None] | None = None,
     ) -> SearchResult:
         """Run a search; ``visible_for(type)`` gives the filter for included types."""
+        if conn.dialect.name == "postgresql" and conn.in_transaction():
+            # psycopg prepares a statement run five times on a connection, and
+            # PostgreSQL may then keep one generic plan for it, blind to the values:
+            # a search's plan depends on them (a code with 30,000 matches, a Patient
+            # with 9), so each search is planned for its own values (ADR 8).
+            conn.exec_driver_sql(_CUSTOM_PLANS)
         plan = SearchPlan(self.lookup, lambda table: flt.where(_columns(table)))
         parsed = build_search(plan, res_type, params, lenient=lenient)
         visible = flt.where(RESOURCE_COLUMNS)
