@@ -35,7 +35,9 @@ machine hits them alike):
    study level by PatientID and by a StudyDate range (30 days at 20,000
    instances, narrower at larger ``--scale`` so that a range matches about 15
    studies: a C-FIND answer costs ~1 ms per match in pynetdicom; ``--range-days``);
-   median and p95 latency.
+   median and p95 latency. C-FIND runs twice: with pynetdicom's SCU and with
+   :class:`SocketFindSCU` (a plain-socket SCU whose own cost per response is
+   negligible), the same client for every target.
 4. **WADO-RS metadata** of the 1,000-instance study (``--meta-repeats``
    requests); median and p95.
 5. **WADO-RS retrieval** of whole CT studies (multipart, Explicit VR Little
@@ -58,7 +60,14 @@ installed: ``apt-get install dcmtk orthanc orthanc-dicomweb``)::
                                 [--json out.json] [--profile DIR] [--skip-ingest]
 
 ``--profile DIR`` runs ``py-spy record`` on the Salus server during the
-ingest phases (it perturbs the figures).
+ingest phases (it perturbs the figures). ``--phases queries`` runs only the
+query phase (the live targets get only the scale index: the 1,000,000-instance
+run is ``--targets salus --phases queries --scale 1000000``). ``--floors`` runs
+only the ingest floors: the same ``storescu`` into (i) a bare pynetdicom Storage
+SCP whose handler returns 0x0000 and keeps nothing, (ii) the same writing each
+data set to a file with ``fdatasync`` (Orthanc's one sync per instance), (iii)
+Salus, (iv) Orthanc and (v) ``storescp``, over 1 and 4 associations, with the
+receiver's CPU per instance.
 """
 
 from __future__ import annotations
@@ -1279,12 +1288,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     lat: list[Latency] = []
     wado: list[Retrieval] = []
     try:
-        print(
-            f"\nGenerating {args.instances:,} CT instances and a 1,000-instance study in "
-            f"{work} ...",
-            flush=True,
-        )
         needs_ct = args.floors or bool(phases & {"ingest", "metadata", "wado"})
+        if needs_ct:
+            print(
+                f"\nGenerating {args.instances:,} CT instances and a 1,000-instance study in "
+                f"{work} ...",
+                flush=True,
+            )
         ct = write_ct(work / "ct", args.instances if needs_ct else 0, 50, 512, run)
         if args.floors:
             ingests = floors(ct, args.rounds, names)
