@@ -164,6 +164,30 @@ def _code_point_order_sqlite(element: _CodePointOrder, compiler: Any, **kw: Any)
     return str(compiler.process(element.column, **kw))
 
 
+class _NoIndexOnSQLite(ColumnElement[str]):
+    """A column that SQLite may not look up by index (``+column``, SQLite's own
+    idiom): the walk in rid order must scan the table in rowid order and stop at
+    the page, not fetch every resource of the type by its type index and sort
+    them. PostgreSQL: the column itself (it walks the primary key on its own)."""
+
+    inherit_cache = True
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, column: ColumnElement[str]) -> None:
+        self.column = column
+        self.type = column.type
+
+
+@compiles(_NoIndexOnSQLite)
+def _no_index(element: _NoIndexOnSQLite, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.column, **kw))
+
+
+@compiles(_NoIndexOnSQLite, "sqlite")
+def _no_index_sqlite(element: _NoIndexOnSQLite, compiler: Any, **kw: Any) -> str:
+    return f"+{compiler.process(element.column, **kw)}"
+
+
 def _prefix_match(column: Any, prefix: str) -> ColumnElement[bool]:
     """Values that begin with ``prefix``: ``LIKE 'prefix%'`` and the range of code
     points it implies. SQLite's ``LIKE`` is case-insensitive, so it cannot use an
@@ -823,6 +847,16 @@ def base_query(
 ) -> Select[Any]:
     return select(R.c.rid).where(
         R.c.res_type == res_type, R.c.deleted.is_(False), visible, *conditions
+    )
+
+
+def walk_query(
+    res_type: str, conditions: Sequence[ColumnElement[bool]], visible: ColumnElement[bool]
+) -> Select[Any]:
+    """:func:`base_query` for a walk of the resources in rid order (every index
+    condition probed): the type is tested on the row, not looked up by index."""
+    return select(R.c.rid).where(
+        _NoIndexOnSQLite(R.c.res_type) == res_type, R.c.deleted.is_(False), visible, *conditions
     )
 
 

@@ -20,7 +20,14 @@ from sqlalchemy.engine import Connection
 from salus.db.keys import pairs_in
 from salus.db.tables import fhir_idx_reference, fhir_resources
 from salus.errors import InvalidInput
-from salus.fhir.query import CONTROL_PARAMS, ParamLookup, SearchPlan, base_query, build_search
+from salus.fhir.query import (
+    CONTROL_PARAMS,
+    ParamLookup,
+    SearchPlan,
+    base_query,
+    build_search,
+    walk_query,
+)
 from salus.fhir.store import RESOURCE_COLUMNS, FhirStore, Stored
 from salus.security.policy import RecordColumns, RecordFilter
 
@@ -105,13 +112,15 @@ def _default_order(
         return plan.driven_by(res_type, conditions[0], [], visible)
     probing = _probing(conn, plan, conditions, values)
     dense = [c for c, p in zip(conditions, probing, strict=True) if p is not c]
-    if len(dense) == len(conditions):
+    keys = plan.sort_keys(res_type, None)
+    if dense and len(dense) == len(conditions):
         for n, condition in enumerate(conditions):
             if plan.in_rid_order(condition):
                 return plan.driven_by(
                     res_type, condition, [*probing[:n], *probing[n + 1 :]], visible
                 )
-    return base_query(res_type, probing, visible).order_by(*plan.sort_keys(res_type, None))
+        return walk_query(res_type, probing, visible).order_by(*keys)
+    return base_query(res_type, probing, visible).order_by(*keys)
 
 
 def _last(params: Sequence[tuple[str, str]], name: str) -> str | None:
