@@ -1,0 +1,121 @@
+"""SQLite query plans of a search's first page in the default order (FHIR
+search.html#count; ADR 8): the page must come from an index walk that stops
+early, never from collecting and sorting every match ("USE TEMP B-TREE FOR
+ORDER BY"). Checked with EXPLAIN QUERY PLAN on an in-memory database holding
+a few index rows (the conditions are made dense with DENSE_MATCHES)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, insert
+from sqlalchemy.engine import Connection
+
+from salus.db import schema  # noqa: F401 - registers every table
+from salus.db.tables import (
+    fhir_idx_date,
+    fhir_idx_reference,
+    fhir_idx_string,
+    fhir_idx_token,
+    metadata,
+)
+from salus.fhir import searching
+from salus.fhir.query import SearchPlan, build_search, type_lookup
+from salus.fhir.search import get_registry
+from salus.fhir.store import RESOURCE_COLUMNS
+from salus.security.policy import RecordFilter
+
+LOINC = "http://loinc.org"
+
+
+@pytest.fixture(scope="module")
+def conn() -> Iterator[Connection]:
+    engine = create_engine("sqlite://")
+    metadata.create_all(engine)
+    day = datetime(2026, 1, 1, tzinfo=UTC)
+    with engine.begin() as connection:
+        for rid in (1, 2):
+            connection.execute(
+                insert(fhir_idx_token).values(
+                    rid=rid, res_type="Observation", param="code", system=LOINC, code="8867-4"
+                )
+            )
+            connection.execute(
+                insert(fhir_idx_date).values(
+                    rid=rid, res_type="Observation", param="date", low=day, high=day, shape=0
+                )
+            )
+        connection.execute(
+            insert(fhir_idx_reference).values(
+                rid=1, res_type="Observation", param="subject", target_type="Patient", target_id="p"
+            )
+        )
+        connection.execute(
+            insert(fhir_idx_string).values(
+                rid=3, res_type="Patient", param="family", norm="le", exact="Lê"
+            )
+        )
+    with engine.connect() as connection:
+        yield connection
+
+
+def _plan(conn: Connection, res_type: str, params: Sequence[tuple[str, str]]) -> list[str]:
+    flt = RecordFilter(own_org="hosp-a")
+    plan = SearchPlan(
+        type_lookup(get_registry().params_for),
+        lambda table: flt.where(searching._columns(table)),
+    )
+    parsed = build_search(plan, res_type, params, lenient=False)
+    values: dict[str, Any] = flt.params()
+    query = searching._default_order(
+        conn, plan, res_type, parsed.conditions, values, flt.where(RESOURCE_COLUMNS)
+    ).limit(20)
+    compiled = query.compile(conn)
+    full = compiled.construct_params(values)
+    args = tuple(full[name] for name in compiled.positiontup or ())
+    rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", args)
+    return [str(row[3]) for row in rows]
+
+
+@pytest.fixture
+def dense(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(searching, "DENSE_MATCHES", 2)
+
+
+def test_a_token_code_is_read_in_rid_order_from_its_index(conn: Connection, dense: None) -> None:
+    plan = _plan(conn, "Observation", [("code", f"{LOINC}|8867-4")])
+    assert plan[0].startswith("SEARCH fhir_idx_token USING COVERING INDEX ix_fhir_idx_token_code")
+    assert not any("ORDER BY" in step for step in plan), plan
+
+
+def test_a_dense_date_walks_the_resources_in_rowid_order(conn: Connection, dense: None) -> None:
+    plan = _plan(conn, "Observation", [("date", "ge2025-06-01"), ("_count", "20")])
+    assert plan[0] == "SCAN fhir_resources", plan
+    assert any("fhir_idx_date USING INDEX ix_fhir_idx_date_rid (rid=?)" in s for s in plan), plan
+    assert not any("ORDER BY" in step for step in plan), plan
+
+
+def test_a_sparse_reference_drives_and_the_dense_token_is_probed(
+    conn: Connection, dense: None
+) -> None:
+    plan = _plan(conn, "Observation", [("subject", "Patient/p"), ("code", f"{LOINC}|8867-4")])
+    assert any("fhir_idx_reference USING" in s and "target_id=?" in s for s in plan), plan
+    probe = [s for s in plan if "fhir_idx_token" in s]
+    assert probe and "rid=?" in probe[0], plan
+    assert not any(step.startswith("SCAN") for step in plan), plan
+
+
+def test_string_prefixes_and_chains_start_from_the_string_index(conn: Connection) -> None:
+    for res_type, params in (
+        ("Patient", [("family", "Lê")]),
+        ("Observation", [("subject:Patient.family", "Le")]),
+    ):
+        plan = _plan(conn, res_type, params)
+        assert any(
+            "ix_fhir_idx_string_norm (res_type=? AND param=? AND norm>? AND norm<?)" in s
+            for s in plan
+        ), plan
+        assert not any(step.startswith("SCAN") for step in plan), plan
