@@ -383,6 +383,7 @@ class Server:
         if database_url:
             self.env["SALUS_DATABASE_URL"] = database_url
         self.process: subprocess.Popen[bytes] | None = None
+        self.client_id = CLIENT_ID
         self.secret = ""
 
     def cli(self, *args: str) -> str:
@@ -432,7 +433,7 @@ class Server:
         self.wait_healthy()
 
     def token(self) -> str:
-        basic = base64.b64encode(f"{CLIENT_ID}:{self.secret}".encode()).decode()
+        basic = base64.b64encode(f"{self.client_id}:{self.secret}".encode()).decode()
         response = httpx.post(f"{self.base}/auth/token", data={"grant_type": "client_credentials"},
                               headers={"Authorization": f"Basic {basic}"}, timeout=30)
         response.raise_for_status()
@@ -1126,7 +1127,8 @@ STATE_FILE = "bench-state.json"
 
 def save_state(work: Path, data: Data, stored: int, secret: str) -> None:
     """What a later ``--reuse`` run needs to search the kept database: ids, names, codes."""
-    state = {"stored": stored, "secret": secret, "patient_ids": data.patient_ids,
+    state = {"stored": stored, "client_id": CLIENT_ID, "secret": secret,
+             "patient_ids": data.patient_ids,
              "families": data.families, "codes_of": data.codes_of,
              "coded_patients": data.coded_patients}
     (work / STATE_FILE).write_text(json.dumps(state))
@@ -1148,6 +1150,7 @@ def search_again(name: str, url: str | None, work: Path,
     head first (``salus migrate``), its planner statistics refreshed."""
     state = json.loads((work / STATE_FILE).read_text())
     server = Server(name, work, url)
+    server.client_id = str(state.get("client_id", CLIENT_ID))
     server.secret = str(state["secret"])
     print(f"\n== {name}, searches only, kept database ({work}) ==", flush=True)
     began = time.monotonic()
