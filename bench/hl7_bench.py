@@ -552,9 +552,13 @@ def run(
                 args.profile,
                 waiting,
             )
+        floors = [
+            f"{kind} {floor:,.0f}/s"
+            for kind, floor in (("ADT", result.floor_adt), ("ORU", result.floor_oru))
+            if floor  # a kind not run (--kinds) has no floor
+        ]
         print(
-            f"  parse-only floor (python-hl7 parse + create_ack, 1 core): ADT "
-            f"{result.floor_adt:,.0f}/s, ORU {result.floor_oru:,.0f}/s",
+            f"  parse-only floor (python-hl7 parse + create_ack, 1 core): {', '.join(floors)}",
             flush=True,
         )
         return result
