@@ -58,6 +58,10 @@ def test_create_and_read(world: World) -> None:
     read = fhir(world, "a-feed", "GET", f"Patient/{body['id']}")
     assert read.status_code == 200 and read.json() == body
     assert read.headers["etag"] == 'W/"1"'
+    # Both bodies are the JSON that was sealed, byte for byte (UTF-8, not \u escapes).
+    assert read.content == response.content and "Nguyễn".encode() in read.content
+    vread = fhir(world, "a-feed", "GET", f"Patient/{body['id']}/_history/1")
+    assert vread.status_code == 200 and vread.content == read.content
 
 
 def test_other_hospitals_do_not_see_it(world: World) -> None:

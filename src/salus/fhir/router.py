@@ -192,7 +192,9 @@ class FhirRouter:
                 ],
             }
             return self._with_headers(stored, request, status, outcome)
-        return self._with_headers(stored, request, status, stored.resource)
+        response = self._with_headers(stored, request, status, stored.resource)
+        response.raw = stored.raw  # the JSON just sealed, when at hand (creates)
+        return response
 
     # -- interactions ------------------------------------------------------------------
     def _audit_search(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:

@@ -131,6 +131,11 @@ Validator = Callable[[Mapping[str, Any]], None]
 Compartment = Callable[[Mapping[str, Any]], str | None]
 
 
+def _json_bytes(resource: Mapping[str, Any]) -> bytes:
+    """A body as stored: compact UTF-8 JSON (what Starlette's JSONResponse writes too)."""
+    return json.dumps(resource, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 @dataclass(slots=True)
 class PreparedCreates:
     """New resources ready to be written (see :meth:`FhirStore.prepare_creates`)."""
@@ -142,6 +147,8 @@ class PreparedCreates:
     rows: list[dict[str, Any]]
     index_rows: list[dict[Table, list[dict[str, Any]]]]
     events: list[AuditEvent]
+    #: Each body as the JSON that was sealed (the create's response body).
+    raws: list[bytes] = field(default_factory=list)
 
 
 class FhirStore:
@@ -164,7 +171,9 @@ class FhirStore:
 
     # -- bodies ------------------------------------------------------------------------
     def _seal(self, res_type: str, res_id: str, version: int, resource: Mapping[str, Any]) -> bytes:
-        raw = json.dumps(resource, separators=(",", ":"), ensure_ascii=False).encode()
+        return self._seal_raw(res_type, res_id, version, _json_bytes(resource))
+
+    def _seal_raw(self, res_type: str, res_id: str, version: int, raw: bytes) -> bytes:
         if self.sealer is None:
             return raw
         return self.sealer.seal(raw, f"fhir:{res_type}/{res_id}/{version}".encode())
@@ -367,8 +376,10 @@ class FhirStore:
         rows: list[dict[str, Any]] = []
         index_rows: list[dict[Table, list[dict[str, Any]]]] = []
         events: list[AuditEvent] = []
+        raws: list[bytes] = []
         for res_type, res_id, body in prepared:
             patient_key = self.compartment(body)
+            raws.append(_json_bytes(body))
             rows.append(
                 {
                     "res_type": res_type,
@@ -379,7 +390,7 @@ class FhirStore:
                     "category": category_of(body),
                     "deleted": False,
                     "last_updated": now,
-                    "body": self._seal(res_type, res_id, 1, body),
+                    "body": self._seal_raw(res_type, res_id, 1, raws[-1]),
                 }
             )
             index_rows.append(self.indexer.rows(0, res_type, body))
@@ -394,7 +405,7 @@ class FhirStore:
                     detail={"version": 1},
                 )
             )
-        return PreparedCreates(principal, now, prepared, chosen, rows, index_rows, events)
+        return PreparedCreates(principal, now, prepared, chosen, rows, index_rows, events, raws)
 
     def commit_creates(self, conn: Connection, batch: PreparedCreates) -> list[Stored]:
         """Write what :meth:`prepare_creates` made, in the caller's transaction."""
@@ -430,9 +441,12 @@ class FhirStore:
                 grouped.setdefault(table, []).extend(values)
         self.indexer.insert_rows(conn, grouped)
         self.audit.append(conn, batch.events)
+        raws: list[bytes | None] = list(batch.raws) or [None] * len(batch.rows)
         return [
-            Stored(t, i, 1, row["last_updated"], False, row["org_id"], body, row["patient_key"])
-            for (t, i, body), row in zip(batch.prepared, batch.rows, strict=True)
+            Stored(
+                t, i, 1, row["last_updated"], False, row["org_id"], body, row["patient_key"], raw
+            )
+            for (t, i, body), row, raw in zip(batch.prepared, batch.rows, raws, strict=True)
         ]
 
     def commit_create_groups(
@@ -451,6 +465,7 @@ class FhirStore:
             [r for b in batches for r in b.rows],
             [x for b in batches for x in b.index_rows],
             [e for b in batches for e in b.events],
+            [r for b in batches for r in b.raws] if all(b.raws for b in batches) else [],
         )
         if len(set(merged.chosen_ids)) != len(merged.chosen_ids):
             raise Conflict("The same resource id appears twice.")
