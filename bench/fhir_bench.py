@@ -664,6 +664,11 @@ class Search:
     mean_matches: float
     errors: int
     queries: int
+    #: Server CPU per query, ms (load on the machine perturbs it far less than
+    #: wall time), and PostgreSQL's (every PostgreSQL process: on a shared machine
+    #: other databases' work counts too).
+    cpu_ms: float = float("nan")
+    pg_cpu_ms: float = float("nan")
 
 
 @dataclass
@@ -955,6 +960,7 @@ def searches(load: Load, data: Data, queries: int, budget_s: float,
             for _ in range(10):  # warm-up, untimed
                 http.get(make())
             spy = load.profiler(f"search {key}")
+            cpu_began = load.meter.sample()
             times: list[float] = []
             matches: list[int] = []
             errors = 0
@@ -974,16 +980,23 @@ def searches(load: Load, data: Data, queries: int, budget_s: float,
                 times.append(elapsed)
                 body = response.json()
                 matches.append(int(body.get("total", len(body.get("entry", [])))))
+            cpu_ended = load.meter.sample()
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(timeout=60)
+            cpu = CpuMeter.since(cpu_began, cpu_ended)
+            wall = cpu_ended.wall - cpu_began.wall
+            per_query = wall * 1000 / max(len(times) + errors, 1)
             search = Search(key, label, medplum, quantile(times, 0.5), quantile(times, 0.95),
                             max(times, default=float("nan")),
-                            statistics.fmean(matches) if matches else 0.0, errors, len(times))
+                            statistics.fmean(matches) if matches else 0.0, errors, len(times),
+                            cpu.server * per_query, cpu.postgres * per_query)
             result.searches.append(search)
             print(f"  search {key}: median {search.median_ms:.1f} ms, p95 {search.p95_ms:.1f} "
                   f"ms, max {search.max_ms:.0f} ms, {search.mean_matches:,.0f} matches on "
-                  f"average{f', {errors} errors' if errors else ''}", flush=True)
+                  f"average; CPU per query: server {search.cpu_ms:.1f} ms, PostgreSQL "
+                  f"{search.pg_cpu_ms:.1f} ms"
+                  f"{f', {errors} errors' if errors else ''}", flush=True)
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -1047,7 +1060,9 @@ def render(result: BackendResult) -> str:
         lines.append(
             f"| search {s.label}, 1 client (median / p95 of {s.queries}; "
             f"~{s.mean_matches:,.0f} matches"
-            f"{errors}) | {s.median_ms:.1f} / {s.p95_ms:.1f} ms | {mp_text} | {ratio} | "
+            f"{errors}; server CPU {s.cpu_ms:.1f} ms/query) | {s.median_ms:.1f} / "
+            f"{s.p95_ms:.1f} ms | "
+            f"{mp_text} | {ratio} | "
             f"p95 < 50 ms | {verdict} |")
     lines += [
         "",
