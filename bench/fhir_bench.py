@@ -129,12 +129,70 @@ CODES: list[tuple[str, str, str, float, float]] = [
     ("1988-5", "C reactive protein [Mass/volume] in Serum or Plasma", "mg/L", 0.1, 200),
 ]
 _SYLLABLES = [
-    "ba", "be", "bo", "da", "de", "do", "ga", "ha", "ho", "ka", "ke", "ki", "la", "le", "li",
-    "lo", "ma", "me", "mi", "mo", "na", "ne", "ni", "no", "pa", "ra", "re", "ri", "ro", "sa",
-    "se", "si", "ta", "te", "ti", "to", "va", "vi", "za", "zo",
+    "ba",
+    "be",
+    "bo",
+    "da",
+    "de",
+    "do",
+    "ga",
+    "ha",
+    "ho",
+    "ka",
+    "ke",
+    "ki",
+    "la",
+    "le",
+    "li",
+    "lo",
+    "ma",
+    "me",
+    "mi",
+    "mo",
+    "na",
+    "ne",
+    "ni",
+    "no",
+    "pa",
+    "ra",
+    "re",
+    "ri",
+    "ro",
+    "sa",
+    "se",
+    "si",
+    "ta",
+    "te",
+    "ti",
+    "to",
+    "va",
+    "vi",
+    "za",
+    "zo",
 ]  # 40 syllables: 64,000 family names of 3; all 6 letters, so none is a prefix of another
-GIVEN = ["An", "Binh", "Chi", "Dung", "Giang", "Hoa", "Khanh", "Lan", "Minh", "Nam", "Phuong",
-         "Quang", "Thao", "Trung", "Vy", "Anna", "Paul", "Maria", "John", "Fatima", "Omar"]
+GIVEN = [
+    "An",
+    "Binh",
+    "Chi",
+    "Dung",
+    "Giang",
+    "Hoa",
+    "Khanh",
+    "Lan",
+    "Minh",
+    "Nam",
+    "Phuong",
+    "Quang",
+    "Thao",
+    "Trung",
+    "Vy",
+    "Anna",
+    "Paul",
+    "Maria",
+    "John",
+    "Fatima",
+    "Omar",
+]
 CITIES = ["Hà Nội", "Hải Phòng", "Huế", "Đà Nẵng", "Cần Thơ", "Hồ Chí Minh", "Nha Trang"]
 DATE_FROM = datetime(2012, 1, 1, tzinfo=UTC)
 DATE_SPAN_S = int((datetime(2026, 11, 1, tzinfo=UTC) - DATE_FROM).total_seconds())
@@ -175,17 +233,33 @@ class Data:
         birth = datetime(1930, 1, 1) + timedelta(days=rng.randrange(0, 33_000))
         return {
             "resourceType": "Patient",
-            "identifier": [{"system": "urn:oid:2.16.840.1.113883.19.5.99999.1",
-                            "value": f"MRN-{uuid.UUID(int=rng.getrandbits(128)).hex[:12]}"}],
+            "identifier": [
+                {
+                    "system": "urn:oid:2.16.840.1.113883.19.5.99999.1",
+                    "value": f"MRN-{uuid.UUID(int=rng.getrandbits(128)).hex[:12]}",
+                }
+            ],
             "active": True,
-            "name": [{"use": "official", "family": self.family(),
-                      "given": [rng.choice(GIVEN), rng.choice(GIVEN)]}],
+            "name": [
+                {
+                    "use": "official",
+                    "family": self.family(),
+                    "given": [rng.choice(GIVEN), rng.choice(GIVEN)],
+                }
+            ],
             "gender": rng.choice(["female", "male"]),
             "birthDate": birth.strftime("%Y-%m-%d"),
-            "telecom": [{"system": "phone", "value": f"+84-9{rng.randrange(10**8):08d}",
-                         "use": "mobile"}],
-            "address": [{"use": "home", "line": [f"{rng.randrange(1, 500)} Đường Lê Lợi"],
-                         "city": rng.choice(CITIES), "country": "VN"}],
+            "telecom": [
+                {"system": "phone", "value": f"+84-9{rng.randrange(10**8):08d}", "use": "mobile"}
+            ],
+            "address": [
+                {
+                    "use": "home",
+                    "line": [f"{rng.randrange(1, 500)} Đường Lê Lợi"],
+                    "city": rng.choice(CITIES),
+                    "country": "VN",
+                }
+            ],
         }
 
     def observation(self, subject: str) -> dict[str, Any]:
@@ -195,15 +269,30 @@ class Data:
         return {
             "resourceType": "Observation",
             "status": "final",
-            "category": [{"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                "code": "vital-signs" if code in {c[0] for c in CODES[:9]} else "laboratory"}]}],
-            "code": {"coding": [{"system": LOINC, "code": code, "display": display}],
-                     "text": display},
+            "category": [
+                {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                            "code": "vital-signs"
+                            if code in {c[0] for c in CODES[:9]}
+                            else "laboratory",
+                        }
+                    ]
+                }
+            ],
+            "code": {
+                "coding": [{"system": LOINC, "code": code, "display": display}],
+                "text": display,
+            },
             "subject": {"reference": subject},
             "effectiveDateTime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "valueQuantity": {"value": round(rng.uniform(low, high), 1), "unit": unit,
-                              "system": "http://unitsofmeasure.org", "code": unit},
+            "valueQuantity": {
+                "value": round(rng.uniform(low, high), 1),
+                "unit": unit,
+                "system": "http://unitsofmeasure.org",
+                "code": unit,
+            },
         }
 
     def random_patient(self) -> str:
@@ -224,8 +313,11 @@ def transaction(entries: list[tuple[dict[str, Any], str | None]]) -> dict[str, A
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
-            {**({"fullUrl": url} if url else {}), "resource": resource,
-             "request": {"method": "POST", "url": resource["resourceType"]}}
+            {
+                **({"fullUrl": url} if url else {}),
+                "resource": resource,
+                "request": {"method": "POST", "url": resource["resourceType"]},
+            }
             for resource, url in entries
         ],
     }
@@ -294,7 +386,7 @@ def _postgres_cpu() -> dict[int, float]:
             text = (entry / "stat").read_text()
         except OSError:
             continue
-        name = text[text.find("(") + 1: text.rfind(")")]
+        name = text[text.find("(") + 1 : text.rfind(")")]
         if name.startswith("postgres"):
             fields = text.rsplit(")", 1)[1].split()
             total[int(entry.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
@@ -338,16 +430,23 @@ class CpuMeter:
     def sample(self) -> Sample:
         busy, total = _machine()
         server = tree_cpu(processes(), self.server_pid)
-        return Sample(time.perf_counter(), time.process_time(), server,
-                      _postgres_cpu() if self.with_postgres else {}, busy, total)
+        return Sample(
+            time.perf_counter(),
+            time.process_time(),
+            server,
+            _postgres_cpu() if self.with_postgres else {},
+            busy,
+            total,
+        )
 
     @staticmethod
     def since(start: Sample, end: Sample) -> Cpu:
         wall = max(end.wall - start.wall, 1e-9)
         # Per process, so that a connection closed during the phase cannot make it negative
         # (its CPU time is lost instead: PostgreSQL's figure is a floor).
-        postgres = sum(max(0.0, t - start.postgres.get(pid, 0.0))
-                       for pid, t in end.postgres.items())
+        postgres = sum(
+            max(0.0, t - start.postgres.get(pid, 0.0)) for pid, t in end.postgres.items()
+        )
         cpu = Cpu(
             bench=(end.bench - start.bench) / wall,
             server=(end.server - start.server) / wall,
@@ -389,7 +488,11 @@ class Server:
     def cli(self, *args: str) -> str:
         done = subprocess.run(
             [sys.executable, "-m", "salus", "--data-dir", str(self.data_dir), *args],
-            env=self.env, capture_output=True, text=True, check=False)
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"salus {' '.join(args)} failed: {done.stderr or done.stdout}")
         return done.stdout
@@ -398,13 +501,25 @@ class Server:
         self.cli("init")
         log = (self.data_dir / "server.log").open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "salus", "--data-dir", str(self.data_dir), "serve",
-             "--port", str(self.port)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "salus",
+                "--data-dir",
+                str(self.data_dir),
+                "serve",
+                "--port",
+                str(self.port),
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         self.wait_healthy()
         self.cli("org", "create", ORG, "--name", "Bệnh viện Bench", "--kind", "hospital")
-        out = self.cli("client", "create", CLIENT_ID, "--org", ORG,
-                       "--role", "hospital_integration")
+        out = self.cli(
+            "client", "create", CLIENT_ID, "--org", ORG, "--role", "hospital_integration"
+        )
         self.secret = out.strip().rsplit(None, 1)[-1]
 
     def wait_healthy(self) -> None:
@@ -427,15 +542,30 @@ class Server:
         self.stop()
         log = (self.data_dir / "server.log").open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "salus", "--data-dir", str(self.data_dir), "serve",
-             "--port", str(self.port)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "salus",
+                "--data-dir",
+                str(self.data_dir),
+                "serve",
+                "--port",
+                str(self.port),
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         self.wait_healthy()
 
     def token(self) -> str:
         basic = base64.b64encode(f"{self.client_id}:{self.secret}".encode()).decode()
-        response = httpx.post(f"{self.base}/auth/token", data={"grant_type": "client_credentials"},
-                              headers={"Authorization": f"Basic {basic}"}, timeout=30)
+        response = httpx.post(
+            f"{self.base}/auth/token",
+            data={"grant_type": "client_credentials"},
+            headers={"Authorization": f"Basic {basic}"},
+            timeout=30,
+        )
         response.raise_for_status()
         return str(response.json()["access_token"])
 
@@ -540,8 +670,9 @@ Handler = Callable[[Call, httpx.Response], None]
 class Load:
     """Runs calls on N threads, each with its own keep-alive ``httpx.Client``."""
 
-    def __init__(self, server: Server, meter: CpuMeter, clients: int,
-                 profile_dir: Path | None = None) -> None:
+    def __init__(
+        self, server: Server, meter: CpuMeter, clients: int, profile_dir: Path | None = None
+    ) -> None:
         self.server = server
         self.meter = meter
         self.clients = clients
@@ -565,23 +696,45 @@ class Load:
         slug = "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
         out = self.profile_dir / f"{self.server.label}-{slug}.txt"
         process = subprocess.Popen(
-            [spy, "record", "--pid", str(self.server.pid), "--format", "raw", "--rate", "100",
-             "--nonblocking", "--gil", "--output", str(out)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                spy,
+                "record",
+                "--pid",
+                str(self.server.pid),
+                "--format",
+                "raw",
+                "--rate",
+                "100",
+                "--nonblocking",
+                "--gil",
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(1.0)  # py-spy attaches
         return process
 
     def client(self) -> httpx.Client:
         return httpx.Client(
             base_url=f"{self.server.base}/fhir",
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": FHIR_JSON,
-                     "Accept": FHIR_JSON},
+            headers={
+                "Authorization": f"Bearer {self.token}",
+                "Content-Type": FHIR_JSON,
+                "Accept": FHIR_JSON,
+            },
             timeout=httpx.Timeout(600.0),
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
         )
 
-    def run(self, name: str, calls: Sequence[Call], handler: Handler | None = None,
-            clients: int | None = None) -> Phase:
+    def run(
+        self,
+        name: str,
+        calls: Sequence[Call],
+        handler: Handler | None = None,
+        clients: int | None = None,
+    ) -> Phase:
         self.refresh()
         threads = clients or self.clients
         counter = itertools.count()
@@ -612,8 +765,10 @@ class Load:
                     mine.append((clock() - began) * 1000)
                     if response.status_code >= 400:
                         with lock:
-                            errors.append(f"{call.method} {call.url}: {response.status_code} "
-                                          f"{response.text[:600]}")
+                            errors.append(
+                                f"{call.method} {call.url}: {response.status_code} "
+                                f"{response.text[:600]}"
+                            )
                         continue
                     done[slot] += call.resources
                     if handler is not None:
@@ -634,10 +789,15 @@ class Load:
         if calls and all(c.method == "POST" for c in calls):
             self.written += sum(done)
         phase = Phase(
-            name=name, calls=len(calls) - len(errors), resources=sum(done),
-            wall_s=end.wall - start.wall, cpu=CpuMeter.since(start, end),
+            name=name,
+            calls=len(calls) - len(errors),
+            resources=sum(done),
+            wall_s=end.wall - start.wall,
+            cpu=CpuMeter.since(start, end),
             latencies_ms=[x for lat in latencies for x in lat],
-            errors=len(errors), first_error=errors[0] if errors else "")
+            errors=len(errors),
+            first_error=errors[0] if errors else "",
+        )
         report_phase(phase)
         return phase
 
@@ -645,11 +805,14 @@ class Load:
 def report_phase(phase: Phase) -> None:
     cpu = phase.cpu
     note = f", {phase.errors} errors: {phase.first_error[:400]}" if phase.errors else ""
-    print(f"  {phase.name}: {phase.resources:,} in {phase.wall_s:.1f} s = {phase.rate:,.0f}/s; "
-          f"latency p50 {phase.latency(0.5):.1f} ms p95 {phase.latency(0.95):.1f} ms; "
-          f"CPU cores bench {cpu.bench:.2f} server {cpu.server:.2f} "
-          f"postgres {cpu.postgres:.2f} others {cpu.others:.2f} "
-          f"machine {cpu.machine_busy:.0%}{note}", flush=True)
+    print(
+        f"  {phase.name}: {phase.resources:,} in {phase.wall_s:.1f} s = {phase.rate:,.0f}/s; "
+        f"latency p50 {phase.latency(0.5):.1f} ms p95 {phase.latency(0.95):.1f} ms; "
+        f"CPU cores bench {cpu.bench:.2f} server {cpu.server:.2f} "
+        f"postgres {cpu.postgres:.2f} others {cpu.others:.2f} "
+        f"machine {cpu.machine_busy:.0%}{note}",
+        flush=True,
+    )
 
 
 # -- the phases ------------------------------------------------------------------------------
@@ -698,8 +861,9 @@ def post_one_by_one(load: Load, data: Data, n: int, result: BackendResult) -> No
     result.phases["post_patient"] = load.run("POST Patient", calls, patient_created)
     subjects = [pid for pid, _ in data.post_patients]
     calls = [
-        Call("POST", "Observation",
-             encode(data.observation(f"Patient/{data.rng.choice(subjects)}")))
+        Call(
+            "POST", "Observation", encode(data.observation(f"Patient/{data.rng.choice(subjects)}"))
+        )
         for _ in range(n)
     ]
     result.phases["post_observation"] = load.run("POST Observation", calls)
@@ -727,15 +891,27 @@ def bundles(load: Load, data: Data, total: int, size: int, result: BackendResult
                 data.remember(res_id, body)
 
     result.phases["bundle_patient"] = load.run(
-        f"transaction Bundles of {size} Patients", calls, stored)
+        f"transaction Bundles of {size} Patients", calls, stored
+    )
     calls = [
-        Call("POST", "", encode(transaction(
-            [(data.observation(f"Patient/{data.random_patient()}"), None) for _ in range(size)])),
-            size)
+        Call(
+            "POST",
+            "",
+            encode(
+                transaction(
+                    [
+                        (data.observation(f"Patient/{data.random_patient()}"), None)
+                        for _ in range(size)
+                    ]
+                )
+            ),
+            size,
+        )
         for _ in range(max(1, total // size))
     ]
     result.phases["bundle_observation"] = load.run(
-        f"transaction Bundles of {size} Observations", calls)
+        f"transaction Bundles of {size} Observations", calls
+    )
 
 
 def synthea(load: Load, data: Data, result: BackendResult) -> None:
@@ -746,25 +922,33 @@ def synthea(load: Load, data: Data, result: BackendResult) -> None:
         return
     loaded = [json.loads(p.read_bytes()) for p in files]
     # Bundles without a Patient (practitioners, organizations) go first.
-    loaded.sort(key=lambda b: any(e["resource"]["resourceType"] == "Patient"
-                                  for e in b.get("entry", [])))
-    leading = [b for b in loaded if not any(e["resource"]["resourceType"] == "Patient"
-                                            for e in b.get("entry", []))]
-    patients = loaded[len(leading):]
+    loaded.sort(
+        key=lambda b: any(e["resource"]["resourceType"] == "Patient" for e in b.get("entry", []))
+    )
+    leading = [
+        b
+        for b in loaded
+        if not any(e["resource"]["resourceType"] == "Patient" for e in b.get("entry", []))
+    ]
+    patients = loaded[len(leading) :]
     if leading:  # referenced by the others: stored first, untimed
-        load.run("Synthea (practitioner/organization Bundles, untimed set-up)",
-                 [Call("POST", "", encode(b), len(b["entry"])) for b in leading])
+        load.run(
+            "Synthea (practitioner/organization Bundles, untimed set-up)",
+            [Call("POST", "", encode(b), len(b["entry"])) for b in leading],
+        )
     calls = [Call("POST", "", encode(b), len(b["entry"])) for b in patients]
     sizes = [c.resources for c in calls]
     result.notes.append(
         f"Synthea: {len(calls)} patient Bundles, {sum(sizes):,} resources "
         f"({min(sizes)}-{max(sizes)} per Bundle, median {statistics.median(sizes):.0f}); "
-        f"{len(leading)} Bundle(s) without a Patient stored first, untimed.")
+        f"{len(leading)} Bundle(s) without a Patient stored first, untimed."
+    )
     result.phases["synthea"] = load.run("Synthea transaction Bundles", calls)
 
 
-def reads_and_updates(load: Load, data: Data, reads: int, updates: int, result: BackendResult,
-                      key: str = "read") -> None:
+def reads_and_updates(
+    load: Load, data: Data, reads: int, updates: int, result: BackendResult, key: str = "read"
+) -> None:
     calls = [Call("GET", f"Patient/{data.random_patient()}") for _ in range(reads)]
     result.phases[key] = load.run(f"read Patient by id ({key})", calls)
     if updates <= 0:
@@ -772,23 +956,37 @@ def reads_and_updates(load: Load, data: Data, reads: int, updates: int, result: 
     chosen = data.rng.sample(data.post_patients, min(updates, len(data.post_patients)))
     calls = []
     for res_id, body in chosen:
-        changed = {**body, "id": res_id, "telecom": [
-            {"system": "phone", "value": f"+84-9{data.rng.randrange(10**8):08d}", "use": "home"}]}
+        changed = {
+            **body,
+            "id": res_id,
+            "telecom": [
+                {"system": "phone", "value": f"+84-9{data.rng.randrange(10**8):08d}", "use": "home"}
+            ],
+        }
         calls.append(Call("PUT", f"Patient/{res_id}", encode(changed)))
     result.phases["update"] = load.run("update Patient by id (PUT)", calls)
 
 
-def grow(load: Load, data: Data, target: int, stored: int, result: BackendResult,
-         size: int = 500, patients_per_bundle: int = 50) -> int:
+def grow(
+    load: Load,
+    data: Data,
+    target: int,
+    stored: int,
+    result: BackendResult,
+    size: int = 500,
+    patients_per_bundle: int = 50,
+) -> int:
     """Transaction Bundles of ``size``: Patients and Observations that refer to them."""
     missing = target - stored
     if missing <= 0:
         return stored
     per_patient = size // patients_per_bundle - 1
     count = -(-missing // size)
-    print(f"  growing to {target:,} resources: {count:,} Bundles of {size} "
-          f"({patients_per_bundle} Patients + {patients_per_bundle * per_patient} Observations)",
-          flush=True)
+    print(
+        f"  growing to {target:,} resources: {count:,} Bundles of {size} "
+        f"({patients_per_bundle} Patients + {patients_per_bundle * per_patient} Observations)",
+        flush=True,
+    )
     lock = threading.Lock()
     families: dict[int, list[tuple[dict[str, Any], list[str]]]] = {}
 
@@ -822,27 +1020,48 @@ def grow(load: Load, data: Data, target: int, stored: int, result: BackendResult
     for first in range(0, count, chunk):
         families.clear()
         calls = [make(i) for i in range(first, min(count, first + chunk))]
-        phases.append(load.run(f"load at scale, Bundles {first + 1}-{first + len(calls)}",
-                               calls, stored_bundle))
+        phases.append(
+            load.run(
+                f"load at scale, Bundles {first + 1}-{first + len(calls)}", calls, stored_bundle
+            )
+        )
     wall = sum(p.wall_s for p in phases)
     resources = sum(p.resources for p in phases)
-    cpu = Cpu(*(sum(getattr(p.cpu, f) * p.wall_s for p in phases) / wall
-                for f in ("bench", "server", "postgres", "machine_busy", "others")))
+    cpu = Cpu(
+        *(
+            sum(getattr(p.cpu, f) * p.wall_s for p in phases) / wall
+            for f in ("bench", "server", "postgres", "machine_busy", "others")
+        )
+    )
     rates = [p.rate for p in phases]
     result.phases["load"] = Phase(
-        "load at scale (Bundles of 500, 8 clients)", sum(p.calls for p in phases), resources,
-        wall, cpu,
-        [x for p in phases for x in p.latencies_ms], sum(p.errors for p in phases),
-        next((p.first_error for p in phases if p.errors), ""))
+        "load at scale (Bundles of 500, 8 clients)",
+        sum(p.calls for p in phases),
+        resources,
+        wall,
+        cpu,
+        [x for p in phases for x in p.latencies_ms],
+        sum(p.errors for p in phases),
+        next((p.first_error for p in phases if p.errors), ""),
+    )
     result.notes.append(
         f"Load at scale: {resources:,} resources in {wall:.0f} s; rate per chunk of "
         f"{chunk} Bundles from {rates[0]:,.0f}/s (first) to {rates[-1]:,.0f}/s (last), "
-        f"min {min(rates):,.0f}/s.")
+        f"min {min(rates):,.0f}/s."
+    )
     return stored + resources
 
 
-def grow_by_import(load: Load, data: Data, target: int, stored: int, result: BackendResult,
-                   work: Path, workers: int, patients_per_group: int = 50) -> int:
+def grow_by_import(
+    load: Load,
+    data: Data,
+    target: int,
+    stored: int,
+    result: BackendResult,
+    work: Path,
+    workers: int,
+    patients_per_group: int = 50,
+) -> int:
     """Grows the database with the product's bulk import (``salus fhir import``, NDJSON).
 
     The same mix as :func:`grow` (per Patient, 9 Observations that refer to it),
@@ -885,15 +1104,33 @@ def grow_by_import(load: Load, data: Data, target: int, stored: int, result: Bac
     finally:
         for handle in handles:
             handle.close()
-    print(f"  growing to {target:,} resources: {written:,} by bulk import "
-          f"({workers} processes of salus fhir import)", flush=True)
+    print(
+        f"  growing to {target:,} resources: {written:,} by bulk import "
+        f"({workers} processes of salus fhir import)",
+        flush=True,
+    )
     began = load.meter.sample()
     children_before = os.times()
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "salus", "--data-dir", str(load.server.data_dir), "fhir",
-         "import", "--org", ORG, str(path)],
-        env=load.server.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        for path in files]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "salus",
+                "--data-dir",
+                str(load.server.data_dir),
+                "fhir",
+                "import",
+                "--org",
+                ORG,
+                str(path),
+            ],
+            env=load.server.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for path in files
+    ]
     outputs = [p.communicate()[0].decode(errors="replace") for p in procs]
     ended = load.meter.sample()
     children_after = os.times()
@@ -904,23 +1141,23 @@ def grow_by_import(load: Load, data: Data, target: int, stored: int, result: Bac
         raise RuntimeError(f"salus fhir import failed: {failed[0][-2000:]}")
     wall = ended.wall - began.wall
     cpu = CpuMeter.since(began, ended)
-    importers = ((children_after.children_user + children_after.children_system)
-                 - (children_before.children_user + children_before.children_system))
+    importers = (children_after.children_user + children_after.children_system) - (
+        children_before.children_user + children_before.children_system
+    )
     cpu.bench += importers / wall  # the import processes are the bench's children
     cpu.others = max(0.0, cpu.others - importers / wall)
-    phase = Phase(f"load at scale (bulk import, {workers} processes)", workers, written, wall,
-                  cpu)
+    phase = Phase(f"load at scale (bulk import, {workers} processes)", workers, written, wall, cpu)
     result.phases["load"] = phase
     result.notes.append(
         f"Load at scale by bulk import: {written:,} resources in {wall:.0f} s "
         f"({phase.rate:,.0f}/s) with {workers} `salus fhir import` processes; their CPU "
-        f"{importers / written * 1000:.2f} ms per resource (counted as the bench's).")
+        f"{importers / written * 1000:.2f} ms per resource (counted as the bench's)."
+    )
     print(f"  imported {written:,} in {wall:.0f} s: {phase.rate:,.0f} resources/s", flush=True)
     return stored + written
 
 
-def searches(load: Load, data: Data, queries: int, budget_s: float,
-             result: BackendResult) -> None:
+def searches(load: Load, data: Data, queries: int, budget_s: float, result: BackendResult) -> None:
     load.refresh()
     rng = data.rng
 
@@ -938,22 +1175,54 @@ def searches(load: Load, data: Data, queries: int, budget_s: float,
         return f"Observation?subject=Patient/{patient}&code={quote(LOINC)}%7C{code}"
 
     kinds: list[tuple[str, str, str | None, Callable[[], str]]] = [
-        ("token", "token: `Observation?code=loinc\\|X`", None,
-         lambda: f"Observation?code={quote(LOINC)}%7C{rng.choice(CODES)[0]}"),
-        ("token_nototal", "token, `_total=none`", None,
-         lambda: f"Observation?code={quote(LOINC)}%7C{rng.choice(CODES)[0]}&_total=none"),
-        ("string", "string: `Patient?family=X`", "search_string",
-         lambda: f"Patient?family={rng.choice(data.families)}"),
-        ("reference", "reference: `Observation?subject=Patient/X`", None,
-         lambda: f"Observation?subject=Patient/{data.random_patient()}"),
-        ("subject_code", "reference + token: `Observation?subject=..&code=..`",
-         "search_subject_code", subject_code),
-        ("date", "date: `Observation?date=geX&_count=20`", "search_date",
-         lambda: f"Observation?date=ge{date()}&_count=20"),
-        ("date_nototal", "date, `_total=none`", None,
-         lambda: f"Observation?date=ge{date()}&_count=20&_total=none"),
-        ("chained", "chained: `Observation?subject:Patient.family=X`", None,
-         lambda: f"Observation?subject:Patient.family={rng.choice(data.families)}"),
+        (
+            "token",
+            "token: `Observation?code=loinc\\|X`",
+            None,
+            lambda: f"Observation?code={quote(LOINC)}%7C{rng.choice(CODES)[0]}",
+        ),
+        (
+            "token_nototal",
+            "token, `_total=none`",
+            None,
+            lambda: f"Observation?code={quote(LOINC)}%7C{rng.choice(CODES)[0]}&_total=none",
+        ),
+        (
+            "string",
+            "string: `Patient?family=X`",
+            "search_string",
+            lambda: f"Patient?family={rng.choice(data.families)}",
+        ),
+        (
+            "reference",
+            "reference: `Observation?subject=Patient/X`",
+            None,
+            lambda: f"Observation?subject=Patient/{data.random_patient()}",
+        ),
+        (
+            "subject_code",
+            "reference + token: `Observation?subject=..&code=..`",
+            "search_subject_code",
+            subject_code,
+        ),
+        (
+            "date",
+            "date: `Observation?date=geX&_count=20`",
+            "search_date",
+            lambda: f"Observation?date=ge{date()}&_count=20",
+        ),
+        (
+            "date_nototal",
+            "date, `_total=none`",
+            None,
+            lambda: f"Observation?date=ge{date()}&_count=20&_total=none",
+        ),
+        (
+            "chained",
+            "chained: `Observation?subject:Patient.family=X`",
+            None,
+            lambda: f"Observation?subject:Patient.family={rng.choice(data.families)}",
+        ),
     ]
     with load.client() as http:
         for key, label, medplum, make in kinds:
@@ -987,21 +1256,38 @@ def searches(load: Load, data: Data, queries: int, budget_s: float,
             cpu = CpuMeter.since(cpu_began, cpu_ended)
             wall = cpu_ended.wall - cpu_began.wall
             per_query = wall * 1000 / max(len(times) + errors, 1)
-            search = Search(key, label, medplum, quantile(times, 0.5), quantile(times, 0.95),
-                            max(times, default=float("nan")),
-                            statistics.fmean(matches) if matches else 0.0, errors, len(times),
-                            cpu.server * per_query, cpu.postgres * per_query)
+            search = Search(
+                key,
+                label,
+                medplum,
+                quantile(times, 0.5),
+                quantile(times, 0.95),
+                max(times, default=float("nan")),
+                statistics.fmean(matches) if matches else 0.0,
+                errors,
+                len(times),
+                cpu.server * per_query,
+                cpu.postgres * per_query,
+            )
             result.searches.append(search)
-            print(f"  search {key}: median {search.median_ms:.1f} ms, p95 {search.p95_ms:.1f} "
-                  f"ms, max {search.max_ms:.0f} ms, {search.mean_matches:,.0f} matches on "
-                  f"average; CPU per query: server {search.cpu_ms:.1f} ms, PostgreSQL "
-                  f"{search.pg_cpu_ms:.1f} ms"
-                  f"{f', {errors} errors' if errors else ''}", flush=True)
+            print(
+                f"  search {key}: median {search.median_ms:.1f} ms, p95 {search.p95_ms:.1f} "
+                f"ms, max {search.max_ms:.0f} ms, {search.mean_matches:,.0f} matches on "
+                f"average; CPU per query: server {search.cpu_ms:.1f} ms, PostgreSQL "
+                f"{search.pg_cpu_ms:.1f} ms"
+                f"{f', {errors} errors' if errors else ''}",
+                flush=True,
+            )
 
 
 # -- the report ------------------------------------------------------------------------------
-def _rate_row(label: str, phase: Phase | None, medplum: tuple[float, float] | None,
-              target: float | None, unit: str) -> str:
+def _rate_row(
+    label: str,
+    phase: Phase | None,
+    medplum: tuple[float, float] | None,
+    target: float | None,
+    unit: str,
+) -> str:
     if phase is None:
         return f"| {label} | skipped | | | | |"
     value = phase.rate
@@ -1013,7 +1299,7 @@ def _rate_row(label: str, phase: Phase | None, medplum: tuple[float, float] | No
         goal = f"≥ {target:,.0f}"
         verdict = "met" if value >= target else f"**not met** ({value / target:.0%} of it)"
     errors = f" ({phase.errors} errors)" if phase.errors else ""
-    return (f"| {label} | {value:,.0f} {unit}{errors} | {mp} | {ratio} | {goal} | {verdict} |")
+    return f"| {label} | {value:,.0f} {unit}{errors} | {mp} | {ratio} | {goal} | {verdict} |"
 
 
 def render(result: BackendResult) -> str:
@@ -1030,21 +1316,51 @@ def render(result: BackendResult) -> str:
         return max(2 * MEDPLUM[key][1], BUNDLE_TARGET if key.startswith("bundle") else 0.0)
 
     rows = [
-        ("POST Patient, one by one, 8 clients", "post_patient", "post_patient", "res/s",
-         write_target("post_patient")),
-        ("POST Observation, one by one, 8 clients", "post_observation", "post_observation",
-         "res/s", write_target("post_observation")),
-        ("transaction Bundles of 100 Patients, 8 clients", "bundle_patient", "bundle_patient",
-         "res/s", write_target("bundle_patient")),
-        ("transaction Bundles of 100 Observations, 8 clients", "bundle_observation",
-         "bundle_observation", "res/s", write_target("bundle_observation")),
+        (
+            "POST Patient, one by one, 8 clients",
+            "post_patient",
+            "post_patient",
+            "res/s",
+            write_target("post_patient"),
+        ),
+        (
+            "POST Observation, one by one, 8 clients",
+            "post_observation",
+            "post_observation",
+            "res/s",
+            write_target("post_observation"),
+        ),
+        (
+            "transaction Bundles of 100 Patients, 8 clients",
+            "bundle_patient",
+            "bundle_patient",
+            "res/s",
+            write_target("bundle_patient"),
+        ),
+        (
+            "transaction Bundles of 100 Observations, 8 clients",
+            "bundle_observation",
+            "bundle_observation",
+            "res/s",
+            write_target("bundle_observation"),
+        ),
         ("Synthea transaction Bundles, 8 clients", "synthea", None, "res/s", BUNDLE_TARGET),
         ("read Patient by id, 8 clients", "read", "read", "req/s", MEDPLUM["read"][0]),
         ("update Patient by id (PUT), 8 clients", "update", None, "req/s", None),
-        (f"load to {result.stored:,}: " + (p["load"].name if "load" in p else ""), "load",
-         None, "res/s", BUNDLE_TARGET),
-        (f"read Patient by id at {result.stored:,}, 8 clients", "read_at_scale", "read",
-         "req/s", MEDPLUM["read"][0]),
+        (
+            f"load to {result.stored:,}: " + (p["load"].name if "load" in p else ""),
+            "load",
+            None,
+            "res/s",
+            BUNDLE_TARGET,
+        ),
+        (
+            f"read Patient by id at {result.stored:,}, 8 clients",
+            "read_at_scale",
+            "read",
+            "req/s",
+            MEDPLUM["read"][0],
+        ),
     ]
     for label, key, medplum_key, unit, target in rows:
         if key == "load" and key not in p:
@@ -1054,8 +1370,11 @@ def render(result: BackendResult) -> str:
         mp = MEDPLUM.get(s.medplum or "")
         mp_text = f"{mp[0]} / {mp[1]} ms" if mp else "—"
         ratio = f"{mp[1] / s.p95_ms:.2f}× (p95)" if mp else "—"
-        verdict = ("met" if s.p95_ms < SEARCH_P95_TARGET_MS
-                   else f"**not met** ({s.p95_ms / SEARCH_P95_TARGET_MS:.1f}× over)")
+        verdict = (
+            "met"
+            if s.p95_ms < SEARCH_P95_TARGET_MS
+            else f"**not met** ({s.p95_ms / SEARCH_P95_TARGET_MS:.1f}× over)"
+        )
         errors = f", {s.errors} errors" if s.errors else ""
         lines.append(
             f"| search {s.label}, 1 client (median / p95 of {s.queries}; "
@@ -1063,7 +1382,8 @@ def render(result: BackendResult) -> str:
             f"{errors}; server CPU {s.cpu_ms:.1f} ms/query) | {s.median_ms:.1f} / "
             f"{s.p95_ms:.1f} ms | "
             f"{mp_text} | {ratio} | "
-            f"p95 < 50 ms | {verdict} |")
+            f"p95 < 50 ms | {verdict} |"
+        )
     lines += [
         "",
         "Salus ÷ Medplum: rate over the middle of Medplum's range (above 1: Salus is faster); "
@@ -1078,7 +1398,8 @@ def render(result: BackendResult) -> str:
         lines.append(
             f"| {phase.name} | {phase.calls:,} | {phase.wall_s:.1f} | "
             f"{phase.latency(0.5):.1f} / {phase.latency(0.95):.1f} | {c.bench:.2f} | "
-            f"{c.server:.2f} | {c.postgres:.2f} | {c.others:.2f} | {c.machine_busy:.0%} |")
+            f"{c.server:.2f} | {c.postgres:.2f} | {c.others:.2f} | {c.machine_busy:.0%} |"
+        )
     notes = list(result.notes)
     busiest = max(p.values(), key=lambda ph: ph.cpu.bench, default=None)
     if busiest is not None:
@@ -1087,7 +1408,8 @@ def render(result: BackendResult) -> str:
         notes.append(
             f"Load generator: at most {busiest.cpu.bench:.2f} of a core ({busiest.name}, "
             f"{busiest.cpu.bench / max(busiest.rate, 1e-9) * 1000:.2f} ms of CPU per call); "
-            f"the machine ({cpus} CPUs) had at least {idle:.2f} of a core idle in every phase.")
+            f"the machine ({cpus} CPUs) had at least {idle:.2f} of a core idle in every phase."
+        )
     if notes:
         lines.append("")
         lines += [f"- {note}" for note in notes]
@@ -1113,8 +1435,9 @@ def run_backend(name: str, url: str | None, args: argparse.Namespace) -> Backend
         synthea(load, data, result)
         reads_and_updates(load, data, args.reads, args.updates, result)
         if args.load == "import":
-            stored = grow_by_import(load, data, args.scale, load.written, result, work,
-                                    args.import_workers)
+            stored = grow_by_import(
+                load, data, args.scale, load.written, result, work, args.import_workers
+            )
             if url:
                 analyze_postgres(url)  # as autovacuum would, without waiting for it
             server.restart()  # fresh connections read the planner statistics
@@ -1142,10 +1465,15 @@ STATE_FILE = "bench-state.json"
 
 def save_state(work: Path, data: Data, stored: int, secret: str) -> None:
     """What a later ``--reuse`` run needs to search the kept database: ids, names, codes."""
-    state = {"stored": stored, "client_id": CLIENT_ID, "secret": secret,
-             "patient_ids": data.patient_ids,
-             "families": data.families, "codes_of": data.codes_of,
-             "coded_patients": data.coded_patients}
+    state = {
+        "stored": stored,
+        "client_id": CLIENT_ID,
+        "secret": secret,
+        "patient_ids": data.patient_ids,
+        "families": data.families,
+        "codes_of": data.codes_of,
+        "coded_patients": data.coded_patients,
+    }
     (work / STATE_FILE).write_text(json.dumps(state))
 
 
@@ -1158,8 +1486,7 @@ def load_state(work: Path, data: Data) -> int:
     return int(state["stored"])
 
 
-def search_again(name: str, url: str | None, work: Path,
-                 args: argparse.Namespace) -> BackendResult:
+def search_again(name: str, url: str | None, work: Path, args: argparse.Namespace) -> BackendResult:
     """``--reuse``: the searches only, against a database kept by ``--keep`` (its data
     folder and, for PostgreSQL, the database in SALUS_BENCH_DATABASE_URL), migrated to
     head first (``salus migrate``), its planner statistics refreshed."""
@@ -1213,8 +1540,12 @@ def environment() -> dict[str, str]:
             cpu = line.split(":", 1)[1].strip()
             break
     mem = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()[1]
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True, check=False).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     try:
         import psycopg
 
@@ -1237,36 +1568,66 @@ def environment() -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else "")
-    parser.add_argument("--scale", type=int, default=100_000,
-                        help="resources in the database before the searches (default 100,000)")
-    parser.add_argument("--backends", default="sqlite,postgresql",
-                        help="comma-separated; postgresql needs SALUS_BENCH_DATABASE_URL")
+    parser.add_argument(
+        "--scale",
+        type=int,
+        default=100_000,
+        help="resources in the database before the searches (default 100,000)",
+    )
+    parser.add_argument(
+        "--backends",
+        default="sqlite,postgresql",
+        help="comma-separated; postgresql needs SALUS_BENCH_DATABASE_URL",
+    )
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--posts", type=int, default=2000)
     parser.add_argument("--bundle-resources", type=int, default=10_000)
     parser.add_argument("--reads", type=int, default=10_000)
     parser.add_argument("--updates", type=int, default=2000)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--load", choices=("bundles", "import"), default="bundles",
-                        help="how to grow to --scale: transaction Bundles of 500 over HTTP, or "
-                             "the product's bulk import (salus fhir import, NDJSON; minutes for "
-                             "1,000,000 instead of most of an hour)")
-    parser.add_argument("--import-workers", type=int, default=2,
-                        help="salus fhir import processes at once with --load import")
-    parser.add_argument("--search-seconds", type=float, default=180,
-                        help="time limit per kind of search (fewer queries past it)")
+    parser.add_argument(
+        "--load",
+        choices=("bundles", "import"),
+        default="bundles",
+        help="how to grow to --scale: transaction Bundles of 500 over HTTP, or "
+        "the product's bulk import (salus fhir import, NDJSON; minutes for "
+        "1,000,000 instead of most of an hour)",
+    )
+    parser.add_argument(
+        "--import-workers",
+        type=int,
+        default=2,
+        help="salus fhir import processes at once with --load import",
+    )
+    parser.add_argument(
+        "--search-seconds",
+        type=float,
+        default=180,
+        help="time limit per kind of search (fewer queries past it)",
+    )
     parser.add_argument("--seed", type=int, default=20261123)
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temporary data folders (and the PostgreSQL database) "
-                             "for a later --reuse")
-    parser.add_argument("--reuse", action="append", default=[], metavar="BACKEND=DIR",
-                        help="searches only, against the data folder DIR kept by an earlier "
-                             "--keep run of BACKEND (sqlite or postgresql; for postgresql the "
-                             "database in SALUS_BENCH_DATABASE_URL); repeat for both")
-    parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="py-spy record the server during each phase into DIR (collapsed "
-                             "stacks; needs py-spy on PATH; the profiler slows the server)")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the temporary data folders (and the PostgreSQL database) for a later --reuse",
+    )
+    parser.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="BACKEND=DIR",
+        help="searches only, against the data folder DIR kept by an earlier "
+        "--keep run of BACKEND (sqlite or postgresql; for postgresql the "
+        "database in SALUS_BENCH_DATABASE_URL); repeat for both",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy record the server during each phase into DIR (collapsed "
+        "stacks; needs py-spy on PATH; the profiler slows the server)",
+    )
     args = parser.parse_args(argv)
 
     env = environment()
@@ -1280,8 +1641,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if backend == "postgresql" and not pg_url:
             parser.error("--reuse postgresql=DIR needs SALUS_BENCH_DATABASE_URL")
         label = "SQLite" if backend == "sqlite" else "PostgreSQL"
-        results.append(search_again(label, pg_url if backend == "postgresql" else None,
-                                    Path(folder), args))
+        results.append(
+            search_again(label, pg_url if backend == "postgresql" else None, Path(folder), args)
+        )
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         if args.reuse:
             break
@@ -1300,9 +1662,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(render(result))
         print()
     if args.json:
-        args.json.write_text(json.dumps(
-            {"environment": env, "args": {k: str(v) for k, v in vars(args).items()},
-             "results": [_jsonable(r) for r in results]}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "environment": env,
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "results": [_jsonable(r) for r in results],
+                },
+                indent=2,
+            )
+        )
     return 0
 
 
@@ -1310,10 +1679,16 @@ def _jsonable(result: BackendResult) -> dict[str, Any]:
     out = asdict(result)
     for key, phase in result.phases.items():
         out["phases"][key] = {
-            "name": phase.name, "calls": phase.calls, "resources": phase.resources,
-            "wall_s": phase.wall_s, "rate": phase.rate, "cpu": asdict(phase.cpu),
-            "p50_ms": phase.latency(0.5), "p95_ms": phase.latency(0.95),
-            "errors": phase.errors, "first_error": phase.first_error,
+            "name": phase.name,
+            "calls": phase.calls,
+            "resources": phase.resources,
+            "wall_s": phase.wall_s,
+            "rate": phase.rate,
+            "cpu": asdict(phase.cpu),
+            "p50_ms": phase.latency(0.5),
+            "p95_ms": phase.latency(0.95),
+            "errors": phase.errors,
+            "first_error": phase.first_error,
         }
     return out
 

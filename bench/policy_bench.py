@@ -46,21 +46,29 @@ from salus.security.roles import scopes_for_roles
 
 meta = MetaData()
 records = Table(
-    "bench_records", meta,
+    "bench_records",
+    meta,
     Column("id", Integer, primary_key=True),
     Column("org_id", String(64), nullable=False),
     Column("patient_key", String(64)),
     Column("category", String(64), nullable=False),
 )
 Index("ix_bench_records_patient", records.c.patient_key)
-COLS = RecordColumns(org=records.c.org_id, patient=records.c.patient_key,
-                     category=records.c.category)
+COLS = RecordColumns(
+    org=records.c.org_id, patient=records.c.patient_key, category=records.c.category
+)
 ORGS = ["hosp-a", "hosp-b", "hosp-c"]
 
 
 def who(org: str, role: str, kind: PrincipalKind = PrincipalKind.USER) -> Principal:
-    return Principal(kind=kind, id=f"{org}-{role}", org_id=org, roles=frozenset({role}),
-                     scopes=scopes_for_roles({role}), auth_method=AuthMethod.PASSWORD)
+    return Principal(
+        kind=kind,
+        id=f"{org}-{role}",
+        org_id=org,
+        roles=frozenset({role}),
+        scopes=scopes_for_roles({role}),
+        auth_method=AuthMethod.PASSWORD,
+    )
 
 
 def timed(fn: Callable[[], Any], iterations: int) -> list[float]:
@@ -74,8 +82,12 @@ def timed(fn: Callable[[], Any], iterations: int) -> list[float]:
 
 def summary(name: str, samples: list[float]) -> dict[str, Any]:
     ordered = sorted(samples)
-    return {"name": name, "median_us": statistics.median(ordered),
-            "p95_us": ordered[int(len(ordered) * 0.95) - 1], "n": len(ordered)}
+    return {
+        "name": name,
+        "median_us": statistics.median(ordered),
+        "p95_us": ordered[int(len(ordered) * 0.95) - 1],
+        "n": len(ordered),
+    }
 
 
 def main() -> None:
@@ -94,32 +106,69 @@ def main() -> None:
     patients = [f"P{i}" for i in range(args.records // 10)]
     with db.write() as conn:
         for org in ORGS:
-            conn.execute(insert(organizations).values(id=org, name=org, kind="hospital",
-                                                      active=True, created_at=now))
-        conn.execute(insert(records), [
-            {"id": i, "org_id": rng.choice(ORGS), "patient_key": rng.choice(patients),
-             "category": rng.choice(["general", "general", "mental-health"])}
-            for i in range(args.records)])
-        conn.execute(insert(treatment_relationships), [
-            {"patient_key": p, "org_id": "hosp-a", "source": "Encounter/x",
-             "valid_from": now - timedelta(days=1), "valid_until": None, "created_at": now}
-            for p in patients[::3]])
-        conn.execute(insert(consents), [
-            {"patient_key": p, "grantee_org_id": None, "category": "mental-health",
-             "decision": "deny", "valid_from": now - timedelta(days=1), "valid_until": None,
-             "source": "Consent/x", "created_at": now} for p in patients[::7]])
+            conn.execute(
+                insert(organizations).values(
+                    id=org, name=org, kind="hospital", active=True, created_at=now
+                )
+            )
+        conn.execute(
+            insert(records),
+            [
+                {
+                    "id": i,
+                    "org_id": rng.choice(ORGS),
+                    "patient_key": rng.choice(patients),
+                    "category": rng.choice(["general", "general", "mental-health"]),
+                }
+                for i in range(args.records)
+            ],
+        )
+        conn.execute(
+            insert(treatment_relationships),
+            [
+                {
+                    "patient_key": p,
+                    "org_id": "hosp-a",
+                    "source": "Encounter/x",
+                    "valid_from": now - timedelta(days=1),
+                    "valid_until": None,
+                    "created_at": now,
+                }
+                for p in patients[::3]
+            ],
+        )
+        conn.execute(
+            insert(consents),
+            [
+                {
+                    "patient_key": p,
+                    "grantee_org_id": None,
+                    "category": "mental-health",
+                    "decision": "deny",
+                    "valid_from": now - timedelta(days=1),
+                    "valid_until": None,
+                    "source": "Consent/x",
+                    "created_at": now,
+                }
+                for p in patients[::7]
+            ],
+        )
     engine = PolicyEngine(OrgKinds(db).kind)
-    principals = [who("hosp-a", "clinician"),
-                  who("hosp-a", "hospital_integration", PrincipalKind.CLIENT),
-                  who("hosp-a", "researcher"), who("hosp-a", "security_officer")]
+    principals = [
+        who("hosp-a", "clinician"),
+        who("hosp-a", "hospital_integration", PrincipalKind.CLIENT),
+        who("hosp-a", "researcher"),
+        who("hosp-a", "security_officer"),
+    ]
     request = AccessRequest("Observation", Interaction.SEARCH)
     audit_request = AccessRequest("AuditEvent", Interaction.SEARCH)
     clinician = principals[0]
 
     def decide_all() -> None:
         for principal in principals:
-            engine.decide(principal, audit_request if "security_officer" in principal.roles
-                          else request)
+            engine.decide(
+                principal, audit_request if "security_officer" in principal.roles else request
+            )
 
     def decide_and_filter() -> None:
         flt = engine.decide(clinician, request).require()
@@ -135,15 +184,19 @@ def main() -> None:
             else:
                 condition, params = records.c.org_id == clinician.org_id, {}
             with db.read() as conn:
-                conn.execute(select(records.c.id).where(
-                    records.c.patient_key == patient, condition), params).all()
+                conn.execute(
+                    select(records.c.id).where(records.c.patient_key == patient, condition), params
+                ).all()
+
         return run
 
     for fn in (decide_all, decide_and_filter, query(False), query(True)):
         timed(fn, 200)  # warm up (statement caches, page cache)
     results = [
-        summary("decide (per principal)", [s / len(principals) for s in
-                                           timed(decide_all, args.iterations)]),
+        summary(
+            "decide (per principal)",
+            [s / len(principals) for s in timed(decide_all, args.iterations)],
+        ),
         summary("decide + filter SQL", timed(decide_and_filter, args.iterations)),
     ]
     plain, filtered = [], []
@@ -154,15 +207,19 @@ def main() -> None:
     results.append(summary("query, policy filter (clinician)", filtered))
     added = results[3]["median_us"] - results[2]["median_us"]
 
-    print(f"Machine: {platform.processor() or platform.machine()}, Python "
-          f"{sys.version.split()[0]}, SQLite {__import__('sqlite3').sqlite_version}; "
-          f"{args.records} records, {len(patients)} patients, {args.iterations} iterations\n")
+    print(
+        f"Machine: {platform.processor() or platform.machine()}, Python "
+        f"{sys.version.split()[0]}, SQLite {__import__('sqlite3').sqlite_version}; "
+        f"{args.records} records, {len(patients)} patients, {args.iterations} iterations\n"
+    )
     print("| measure | median µs | p95 µs |\n|---|---:|---:|")
     for row in results:
         print(f"| {row['name']} | {row['median_us']:.1f} | {row['p95_us']:.1f} |")
-    print(f"\nAdded by the policy filter inside the query (median): {added:.1f} µs; "
-          f"decision + filter construction: {results[1]['median_us']:.1f} µs. "
-          f"Target: < 1000 µs.")
+    print(
+        f"\nAdded by the policy filter inside the query (median): {added:.1f} µs; "
+        f"decision + filter construction: {results[1]['median_us']:.1f} µs. "
+        f"Target: < 1000 µs."
+    )
     if args.json:
         args.json.write_text(json.dumps({"results": results, "added_us": added}, indent=2))
     db.dispose()

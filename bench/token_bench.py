@@ -61,8 +61,13 @@ from salus.storage.keys import FileKeyProvider
 ISSUER = "https://salus.bench"
 TOKEN_URL = f"{ISSUER}/auth/token"
 SECRET = "bench-client-secret-0123456789abcdef"  # noqa: S105 - a throwaway test value
-USER = Principal(kind=PrincipalKind.USER, id="u-1", org_id="org-a",
-                 roles=frozenset({"clinician"}), auth_method=AuthMethod.PASSWORD_TOTP)
+USER = Principal(
+    kind=PrincipalKind.USER,
+    id="u-1",
+    org_id="org-a",
+    roles=frozenset({"clinician"}),
+    auth_method=AuthMethod.PASSWORD_TOTP,
+)
 CLIENT_KEY = ec.generate_private_key(ec.SECP384R1())
 
 
@@ -70,24 +75,59 @@ def seed(db: Any) -> None:
     now = utcnow()
     jwk = {**ECAlgorithm.to_jwk(CLIENT_KEY.public_key(), as_dict=True), "kid": "ck", "alg": "ES384"}
     with db.write() as conn:
-        conn.execute(organizations.insert().values(id="org-a", name="A", kind="hospital",
-                                                   active=True, created_at=now))
-        conn.execute(users.insert().values(id="u-1", username="alice", org_id="org-a",
-                                           display_name="Alice", password_hash="-",  # noqa: S106
-                                           active=True, created_at=now))
-        conn.execute(clients.insert(), [
-            {"id": "c-jwt", "org_id": "org-a", "name": "EHR", "auth_method": "private_key_jwt",
-             "jwks": {"keys": [jwk]}, "secret_hash": None, "active": True, "created_at": now},
-            {"id": "c-sec", "org_id": "org-a", "name": "Lab", "auth_method": "client_secret",
-             "jwks": None, "secret_hash": hash_secret(SECRET), "active": True,
-             "created_at": now},
-        ])
+        conn.execute(
+            organizations.insert().values(
+                id="org-a", name="A", kind="hospital", active=True, created_at=now
+            )
+        )
+        conn.execute(
+            users.insert().values(
+                id="u-1",
+                username="alice",
+                org_id="org-a",
+                display_name="Alice",
+                password_hash="-",  # noqa: S106
+                active=True,
+                created_at=now,
+            )
+        )
+        conn.execute(
+            clients.insert(),
+            [
+                {
+                    "id": "c-jwt",
+                    "org_id": "org-a",
+                    "name": "EHR",
+                    "auth_method": "private_key_jwt",
+                    "jwks": {"keys": [jwk]},
+                    "secret_hash": None,
+                    "active": True,
+                    "created_at": now,
+                },
+                {
+                    "id": "c-sec",
+                    "org_id": "org-a",
+                    "name": "Lab",
+                    "auth_method": "client_secret",
+                    "jwks": None,
+                    "secret_hash": hash_secret(SECRET),
+                    "active": True,
+                    "created_at": now,
+                },
+            ],
+        )
 
 
 def assertion() -> str:
     now = int(time.time())
-    claims = {"iss": "c-jwt", "sub": "c-jwt", "aud": TOKEN_URL, "iat": now, "exp": now + 240,
-              "jti": uuid.uuid4().hex}
+    claims = {
+        "iss": "c-jwt",
+        "sub": "c-jwt",
+        "aud": TOKEN_URL,
+        "iat": now,
+        "exp": now + 240,
+        "jti": uuid.uuid4().hex,
+    }
     return jwt.encode(claims, CLIENT_KEY, algorithm="ES384", headers={"kid": "ck"})
 
 
@@ -112,10 +152,17 @@ def build(work: Path) -> dict[str, Contender]:
         token = service.issue(USER).access_token
         public = keys.public_key(jwt.get_unverified_header(token)["kid"])
 
-        def signature_only(_: Any, token: str = token, public: Any = public,
-                           alg: str = alg) -> object:
-            return jwt.decode(token, public, algorithms=[alg], audience=ISSUER, issuer=ISSUER,
-                              options={"require": ["exp", "iat", "iss", "aud", "sub"]})
+        def signature_only(
+            _: Any, token: str = token, public: Any = public, alg: str = alg
+        ) -> object:
+            return jwt.decode(
+                token,
+                public,
+                algorithms=[alg],
+                audience=ISSUER,
+                issuer=ISSUER,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
 
         contenders[f"issue ({alg})"] = Contender(lambda _, s=service: s.issue(USER))
         contenders[f"verify ({alg})"] = Contender(lambda _, s=service, t=token: s.verify(t))
@@ -123,14 +170,18 @@ def build(work: Path) -> dict[str, Contender]:
     service = TokenService(db, SigningKeys(db, sealer), issuer=ISSUER, audience=ISSUER, ttl=60)
     contenders["client assertion (ES384, jti write)"] = Contender(
         lambda made: service.authenticate_client_assertion(made, token_endpoint_url=TOKEN_URL),
-        prepare=assertion, slow=True)
+        prepare=assertion,
+        slow=True,
+    )
     contenders["client secret (argon2id)"] = Contender(
-        lambda _: service.authenticate_client_secret("c-sec", SECRET), slow=True)
+        lambda _: service.authenticate_client_secret("c-sec", SECRET), slow=True
+    )
     return contenders
 
 
-def run(contenders: dict[str, Contender], iterations: int, slow_iterations: int,
-        rounds: int) -> dict[str, list[float]]:
+def run(
+    contenders: dict[str, Contender], iterations: int, slow_iterations: int, rounds: int
+) -> dict[str, list[float]]:
     names = list(contenders)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for contender in contenders.values():  # warm-up: caches, key loading, statements
@@ -166,11 +217,15 @@ def summarise(samples: dict[str, list[float]]) -> dict[str, dict[str, float]]:
 
 
 def markdown(results: dict[str, dict[str, float]]) -> str:
-    lines = ["| operation | calls | median µs | p95 µs | mean µs | calls/s (median) |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| operation | calls | median µs | p95 µs | mean µs | calls/s (median) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, r in results.items():
-        lines.append(f"| {name} | {int(r['n'])} | {r['median_us']:.0f} | {r['p95_us']:.0f} | "
-                     f"{r['mean_us']:.0f} | {r['per_second']:.0f} |")
+        lines.append(
+            f"| {name} | {int(r['n'])} | {r['median_us']:.0f} | {r['p95_us']:.0f} | "
+            f"{r['mean_us']:.0f} | {r['per_second']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -189,8 +244,12 @@ def machine() -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--iterations", type=int, default=2000, help="calls per fast contender")
-    parser.add_argument("--slow-iterations", type=int, default=200,
-                        help="calls per slow contender (client authentication)")
+    parser.add_argument(
+        "--slow-iterations",
+        type=int,
+        default=200,
+        help="calls per slow contender (client authentication)",
+    )
     parser.add_argument("--rounds", type=int, default=10, help="blocks per contender")
     parser.add_argument("--dir", type=Path, default=None, help="folder for the temporary database")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
