@@ -160,8 +160,8 @@ class Messages:
 
 
 def default_in_flight(url: str | None) -> int:
-    """The server's SALUS_HL7_COMMITS_IN_FLIGHT when unset (salus.hl7.runtime.commits_in_flight)."""
-    return 2 if url else 1
+    """The server's SALUS_HL7_COMMITS_IN_FLIGHT when unset (salus.config: 1 on both backends)."""
+    return 1
 
 
 def parse_floor(messages: Sequence[bytes]) -> float:
@@ -613,8 +613,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--commits-in-flight",
         default="default",
         metavar="N[,N…]",
-        help="SALUS_HL7_COMMITS_IN_FLIGHT values ('default': unset, the server's default "
-        "for the backend, 1 on SQLite and 2 on PostgreSQL); with several (e.g. 1,2) the "
+        help="SALUS_HL7_COMMITS_IN_FLIGHT values ('default': unset, the server's default, "
+        "1); with several (e.g. 1,2) the "
         "servers alternate, each value measured in turn, --rounds times",
     )
     parser.add_argument("--rounds", type=int, default=1)

@@ -148,8 +148,8 @@ class Settings(BaseModel):
     mllp_tls_cafile: Path | None = None
     hl7_profiles_file: Path | None = None
     hl7_apply: Literal["sync", "async"] = "sync"
-    #: None: 1 on SQLite (one writer), 2 on PostgreSQL (see salus.hl7.runtime).
-    hl7_commits_in_flight: int | None = Field(default=None, ge=1, le=8)
+    #: 1 on both backends since the one-statement batch (ADR 10, stop-13 quiet run).
+    hl7_commits_in_flight: int = Field(default=1, ge=1, le=8)
 
     # -- FHIR ------------------------------------------------------------------------
     fhir_enforce_profiles: bool = False

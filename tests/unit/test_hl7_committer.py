@@ -129,23 +129,3 @@ def test_submit_after_stop_is_refused() -> None:
     committer.stop()
     with pytest.raises(ConnectionAbortedError):
         asyncio.run(committer.submit(_frame(b"late")))
-
-
-def test_batches_in_flight_default_to_the_backend_unless_set() -> None:
-    """SALUS_HL7_COMMITS_IN_FLIGHT unset: 1 on SQLite (one writer), 2 on PostgreSQL."""
-    from types import SimpleNamespace
-    from typing import cast
-
-    from salus.hl7.runtime import commits_in_flight
-    from salus.services import Services
-
-    def services(configured: int | None, sqlite: bool) -> Services:
-        settings = SimpleNamespace(hl7_commits_in_flight=configured)
-        return cast(
-            Services, SimpleNamespace(settings=settings, db=SimpleNamespace(is_sqlite=sqlite))
-        )
-
-    assert commits_in_flight(services(None, sqlite=True)) == 1
-    assert commits_in_flight(services(None, sqlite=False)) == 2
-    assert commits_in_flight(services(3, sqlite=True)) == 3
-    assert commits_in_flight(services(1, sqlite=False)) == 1

@@ -81,7 +81,7 @@ class Hl7Runtime:
             production=settings.mode == "production",
         )
         self.committer = GroupCommitter(
-            self.commit_many, self.finish_many, in_flight=commits_in_flight(services)
+            self.commit_many, self.finish_many, in_flight=services.settings.hl7_commits_in_flight
         )
         self.service.on_application_ack = self._application_ack
         self._peers: dict[tuple[str | None, bytes | None], tuple[float, Principal | None]] = {}
@@ -341,21 +341,6 @@ def _ack_code(reply: bytes) -> str:
         if segment.startswith(b"MSA") and len(segment) > 4:
             return segment[4:].split(segment[3:4])[0].decode("latin_1").strip()
     return ""
-
-
-def commits_in_flight(services: Services) -> int:
-    """``SALUS_HL7_COMMITS_IN_FLIGHT``, or by default 1 on SQLite and 2 on PostgreSQL.
-
-    SQLite has one writer: a second batch in flight only overlaps the sealing,
-    and the hand-off between the committer threads cost more than that in the
-    quiet benchmark (1,746-1,836 against 1,382-1,437 ADT/s, 8 connections).
-    PostgreSQL commits batches side by side, and two in flight gave +8 to
-    +30 % there with 8 connections (docs/benchmarks.md, stop 12).
-    """
-    configured = services.settings.hl7_commits_in_flight
-    if configured is not None:
-        return configured
-    return 1 if services.db.is_sqlite else 2
 
 
 def build(services: Services) -> Hl7Runtime:
