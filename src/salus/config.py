@@ -47,6 +47,8 @@ class Settings(BaseModel):
     database_pool_size: int = Field(default=10, ge=1, le=200)
     migrate_on_start: bool = True
     database_analyze_seconds: float = Field(default=300.0, ge=0)
+    #: SQLite only: each connection's page cache (PRAGMA cache_size), in MiB.
+    database_sqlite_cache_mb: int = Field(default=64, ge=2, le=4096)
 
     # -- blob store --------------------------------------------------------------
     blob_backend: Literal["filesystem", "s3"] = "filesystem"

@@ -167,7 +167,11 @@ class Services:
     @classmethod
     def build(cls, settings: Settings, *, run_migrations: bool | None = None) -> Services:
         settings.check_safe()
-        db = create_database(settings.database_url_value(), pool_size=settings.database_pool_size)
+        db = create_database(
+            settings.database_url_value(),
+            pool_size=settings.database_pool_size,
+            sqlite_cache_mb=settings.database_sqlite_cache_mb,
+        )
         try:
             if settings.migrate_on_start if run_migrations is None else run_migrations:
                 migrate(db)

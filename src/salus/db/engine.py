@@ -116,6 +116,9 @@ def _compile_key_query(engine: Engine, statement: Select[Any]) -> _KeyQuery | No
     return _KeyQuery(compiled.string, order, tuple(binds), constants, results)
 
 
+#: Each SQLite connection's page cache in MiB (``SALUS_DATABASE_SQLITE_CACHE_MB``).
+DEFAULT_SQLITE_CACHE_MB = 64
+
 #: Rows SQLite's ANALYZE samples per index (``PRAGMA analysis_limit``).
 ANALYSIS_LIMIT = 1000
 
@@ -286,7 +289,7 @@ class Database:
             self._writer.close()
 
 
-def _sqlite_engine(url: URL, echo: bool) -> Engine:
+def _sqlite_engine(url: URL, echo: bool, cache_mb: int = DEFAULT_SQLITE_CACHE_MB) -> Engine:
     database = url.database or ""
     if database and database != ":memory:":
         path = Path(database)
@@ -313,6 +316,10 @@ def _sqlite_engine(url: URL, echo: bool) -> Engine:
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=30000")
+        # The connection's own page cache (SQLite's default is 2 MiB): the
+        # pages a search walks stay in the process, where the operating
+        # system cannot reclaim them between queries (docs/configuration.md).
+        cur.execute(f"PRAGMA cache_size=-{int(cache_mb) * 1024}")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -343,12 +350,18 @@ def _postgres_engine(url: URL, pool_size: int, schema: str | None, echo: bool) -
 
 
 def create_database(
-    url: str, *, pool_size: int = 10, schema: str | None = None, echo: bool = False
+    url: str,
+    *,
+    pool_size: int = 10,
+    schema: str | None = None,
+    echo: bool = False,
+    sqlite_cache_mb: int = DEFAULT_SQLITE_CACHE_MB,
 ) -> Database:
-    """Build a :class:`Database`; ``schema`` (PostgreSQL only) isolates tests."""
+    """Build a :class:`Database`; ``schema`` (PostgreSQL only) isolates tests;
+    ``sqlite_cache_mb``: each SQLite connection's page cache."""
     parsed = normalize_url(url)
     if parsed.drivername.startswith("sqlite"):
-        return Database(_sqlite_engine(parsed, echo))
+        return Database(_sqlite_engine(parsed, echo, sqlite_cache_mb))
     if schema is not None and not _SCHEMA.match(schema):
         raise ConfigurationError("Invalid PostgreSQL schema name.")
     return Database(_postgres_engine(parsed, pool_size, schema, echo), schema)
