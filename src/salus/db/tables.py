@@ -380,6 +380,8 @@ Index(
     fhir_idx_string.c.res_type,
     fhir_idx_string.c.param,
     fhir_idx_string.c.norm,
+    # The rid last: the index alone answers rid IN (…) (migration 0019).
+    fhir_idx_string.c.rid,
     # PostgreSQL: LIKE 'prefix%' uses the index whatever the collation (migration 0017).
     postgresql_ops={"norm": "varchar_pattern_ops"},
 )
@@ -392,9 +394,20 @@ fhir_idx_date = _index_table(
     #: spans more than a day (salus.fhir.indexing.DATE_MULTI / DATE_LONG).
     Column("shape", SmallInteger, nullable=False, server_default=text("3")),
 )
-Index("ix_fhir_idx_date_low", fhir_idx_date.c.res_type, fhir_idx_date.c.param, fhir_idx_date.c.low)
+# The rid last: the index alone answers rid IN (…) (migration 0019).
 Index(
-    "ix_fhir_idx_date_high", fhir_idx_date.c.res_type, fhir_idx_date.c.param, fhir_idx_date.c.high
+    "ix_fhir_idx_date_low",
+    fhir_idx_date.c.res_type,
+    fhir_idx_date.c.param,
+    fhir_idx_date.c.low,
+    fhir_idx_date.c.rid,
+)
+Index(
+    "ix_fhir_idx_date_high",
+    fhir_idx_date.c.res_type,
+    fhir_idx_date.c.param,
+    fhir_idx_date.c.high,
+    fhir_idx_date.c.rid,
 )
 Index(
     "ix_fhir_idx_date_shape",
@@ -443,6 +456,7 @@ Index(
     fhir_idx_reference.c.param,
     fhir_idx_reference.c.target_type,
     fhir_idx_reference.c.target_id,
+    fhir_idx_reference.c.rid,  # the index alone answers rid IN (…) (migration 0019)
 )
 Index(
     "ix_fhir_idx_reference_reverse",
