@@ -216,3 +216,35 @@ def test_a_resource_with_two_index_rows_of_one_code_is_one_match(
     assert forms[1] == forms[0]
     assert forms[0].count(twice_id) == 1
     assert forms[0] == _expected(world, lambda r: r[2] == CODES[0]) + [twice_id]
+
+
+def test_postgresql_plans_each_search_for_its_values(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ADR 22 (6): psycopg prepares a statement run five times on a connection and
+    PostgreSQL may then keep one generic plan for it, blind to the values (1-2 s
+    instead of 0.3 ms for ``subject=X&code=Y`` at 1,000,000 resources). Every
+    search, through the REST path, runs with ``plan_cache_mode =
+    force_custom_plan`` in its own transaction only (``SET LOCAL``): the pooled
+    connection is back to ``auto`` afterwards."""
+    if world.services.db.is_sqlite:
+        pytest.skip("plan_cache_mode is a PostgreSQL setting; SQLite plans every statement")
+    from salus.fhir import searching
+
+    seen: list[tuple[str, bool]] = []
+    original = searching.Searcher._includes
+
+    def spy(self: Any, conn: Any, *args: Any, **kwargs: Any) -> Any:
+        mode = conn.exec_driver_sql("SHOW plan_cache_mode").scalar_one()
+        seen.append((str(mode), bool(conn.in_transaction())))
+        return original(self, conn, *args, **kwargs)
+
+    monkeypatch.setattr(searching.Searcher, "_includes", spy)
+    for query in (QUERIES[0], QUERIES[4].format(p0=world.data["patients"][0])):  # type: ignore[attr-defined]
+        for _ in range(7):  # past psycopg's prepare threshold of five runs
+            response = world.client.get(f"/fhir/{query}", headers=world.headers("a-feed"))
+            assert response.status_code == 200, response.text
+            assert response.json().get("entry"), query
+    assert seen == [("force_custom_plan", True)] * 14
+    with world.services.db.read() as conn:
+        assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar_one() == "auto"
