@@ -322,6 +322,69 @@ def test_batcher_stop_drains_the_queue(db: Database, log: AuditLog) -> None:
     assert verify_chain(db).ok
 
 
+def test_batcher_takes_its_batch_once_the_gate_opens(db: Database, log: AuditLog) -> None:
+    """Events queued while the writer waits for its gate (SQLite: the other worker's
+    commit) join the batch it writes, instead of waiting for the next one."""
+    gate = threading.Lock()
+
+    async def main() -> tuple[list[int], int, int]:
+        batcher = RecordBatcher(log.record, max_batch=50, max_delay=0.0, gate=lambda: gate)
+        await batcher.start()
+        gate.acquire()
+        try:
+            first = asyncio.create_task(batcher.submit(read_event()))
+            await asyncio.sleep(0.05)  # its writer thread is waiting at the gate
+            rest = [asyncio.create_task(batcher.submit(read_event())) for _ in range(5)]
+            await asyncio.sleep(0.01)
+            assert not first.done()
+        finally:
+            gate.release()
+        seqs = await asyncio.gather(first, *rest)
+        await batcher.stop()
+        return list(seqs), batcher.flushes, batcher.events_flushed
+
+    seqs, flushes, events = asyncio.run(main())
+    assert sorted(seqs) == list(range(1, 7))
+    assert (flushes, events) == (1, 6)  # one transaction for all six
+    assert verify_chain(db).ok
+
+
+def test_sqlite_audit_batch_waits_for_the_writer_lock(db: Database, log: AuditLog) -> None:
+    if not db.is_sqlite:
+        pytest.skip("PostgreSQL has no writer lock: appends queue on the chain head row")
+    held, release = threading.Event(), threading.Event()
+
+    def other_writer() -> None:  # another worker process's commit, in effect
+        with db.writer_lock():
+            held.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=other_writer)
+    thread.start()
+    assert held.wait(5)
+
+    async def main() -> tuple[list[int], int]:
+        await log.start()
+        try:
+            assert log.batcher is not None
+            first = asyncio.create_task(log.record_async(read_event()))
+            await asyncio.sleep(0.05)
+            rest = [asyncio.create_task(log.record_async(read_event())) for _ in range(3)]
+            await asyncio.sleep(0.01)
+            assert not first.done()  # not durable yet: the lock is held
+            release.set()
+            seqs = await asyncio.gather(first, *rest)
+            return list(seqs), log.batcher.flushes
+        finally:
+            release.set()
+            await log.stop()
+
+    seqs, flushes = asyncio.run(main())
+    thread.join(5)
+    assert sorted(seqs) == [1, 2, 3, 4] and flushes == 1
+    assert verify_chain(db).ok
+
+
 # -- checkpoints ------------------------------------------------------------------------------
 
 

@@ -304,7 +304,10 @@ class AuditLog:
         """
         if self._batcher is None:
             batcher = RecordBatcher(
-                self.record, max_batch=self.batch_max, max_delay=self.batch_delay
+                self.record,
+                max_batch=self.batch_max,
+                max_delay=self.batch_delay,
+                gate=self.db.writer_lock,  # SQLite: take the batch once it may write
             )
             await batcher.start()
             self._batcher = batcher

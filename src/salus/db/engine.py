@@ -14,7 +14,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +161,12 @@ class Database:
         else:
             with self._write() as conn:
                 yield conn
+
+    def writer_lock(self) -> AbstractContextManager[object]:
+        """SQLite's writer lock (what :meth:`write` holds; re-entrant) without a
+        transaction, for a writer that decides what to write once it may (the
+        audit group commit). A no-op on PostgreSQL."""
+        return self._writer if self._writer is not None else nullcontext()
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
