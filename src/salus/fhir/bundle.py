@@ -14,6 +14,7 @@ hospital's resource.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -184,25 +185,94 @@ class BundleProcessor:
     ) -> list[dict[str, Any]]:
         if _creates_only(entries):
             return self._creates_transaction(entries, principal, purpose, base_url, match)
-        responses: dict[int, dict[str, Any]] = {}
+        if self.db.is_sqlite and all(e.method == "POST" for e in entries):
+            return self._checked_creates_transaction(entries, principal, purpose, base_url, match)
         with self.db.write() as conn:
-            ids = self._assign_ids(conn, entries, principal, purpose, match)
-            ordered = sorted(entries, key=lambda e: (_ORDER[e.method], e.index))
-            creates = [e for e in ordered if e.method == "POST"]
-            for entry in ordered:
-                if entry.method == "POST":
-                    if entry is creates[0]:  # every create at once, in the POST slot
-                        responses.update(
-                            self._create_all(
-                                conn, creates, principal, purpose, base_url, ids, match
-                            )
-                        )
-                    continue
-                with _entry_errors(entry):
-                    responses[entry.index] = self._apply(
-                        conn, entry, principal, purpose, base_url, ids, match
+            return self._transaction_in(conn, entries, principal, purpose, base_url, match)
+
+    def _transaction_in(
+        self,
+        conn: Any,
+        entries: list[_Entry],
+        principal: Principal,
+        purpose: Purpose | None,
+        base_url: str,
+        match: Matcher,
+    ) -> list[dict[str, Any]]:
+        """The whole transaction inside the write transaction ``conn``."""
+        responses: dict[int, dict[str, Any]] = {}
+        ids = self._assign_ids(conn, entries, principal, purpose, match)
+        ordered = sorted(entries, key=lambda e: (_ORDER[e.method], e.index))
+        creates = [e for e in ordered if e.method == "POST"]
+        for entry in ordered:
+            if entry.method == "POST":
+                if entry is creates[0]:  # every create at once, in the POST slot
+                    responses.update(
+                        self._create_all(conn, creates, principal, purpose, base_url, ids, match)
                     )
+                continue
+            with _entry_errors(entry):
+                responses[entry.index] = self._apply(
+                    conn, entry, principal, purpose, base_url, ids, match
+                )
         return [responses[i] for i in range(len(entries))]
+
+    def _checked_creates_transaction(
+        self,
+        entries: list[_Entry],
+        principal: Principal,
+        purpose: Purpose | None,
+        base_url: str,
+        match: Matcher,
+    ) -> list[dict[str, Any]]:
+        """Creates with conditions (``ifNoneExist``, conditional references) on
+        SQLite, whose one writer would otherwise wait for all of their work.
+
+        The conditions are matched on a read snapshot and the creates prepared
+        (validated, sealed, indexed, encoded) before the write lock; under the
+        lock every condition is matched again, and only if each finds exactly
+        what it found before are the prepared rows written. If any differs
+        (another writer committed in between), the transaction is worked out
+        again from the original entries inside the lock, as if nothing had
+        been prepared. A failure of the preparation is treated the same way,
+        so that a condition that failed only on the older snapshot cannot
+        fail the transaction."""
+        original = [(e.method, e.url, copy.deepcopy(e.resource)) for e in entries]
+        seen: list[tuple[str, list[tuple[str, str]], list[str]]] = []
+
+        def recording(conn: Any, res_type: str, params: list[tuple[str, str]]) -> list[Stored]:
+            found = match(conn, res_type, params)
+            seen.append((res_type, list(params), [s.res_id for s in found]))
+            return found
+
+        prepared: PreparedCreates | None = None
+        creates = [e for e in entries if e.method == "POST"]
+        try:
+            with self.db.read() as snapshot:
+                ids = self._assign_ids(snapshot, entries, principal, purpose, recording)
+                creates = [e for e in entries if e.method == "POST"]
+                items = self._create_items(snapshot, creates, principal, purpose, ids, recording)
+            prepared = self._prepared(
+                creates, lambda: self.store.prepare_creates(principal, items, True)
+            )
+            self.store.encode(prepared, self.db.engine.dialect)
+        except SalusError:
+            prepared = None
+        with self.db.write() as conn:
+            if prepared is not None and all(
+                [s.res_id for s in match(conn, res_type, params)] == found
+                for res_type, params, found in seen
+            ):
+                stored = iter(self.store.commit_creates(conn, prepared))
+                return [
+                    self._response("201 Created", next(stored), base_url)
+                    if entry.method == "POST"
+                    else {"response": {"status": "200 OK", "location": entry.url}}
+                    for entry in entries
+                ]
+            for entry, (method, url, resource) in zip(entries, original, strict=True):
+                entry.method, entry.url, entry.resource = method, url, resource
+            return self._transaction_in(conn, entries, principal, purpose, base_url, match)
 
     def _creates_transaction(
         self,
@@ -218,6 +288,7 @@ class BundleProcessor:
         ids = self._assign_ids(None, entries, principal, purpose, match)
         items = self._create_items(None, entries, principal, purpose, ids, match)
         batch = self._prepared(entries, lambda: self.store.prepare_creates(principal, items, True))
+        self.store.encode(batch, self.db.engine.dialect)
         with self.db.write() as conn:
             stored = self.store.commit_creates(conn, batch)
         return [

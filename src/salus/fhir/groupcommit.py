@@ -64,7 +64,7 @@ class CreateGroup:
 
     def commit(self, batch: PreparedCreates) -> list[Stored]:
         """Write ``batch`` (in a group when others wait); return once committed."""
-        slot = _Slot(batch)
+        slot = _Slot(self.store.encode(batch, self.db.engine.dialect))
         with self._queue_lock:
             self._queue.append(slot)
         while True:

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, Table, and_, bindparam, delete, func, insert, select, update
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection, Dialect, RowMapping
 
 from salus.audit.chain import AuditLog
 from salus.audit.events import AuditEvent
@@ -44,6 +44,7 @@ from salus.errors import (
 )
 from salus.fhir.categories import category_of
 from salus.fhir.indexing import Indexer
+from salus.fhir.writerows import EncodedCreates, concat_encoded, encode_creates, insert_encoded
 from salus.security.policy import RecordColumns, RecordFilter
 from salus.security.principal import Principal, PrincipalKind
 from salus.storage.envelope import ValueSealer
@@ -149,6 +150,9 @@ class PreparedCreates:
     events: list[AuditEvent]
     #: Each body as the JSON that was sealed (the create's response body).
     raws: list[bytes] = field(default_factory=list)
+    #: The rows as driver values, made before the write lock (SQLite only;
+    #: :meth:`FhirStore.encode`).
+    encoded: EncodedCreates | None = None
 
 
 class FhirStore:
@@ -407,6 +411,15 @@ class FhirStore:
             )
         return PreparedCreates(principal, now, prepared, chosen, rows, index_rows, events, raws)
 
+    @staticmethod
+    def encode(batch: PreparedCreates, dialect: Dialect) -> PreparedCreates:
+        """Turn ``batch``'s rows into driver values now, outside any transaction,
+        so that :meth:`commit_creates` only hands them to SQLite (its one writer
+        waits for no Python work; :mod:`salus.fhir.writerows`). No effect on
+        PostgreSQL. Returns ``batch``."""
+        batch.encoded = encode_creates(dialect, batch.rows, batch.index_rows)
+        return batch
+
     def commit_creates(self, conn: Connection, batch: PreparedCreates) -> list[Stored]:
         """Write what :meth:`prepare_creates` made, in the caller's transaction."""
         if not batch.rows:
@@ -419,6 +432,10 @@ class FhirStore:
             ).first()
             if existing is not None:
                 raise Conflict("A resource with this id already exists.")
+        if batch.encoded is not None and conn.dialect.name == "sqlite":
+            insert_encoded(conn, batch.encoded)
+            self.audit.append(conn, batch.events)
+            return self._created(batch)
         if conn.dialect.name == "postgresql" and len(batch.rows) >= COPY_MIN_ROWS:
             rids = next_ids(conn, fhir_resources, "rid", len(batch.rows))
             copy_insert(
@@ -441,6 +458,10 @@ class FhirStore:
                 grouped.setdefault(table, []).extend(values)
         self.indexer.insert_rows(conn, grouped)
         self.audit.append(conn, batch.events)
+        return self._created(batch)
+
+    @staticmethod
+    def _created(batch: PreparedCreates) -> list[Stored]:
         raws: list[bytes | None] = list(batch.raws) or [None] * len(batch.rows)
         return [
             Stored(
@@ -467,6 +488,9 @@ class FhirStore:
             [e for b in batches for e in b.events],
             [r for b in batches for r in b.raws] if all(b.raws for b in batches) else [],
         )
+        parts = [b.encoded for b in batches if b.encoded is not None]
+        if len(parts) == len(batches):
+            merged.encoded = concat_encoded(parts)
         if len(set(merged.chosen_ids)) != len(merged.chosen_ids):
             raise Conflict("The same resource id appears twice.")
         stored = self.commit_creates(conn, merged)
