@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 from sqlalchemy import (
     Boolean,
@@ -98,3 +99,33 @@ def test_driver_errors_are_wrapped_and_the_connection_stays_usable(rows: Databas
     assert rows.fetch_one(_BY_NAME, params) is None
     with rows.read() as conn:
         assert conn.execute(_BY_NAME, params).first() is None
+
+
+def test_a_broken_pooled_connection_is_replaced(rows: Database) -> None:
+    """A pooled connection that died (PostgreSQL: its backend terminated; SQLite:
+    closed under the pool) fails the one call that finds it, flagged as a lost
+    connection, and the pool is replaced: the next calls get new connections,
+    also when more than one pooled connection was dead (ADR 11)."""
+    engine = rows.engine
+    params = {"name": "a", "since": _AT}
+    assert rows.fetch_one(_BY_NAME, params) is not None
+    held = [engine.raw_connection() for _ in range(max(2, engine.pool.checkedin()))]  # type: ignore[attr-defined]
+    drivers = [h.driver_connection for h in held]
+    if not rows.is_sqlite:  # from a connection of its own, outside the pool
+        url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(url, autocommit=True) as killer:
+            for driver in drivers:
+                pid = driver.info.backend_pid  # type: ignore[union-attr]
+                killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    for h in held:
+        h.close()  # back into the pool, which does not know they are dead
+    if rows.is_sqlite:
+        for driver in drivers:
+            driver.close()  # type: ignore[union-attr]
+    with pytest.raises(DBAPIError) as caught:
+        rows.fetch_one(_BY_NAME, params)
+    assert caught.value.connection_invalidated
+    for _ in range(len(held) + 1):  # none of the other dead connections is handed out
+        assert rows.fetch_one(_BY_NAME, params) is not None
+    with rows.read() as conn:
+        assert conn.execute(_BY_NAME, params).first() is not None

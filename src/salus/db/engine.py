@@ -204,9 +204,10 @@ class Database:
         context and result objects, which cost ten times the lookup (ADR 11).
         Bind and result values go through the column types' processors as
         with :meth:`Connection.execute`. Driver errors are raised as
-        SQLAlchemy's (parameters hidden); a lost connection invalidates the
-        pool as SQLAlchemy does. Statements with expanding ``IN`` lists fall
-        back to :meth:`read_once`.
+        SQLAlchemy's (parameters hidden); a lost connection is invalidated and
+        the pool replaced (``Engine.dispose``: connections checked out now are
+        closed on return), as SQLAlchemy's own invalidation of the pool does.
+        Statements with expanding ``IN`` lists fall back to :meth:`read_once`.
         """
         entry = self._key_queries.get(id(statement))
         if entry is None or entry[0] is not statement:
@@ -240,8 +241,9 @@ class Database:
                     driver.autocommit = False
         except self.engine.dialect.loaded_dbapi.Error as exc:
             lost = self.engine.dialect.is_disconnect(exc, fairy.dbapi_connection, None)
-            if lost:  # as SQLAlchemy does on a disconnect: every pooled connection
-                self.engine.pool._invalidate(fairy, exc)
+            if lost:  # as SQLAlchemy does on a disconnect, with public calls:
+                fairy.invalidate(exc)  # this one is closed, not returned to the pool,
+                self.engine.dispose()  # and the others (opened before the loss) go too
             raise DBAPIError.instance(
                 query.sql,
                 None,
