@@ -189,7 +189,12 @@ class Services:
         )
         sealer = ValueSealer(keys) if keys is not None else None
         signing_keys = SigningKeys(db, sealer, settings.auth_signing_alg)
-        audit = AuditLog(db, signer=signing_keys, checkpoint_file=settings.audit_checkpoint_path())
+        audit = AuditLog(
+            db,
+            signer=signing_keys,
+            checkpoint_file=settings.audit_checkpoint_path(),
+            append_lock=settings.audit_checkpoint_path().parent / "append.lock",  # FHIR reads
+        )
         tokens = TokenService(
             db,
             signing_keys,

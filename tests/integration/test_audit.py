@@ -25,6 +25,7 @@ from salus.audit import (
     verify_chain,
 )
 from salus.db import Database
+from salus.db.engine import WriterLock
 from salus.db.tables import audit_checkpoints, audit_events, audit_head, jobs
 from salus.errors import InvalidInput, Unavailable
 from salus.security.principal import Principal, PrincipalKind, Purpose
@@ -349,17 +350,22 @@ def test_batcher_takes_its_batch_once_the_gate_opens(db: Database, log: AuditLog
     assert verify_chain(db).ok
 
 
-def test_sqlite_audit_batch_waits_for_the_writer_lock(db: Database, log: AuditLog) -> None:
-    if not db.is_sqlite:
-        pytest.skip("PostgreSQL has no writer lock: appends queue on the chain head row")
+def test_audit_batch_waits_for_the_other_workers_append(
+    db: Database, signer: Ed25519Signer, tmp_path: Path
+) -> None:
+    """The server's group commit takes its batch once the lock its processes
+    share is free: SQLite's writer lock, on PostgreSQL the append lock file."""
+    lock_file = tmp_path / "audit" / "append.lock"
+    log = AuditLog(db, signer=signer, append_lock=lock_file)
     held, release = threading.Event(), threading.Event()
 
-    def other_writer() -> None:  # another worker process's commit, in effect
-        with db.writer_lock():
+    def other_worker() -> None:  # another worker process's commit, in effect
+        lock = db.writer_lock() if db.is_sqlite else WriterLock(lock_file)
+        with lock:
             held.set()
             release.wait(5)
 
-    thread = threading.Thread(target=other_writer)
+    thread = threading.Thread(target=other_worker)
     thread.start()
     assert held.wait(5)
 
@@ -383,6 +389,7 @@ def test_sqlite_audit_batch_waits_for_the_writer_lock(db: Database, log: AuditLo
     thread.join(5)
     assert sorted(seqs) == [1, 2, 3, 4] and flushes == 1
     assert verify_chain(db).ok
+    assert db.is_sqlite or lock_file.exists()
 
 
 # -- checkpoints ------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ from salus.audit.events import (
     iso_utc,
 )
 from salus.audit.signing import Checkpoint, CheckpointSigner, Ed25519Signer
-from salus.db.engine import Database
+from salus.db.engine import Database, WriterLock
 from salus.db.tables import audit_checkpoints, audit_events, audit_head
 from salus.db.types import utcnow
 from salus.errors import IntegrityError, InvalidInput, Unavailable
@@ -168,7 +168,14 @@ class AuditLog:
         clock: Callable[[], datetime] = utcnow,
         batch_max: int = 256,
         batch_delay: float = 0.0,
+        append_lock: Path | None = None,
     ) -> None:
+        """``append_lock``: a file the group commits of the processes of one
+        server lock in turn on PostgreSQL (SQLite's writer lock plays that
+        part there): a batch is taken once the other worker's append has
+        committed, so the events queued meanwhile join it (their appends queue
+        on the chain head row anyway). Without it each process's batches queue
+        inside PostgreSQL, holding only the events of their start."""
         self.db = db
         self.signer = signer
         self.checkpoint_file = checkpoint_file
@@ -177,6 +184,10 @@ class AuditLog:
         self.batch_delay = batch_delay
         self._batcher: RecordBatcher | None = None
         self._checkpointer: asyncio.Task[None] | None = None
+        self._append_lock: WriterLock | None = None
+        if append_lock is not None and not db.is_sqlite:
+            append_lock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._append_lock = WriterLock(append_lock)
 
     # -- appending -------------------------------------------------------------------
     def append(self, conn: Connection, events: Sequence[AuditEvent]) -> list[int]:
@@ -307,7 +318,7 @@ class AuditLog:
                 self.record,
                 max_batch=self.batch_max,
                 max_delay=self.batch_delay,
-                gate=self.db.writer_lock,  # SQLite: take the batch once it may write
+                gate=self._batch_gate,  # take the batch once it may be written
             )
             await batcher.start()
             self._batcher = batcher
@@ -326,8 +337,15 @@ class AuditLog:
         batcher, self._batcher = self._batcher, None
         if batcher is not None:
             await batcher.stop()
+        if self._append_lock is not None:
+            self._append_lock.close()  # reopened if started again
         if checkpointer is not None:
             await self._checkpoint_logged()
+
+    def _batch_gate(self) -> contextlib.AbstractContextManager[object]:
+        if self._append_lock is not None:
+            return self._append_lock
+        return self.db.writer_lock()  # SQLite's writer lock; a no-op on PostgreSQL
 
     @property
     def batcher(self) -> RecordBatcher | None:
