@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, insert, select
+from sqlalchemy import create_engine, insert
 from sqlalchemy.engine import Connection
 
 from salus.db import schema  # noqa: F401 - registers every table
@@ -131,9 +131,7 @@ def _count_plan(conn: Connection, res_type: str, params: Sequence[tuple[str, str
     )
     parsed = build_search(plan, res_type, params, lenient=False)
     (condition,) = parsed.conditions
-    rids = plan.subqueries[id(condition)][1]
-    query = select(func.count()).select_from(rids.limit(searching.DENSE_MATCHES).subquery())
-    compiled = query.compile(conn)
+    compiled = plan.count_query(condition, searching.DENSE_MATCHES).compile(conn)
     full = compiled.construct_params(flt.params())
     args = tuple(full[name] for name in compiled.positiontup or ())
     return [str(row[3]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", args)]
