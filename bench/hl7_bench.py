@@ -34,7 +34,8 @@ Run from the repository root in the project's virtualenv::
                               [--modes sync,async] [--json out.json] [--profile DIR]
 
 ``--profile DIR`` runs ``py-spy record`` on the server (all threads, idle
-ones left out) during every phase; it perturbs the figures.
+ones left out) during every phase (in async mode until the backlog is
+applied); it perturbs the figures.
 PostgreSQL: ``SALUS_BENCH_DATABASE_URL=postgresql://salus:salus@127.0.0.1:5432/salus_bench``.
 """
 
@@ -403,14 +404,14 @@ def stream(
         thread.join()
     end = meter.sample()
     pg_after = pg_counters(server.database_url)
-    if spy is not None:
-        spy.send_signal(signal.SIGINT)
-        spy.wait(timeout=60)
     applied_s = None
     if wait_applied:
         while server.pending():
             time.sleep(0.05)
         applied_s = time.perf_counter() - start.wall
+    if spy is not None:  # the profile covers the applier's backlog too
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
     phase = Phase(
         name,
         len(messages) - len(errors),

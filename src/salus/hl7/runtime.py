@@ -45,6 +45,8 @@ log = logging.getLogger("salus.hl7")
 
 #: The job kind that sends one outbound HL7 message.
 SEND_JOB = "hl7.send"
+#: Messages the background applier writes in one transaction (each in a savepoint).
+APPLY_BATCH = 25
 
 
 @dataclass(slots=True)
@@ -233,11 +235,13 @@ class Hl7Runtime:
             ids = self.store.pending(100, before)
             if not ids:
                 return done
-            for message_id in ids:
+            while ids:
                 if yield_to_ingest:
                     self.committer.wait_quiet()
-                self.service.apply(message_id)
-                done += 1
+                # One write transaction for a few messages (ADR 10, stop-14 amendment).
+                taken = self.service.apply_batch(ids[:APPLY_BATCH])
+                done += taken
+                ids = ids[taken:]
 
     async def _applier_loop(self) -> None:
         assert self._wake is not None  # noqa: S101

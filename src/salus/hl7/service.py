@@ -24,12 +24,12 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
 from salus.db.engine import Database
 from salus.errors import (
@@ -63,6 +63,9 @@ __all__ = ["Hl7Service", "Prepared", "Received"]
 
 log = logging.getLogger("salus.hl7")
 
+#: The acknowledgment of a message that fails for a reason that is not the message's.
+_MAPPING_BUG = Ack("AE", APPLICATION_ERROR, None, "The message could not be applied.")
+
 Resource = dict[str, Any]
 
 
@@ -87,6 +90,18 @@ class Prepared:
     raw_header: dict[int, str] = field(default_factory=dict)
     message: Message | None = None
     principal: Principal | None = None
+
+
+@dataclass
+class _Planned:
+    """A message of a batch, parsed and planned before the write transaction."""
+
+    row: RowMapping
+    profile: Profile
+    message: Message | None = None
+    plan: Plan | None = None
+    principal: Principal | None = None
+    failure: Ack | None = None  # set when it could not be planned
 
 
 def ack_of(row: Row) -> Ack:
@@ -192,6 +207,8 @@ class Hl7Service:
         #: application acknowledgment (the outbound sender is wired in here).
         self.on_application_ack: Callable[[Profile, Message, Ack], None] = lambda *_: None
         self._principals: dict[tuple[str, str | None], tuple[float, Principal]] = {}
+        #: Plans that apply_batch made and its time budget left (the applier's thread only).
+        self._plans: dict[int, _Planned] = {}
         self._lock = threading.Lock()
 
     # -- who sent it -------------------------------------------------------------------
@@ -378,45 +395,156 @@ class Hl7Service:
             return ack_of(row)
         profile = self.profiles.for_org(str(row["org_id"]))
         try:
-            if principal is None:
-                if not row["client_id"]:
-                    raise NotAuthenticated("The message has no sending client.")
-                principal = self._client(str(row["client_id"]), row["peer"])
-            if message is None:
-                message = parse_message(self.store.body(row), profile.fallback_charset)
-            plan = plan_for(Context(message, profile))
+            principal, message, plan = self._plan(row, profile, message, principal)
             with self.db.write() as conn:
-                locked = self.store.lock(conn, message_id)
-                if locked["state"] != "received":
-                    return ack_of(locked)
-                written = self._run(conn, plan, principal)
-                self.store.set_outcome(
-                    conn, message_id, state="applied", ack_code="AA", resources=written
-                )
+                done = self._apply_in(conn, message_id, plan, principal)
+                if done is not None:
+                    return done
             ack = Ack("AA")
         except SalusError as exc:
             ack = _ack_for(exc)
             self._failed(message_id, ack)
         except Exception as exc:  # a mapping bug: keep the message for replay
             log.error("HL7 message %s could not be applied: %s", message_id, type(exc).__name__)
-            ack = Ack("AE", APPLICATION_ERROR, None, "The message could not be applied.")
+            ack = _MAPPING_BUG
             self._failed(message_id, ack)
         if message is not None and row["ack_mode"] == "enhanced":
             self.on_application_ack(profile, message, ack)
         return ack
 
+    def apply_batch(self, message_ids: Sequence[int], *, budget: float = 0.1) -> int:
+        """Apply several ``received`` messages, in this order, in ONE write transaction;
+        returns how many of ``message_ids`` were settled (the rest are left for the
+        next call).
+
+        The background applier's path: each message still maps and writes as
+        :meth:`apply` does, inside its own savepoint, so a message that fails is
+        rolled back alone and marked ``failed`` while the others commit; but the
+        backlog pays one durable commit per batch instead of one per message
+        (ADR 10, stop-14 amendment). Parsing and planning happen before the write
+        transaction (the plans of messages a call leaves are kept for the next).
+        The batch stops taking messages after ``budget`` seconds of writing, so
+        the MLLP committer never waits long for SQLite's write lock. If the
+        transaction itself fails (a lost connection, a deadlock), nothing of it
+        stays and the messages are applied one by one instead.
+        """
+        kept = {i: self._plans[i] for i in message_ids if i in self._plans}
+        rows = self.store.get_many([i for i in message_ids if i not in kept])
+        planned: list[_Planned] = []
+        for message_id in message_ids:
+            if message_id in kept:  # planned by the previous call, which its budget cut
+                planned.append(kept[message_id])
+                continue
+            row = rows.get(message_id)
+            if row is None or row["state"] != "received":
+                continue
+            profile = self.profiles.for_org(str(row["org_id"]))
+            try:
+                principal, message, plan = self._plan(row, profile, None, None)
+                planned.append(_Planned(row, profile, message, plan, principal))
+            except SalusError as exc:
+                planned.append(_Planned(row, profile, failure=_ack_for(exc)))
+            except Exception as exc:  # a mapping bug: keep the message for replay
+                log.error("HL7 message %s could not be planned: %s", row["id"], type(exc).__name__)
+                planned.append(_Planned(row, profile, failure=_MAPPING_BUG))
+        if not planned:
+            return len(message_ids)
+        settled: list[tuple[_Planned, Ack]] = []
+        try:
+            with self.db.write() as conn:
+                deadline = time.monotonic() + budget
+                for item in planned:
+                    if settled and time.monotonic() > deadline:
+                        break
+                    message_id = int(item.row["id"])
+                    ack = item.failure
+                    if ack is None:
+                        assert item.plan is not None and item.principal is not None  # noqa: S101
+                        savepoint = conn.begin_nested()
+                        try:
+                            done = self._apply_in(conn, message_id, item.plan, item.principal)
+                        except SalusError as exc:
+                            savepoint.rollback()
+                            ack = _ack_for(exc)
+                        except Exception as exc:  # a mapping bug: keep it for replay
+                            savepoint.rollback()
+                            log.error(
+                                "HL7 message %s could not be applied: %s",
+                                message_id,
+                                type(exc).__name__,
+                            )
+                            ack = _MAPPING_BUG
+                        else:
+                            savepoint.commit()
+                            if done is not None:  # settled by someone else meanwhile
+                                continue
+                            ack = Ack("AA")
+                    if ack.code != "AA":
+                        self._set_failed(conn, message_id, ack)
+                    settled.append((item, ack))
+        except Exception as exc:  # the transaction failed: nothing of it stays
+            log.warning("HL7 applier: a batch failed (%s); applying one by one", type(exc).__name__)
+            self._plans = {}
+            for item in planned:
+                self.apply(int(item.row["id"]))
+            return len(message_ids)
+        for item, ack in settled:
+            if item.message is not None and item.row["ack_mode"] == "enhanced":
+                self.on_application_ack(item.profile, item.message, ack)
+        last = int(settled[-1][0].row["id"]) if settled else None
+        if last is None or len(settled) == len(planned):
+            self._plans = {}
+            return len(message_ids)
+        taken = message_ids.index(last) + 1
+        # Keep the plans of the messages the budget left for the next call.
+        self._plans = {
+            int(p.row["id"]): p for p in planned if int(p.row["id"]) in message_ids[taken:]
+        }
+        return taken
+
+    def _plan(
+        self,
+        row: RowMapping,
+        profile: Profile,
+        message: Message | None,
+        principal: Principal | None,
+    ) -> tuple[Principal, Message, Plan]:
+        """The sending client's principal, the parsed message and its mapping plan."""
+        if principal is None:
+            if not row["client_id"]:
+                raise NotAuthenticated("The message has no sending client.")
+            principal = self._client(str(row["client_id"]), row["peer"])
+        if message is None:
+            message = parse_message(self.store.body(row), profile.fallback_charset)
+        return principal, message, plan_for(Context(message, profile))
+
+    def _apply_in(
+        self, conn: Connection, message_id: int, plan: Plan, principal: Principal
+    ) -> Ack | None:
+        """Write one planned message in ``conn``: None when applied now, else the stored
+        outcome of a message that another applier settled first."""
+        locked = self.store.lock(conn, message_id)
+        if locked["state"] != "received":
+            return ack_of(locked)
+        written = self._run(conn, plan, principal)
+        self.store.set_outcome(conn, message_id, state="applied", ack_code="AA", resources=written)
+        return None
+
     def _failed(self, message_id: int, ack: Ack) -> None:
         with self.db.write() as conn:
-            self.store.set_outcome(
-                conn,
-                message_id,
-                state="failed",
-                ack_code=ack.code,
-                error_code=ack.error_code,
-                error_location=str(ack.location) if ack.location else None,
-                error=ack.text,
-                only_states=("received",),
-            )
+            self._set_failed(conn, message_id, ack)
+
+    def _set_failed(self, conn: Connection, message_id: int, ack: Ack) -> None:
+        self.store.set_outcome(
+            conn,
+            message_id,
+            state="failed",
+            ack_code=ack.code,
+            error_code=ack.error_code,
+            error_location=str(ack.location) if ack.location else None,
+            error=ack.text,
+            only_states=("received",),
+        )
 
     def _lock_identities(self, conn: Connection, plan: Plan, org_id: str) -> None:
         """Serialize find-or-create of the same identifiers (PostgreSQL).

@@ -391,6 +391,16 @@ class MessageStore:
         with self.db.read() as conn:
             return self._get(conn, message_id)
 
+    def get_many(self, message_ids: Sequence[int]) -> dict[int, RowMapping]:
+        """Rows by id (one read); ids that do not exist are left out."""
+        if not message_ids:
+            return {}
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(hl7_messages).where(hl7_messages.c.id.in_(list(message_ids)))
+            ).mappings()
+            return {int(r["id"]): r for r in rows}
+
     def by_uid(self, uid: str) -> RowMapping:
         with self.db.read() as conn:
             row = conn.execute(select(hl7_messages).where(hl7_messages.c.uid == uid)).mappings()
