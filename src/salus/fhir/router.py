@@ -557,15 +557,14 @@ class FhirRouter:
         res_type, res_id = match["type"], match["id"]
         resource = parse_json_body(request.body)
         self._decide(request, res_type, Interaction.UPDATE)
-        with self.db.write() as conn:
-            stored, created = self.store.update(
-                conn,
-                request.principal,
-                res_type,
-                res_id,
-                resource,
-                if_match=if_match(request.headers),
-            )
+        stored, created = self.store.update_in(
+            self.db,
+            request.principal,
+            res_type,
+            res_id,
+            resource,
+            if_match=if_match(request.headers),
+        )
         return self._prefer(request, stored, 201 if created else 200)
 
     def _patch(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:

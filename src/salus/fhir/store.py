@@ -44,6 +44,7 @@ from salus.errors import (
 )
 from salus.fhir.categories import category_of
 from salus.fhir.indexing import Indexer
+from salus.fhir.updates import CURRENT, plan_update, write_planned
 from salus.fhir.writerows import EncodedCreates, concat_encoded, encode_creates, insert_encoded
 from salus.security.policy import RecordColumns, RecordFilter
 from salus.security.principal import Principal, PrincipalKind
@@ -548,6 +549,48 @@ class FhirStore:
             int(row["rid"]),
             str(row["org_id"]),
         ), created
+
+    def update_in(
+        self,
+        db: Database,
+        principal: Principal,
+        res_type: str,
+        res_id: str,
+        resource: Mapping[str, Any],
+        *,
+        if_match: int | None = None,
+    ) -> tuple[Stored, bool]:
+        """:meth:`update` in a write transaction of its own, with the new
+        version prepared before that transaction (:mod:`salus.fhir.updates`):
+        inside it only the version check on the locked row and the writes."""
+        check_id(res_id)
+        current = db.fetch_one(CURRENT, {"_rt": res_type, "_rid": res_id})
+        plan = None
+        if (
+            current is not None
+            and not current["deleted"]
+            and (principal.kind is PrincipalKind.SYSTEM or current["org_id"] == principal.org_id)
+            and if_match in (None, current["version"])
+            and _type_of(resource) == res_type
+            and resource.get("id") == res_id
+        ):  # else the checks in their usual order, in the transaction (update)
+            plan = plan_update(
+                self, principal, res_type, res_id, resource, current, db.engine.dialect
+            )
+        with db.write() as conn:
+            if plan is not None and write_planned(self, conn, principal, plan, if_match):
+                values = plan.values
+                return Stored(
+                    res_type,
+                    res_id,
+                    plan.version,
+                    plan.now,
+                    False,
+                    str(values["org_id"]),
+                    plan.body,
+                    values["patient_key"],
+                ), False
+            return self.update(conn, principal, res_type, res_id, resource, if_match=if_match)
 
     def delete(
         self,

@@ -81,17 +81,22 @@ def encode_creates(
     dialect: Dialect,
     resources: Sequence[Mapping[str, Any]],
     index_rows: Sequence[Mapping[Table, Sequence[Mapping[str, Any]]]],
+    *,
+    method: str = "POST",
+    resource: bool = True,
 ) -> EncodedCreates | None:
-    """Encode a batch's resource, history (``POST``) and index rows; None
-    where this path does not apply (not SQLite)."""
+    """Encode a batch's resource, history (``method``) and index rows; None
+    where this path does not apply (not SQLite). ``resource=False``: no
+    ``fhir_resources`` row (an update, whose row is updated in place)."""
     if dialect.name != "sqlite":
         return None
     encoded = EncodedCreates(len(resources))
     out = encoded.rows
     for position, (row, tables) in enumerate(zip(resources, index_rows, strict=True)):
-        sql, values = _encode(dialect, fhir_resources, row)
-        out.setdefault(sql, []).append((position, values))
-        sql, values = _encode(dialect, fhir_history, {**row, "method": "POST"})
+        if resource:
+            sql, values = _encode(dialect, fhir_resources, row)
+            out.setdefault(sql, []).append((position, values))
+        sql, values = _encode(dialect, fhir_history, {**row, "method": method})
         out.setdefault(sql, []).append((position, values))
         for table, values_list in tables.items():
             for index_row in values_list:
@@ -111,15 +116,19 @@ def concat_encoded(parts: Sequence[EncodedCreates]) -> EncodedCreates:
     return merged
 
 
-def insert_encoded(conn: Connection, encoded: EncodedCreates) -> list[int]:
+def insert_encoded(conn: Connection, encoded: EncodedCreates, rid: int | None = None) -> list[int]:
     """Insert the rows in ``conn``'s SQLite write transaction; return the new
-    resources' ``rid`` values in batch order."""
+    resources' ``rid`` values in batch order (numbered from ``rid`` when given,
+    an existing resource's, else after the table's highest)."""
     driver: Any = conn.connection.driver_connection
     cursor = driver.cursor()
     try:
-        cursor.execute('SELECT max("rid") FROM "fhir_resources"')
-        highest = cursor.fetchone()[0]
-        base = int(highest or 0) + 1
+        if rid is None:
+            cursor.execute('SELECT max("rid") FROM "fhir_resources"')
+            highest = cursor.fetchone()[0]
+            base = int(highest or 0) + 1
+        else:
+            base = rid
         for sql, rows in encoded.rows.items():
             cursor.executemany(sql, [(base + position, *values) for position, values in rows])
     finally:
