@@ -113,6 +113,7 @@ class Settings(BaseModel):
     dicom_port: int = Field(default=11112, ge=0, le=65535)
     dicom_ae_title: str = Field(default="SALUS", min_length=1, max_length=16)
     dicom_max_associations: int = Field(default=10, ge=1, le=1000)
+    dicom_processes: int = Field(default=0, ge=0, le=64)
     dicom_timeout: float = Field(default=60.0, gt=0)
     dicom_unknown_ae_client: str | None = None
     dicom_move_destinations: dict[str, str] = Field(default_factory=dict)

@@ -30,6 +30,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from io import BytesIO
@@ -43,6 +44,7 @@ from pynetdicom import AE, evt
 from pynetdicom import association as pynetdicom_association
 from pynetdicom import sop_class as pynetdicom_sop_class
 from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom.utils import make_target
 
 from salus.dicom.archive import DicomArchive
 from salus.dicom.failures import record_store_failure
@@ -232,6 +234,56 @@ def _status(exc: BaseException, default: int = 0xC000) -> int:
     return default
 
 
+#: The listening socket handed over by the supervisor (:mod:`salus.server.workers`)
+#: when several server processes run the DIMSE listener on one port.
+_ADOPTED: socket.socket | None = None
+
+
+def adopt_listening_socket(sock: socket.socket) -> None:
+    """Serve DIMSE on ``sock`` (bound and listening, shared with the other server
+    processes) instead of binding ``SALUS_DICOM_PORT``; called in a worker before
+    its services are built. The listener then runs in this process even when it
+    is not the primary."""
+    global _ADOPTED
+    _ADOPTED = sock
+
+
+def _shared_server_class() -> type[ThreadedAssociationServer]:
+    from pynetdicom.transport import ThreadedAssociationServer as Threaded
+
+    class SharedSocketServer(Threaded):
+        """pynetdicom's threaded server on an adopted listening socket.
+
+        The socket is non-blocking: every process waiting on it wakes when a
+        connection arrives and one of them gets it; the others' ``accept`` fails
+        with ``EAGAIN``, which :mod:`socketserver` ignores (an ``OSError``), so no
+        accept loop blocks on a connection another process took."""
+
+        def server_bind(self) -> None:
+            assert _ADOPTED is not None  # noqa: S101 - only built with a socket
+            if self.socket is not None:
+                self.socket.close()  # the one TCPServer made: never bound
+            self.socket = _ADOPTED
+            self.socket.setblocking(False)
+            self.server_address = self.socket.getsockname()
+
+        def server_activate(self) -> None:
+            pass  # listening already (the supervisor called listen)
+
+        def server_close(self) -> None:
+            # Close this process's descriptor only: ``shutdown(SHUT_RDWR)`` (what
+            # pynetdicom does) would stop the socket for the other processes too.
+            if self.socket is not None:
+                self.socket.close()
+
+        def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+            client, address = super().get_request()
+            client.setblocking(True)  # pynetdicom reads with select and timeouts
+            return client, address
+
+    return SharedSocketServer
+
+
 class DimseListener:
     """The DIMSE SCP (a :class:`~salus.services.Listener`)."""
 
@@ -244,6 +296,9 @@ class DimseListener:
         self.settings = services.settings
         self.server: ThreadedAssociationServer | None = None
         self.port: int = self.settings.dicom_port
+        #: Run in every server process that was handed the DICOM socket, not only
+        #: in the primary (``salus.server.app``; ``SALUS_DICOM_PROCESSES``).
+        self.every_process = _ADOPTED is not None
         self.ae = self._build_ae()
 
     # -- set-up ------------------------------------------------------------------------
@@ -308,6 +363,9 @@ class DimseListener:
 
     # -- lifecycle ---------------------------------------------------------------------
     def start_sync(self) -> None:
+        if _ADOPTED is not None:
+            self._start_shared()
+            return
         server = self.ae.start_server(
             (self.settings.dicom_host, self.settings.dicom_port),
             block=False,
@@ -318,6 +376,23 @@ class DimseListener:
         self.server = server
         self.port = int(server.server_address[1])
         log.info("DIMSE listener on port %s as %s", self.port, self.settings.dicom_ae_title)
+
+    def _start_shared(self) -> None:
+        """As ``AE.start_server(block=False)``, on the adopted socket (pynetdicom's
+        ``start_server`` takes no server class; ``make_server`` does)."""
+        server = self.ae.make_server(
+            (self.settings.dicom_host, self.settings.dicom_port),
+            ssl_context=self._ssl_context(),
+            evt_handlers=self.handlers(),
+            server_class=_shared_server_class(),
+        )
+        self.ae._servers.append(server)  # AssociationServer.shutdown removes it
+        threading.Thread(
+            target=make_target(server.serve_forever), name="salus-dimse-acceptor", daemon=True
+        ).start()
+        self.server = server
+        self.port = int(server.server_address[1])
+        log.info("DIMSE listener on shared port %s as %s", self.port, self.settings.dicom_ae_title)
 
     def stop_sync(self) -> None:
         if self.server is not None:

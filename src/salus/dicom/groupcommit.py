@@ -68,6 +68,21 @@ class GroupCommit:
         return work.result  # type: ignore[no-any-return]
 
     def _commit(self, group: list[_Work[Any]]) -> None:
+        """Run ``group`` and wake its callers. Pieces that lost a PostgreSQL deadlock
+        (two server processes locking one study's rows in another order) run again
+        in a fresh transaction, at most :data:`RETRIES` times."""
+        try:
+            pending = group
+            for attempt in range(RETRIES + 1):
+                pending = self._commit_once(pending, retry=attempt < RETRIES)
+                if not pending:
+                    break
+        finally:
+            for work in group:
+                work.done.set()
+
+    def _commit_once(self, group: list[_Work[Any]], *, retry: bool) -> list[_Work[Any]]:
+        """One transaction for ``group``; returns the pieces to run again."""
         if len(group) == 1:  # alone: no SAVEPOINT, a refusal rolls the transaction back
             work = group[0]
             try:
@@ -77,9 +92,11 @@ class GroupCommit:
                 self.pieces += 1
             except BaseException as exc:
                 work.result, work.error = None, exc
-            finally:
-                work.done.set()
-            return
+                if retry and _retryable(exc):
+                    work.error = None
+                    return [work]
+            return []
+        again: list[_Work[Any]] = []
         try:
             with self.db.write() as conn:
                 for work in group:
@@ -88,15 +105,34 @@ class GroupCommit:
                         work.result = work.fn(conn)
                     except BaseException as exc:
                         savepoint.rollback()
-                        work.error = exc
+                        work.result, work.error = None, exc
+                        if retry and _retryable(exc):
+                            work.error = None
+                            again.append(work)
                     else:
                         savepoint.commit()
             self.transactions += 1
-            self.pieces += len(group)
+            self.pieces += len(group) - len(again)
         except BaseException as exc:  # the commit itself failed: nothing of the group stays
+            if retry and _retryable(exc):
+                for work in group:
+                    work.result, work.error = None, None
+                return list(group)
             for work in group:
                 if work.error is None:
                     work.result, work.error = None, exc
-        finally:
-            for work in group:
-                work.done.set()
+            return []
+        return again
+
+
+#: Runs again of a piece that lost a deadlock or a serialization conflict.
+RETRIES = 3
+#: SQLSTATEs worth running again: serialization_failure, deadlock_detected.
+_RETRY_STATES = frozenset({"40001", "40P01"})
+
+
+def _retryable(exc: BaseException) -> bool:
+    """A PostgreSQL deadlock or serialization failure (the DBAPI error's SQLSTATE)."""
+    orig = getattr(exc, "orig", None)
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return state in _RETRY_STATES

@@ -80,6 +80,12 @@ async def _analyze_periodically(services: Services, interval: float, stop: async
             pass
 
 
+def _every_process(listeners: list[Any]) -> list[Any]:
+    """The listeners that run in every server process, not only the primary (the
+    DIMSE listener on a socket the supervisor shares: ``SALUS_DICOM_PROCESSES``)."""
+    return [listener for listener in listeners if getattr(listener, "every_process", False)]
+
+
 def create_app(
     settings: Settings, services: Services | None = None, *, primary: bool = True
 ) -> SalusApp:
@@ -105,7 +111,7 @@ def create_app(
             checkpoint_interval=settings.audit_checkpoint_seconds if primary else None
         )
         try:
-            for listener in svc.listeners if primary else ():
+            for listener in svc.listeners if primary else _every_process(svc.listeners):
                 await listener.start()
                 started.append(listener)
                 log.info("listener started", extra={"listener": listener.name})

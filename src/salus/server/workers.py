@@ -7,9 +7,12 @@ one listening socket; the kernel hands each new connection to one of them.
 * The supervisor brings the schema up to date once, binds the socket, and
   starts the workers with the ``spawn`` method (no fork of a process that
   holds database connections or threads).
-* Worker 0 is the *primary*: only it runs the protocol listeners (DICOM,
-  MLLP: their ports can be bound once), the job workers and the audit
-  checkpoints. The others serve HTTP only.
+* Worker 0 is the *primary*: only it runs the MLLP listener, the job
+  workers and the audit checkpoints. The DIMSE listener runs in the first
+  ``SALUS_DICOM_PROCESSES`` workers (0: all of them): the supervisor binds
+  the DICOM port once too and hands the socket to them
+  (:func:`salus.dicom.dimse.adopt_listening_socket`), so that C-STOREs of
+  concurrent associations run on every core.
 * A worker that dies is started again (a primary again in slot 0); one that
   dies within :data:`STARTUP_GRACE` seconds of its start is a start-up
   failure (bad settings, a port in use) and stops the whole server with
@@ -39,7 +42,7 @@ from types import FrameType
 
 from salus.config import Settings
 
-__all__ = ["STARTUP_GRACE", "Supervisor", "worker_settings"]
+__all__ = ["STARTUP_GRACE", "Supervisor", "dicom_processes", "worker_settings"]
 
 log = logging.getLogger("salus.server")
 
@@ -66,13 +69,30 @@ def worker_settings(settings: Settings, workers: int) -> Settings:
     )
 
 
-def _serve_worker(settings: Settings, sock: socket.socket, index: int, supervisor: int) -> None:
+def dicom_processes(settings: Settings, workers: int) -> int:
+    """How many of ``workers`` processes run the DIMSE listener (``SALUS_DICOM_PROCESSES``)."""
+    if not settings.dicom_enabled:
+        return 0
+    return min(workers, settings.dicom_processes or workers)
+
+
+def _serve_worker(
+    settings: Settings,
+    sock: socket.socket,
+    index: int,
+    supervisor: int,
+    dicom_sock: socket.socket | None = None,
+) -> None:
     """The body of one worker process (spawned)."""
     from salus.logging import configure_logging
     from salus.server.run import serve_app
 
     os.environ[WORKER_ENV] = str(index)
     configure_logging(settings.log_level, settings.log_format)
+    if dicom_sock is not None:
+        from salus.dicom.dimse import adopt_listening_socket
+
+        adopt_listening_socket(dicom_sock)
     _stop_with(supervisor)
     serve_app(settings, primary=index == 0, sockets=[sock])
 
@@ -104,6 +124,8 @@ class Supervisor:
         self._context = multiprocessing.get_context("spawn")
         self._workers: dict[int, tuple[BaseProcess, float]] = {}
         self._stopping = threading.Event()
+        self._dicom_sock: socket.socket | None = None
+        self._dicom_count = 0
         self.exit_code = 0
 
     def run(self) -> int:
@@ -116,6 +138,7 @@ class Supervisor:
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
         try:
+            self._bind_dicom()
             settings = worker_settings(self.settings, self.count)
             for index in range(self.count):
                 self._start(index, settings, sock)
@@ -127,9 +150,27 @@ class Supervisor:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             sock.close()
+            if self._dicom_sock is not None:
+                self._dicom_sock.close()
+                self._dicom_sock = None
             os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
             shutil.rmtree(metrics_dir, ignore_errors=True)
         return self.exit_code
+
+    def _bind_dicom(self) -> None:
+        """Bind the DICOM port once for the workers that run the DIMSE listener
+        (with one, the primary binds it itself, as without a supervisor)."""
+        self._dicom_count = dicom_processes(self.settings, self.count)
+        if self._dicom_count < 2:
+            self._dicom_count = 0
+            return
+        host, port = self.settings.dicom_host, self.settings.dicom_port
+        try:
+            self._dicom_sock = _bind(host, port)
+        except OSError as exc:
+            from salus.errors import ConfigurationError
+
+            raise ConfigurationError(f"Cannot listen on {host}:{port} ({exc.strerror}).") from None
 
     def _prepare_database(self) -> None:
         if not self.settings.migrate_on_start:
@@ -145,7 +186,13 @@ class Supervisor:
     def _start(self, index: int, settings: Settings, sock: socket.socket) -> None:
         process = self._context.Process(
             target=_serve_worker,
-            args=(settings, sock, index, os.getpid()),
+            args=(
+                settings,
+                sock,
+                index,
+                os.getpid(),
+                self._dicom_sock if index < self._dicom_count else None,
+            ),
             name=f"salus-worker-{index}",
             daemon=False,
         )
