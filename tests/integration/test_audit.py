@@ -323,6 +323,33 @@ def test_batcher_stop_drains_the_queue(db: Database, log: AuditLog) -> None:
     assert verify_chain(db).ok
 
 
+def test_record_batch_stores_what_record_stores(db: Database, log: AuditLog, clock: Clock) -> None:
+    """The group commit's append (SQLite: compiled statements on the DBAPI
+    connection) stores the same rows as the general path, from an empty chain
+    (no head yet) on, and the chain verifies."""
+    detail = {"q": 'a "quoted" Ünïcode value', "n": [1, 2]}
+    assert log.record_batch([read_event(patient="pk-1")]) == [1]  # creates the head
+    assert log.record([read_event(patient="pk-2")]) == [2]
+    clock.advance(seconds=1.5)
+    batch = [read_event(patient=f"pk-{i}") for i in range(3)]
+    batch.append(AuditEvent(category="rest", action="R", entity="Patient/x", detail=detail))
+    assert log.record_batch(batch) == [3, 4, 5, 6]
+    assert log.record_batch([]) == []
+    with db.read() as conn:
+        rows = conn.execute(select(audit_events).order_by(audit_events.c.seq)).mappings().all()
+    assert [r["seq"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[2]["recorded_at"] == clock.now and rows[1]["recorded_at"] < clock.now
+    assert rows[2]["recorded_at"].tzinfo is not None and rows[2]["patient_key"] == "pk-0"
+    assert rows[5]["detail"] == detail and rows[3]["prev_hash"] == rows[2]["hash"]
+    if db.is_sqlite:  # the same text form of recorded_at as SQLAlchemy writes
+        with db.read() as conn:
+            stored = [v for (v,) in conn.exec_driver_sql("SELECT recorded_at FROM audit_events")]
+        assert len({len(v) for v in stored}) == 1, stored
+    assert log.head() == (6, rows[5]["hash"])
+    report = verify_chain(db)
+    assert report.ok and report.events_checked == 6
+
+
 def test_batcher_takes_its_batch_once_the_gate_opens(db: Database, log: AuditLog) -> None:
     """Events queued while the writer waits for its gate (SQLite: the other worker's
     commit) join the batch it writes, instead of waiting for the next one."""

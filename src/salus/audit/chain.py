@@ -34,7 +34,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -120,6 +121,51 @@ _PG_HEAD_ERROR = "SA001"
 _PG_NO_FUNCTION = "42883"
 
 
+class _RawStatement:
+    """A statement compiled once for SQLite's DBAPI (``qmark``), with the bind
+    processors of its column types (the values ``Connection.execute`` sends)."""
+
+    def __init__(self, statement: Any, dialect: Any, column_keys: list[str] | None = None) -> None:
+        compiled: Any = statement.compile(dialect=dialect, column_keys=column_keys)
+        self.sql: str = compiled.string
+        self.order: tuple[str, ...] = tuple(compiled.positiontup or ())
+        self.constants = {
+            n: b.effective_value for n, b in compiled.binds.items() if b.value is not None
+        }
+        self.processors: dict[str, Callable[[Any], Any]] = {}
+        for name, bind in compiled.binds.items():
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if processor is not None:
+                self.processors[name] = processor
+
+    def args(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        out = []
+        for name in self.order:
+            value = values[name] if name in values else self.constants[name]
+            processor = self.processors.get(name)
+            out.append(processor(value) if processor is not None else value)
+        return tuple(out)
+
+
+class _SqliteAppend:
+    """The three statements of a SQLite append (head, insert, move), compiled once."""
+
+    def __init__(self, dialect: Any) -> None:
+        self.head = _RawStatement(_LOCK_HEAD, dialect)
+        self.insert = _RawStatement(_INSERT_EVENTS, dialect, list(_SQLITE_ROW_KEYS))
+        self.move = _RawStatement(_MOVE_HEAD, dialect)
+
+
+#: The columns of an ``audit_events`` row as :meth:`AuditEvent.row` gives it.
+_SQLITE_ROW_KEYS = (
+    *(f.name for f in fields(AuditEvent)),
+    "seq",
+    "recorded_at",
+    "prev_hash",
+    "hash",
+)
+
+
 def _pg_append_params(events: Sequence[AuditEvent], recorded_at: datetime) -> dict[str, Any]:
     """Parameters of ``salus_audit_append``: each event's canonical JSON in two
     parts around ``recorded_at`` and ``seq`` (:func:`event_hash` order: every
@@ -184,6 +230,7 @@ class AuditLog:
         self.batch_delay = batch_delay
         self._batcher: RecordBatcher | None = None
         self._checkpointer: asyncio.Task[None] | None = None
+        self._sqlite_statements: _SqliteAppend | None = None
         self._append_lock: WriterLock | None = None
         if append_lock is not None and not db.is_sqlite:
             append_lock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -239,6 +286,81 @@ class AuditLog:
                 return self._append_pg(conn, events)
         with self.db.write() as conn:
             return self.append(conn, events)
+
+    def record_batch(self, events: Sequence[AuditEvent]) -> list[int]:
+        """:meth:`record` for the group commit of the server (the same rows and
+        chain). On SQLite it runs on the pooled DBAPI connection under the
+        writer lock, with the statements compiled once: SQLAlchemy's
+        connection, transaction and execution objects cost more than the
+        three statements of an append, and the writer lock that every worker
+        waits for is held for all of it (ADR 11, stop-14 amendment)."""
+        events = list(events)
+        if not events or not self.db.is_sqlite:
+            return self.record(events)
+        _check_events(events)
+        seqs = self._record_sqlite(events)
+        return self.record(events) if seqs is None else seqs
+
+    def _record_sqlite(self, events: list[AuditEvent]) -> list[int] | None:
+        """None when the chain has no head yet (the general path creates it)."""
+        engine = self.db.engine
+        statements = self._sqlite_statements
+        if statements is None:
+            statements = self._sqlite_statements = _SqliteAppend(engine.dialect)
+        dbapi_error = engine.dialect.loaded_dbapi.Error
+        sql = statements.head.sql
+        with self.db.writer_lock():
+            fairy = engine.raw_connection()
+            try:
+                driver: Any = fairy.driver_connection  # isolation_level None: BEGIN is ours
+                cursor = driver.cursor()
+                try:
+                    cursor.execute("BEGIN IMMEDIATE")
+                    try:
+                        row = cursor.execute(sql, statements.head.args({})).fetchone()
+                        if row is None:
+                            return None
+                        seq, prev_hash = int(row[0]), str(row[1])
+                        recorded_at = self.clock()  # under the lock: recorded_at follows seq
+                        first = seq + 1
+                        args = []
+                        for event in events:
+                            seq += 1
+                            values = event.row(
+                                seq=seq, recorded_at=recorded_at, prev_hash=prev_hash
+                            )
+                            args.append(statements.insert.args(values))
+                            prev_hash = values["hash"]
+                        sql = statements.insert.sql
+                        cursor.executemany(sql, args)
+                        sql = statements.move.sql
+                        cursor.execute(
+                            sql,
+                            statements.move.args(
+                                {
+                                    "h_id": HEAD_ID,
+                                    "h_old": first - 1,
+                                    "h_seq": seq,
+                                    "h_hash": prev_hash,
+                                }
+                            ),
+                        )
+                        if cursor.rowcount != 1:
+                            raise IntegrityError("The audit chain head moved during an append.")
+                        sql = "COMMIT"
+                        cursor.execute(sql)
+                    finally:
+                        if driver.in_transaction:
+                            driver.rollback()
+                finally:
+                    cursor.close()
+            except dbapi_error as exc:
+                raise DBAPIError.instance(
+                    sql, None, exc, dbapi_error, hide_parameters=True, dialect=engine.dialect
+                ) from exc
+            finally:
+                fairy.close()
+        return list(range(first, seq + 1))
 
     def _append_pg(self, conn: Connection, events: Sequence[AuditEvent]) -> list[int]:
         """Lock the head, hash, insert and move the head in one statement.
@@ -315,7 +437,7 @@ class AuditLog:
         """
         if self._batcher is None:
             batcher = RecordBatcher(
-                self.record,
+                self.record_batch,
                 max_batch=self.batch_max,
                 max_delay=self.batch_delay,
                 gate=self._batch_gate,  # take the batch once it may be written
