@@ -199,9 +199,12 @@ def test_postgresql_without_the_append_function_is_refused(db: Database, log: Au
         )
     with pytest.raises(Unavailable, match="salus migrate"):
         log.record([read_event()])
+    with pytest.raises(Unavailable, match="salus migrate"):  # the group commit's path
+        log.record_batch([read_event(), read_event()])
     with pytest.raises(Unavailable), db.write() as conn:
         log.append(conn, [read_event()])
     assert count(db) == 1
+    assert log.record_batch([]) == []
     assert verify_chain(db).ok
 
 

@@ -289,17 +289,68 @@ class AuditLog:
 
     def record_batch(self, events: Sequence[AuditEvent]) -> list[int]:
         """:meth:`record` for the group commit of the server (the same rows and
-        chain). On SQLite it runs on the pooled DBAPI connection under the
-        writer lock, with the statements compiled once: SQLAlchemy's
+        chain), on the pooled DBAPI connection (PostgreSQL: the one statement
+        in autocommit). On SQLite under the writer lock, with the statements
+        compiled once: SQLAlchemy's
         connection, transaction and execution objects cost more than the
         three statements of an append, and the writer lock that every worker
         waits for is held for all of it (ADR 11, stop-14 amendment)."""
         events = list(events)
-        if not events or not self.db.is_sqlite:
-            return self.record(events)
+        if not events:
+            return []
         _check_events(events)
+        if not self.db.is_sqlite:
+            return self._record_pg(events)
         seqs = self._record_sqlite(events)
         return self.record(events) if seqs is None else seqs
+
+    def _record_pg(self, events: list[AuditEvent]) -> list[int]:
+        """``salus_audit_append`` alone in autocommit on the pooled DBAPI
+        connection (as :meth:`record` does through SQLAlchemy's connection)."""
+        engine = self.db.engine
+        dbapi_error = engine.dialect.loaded_dbapi.Error
+        params = _pg_append_params(events, self.clock())
+        fairy = engine.raw_connection()
+        try:
+            driver: Any = fairy.driver_connection
+            driver.autocommit = True
+            try:
+                cursor = driver.cursor()
+                try:
+                    cursor.execute(_PG_APPEND, params)
+                    row = cursor.fetchone()
+                finally:
+                    cursor.close()
+            finally:
+                if not driver.closed:
+                    driver.autocommit = False
+        except dbapi_error as exc:
+            state = getattr(exc, "sqlstate", None)
+            if state == _PG_HEAD_ERROR:
+                raise IntegrityError("The audit chain head is missing but events exist.") from None
+            if state == _PG_NO_FUNCTION:  # one rule, one implementation: no fallback (ADR 21)
+                raise Unavailable(
+                    "The database schema is not up to date; run 'salus migrate'."
+                ) from None
+            lost = engine.dialect.is_disconnect(exc, fairy.dbapi_connection, None)
+            if lost:  # as Database.fetch_one does
+                fairy.invalidate(exc)
+                engine.dispose()
+            raise DBAPIError.instance(
+                _PG_APPEND,
+                None,
+                exc,
+                dbapi_error,
+                hide_parameters=True,
+                connection_invalidated=lost,
+                dialect=engine.dialect,
+            ) from exc
+        finally:
+            fairy.close()
+        last = None if row is None else row[0]
+        if last is None:
+            raise IntegrityError("The audit chain head could not be moved.")
+        return list(range(int(last) - len(events) + 1, int(last) + 1))
 
     def _record_sqlite(self, events: list[AuditEvent]) -> list[int] | None:
         """None when the chain has no head yet (the general path creates it)."""
