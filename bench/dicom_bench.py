@@ -66,8 +66,9 @@ run is ``--targets salus --phases queries --scale 1000000``). ``--floors`` runs
 only the ingest floors: the same ``storescu`` into (i) a bare pynetdicom Storage
 SCP whose handler returns 0x0000 and keeps nothing, (ii) the same writing each
 data set to a file with ``fdatasync`` (Orthanc's one sync per instance), (iii)
-Salus, (iv) Orthanc and (v) ``storescp``, over 1 and 4 associations, with the
-receiver's CPU per instance.
+Salus with one server process, (iv) Salus with two (``salus2``: the DIMSE
+listener in both), (v) Orthanc and (vi) ``storescp``, over 1 and 4
+associations, with the receiver's CPU per instance.
 """
 
 from __future__ import annotations
@@ -704,14 +705,38 @@ def serve_bare_scp(port: int, sync_dir: Path | None) -> int:
     return 0
 
 
+class Salus2(Salus):
+    """Salus with two server processes (``SALUS_HTTP_WORKERS=2``): the DIMSE listener
+    runs in both on the shared port (``SALUS_DICOM_PROCESSES``, default all)."""
+
+    name = "Salus 2 proc"
+    workers = "2"
+
+    def _serve(self) -> None:
+        self.env["SALUS_HTTP_WORKERS"] = self.workers
+        super()._serve()
+        # The supervisor listens before its workers serve: wait for an association,
+        # then until the workers' start-up CPU has settled (both listeners up).
+        self.wait_dimse()
+        last = tree_cpu(self.pid)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = tree_cpu(self.pid)
+            if now - last < 0.05:
+                break
+            last = now
+
+
 TARGETS: dict[str, Callable[[Path], Target]] = {
     "salus": Salus,
+    "salus2": Salus2,
     "orthanc": Orthanc,
     "storescp": StoreSCP,
     "pynetdicom": BareSCP,
     "pynetdicom+sync": SyncSCP,
 }
-FLOOR_TARGETS = ("pynetdicom", "pynetdicom+sync", "salus", "orthanc", "storescp")
+FLOOR_TARGETS = ("pynetdicom", "pynetdicom+sync", "salus", "salus2", "orthanc", "storescp")
 
 
 # -- phases -----------------------------------------------------------------------------------
