@@ -22,20 +22,41 @@ already.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Table
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import DBAPIError
 
 from salus.db.tables import fhir_history, fhir_resources
 
-__all__ = ["EncodedCreates", "concat_encoded", "encode_creates", "insert_encoded"]
+__all__ = [
+    "EncodedCreates",
+    "concat_encoded",
+    "encode_creates",
+    "insert_encoded",
+    "insert_pipelined",
+]
 
 Processor = Callable[[Any], Any]
 #: (table, columns after rid) -> (INSERT text, the columns' bind processors).
 _STATEMENTS: dict[tuple[str, str, tuple[str, ...]], tuple[str, tuple[Processor | None, ...]]] = {}
+
+
+@contextmanager
+def _driver_errors(conn: Connection, what: str) -> Iterator[None]:
+    """Driver errors as SQLAlchemy's (parameters hidden: they hold patient data),
+    so callers and the server's error handling see one kind of error."""
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        yield
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(
+            what, None, exc, dbapi.Error, hide_parameters=True, dialect=conn.dialect
+        ) from exc
 
 
 def _statement(
@@ -121,6 +142,11 @@ def insert_encoded(conn: Connection, encoded: EncodedCreates, rid: int | None = 
     resources' ``rid`` values in batch order (numbered from ``rid`` when given,
     an existing resource's, else after the table's highest)."""
     driver: Any = conn.connection.driver_connection
+    with _driver_errors(conn, "INSERT"):
+        return _insert_encoded(driver, encoded, rid)
+
+
+def _insert_encoded(driver: Any, encoded: EncodedCreates, rid: int | None) -> list[int]:
     cursor = driver.cursor()
     try:
         if rid is None:
@@ -134,3 +160,46 @@ def insert_encoded(conn: Connection, encoded: EncodedCreates, rid: int | None = 
     finally:
         cursor.close()
     return list(range(base, base + encoded.count))
+
+
+def insert_pipelined(
+    conn: Connection,
+    rows: Sequence[Mapping[str, Any]],
+    index_rows: Sequence[Mapping[Table, Sequence[Mapping[str, Any]]]],
+    rids: Sequence[int],
+) -> None:
+    """PostgreSQL: a batch's resource, history (``POST``) and index rows in
+    one round trip (psycopg's pipeline mode), in ``conn``'s transaction.
+
+    A group of one-by-one creates otherwise sends one ``INSERT`` per table
+    and waits for each; every wait is a round trip during which the
+    transaction stays open and the request thread must win the interpreter
+    lock back from the threads preparing other requests, while PostgreSQL
+    sits ``idle in transaction``. Values go through psycopg's adapters as
+    with ``COPY`` (:mod:`salus.db.bulkcopy`): plain column types only.
+    """
+    tables: dict[str, list[tuple[Any, ...]]] = {}
+
+    def add(table: Table, rid: int, row: Mapping[str, Any]) -> None:
+        columns = tuple(name for name in row if name != "rid")
+        key = (table.name, columns)
+        sql = _PG_STATEMENTS.get(key)
+        if sql is None:
+            names = ", ".join(f'"{table.c[name].name}"' for name in ("rid", *columns))
+            marks = ", ".join("%s" for _ in range(len(columns) + 1))
+            sql = _PG_STATEMENTS[key] = f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})'  # noqa: S608
+        tables.setdefault(sql, []).append((rid, *(row[name] for name in columns)))
+
+    for rid, row, grouped in zip(rids, rows, index_rows, strict=True):
+        add(fhir_resources, rid, row)
+        add(fhir_history, rid, {**row, "method": "POST"})
+        for table, values_list in grouped.items():
+            for index_row in values_list:
+                add(table, rid, index_row)
+    driver: Any = conn.connection.driver_connection
+    with _driver_errors(conn, "INSERT (pipeline)"), driver.pipeline(), driver.cursor() as cursor:
+        for sql, values in tables.items():
+            cursor.executemany(sql, values)
+
+
+_PG_STATEMENTS: dict[tuple[str, tuple[str, ...]], str] = {}
