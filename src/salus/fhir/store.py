@@ -50,7 +50,6 @@ from salus.fhir.writerows import (
     concat_encoded,
     encode_creates,
     insert_encoded,
-    insert_pipelined,
 )
 from salus.security.policy import RecordColumns, RecordFilter
 from salus.security.principal import Principal, PrincipalKind
@@ -441,11 +440,6 @@ class FhirStore:
                 raise Conflict("A resource with this id already exists.")
         if batch.encoded is not None and conn.dialect.name == "sqlite":
             insert_encoded(conn, batch.encoded)
-            self.audit.append(conn, batch.events)
-            return self._created(batch)
-        if conn.dialect.name == "postgresql" and len(batch.rows) < COPY_MIN_ROWS:
-            rids = next_ids(conn, fhir_resources, "rid", len(batch.rows))
-            insert_pipelined(conn, batch.rows, batch.index_rows, rids)
             self.audit.append(conn, batch.events)
             return self._created(batch)
         if conn.dialect.name == "postgresql" and len(batch.rows) >= COPY_MIN_ROWS:

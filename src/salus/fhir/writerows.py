@@ -38,7 +38,6 @@ __all__ = [
     "concat_encoded",
     "encode_creates",
     "insert_encoded",
-    "insert_pipelined",
 ]
 
 Processor = Callable[[Any], Any]
@@ -160,46 +159,3 @@ def _insert_encoded(driver: Any, encoded: EncodedCreates, rid: int | None) -> li
     finally:
         cursor.close()
     return list(range(base, base + encoded.count))
-
-
-def insert_pipelined(
-    conn: Connection,
-    rows: Sequence[Mapping[str, Any]],
-    index_rows: Sequence[Mapping[Table, Sequence[Mapping[str, Any]]]],
-    rids: Sequence[int],
-) -> None:
-    """PostgreSQL: a batch's resource, history (``POST``) and index rows in
-    one round trip (psycopg's pipeline mode), in ``conn``'s transaction.
-
-    A group of one-by-one creates otherwise sends one ``INSERT`` per table
-    and waits for each; every wait is a round trip during which the
-    transaction stays open and the request thread must win the interpreter
-    lock back from the threads preparing other requests, while PostgreSQL
-    sits ``idle in transaction``. Values go through psycopg's adapters as
-    with ``COPY`` (:mod:`salus.db.bulkcopy`): plain column types only.
-    """
-    tables: dict[str, list[tuple[Any, ...]]] = {}
-
-    def add(table: Table, rid: int, row: Mapping[str, Any]) -> None:
-        columns = tuple(name for name in row if name != "rid")
-        key = (table.name, columns)
-        sql = _PG_STATEMENTS.get(key)
-        if sql is None:
-            names = ", ".join(f'"{table.c[name].name}"' for name in ("rid", *columns))
-            marks = ", ".join("%s" for _ in range(len(columns) + 1))
-            sql = _PG_STATEMENTS[key] = f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})'  # noqa: S608
-        tables.setdefault(sql, []).append((rid, *(row[name] for name in columns)))
-
-    for rid, row, grouped in zip(rids, rows, index_rows, strict=True):
-        add(fhir_resources, rid, row)
-        add(fhir_history, rid, {**row, "method": "POST"})
-        for table, values_list in grouped.items():
-            for index_row in values_list:
-                add(table, rid, index_row)
-    driver: Any = conn.connection.driver_connection
-    with _driver_errors(conn, "INSERT (pipeline)"), driver.pipeline(), driver.cursor() as cursor:
-        for sql, values in tables.items():
-            cursor.executemany(sql, values)
-
-
-_PG_STATEMENTS: dict[tuple[str, tuple[str, ...]], str] = {}
