@@ -380,6 +380,26 @@ def test_batcher_takes_its_batch_once_the_gate_opens(db: Database, log: AuditLog
     assert verify_chain(db).ok
 
 
+def test_audit_batches_without_a_usable_append_lock(
+    db: Database, signer: Ed25519Signer, tmp_path: Path
+) -> None:
+    """The append lock only groups events: if its file cannot be made, the
+    server still records every event (batches queue on the head row)."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    log = AuditLog(db, signer=signer, append_lock=blocker / "append.lock")
+
+    async def main() -> list[int]:
+        await log.start()
+        try:
+            return list(await asyncio.gather(*(log.record_async(read_event()) for _ in range(5))))
+        finally:
+            await log.stop()
+
+    assert sorted(asyncio.run(main())) == [1, 2, 3, 4, 5]
+    assert verify_chain(db).ok
+
+
 def test_audit_batch_waits_for_the_other_workers_append(
     db: Database, signer: Ed25519Signer, tmp_path: Path
 ) -> None:
@@ -396,11 +416,11 @@ def test_audit_batch_waits_for_the_other_workers_append(
             release.wait(5)
 
     thread = threading.Thread(target=other_worker)
-    thread.start()
-    assert held.wait(5)
 
     async def main() -> tuple[list[int], int]:
-        await log.start()
+        await log.start()  # makes the lock file's folder (a server's start-up)
+        thread.start()
+        assert held.wait(5)
         try:
             assert log.batcher is not None
             first = asyncio.create_task(log.record_async(read_event()))

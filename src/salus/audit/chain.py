@@ -231,10 +231,8 @@ class AuditLog:
         self._batcher: RecordBatcher | None = None
         self._checkpointer: asyncio.Task[None] | None = None
         self._sqlite_statements: _SqliteAppend | None = None
-        self._append_lock: WriterLock | None = None
-        if append_lock is not None and not db.is_sqlite:
-            append_lock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._append_lock = WriterLock(append_lock)
+        self._append_lock_path = None if db.is_sqlite else append_lock
+        self._append_lock: WriterLock | None = None  # made by start(): servers only
 
     # -- appending -------------------------------------------------------------------
     def append(self, conn: Connection, events: Sequence[AuditEvent]) -> list[int]:
@@ -487,6 +485,15 @@ class AuditLog:
         (``SALUS_AUDIT_CHECKPOINT_SECONDS``) and needs a signer.
         """
         if self._batcher is None:
+            if self._append_lock is None and self._append_lock_path is not None:
+                try:
+                    self._append_lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                    lock = WriterLock(self._append_lock_path)
+                    with lock:  # the file can be opened and locked
+                        pass
+                    self._append_lock = lock
+                except OSError:  # still correct without it: batches queue on the head row
+                    log.warning("audit append lock file unavailable; batching per process only")
             batcher = RecordBatcher(
                 self.record_batch,
                 max_batch=self.batch_max,
