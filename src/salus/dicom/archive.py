@@ -255,7 +255,7 @@ class DicomArchive:
         # a helper thread while this one parses and runs them, and the transaction
         # waits for it before it commits (nothing is acknowledged before both are durable).
         digest = hashlib.sha256(data).hexdigest()
-        writing = _BLOB_WRITERS.submit(self.blobs.put, data)
+        writing = _BLOB_WRITERS.submit(self.blobs.put, data, sha256=digest)
         try:
             parsed = parse_part10(data)
             if study is not None and parsed.study_uid != study:
@@ -316,7 +316,7 @@ class DicomArchive:
             # A concurrent deletion of the same content may have removed the blob
             # between our put and our commit: put it back (one existence check).
             if not self.blobs.exists(digest):
-                self.blobs.put(data)
+                self.blobs.put(data, sha256=digest)
         if old_digest is not None:
             self._collect_blobs([old_digest])
         return result

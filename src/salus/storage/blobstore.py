@@ -162,13 +162,20 @@ class BlobStore:
         return self.keys is not None
 
     # -- writing ---------------------------------------------------------------------
-    def put(self, data: bytes | bytearray | memoryview | BinaryIO | Iterable[bytes]) -> BlobRef:
+    def put(
+        self,
+        data: bytes | bytearray | memoryview | BinaryIO | Iterable[bytes],
+        *,
+        sha256: str | None = None,
+    ) -> BlobRef:
         """Store bytes (or a stream of them); returns the blob's address.
 
-        Storing content that is already present writes nothing new.
+        Storing content that is already present writes nothing new. A caller that
+        has just hashed the same bytes in memory passes their SHA-256 (hex) as
+        ``sha256`` so that they are not hashed twice; it must be theirs.
         """
         if isinstance(data, bytes | bytearray | memoryview):
-            digest = hashlib.sha256(data).hexdigest()
+            digest = sha256 or hashlib.sha256(data).hexdigest()
             if self.objects.exists(digest):
                 return BlobRef(digest, len(data))
             return self._write_whole(memoryview(data).cast("B"), digest)
