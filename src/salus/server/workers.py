@@ -39,6 +39,7 @@ import threading
 import time
 from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import Any
 
 from salus.config import Settings
 
@@ -82,6 +83,7 @@ def _serve_worker(
     index: int,
     supervisor: int,
     dicom_sock: socket.socket | None = None,
+    dicom_loads: Any = None,
 ) -> None:
     """The body of one worker process (spawned)."""
     from salus.logging import configure_logging
@@ -92,7 +94,7 @@ def _serve_worker(
     if dicom_sock is not None:
         from salus.dicom.dimse import adopt_listening_socket
 
-        adopt_listening_socket(dicom_sock)
+        adopt_listening_socket(dicom_sock, dicom_loads, index)
     _stop_with(supervisor)
     serve_app(settings, primary=index == 0, sockets=[sock])
 
@@ -125,6 +127,8 @@ class Supervisor:
         self._workers: dict[int, tuple[BaseProcess, float]] = {}
         self._stopping = threading.Event()
         self._dicom_sock: socket.socket | None = None
+        #: Open associations per DIMSE process (shared memory; see dimse.py).
+        self._dicom_loads: Any = None
         self._dicom_count = 0
         self.exit_code = 0
 
@@ -167,6 +171,7 @@ class Supervisor:
         host, port = self.settings.dicom_host, self.settings.dicom_port
         try:
             self._dicom_sock = _bind(host, port)
+            self._dicom_loads = self._context.Array("i", self._dicom_count, lock=False)
         except OSError as exc:
             from salus.errors import ConfigurationError
 
@@ -184,6 +189,8 @@ class Supervisor:
             db.dispose()
 
     def _start(self, index: int, settings: Settings, sock: socket.socket) -> None:
+        if self._dicom_loads is not None and index < self._dicom_count:
+            self._dicom_loads[index] = 0  # a restarted worker serves nothing yet
         process = self._context.Process(
             target=_serve_worker,
             args=(
@@ -192,6 +199,7 @@ class Supervisor:
                 index,
                 os.getpid(),
                 self._dicom_sock if index < self._dicom_count else None,
+                self._dicom_loads if index < self._dicom_count else None,
             ),
             name=f"salus-worker-{index}",
             daemon=False,
