@@ -85,6 +85,7 @@ class RecordBatcher:
         if self._task is not None:
             return
         self._closing = False
+        self._abandoned = False
         self._wakeup = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="salus-audit-batcher")
 
