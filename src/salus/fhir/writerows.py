@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Table
@@ -41,8 +42,11 @@ __all__ = [
 ]
 
 Processor = Callable[[Any], Any]
-#: (table, columns after rid) -> (INSERT text, the columns' bind processors).
-_STATEMENTS: dict[tuple[str, str, tuple[str, ...]], tuple[str, tuple[Processor | None, ...]]] = {}
+#: (dialect, table, a row's keys) -> see :func:`_statement`.
+_STATEMENTS: dict[
+    tuple[str, str, tuple[str, ...]],
+    tuple[str, Callable[[Mapping[str, Any]], Any], tuple[tuple[int, Processor], ...]],
+] = {}
 
 
 @contextmanager
@@ -59,30 +63,43 @@ def _driver_errors(conn: Connection, what: str) -> Iterator[None]:
 
 
 def _statement(
-    dialect: Dialect, table: Table, columns: tuple[str, ...]
-) -> tuple[str, tuple[Processor | None, ...]]:
-    key = (dialect.name, table.name, columns)
+    dialect: Dialect, table: Table, keys: tuple[str, ...]
+) -> tuple[str, Callable[[Mapping[str, Any]], Any], tuple[tuple[int, Processor], ...]]:
+    """The INSERT text for rows with ``keys`` (the rid first, whatever its
+    place), a getter of the other values, and the bind processors to apply
+    (by position; columns without one are passed as they are)."""
+    key = (dialect.name, table.name, keys)
     found = _STATEMENTS.get(key)
     if found is None:
+        columns = tuple(name for name in keys if name != "rid")
         # Only the Table's own column names (a KeyError for any other).
         names = ", ".join(f'"{table.c[name].name}"' for name in ("rid", *columns))
         marks = ", ".join("?" for _ in range(len(columns) + 1))
         processors = tuple(
-            table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns
+            (position, processor)
+            for position, name in enumerate(columns)
+            if (processor := table.c[name].type.dialect_impl(dialect).bind_processor(dialect))
+            is not None
+        )
+        many = itemgetter(*columns)
+        getter: Callable[[Mapping[str, Any]], Any] = (
+            many if len(columns) > 1 else (lambda row: (many(row),))
         )
         sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})'  # noqa: S608 - names from the Table
-        found = (sql, processors)
+        found = (sql, getter, processors)
         _STATEMENTS[key] = found
     return found
 
 
 def _encode(dialect: Dialect, table: Table, row: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
-    columns = tuple(name for name in row if name != "rid")
-    sql, processors = _statement(dialect, table, columns)
-    return sql, tuple(
-        row[name] if processor is None else processor(row[name])
-        for name, processor in zip(columns, processors, strict=True)
-    )
+    sql, getter, processors = _statement(dialect, table, tuple(row))
+    values = getter(row)
+    if processors:
+        changed = list(values)
+        for position, processor in processors:
+            changed[position] = processor(changed[position])
+        values = tuple(changed)
+    return sql, values
 
 
 @dataclass(slots=True)
