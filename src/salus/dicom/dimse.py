@@ -32,6 +32,7 @@ import socket
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from io import BytesIO
@@ -257,6 +258,18 @@ def adopt_listening_socket(sock: socket.socket, loads: Any = None, slot: int = 0
     _ADOPTED, _LOADS, _SLOT = sock, loads, slot
 
 
+def _connected(sock: socket.socket) -> bool:
+    """Open and connected (pynetdicom skips ``close`` when ``shutdown`` fails on a
+    connection the peer already dropped)."""
+    if sock.fileno() < 0:
+        return False
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
+
+
 def _shared_server_class() -> type[ThreadedAssociationServer]:
     from pynetdicom.transport import ThreadedAssociationServer as Threaded
 
@@ -285,14 +298,17 @@ def _shared_server_class() -> type[ThreadedAssociationServer]:
             if self.socket is not None:
                 self.socket.close()
 
-        def _open(self) -> list[socket.socket]:
-            """The connections this process accepted that are still open; published
-            in its slot of the shared loads."""
-            served = [sock for sock in getattr(self, "_salus_served", []) if sock.fileno() >= 0]
-            self._salus_served = served
+        def _open(self) -> int:
+            """How many connections this process accepted are still open (weakly
+            held: a socket pynetdicom let go of is not kept open by this count);
+            published in this process's slot of the shared loads."""
+            served: weakref.WeakSet[socket.socket] = self.__dict__.setdefault(
+                "_salus_served", weakref.WeakSet()
+            )
+            count = sum(1 for sock in list(served) if _connected(sock))
             if _LOADS is not None:
-                _LOADS[_SLOT] = len(served)
-            return served
+                _LOADS[_SLOT] = count
+            return count
 
         def service_actions(self) -> None:
             super().service_actions()
@@ -305,17 +321,17 @@ def _shared_server_class() -> type[ThreadedAssociationServer]:
             # of four associations were common). A process that serves more
             # associations than another one leaves it the connection for up to
             # BUSY_ACCEPT_WAIT; if it is still there afterwards, it takes it.
-            served = self._open()
+            mine = self._open()
             if _LOADS is not None:
                 deadline = time.monotonic() + BUSY_ACCEPT_WAIT
                 while time.monotonic() < deadline:
                     others = [n for slot, n in enumerate(_LOADS) if slot != _SLOT]
-                    if not others or len(served) <= min(others):
+                    if not others or mine <= min(others):
                         break
                     time.sleep(0.005)
             client, address = super().get_request()
             client.setblocking(True)  # pynetdicom reads with select and timeouts
-            served.append(client)
+            self.__dict__["_salus_served"].add(client)
             self._open()
             return client, address
 
