@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import socket
 import subprocess
 import sys
 import threading
@@ -245,3 +246,56 @@ def test_serve_runs_the_dimse_listener_in_every_worker(settings_factory: Any) ->
     finally:
         server.stop()
     assert sum("DIMSE listener on shared port" in line for line in server.lines) == 0
+
+
+def test_a_busier_process_leaves_a_new_connection_to_a_less_loaded_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The shared-socket server of one process (slot 0) against a second process
+    simulated by a thread on the same listening socket (slot 1)."""
+    from salus.dicom import dimse
+
+    listening = socket.create_server(("127.0.0.1", 0))
+    port = listening.getsockname()[1]
+    loads = [0, 0]
+    monkeypatch.setattr(dimse, "_ADOPTED", listening)
+    monkeypatch.setattr(dimse, "_LOADS", loads)
+    monkeypatch.setattr(dimse, "_SLOT", 0)
+    monkeypatch.setattr(dimse, "BUSY_ACCEPT_WAIT", 30.0)  # only the loads end the wait
+    ae = AE()
+    ae.add_supported_context("1.2.840.10008.1.1")
+    server = ae.make_server(("127.0.0.1", port), server_class=dimse._shared_server_class())
+    clients: list[socket.socket] = []
+    taken: list[socket.socket] = []
+    try:
+        clients.append(socket.create_connection(("127.0.0.1", port)))
+        first, _ = server.get_request()  # equal loads: taken at once
+        taken.append(first)
+        assert loads == [1, 0]
+
+        def other_process() -> None:  # the less loaded process takes the connection
+            time.sleep(0.2)
+            conn, _ = listening.accept()
+            taken.append(conn)
+            loads[1] = 2
+
+        clients.append(socket.create_connection(("127.0.0.1", port)))
+        thread = threading.Thread(target=other_process)
+        thread.start()
+        with pytest.raises(BlockingIOError):  # left to it: gone when this one looks
+            server.get_request()
+        thread.join(10)
+        assert len(taken) == 2
+        clients.append(socket.create_connection(("127.0.0.1", port)))
+        third, _ = server.get_request()  # now the other one is busier: taken at once
+        taken.append(third)
+        assert loads[0] == 2
+        third.close()
+        first.close()
+        server.service_actions()  # closed connections leave the load
+        assert loads[0] == 0
+    finally:
+        for sock in clients + taken:
+            sock.close()
+        server.server_close()
+        ae.shutdown()
