@@ -211,6 +211,32 @@ def test_a_worker_that_cannot_start_stops_the_server(tmp_path: Path) -> None:
     assert "worker failed to start; stopping" in done.stderr
 
 
+def test_a_slow_worker_that_cannot_start_still_stops_the_server(tmp_path: Path) -> None:
+    """A start-up failure is a worker that dies before it serves, however long its
+    start took (a loaded machine): not a worker to restart in a loop."""
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    # Each spawned worker sleeps 6 s before it starts (longer than the 5 s grace
+    # the supervisor used to give), then fails: no 'salus init', no key file.
+    (slow / "sitecustomize.py").write_text(
+        "import sys, time\nif '--multiprocessing-fork' in sys.argv:\n    time.sleep(6)\n"
+    )
+    env = _env(tmp_path / "data")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(slow), env.get("PYTHONPATH")]))
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "salus", "serve", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert time.monotonic() - started > 6  # the workers were slow
+    assert done.returncode == 1
+    assert "worker failed to start; stopping" in done.stderr
+    assert "worker exited; restarting" not in done.stderr
+
+
 def test_sqlite_writers_queue_on_a_lock_shared_by_processes(tmp_path: Path) -> None:
     db = create_database(f"sqlite:///{tmp_path / 'salus.db'}")
     lock_path = Path(f"{tmp_path / 'salus.db'}.writer-lock")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 import uvicorn
 
@@ -32,10 +33,29 @@ def run_server(settings: Settings) -> int:
         ) from None
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, calling ``on_started`` once the app's lifespan has started
+    and its sockets serve (a failed start exits before it)."""
+
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self._on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self._on_started is not None:
+            self._on_started()
+
+
 def serve_app(
-    settings: Settings, *, primary: bool, sockets: list[socket.socket] | None = None
+    settings: Settings,
+    *,
+    primary: bool,
+    sockets: list[socket.socket] | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> None:
-    """One server process: the app under uvicorn, on ``sockets`` when given."""
+    """One server process: the app under uvicorn, on ``sockets`` when given;
+    ``on_started`` is called when it serves (the supervisor's readiness signal)."""
     config = uvicorn.Config(
         create_app(settings, primary=primary),
         host=settings.http_host,
@@ -48,4 +68,4 @@ def serve_app(
         ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
         ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
     )
-    uvicorn.Server(config).run(sockets=sockets)
+    _Server(config, on_started).run(sockets=sockets)

@@ -14,9 +14,12 @@ one listening socket; the kernel hands each new connection to one of them.
   (:func:`salus.dicom.dimse.adopt_listening_socket`), so that C-STOREs of
   concurrent associations run on every core.
 * A worker that dies is started again (a primary again in slot 0); one that
-  dies within :data:`STARTUP_GRACE` seconds of its start is a start-up
-  failure (bad settings, a port in use) and stops the whole server with
-  exit status 1 instead of restarting in a loop.
+  dies before it said it serves (its lifespan started and its sockets
+  listen: a ``ready`` event it sets) is a start-up failure (bad settings, a
+  port in use, a missing key file) and stops the whole server with exit
+  status 1 instead of restarting in a loop, however slow the start was (a
+  grace period in seconds restarted a slow machine's failing workers
+  forever).
 * SIGTERM or SIGINT stops the workers gracefully (in-flight requests get
   ``SALUS_SHUTDOWN_TIMEOUT``); a worker still running after that is killed.
 * Prometheus metrics are aggregated over the workers (``prometheus_client``
@@ -43,12 +46,10 @@ from typing import Any
 
 from salus.config import Settings
 
-__all__ = ["STARTUP_GRACE", "Supervisor", "dicom_processes", "worker_settings"]
+__all__ = ["Supervisor", "dicom_processes", "worker_settings"]
 
 log = logging.getLogger("salus.server")
 
-#: A worker that exits sooner than this after its start failed to start.
-STARTUP_GRACE = 5.0
 #: How often a worker checks that its supervisor is still there.
 PARENT_POLL_SECONDS = 1.0
 #: Set in every worker's environment: its slot (0 is the primary).
@@ -84,8 +85,9 @@ def _serve_worker(
     supervisor: int,
     dicom_sock: socket.socket | None = None,
     dicom_loads: Any = None,
+    ready: Any = None,
 ) -> None:
-    """The body of one worker process (spawned)."""
+    """The body of one worker process (spawned); sets ``ready`` once it serves."""
     from salus.logging import configure_logging
     from salus.server.run import serve_app
 
@@ -96,7 +98,12 @@ def _serve_worker(
 
         adopt_listening_socket(dicom_sock, dicom_loads, index)
     _stop_with(supervisor)
-    serve_app(settings, primary=index == 0, sockets=[sock])
+    serve_app(
+        settings,
+        primary=index == 0,
+        sockets=[sock],
+        on_started=ready.set if ready is not None else None,
+    )
 
 
 def _stop_with(supervisor: int) -> None:
@@ -124,7 +131,8 @@ class Supervisor:
         self.settings = settings
         self.count = count
         self._context = multiprocessing.get_context("spawn")
-        self._workers: dict[int, tuple[BaseProcess, float]] = {}
+        #: Each worker's process and its readiness event (set once it serves).
+        self._workers: dict[int, tuple[BaseProcess, Any]] = {}
         self._stopping = threading.Event()
         self._dicom_sock: socket.socket | None = None
         #: Open associations per DIMSE process (shared memory; see dimse.py).
@@ -191,6 +199,7 @@ class Supervisor:
     def _start(self, index: int, settings: Settings, sock: socket.socket) -> None:
         if self._dicom_loads is not None and index < self._dicom_count:
             self._dicom_loads[index] = 0  # a restarted worker serves nothing yet
+        ready = self._context.Event()
         process = self._context.Process(
             target=_serve_worker,
             args=(
@@ -200,19 +209,20 @@ class Supervisor:
                 os.getpid(),
                 self._dicom_sock if index < self._dicom_count else None,
                 self._dicom_loads if index < self._dicom_count else None,
+                ready,
             ),
             name=f"salus-worker-{index}",
             daemon=False,
         )
         process.start()
-        self._workers[index] = (process, time.monotonic())
+        self._workers[index] = (process, ready)
 
     def _watch(self, settings: Settings, sock: socket.socket) -> None:
-        for index, (process, started) in list(self._workers.items()):
+        for index, (process, ready) in list(self._workers.items()):
             if process.is_alive() or self._stopping.is_set():
                 continue
             code = process.exitcode
-            if time.monotonic() - started < STARTUP_GRACE:
+            if not ready.is_set():  # it never served: a start-up failure
                 log.error(
                     "worker failed to start; stopping", extra={"worker": index, "exit_code": code}
                 )
