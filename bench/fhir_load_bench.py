@@ -552,6 +552,9 @@ def run_backend(name: str, url: str | None, binary: str, args: argparse.Namespac
     server = Server(name, work, url)
     if args.workers is not None:
         server.env["SALUS_HTTP_WORKERS"] = str(args.workers)
+    for setting in args.setting:  # e.g. database_reads_on_loop=off, to compare
+        key, _, value = setting.partition("=")
+        server.env["SALUS_" + key.strip().upper()] = value.strip()
     print(f"\n== {name} ({work}) ==", flush=True)
     try:
         server.start()
@@ -789,6 +792,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="comma-separated subset of " + ",".join(PHASE_KEYS) + " (default: all); "
         "without post_patient one untimed round of it still creates the Patients "
         "the other phases use",
+    )
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a server setting (SALUS_NAME=VALUE), repeatable; e.g. database_reads_on_loop=off",
     )
     parser.add_argument("--seed", type=int, default=20261123)
     parser.add_argument("--json", type=Path, help="write the results here as JSON")

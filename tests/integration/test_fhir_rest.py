@@ -4,6 +4,7 @@ SQLite and PostgreSQL, through the HTTP API with access control on."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -220,6 +221,67 @@ def test_reads_and_writes_are_audited(world: World) -> None:
             ).scalars()
         )
     assert world.user_ids["a-doc2"] in readers
+
+
+def test_reads_by_id_run_on_the_event_loop_when_the_database_is_local(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read or vread by id runs in the event loop thread (no hand-off) when
+    the database is local, SQLite or PostgreSQL on loopback as here (ADR 11,
+    ``SALUS_DATABASE_READS_ON_LOOP``); in a worker thread when it is not, and
+    every other interaction always does. Either way the answer is the same and
+    the read is audited before it is answered."""
+    db = world.services.db
+    assert db.reads_on_loop  # auto: both test databases are on this host
+    patient = created(world).json()
+    router = world.services.fhir_router
+    handle = router.handle
+    on_loop: list[tuple[str, bool]] = []
+
+    def recording(request: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            running = True
+        except RuntimeError:  # a worker thread has no running loop
+            running = False
+        on_loop.append((request.path, running))
+        return handle(request)
+
+    monkeypatch.setattr(router, "handle", recording)
+    read = f"Patient/{patient['id']}"
+    vread = f"{read}/_history/1"
+
+    def reads() -> list[Any]:
+        return [fhir(world, "a-doc", "GET", path) for path in (read, vread)]
+
+    def audited() -> int:
+        with db.read() as conn:
+            return len(
+                conn.execute(
+                    select(audit_events.c.seq).where(
+                        audit_events.c.patient_key == patient["id"], audit_events.c.action == "R"
+                    )
+                ).all()
+            )
+
+    before = audited()
+    on = reads()
+    assert [r.status_code for r in on] == [200, 200]
+    assert audited() == before + 2
+    assert fhir(world, "a-doc", "GET", f"Patient?_id={patient['id']}").status_code == 200
+    assert on_loop == [(read, True), (vread, True), ("Patient", False)]
+    before = audited()
+    monkeypatch.setattr(db, "reads_on_loop", False)
+    on_loop.clear()
+    off = reads()
+    assert on_loop == [(read, False), (vread, False)]
+    assert [r.content for r in off] == [r.content for r in on]
+    assert [r.headers["etag"] for r in off] == [r.headers["etag"] for r in on]
+    assert audited() == before + 2
+    # A refused or missing resource is answered the same way on the loop.
+    monkeypatch.setattr(db, "reads_on_loop", True)
+    assert fhir(world, "b-doc", "GET", read).status_code == 404
+    assert fhir(world, "a-doc", "GET", "Patient/no-such-id").status_code == 404
 
 
 def test_validate_operation(world: World) -> None:
