@@ -250,8 +250,8 @@ class AuditLog:
     def record_batch(self, events: Sequence[AuditEvent]) -> list[int]:
         """:meth:`record` for the group commit of the server (the same rows and
         chain), on the pooled DBAPI connection (PostgreSQL: the one statement
-        in autocommit). On SQLite under the writer lock, with the statements
-        compiled once: SQLAlchemy's
+        in autocommit). On SQLite the events are prepared (:meth:`prepare`)
+        before the transaction and written on the driver's cursor: SQLAlchemy's
         connection, transaction and execution objects cost more than the
         three statements of an append, and the writer lock that every worker
         waits for is held for all of it (ADR 11, stop-14 amendment)."""
