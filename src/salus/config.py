@@ -49,8 +49,6 @@ class Settings(BaseModel):
     database_analyze_seconds: float = Field(default=300.0, ge=0)
     #: SQLite only: each connection's page cache (PRAGMA cache_size), in MiB.
     database_sqlite_cache_mb: int = Field(default=64, ge=2, le=4096)
-    #: Reads by id in the event loop thread: auto = SQLite and a local PostgreSQL.
-    database_reads_on_loop: Literal["auto", "on", "off"] = "auto"
 
     # -- blob store --------------------------------------------------------------
     blob_backend: Literal["filesystem", "s3"] = "filesystem"

@@ -171,7 +171,6 @@ class Services:
             settings.database_url_value(),
             pool_size=settings.database_pool_size,
             sqlite_cache_mb=settings.database_sqlite_cache_mb,
-            reads_on_loop={"on": True, "off": False}.get(settings.database_reads_on_loop),
         )
         try:
             if settings.migrate_on_start if run_migrations is None else run_migrations:

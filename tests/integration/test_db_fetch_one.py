@@ -4,7 +4,6 @@ same values as ``Connection.execute`` gives, on SQLite and PostgreSQL (ADR 11)."
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -24,7 +23,6 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 
 from salus.db import Database
-from salus.db.engine import create_database, local_database, normalize_url
 from salus.db.types import UTCDateTime
 
 _META = MetaData()
@@ -131,38 +129,3 @@ def test_a_broken_pooled_connection_is_replaced(rows: Database) -> None:
         assert rows.fetch_one(_BY_NAME, params) is not None
     with rows.read() as conn:
         assert conn.execute(_BY_NAME, params).first() is not None
-
-
-@pytest.mark.parametrize(
-    ("url", "local"),
-    [
-        ("sqlite:///{tmp}/x.db", True),
-        ("postgresql://u:p@127.0.0.1:5432/db", True),
-        ("postgresql://u:p@localhost/db", True),
-        ("postgresql://u:p@[::1]:5432/db", True),
-        ("postgresql://u@/db", True),  # libpq's default: the Unix socket
-        ("postgresql://u@/db?host=/run/postgresql", True),
-        ("postgresql://u:p@db.example.org:5432/db", False),
-        ("postgresql://u:p@10.0.0.5/db", False),
-        ("postgresql://u@/db?host=db.example.org", False),
-    ],
-)
-def test_reads_on_loop_only_for_a_database_on_this_host(
-    url: str, local: bool, tmp_path: Path
-) -> None:
-    """A lookup may run in the event loop thread (ADR 11) only when its round
-    trip is local: SQLite, or PostgreSQL over a Unix socket or loopback."""
-    url = url.format(tmp=tmp_path)
-    assert local_database(normalize_url(url)) is local
-    # The setting decides when given (create_database does not connect).
-    for forced in (True, False):
-        db = create_database(url, reads_on_loop=forced)
-        try:
-            assert db.reads_on_loop is forced
-        finally:
-            db.engine.dispose()
-    db = create_database(url)
-    try:
-        assert db.reads_on_loop is local
-    finally:
-        db.engine.dispose()

@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from salus.errors import ConfigurationError, Unavailable
 
-__all__ = ["Database", "WriterLock", "create_database", "local_database", "normalize_url"]
+__all__ = ["Database", "WriterLock", "create_database", "normalize_url"]
 
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -41,25 +41,6 @@ def normalize_url(url: str) -> URL:
     if parsed.drivername not in {"sqlite", "sqlite+pysqlite", "postgresql+psycopg"}:
         raise ConfigurationError("Only SQLite and PostgreSQL databases are supported.")
     return parsed
-
-
-#: Host names of a PostgreSQL server on this machine (a Unix socket has none).
-_LOCAL_HOSTS = frozenset({"", "localhost", "::1", "localhost.localdomain"})
-
-
-def local_database(url: URL) -> bool:
-    """True for SQLite and for a PostgreSQL server reached over a Unix socket
-    or the loopback interface, whose round trip for a lookup by primary key
-    is tens of microseconds: less than a hand-off to a worker thread."""
-    if url.get_backend_name() == "sqlite":
-        return True
-    host = (url.host or "").strip("[]").lower()
-    if "host" in url.query and not host:  # ?host=/run/postgresql (socket) or a name
-        value = url.query["host"]
-        host = (value if isinstance(value, str) else ",".join(value)).lower()
-        if host.startswith("/"):
-            return True
-    return host in _LOCAL_HOSTS or host.startswith("127.")
 
 
 class WriterLock:
@@ -145,15 +126,9 @@ ANALYSIS_LIMIT = 1000
 class Database:
     """One engine plus the transaction helpers the services use."""
 
-    def __init__(
-        self, engine: Engine, schema: str | None = None, *, reads_on_loop: bool | None = None
-    ) -> None:
+    def __init__(self, engine: Engine, schema: str | None = None) -> None:
         self.engine = engine
         self.schema = schema
-        #: Whether one-statement reads by key may run in the event loop thread
-        #: (no thread hand-off): None = on for SQLite and for a PostgreSQL
-        #: server on this host (:func:`local_database`), see ADR 11.
-        self.reads_on_loop = local_database(engine.url) if reads_on_loop is None else reads_on_loop
         # SQLite has one writer at a time. Writers queue on a lock (woken as
         # soon as the writer before them commits) rather than on SQLite's busy
         # handler, which sleeps in growing steps of up to 100 ms and collapses
@@ -389,15 +364,12 @@ def create_database(
     schema: str | None = None,
     echo: bool = False,
     sqlite_cache_mb: int = DEFAULT_SQLITE_CACHE_MB,
-    reads_on_loop: bool | None = None,
 ) -> Database:
     """Build a :class:`Database`; ``schema`` (PostgreSQL only) isolates tests;
-    ``sqlite_cache_mb``: each SQLite connection's page cache; ``reads_on_loop``:
-    see :attr:`Database.reads_on_loop` (None: decided from the URL)."""
+    ``sqlite_cache_mb``: each SQLite connection's page cache."""
     parsed = normalize_url(url)
     if parsed.drivername.startswith("sqlite"):
-        return Database(_sqlite_engine(parsed, echo, sqlite_cache_mb), reads_on_loop=reads_on_loop)
+        return Database(_sqlite_engine(parsed, echo, sqlite_cache_mb))
     if schema is not None and not _SCHEMA.match(schema):
         raise ConfigurationError("Invalid PostgreSQL schema name.")
-    engine = _postgres_engine(parsed, pool_size, schema, echo)
-    return Database(engine, schema, reads_on_loop=reads_on_loop)
+    return Database(_postgres_engine(parsed, pool_size, schema, echo), schema)

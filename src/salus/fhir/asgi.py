@@ -106,12 +106,10 @@ async def endpoint(request: Request) -> Response:
         purpose=requested_purpose(request),
         base_url=f"{services.settings.base_url()}/fhir",
     )
-    if request.method == "GET" and services.db.reads_on_loop and _BY_ID.fullmatch(path):
-        # A read or vread is one primary-key lookup in a local file or on a
-        # PostgreSQL server on this host: run it on the event loop rather than
-        # pay a thread hand-off that costs more than the lookup
-        # (SALUS_DATABASE_READS_ON_LOOP; a remote server's round trips would
-        # hold the loop: threads there). ADR 11, stop-14 second amendment.
+    if request.method == "GET" and services.db.is_sqlite and _BY_ID.fullmatch(path):
+        # A read or vread is one primary-key lookup in a local file: run it on
+        # the event loop rather than pay a thread hand-off that costs more than
+        # the lookup. (A PostgreSQL round trip would hold the loop: threads.)
         result = services.fhir_router.handle(fhir_request)
     else:
         result = await asyncio.to_thread(services.fhir_router.handle, fhir_request)
