@@ -17,10 +17,8 @@ from salus.audit.events import (
     AuditOutcome,
     canonical_json,
     canonical_record,
-    chained_hash,
     event_hash,
     iso_utc,
-    recorded_part,
 )
 from salus.audit.signing import Checkpoint, Ed25519Signer
 from salus.errors import InvalidInput
@@ -76,27 +74,6 @@ def test_hash_is_sha256_of_prev_hash_and_canonical_json() -> None:
     assert row["hash"] == expected == event_hash(PREV, row)
     assert row["hash"] == PINNED_HASH
     assert row["prev_hash"] == PREV and row["seq"] == 7 and row["recorded_at"] == RECORDED
-
-
-def test_hash_from_parts_made_before_the_lock_is_the_same() -> None:
-    """The append chains hashes from parts made before the write transaction
-    (canonical_parts, recorded_part): the exact bytes of the canonical record,
-    so the pinned hash, for events with and without the optional fields."""
-    prefix, mid = EVENT.canonical_parts()
-    recorded = recorded_part(RECORDED)
-    assert prefix + recorded + mid + b"7}" == CANONICAL.encode("utf-8")
-    assert chained_hash(PREV, prefix, recorded, mid, 7) == PINNED_HASH
-    others = [
-        AuditEvent(category="rest", action="C"),
-        AuditEvent(category="auth", action="E", outcome=8, request_id='q"\\x', flags="refused"),
-        AuditEvent(category="rest", action="U", detail={"ü": 1.5, "n": {"b": [], "a": None}}),
-    ]
-    when = datetime(2027, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2)))
-    for seq, event in enumerate(others, start=1):
-        row = event.row(seq=seq * 1000 + 3, recorded_at=when, prev_hash=PREV)
-        prefix, mid = event.canonical_parts()
-        assert chained_hash(PREV, prefix, recorded_part(when), mid, seq * 1000 + 3) == row["hash"]
-        assert row["hash"] == event_hash(PREV, row)
 
 
 def test_hash_depends_on_every_field_and_on_the_chain() -> None:

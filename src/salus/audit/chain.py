@@ -34,12 +34,13 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
@@ -47,12 +48,11 @@ from sqlalchemy.exc import DBAPIError
 from salus.audit.batcher import RecordBatcher
 from salus.audit.events import (
     GENESIS_HASH,
+    HASHED_FIELDS,
     AuditEvent,
-    chained_hash,
+    canonical_json,
     iso_utc,
-    recorded_part,
 )
-from salus.audit.prepared import PreparedAudit, SqliteInsert, pg_arrays
 from salus.audit.signing import Checkpoint, CheckpointSigner, Ed25519Signer
 from salus.db.engine import Database, WriterLock
 from salus.db.tables import audit_checkpoints, audit_events, audit_head
@@ -65,7 +65,6 @@ __all__ = [
     "Checkpoint",
     "CheckpointSigner",
     "Ed25519Signer",
-    "PreparedAudit",
     "append_checkpoint_line",
 ]
 
@@ -83,8 +82,29 @@ class ChainHead(NamedTuple):
 _LOCK_HEAD = (
     select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == HEAD_ID).with_for_update()
 )
+_INSERT_EVENTS = insert(audit_events)
+_MOVE_HEAD = (
+    update(audit_head)
+    .where(audit_head.c.id == bindparam("h_id"), audit_head.c.seq == bindparam("h_old"))
+    .values(seq=bindparam("h_seq"), hash=bindparam("h_hash"))
+)
 
 # PostgreSQL: the whole append in one statement (migration 0015, ADR 21).
+_PG_TEXT_COLUMNS = (
+    "category",
+    "action",
+    "principal_kind",
+    "principal_id",
+    "org_id",
+    "client_id",
+    "address",
+    "purpose",
+    "patient_key",
+    "entity",
+    "description",
+    "request_id",
+    "flags",
+)
 _PG_APPEND = (
     "SELECT salus_audit_append(%(recorded_at)s, %(recorded_text)s, %(prefix)s, %(mid)s,"
     " %(category)s, %(action)s, %(outcome)s::smallint[], %(principal_kind)s,"
@@ -92,34 +112,88 @@ _PG_APPEND = (
     " %(patient_key)s, %(entity)s, %(description)s, %(request_id)s, %(flags)s,"
     " %(detail)s)"
 )
+_PG_BEFORE_RECORDED_AT = tuple(name for name in HASHED_FIELDS if name < "recorded_at")
+if tuple(name for name in HASHED_FIELDS if name > "recorded_at") != ("request_id", "seq"):
+    raise RuntimeError("salus_audit_append assumes request_id and seq follow recorded_at")
 #: The SQLSTATE the function raises for an inconsistent head.
 _PG_HEAD_ERROR = "SA001"
 #: undefined_function: a database that was not migrated to 0015.
 _PG_NO_FUNCTION = "42883"
 
-# SQLite: the statements of an append, on the driver's cursor (qmark style).
-_SQLITE_HEAD = 'SELECT "seq", "hash" FROM "audit_head" WHERE "id" = ?'
-_SQLITE_MOVE = 'UPDATE "audit_head" SET "seq" = ?, "hash" = ? WHERE "id" = ? AND "seq" = ?'
+
+class _RawStatement:
+    """A statement compiled once for SQLite's DBAPI (``qmark``), with the bind
+    processors of its column types (the values ``Connection.execute`` sends)."""
+
+    def __init__(self, statement: Any, dialect: Any, column_keys: list[str] | None = None) -> None:
+        compiled: Any = statement.compile(dialect=dialect, column_keys=column_keys)
+        self.sql: str = compiled.string
+        self.order: tuple[str, ...] = tuple(compiled.positiontup or ())
+        self.constants = {
+            n: b.effective_value for n, b in compiled.binds.items() if b.value is not None
+        }
+        self.processors: dict[str, Callable[[Any], Any]] = {}
+        for name, bind in compiled.binds.items():
+            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if processor is not None:
+                self.processors[name] = processor
+
+    def args(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        out = []
+        for name in self.order:
+            value = values[name] if name in values else self.constants[name]
+            processor = self.processors.get(name)
+            out.append(processor(value) if processor is not None else value)
+        return tuple(out)
 
 
-def _pg_append_params(prepared: PreparedAudit, recorded_at: datetime) -> dict[str, Any]:
-    """Parameters of ``salus_audit_append``."""
-    arrays = prepared.pg
-    if arrays is None:
-        arrays = pg_arrays(prepared.events, prepared.parts)
-    return {**arrays, "recorded_at": recorded_at, "recorded_text": iso_utc(recorded_at)}
+class _SqliteAppend:
+    """The three statements of a SQLite append (head, insert, move), compiled once."""
+
+    def __init__(self, dialect: Any) -> None:
+        self.head = _RawStatement(_LOCK_HEAD, dialect)
+        self.insert = _RawStatement(_INSERT_EVENTS, dialect, list(_SQLITE_ROW_KEYS))
+        self.move = _RawStatement(_MOVE_HEAD, dialect)
 
 
-@contextlib.contextmanager
-def _driver_errors(dialect: Any, what: str) -> Iterator[None]:
-    """Driver errors as SQLAlchemy's, parameters hidden (they hold patient data)."""
-    dbapi_error = dialect.loaded_dbapi.Error
-    try:
-        yield
-    except dbapi_error as exc:
-        raise DBAPIError.instance(
-            what, None, exc, dbapi_error, hide_parameters=True, dialect=dialect
-        ) from exc
+#: The columns of an ``audit_events`` row as :meth:`AuditEvent.row` gives it.
+_SQLITE_ROW_KEYS = (
+    *(f.name for f in fields(AuditEvent)),
+    "seq",
+    "recorded_at",
+    "prev_hash",
+    "hash",
+)
+
+
+def _pg_append_params(events: Sequence[AuditEvent], recorded_at: datetime) -> dict[str, Any]:
+    """Parameters of ``salus_audit_append``: each event's canonical JSON in two
+    parts around ``recorded_at`` and ``seq`` (:func:`event_hash` order: every
+    other key sorts before ``recorded_at``; ``request_id`` and ``seq`` after)."""
+    params: dict[str, Any] = {name: [] for name in _PG_TEXT_COLUMNS}
+    prefixes: list[str] = []
+    mids: list[str] = []
+    outcomes: list[int] = []
+    details: list[str | None] = []
+    for event in events:
+        record = {name: getattr(event, name) for name in _PG_BEFORE_RECORDED_AT}
+        record["outcome"] = int(event.outcome)
+        prefixes.append(canonical_json(record).decode("utf-8")[:-1])
+        mids.append(',"request_id":' + canonical_json(event.request_id).decode("utf-8") + ',"seq":')
+        outcomes.append(int(event.outcome))
+        detail = event.detail
+        details.append(None if detail is None else canonical_json(dict(detail)).decode("utf-8"))
+        for name in _PG_TEXT_COLUMNS:
+            params[name].append(getattr(event, name))
+    params.update(
+        recorded_at=recorded_at,
+        recorded_text=iso_utc(recorded_at),
+        prefix=prefixes,
+        mid=mids,
+        outcome=outcomes,
+        detail=details,
+    )
+    return params
 
 
 def _check_events(events: Sequence[object]) -> None:
@@ -156,80 +230,43 @@ class AuditLog:
         self.batch_delay = batch_delay
         self._batcher: RecordBatcher | None = None
         self._checkpointer: asyncio.Task[None] | None = None
-        self._sqlite_insert: SqliteInsert | None = None
+        self._sqlite_statements: _SqliteAppend | None = None
         self._append_lock_path = None if db.is_sqlite else append_lock
         self._append_lock: WriterLock | None = None  # made by start(): servers only
 
     # -- appending -------------------------------------------------------------------
-    def prepare(self, events: Sequence[AuditEvent]) -> PreparedAudit:
-        """Do the work of an append that needs no chain head, before any
-        transaction: check the events, make their canonical parts and (SQLite)
-        their rows' driver values. :meth:`append` takes the result."""
-        events = list(events)
-        _check_events(events)
-        parts = [event.canonical_parts() for event in events]
-        if not self.db.is_sqlite:
-            return PreparedAudit(events, parts, pg=pg_arrays(events, parts))
-        statement = self._sqlite_statement()
-        return PreparedAudit(events, parts, [statement.values(event) for event in events])
-
-    def _sqlite_statement(self) -> SqliteInsert:
-        statement = self._sqlite_insert
-        if statement is None:
-            statement = self._sqlite_insert = SqliteInsert(self.db.engine.dialect)
-        return statement
-
-    def append(self, conn: Connection, events: Sequence[AuditEvent] | PreparedAudit) -> list[int]:
+    def append(self, conn: Connection, events: Sequence[AuditEvent]) -> list[int]:
         """Append ``events`` inside the caller's write transaction; return their seqs.
 
-        ``events`` may be :meth:`prepare`'s result, made before the
-        transaction (what holds the head lock is then only the chaining of
-        the hashes and the statements). The head row stays locked until the
-        caller's transaction ends, so keep the rest of that transaction
-        short. If the chain head is inconsistent (:class:`IntegrityError`),
-        the caller's change fails too: nothing is written without its audit
-        event.
+        The head row stays locked until the caller's transaction ends, so
+        keep the rest of that transaction short. If the chain head is
+        inconsistent (:class:`IntegrityError`), the caller's change fails
+        too: nothing is written without its audit event.
         """
-        if not isinstance(events, PreparedAudit):
-            events = list(events)
+        events = list(events)
         if not events:
             return []
+        _check_events(events)
         self._check_transaction(conn)
-        prepared = events if isinstance(events, PreparedAudit) else self.prepare(events)
         if conn.dialect.name == "postgresql":
-            return self._append_pg(conn, prepared)
-        if prepared.values is None:  # prepared for another database
-            prepared = self.prepare(prepared.events)
-        driver: Any = conn.connection.driver_connection
-        with _driver_errors(conn.dialect, "audit append"):
-            cursor = driver.cursor()
-            try:
-                row = cursor.execute(_SQLITE_HEAD, (HEAD_ID,)).fetchone()
-                head = self._lock_head(conn) if row is None else ChainHead(int(row[0]), str(row[1]))
-                return self._chain_sqlite(cursor, prepared, head)
-            finally:
-                cursor.close()
-
-    def _chain_sqlite(self, cursor: Any, prepared: PreparedAudit, head: ChainHead) -> list[int]:
-        """Under SQLite's write lock: chain the hashes from ``head``, insert the
-        rows (one ``executemany``) and move the head."""
-        statement = self._sqlite_statement()
-        assert prepared.values is not None  # noqa: S101 - prepared for SQLite
+            return self._append_pg(conn, events)
+        head = self._lock_head(conn)
         recorded_at = self.clock()  # read under the lock: recorded_at follows seq
-        recorded = recorded_part(recorded_at)
-        stored_at = statement.recorded_at(recorded_at)
-        seq, prev_hash = head
         rows = []
-        for (prefix, mid), values in zip(prepared.parts, prepared.values, strict=True):
+        prev_hash = head.hash
+        seq = head.seq
+        for event in events:
             seq += 1
-            digest = chained_hash(prev_hash, prefix, recorded, mid, seq)
-            rows.append((*values, seq, stored_at, prev_hash, digest))
-            prev_hash = digest
-        cursor.executemany(statement.sql, rows)
-        cursor.execute(_SQLITE_MOVE, (seq, prev_hash, HEAD_ID, head.seq))
-        if cursor.rowcount != 1:
+            row = event.row(seq=seq, recorded_at=recorded_at, prev_hash=prev_hash)
+            rows.append(row)
+            prev_hash = row["hash"]
+        conn.execute(_INSERT_EVENTS, rows[0] if len(rows) == 1 else rows)
+        moved = conn.execute(
+            _MOVE_HEAD, {"h_id": HEAD_ID, "h_old": head.seq, "h_seq": seq, "h_hash": prev_hash}
+        )
+        if moved.rowcount != 1:
             raise IntegrityError("The audit chain head moved during an append.")
-        return list(range(head.seq + 1, seq + 1))
+        return [int(row["seq"]) for row in rows]
 
     def record(self, events: Sequence[AuditEvent]) -> list[int]:
         """Append ``events`` in a write transaction of their own (durable on return).
@@ -237,38 +274,40 @@ class AuditLog:
         On PostgreSQL this is one statement in autocommit mode (one round
         trip; it commits, with ``synchronous_commit``, before it returns).
         """
-        prepared = self.prepare(events)
-        if not prepared.events:
+        events = list(events)
+        if not events:
             return []
         if not self.db.is_sqlite:
+            _check_events(events)
             with self.db.engine.connect() as conn:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-                return self._append_pg(conn, prepared)
+                return self._append_pg(conn, events)
         with self.db.write() as conn:
-            return self.append(conn, prepared)
+            return self.append(conn, events)
 
     def record_batch(self, events: Sequence[AuditEvent]) -> list[int]:
         """:meth:`record` for the group commit of the server (the same rows and
         chain), on the pooled DBAPI connection (PostgreSQL: the one statement
-        in autocommit). On SQLite the events are prepared (:meth:`prepare`)
-        before the transaction and written on the driver's cursor: SQLAlchemy's
+        in autocommit). On SQLite under the writer lock, with the statements
+        compiled once: SQLAlchemy's
         connection, transaction and execution objects cost more than the
         three statements of an append, and the writer lock that every worker
         waits for is held for all of it (ADR 11, stop-14 amendment)."""
-        prepared = self.prepare(events)
-        if not prepared.events:
+        events = list(events)
+        if not events:
             return []
+        _check_events(events)
         if not self.db.is_sqlite:
-            return self._record_pg(prepared)
-        seqs = self._record_sqlite(prepared)
-        return self.record(prepared.events) if seqs is None else seqs
+            return self._record_pg(events)
+        seqs = self._record_sqlite(events)
+        return self.record(events) if seqs is None else seqs
 
-    def _record_pg(self, prepared: PreparedAudit) -> list[int]:
+    def _record_pg(self, events: list[AuditEvent]) -> list[int]:
         """``salus_audit_append`` alone in autocommit on the pooled DBAPI
         connection (as :meth:`record` does through SQLAlchemy's connection)."""
         engine = self.db.engine
         dbapi_error = engine.dialect.loaded_dbapi.Error
-        params = _pg_append_params(prepared, self.clock())
+        params = _pg_append_params(events, self.clock())
         fairy = engine.raw_connection()
         try:
             driver: Any = fairy.driver_connection
@@ -309,12 +348,17 @@ class AuditLog:
         last = None if row is None else row[0]
         if last is None:
             raise IntegrityError("The audit chain head could not be moved.")
-        return list(range(int(last) - len(prepared) + 1, int(last) + 1))
+        return list(range(int(last) - len(events) + 1, int(last) + 1))
 
-    def _record_sqlite(self, prepared: PreparedAudit) -> list[int] | None:
+    def _record_sqlite(self, events: list[AuditEvent]) -> list[int] | None:
         """None when the chain has no head yet (the general path creates it)."""
         engine = self.db.engine
-        with self.db.writer_lock(), _driver_errors(engine.dialect, "audit append"):
+        statements = self._sqlite_statements
+        if statements is None:
+            statements = self._sqlite_statements = _SqliteAppend(engine.dialect)
+        dbapi_error = engine.dialect.loaded_dbapi.Error
+        sql = statements.head.sql
+        with self.db.writer_lock():
             fairy = engine.raw_connection()
             try:
                 driver: Any = fairy.driver_connection  # isolation_level None: BEGIN is ours
@@ -322,22 +366,52 @@ class AuditLog:
                 try:
                     cursor.execute("BEGIN IMMEDIATE")
                     try:
-                        row = cursor.execute(_SQLITE_HEAD, (HEAD_ID,)).fetchone()
+                        row = cursor.execute(sql, statements.head.args({})).fetchone()
                         if row is None:
                             return None
-                        head = ChainHead(int(row[0]), str(row[1]))
-                        seqs = self._chain_sqlite(cursor, prepared, head)
-                        cursor.execute("COMMIT")
+                        seq, prev_hash = int(row[0]), str(row[1])
+                        recorded_at = self.clock()  # under the lock: recorded_at follows seq
+                        first = seq + 1
+                        args = []
+                        for event in events:
+                            seq += 1
+                            values = event.row(
+                                seq=seq, recorded_at=recorded_at, prev_hash=prev_hash
+                            )
+                            args.append(statements.insert.args(values))
+                            prev_hash = values["hash"]
+                        sql = statements.insert.sql
+                        cursor.executemany(sql, args)
+                        sql = statements.move.sql
+                        cursor.execute(
+                            sql,
+                            statements.move.args(
+                                {
+                                    "h_id": HEAD_ID,
+                                    "h_old": first - 1,
+                                    "h_seq": seq,
+                                    "h_hash": prev_hash,
+                                }
+                            ),
+                        )
+                        if cursor.rowcount != 1:
+                            raise IntegrityError("The audit chain head moved during an append.")
+                        sql = "COMMIT"
+                        cursor.execute(sql)
                     finally:
                         if driver.in_transaction:
                             driver.rollback()
                 finally:
                     cursor.close()
+            except dbapi_error as exc:
+                raise DBAPIError.instance(
+                    sql, None, exc, dbapi_error, hide_parameters=True, dialect=engine.dialect
+                ) from exc
             finally:
                 fairy.close()
-        return seqs
+        return list(range(first, seq + 1))
 
-    def _append_pg(self, conn: Connection, prepared: PreparedAudit) -> list[int]:
+    def _append_pg(self, conn: Connection, events: Sequence[AuditEvent]) -> list[int]:
         """Lock the head, hash, insert and move the head in one statement.
 
         ``recorded_at`` is read just before the statement rather than under
@@ -345,7 +419,7 @@ class AuditLog:
         ``recorded_at`` values a little out of ``seq`` order (ADR 21); the
         hashes cover the stored value either way.
         """
-        params = _pg_append_params(prepared, self.clock())
+        params = _pg_append_params(events, self.clock())
         try:
             last = conn.exec_driver_sql(_PG_APPEND, params).scalar()
         except DBAPIError as exc:
@@ -359,7 +433,7 @@ class AuditLog:
             raise
         if last is None:
             raise IntegrityError("The audit chain head could not be moved.")
-        first = int(last) - len(prepared) + 1
+        first = int(last) - len(events) + 1
         return list(range(first, int(last) + 1))
 
     def head(self) -> ChainHead:

@@ -37,10 +37,8 @@ __all__ = [
     "AuditOutcome",
     "canonical_json",
     "canonical_record",
-    "chained_hash",
     "event_hash",
     "iso_utc",
-    "recorded_part",
     "split_flags",
 ]
 
@@ -189,26 +187,6 @@ def event_hash(prev_hash: str, values: Mapping[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def recorded_part(recorded_at: datetime) -> bytes:
-    """The ``recorded_at`` member of the canonical record, with its leading
-    comma: ``,"recorded_at":"…Z"`` (see :meth:`AuditEvent.canonical_parts`)."""
-    return b',"recorded_at":"' + iso_utc(recorded_at).encode("ascii") + b'"'
-
-
-def chained_hash(prev_hash: str, prefix: bytes, recorded: bytes, mid: bytes, seq: int) -> str:
-    """:func:`event_hash` from the parts of the canonical record that
-    :meth:`AuditEvent.canonical_parts` and :func:`recorded_part` made
-    beforehand: the same bytes (the record's keys are sorted, and
-    ``recorded_at``, ``request_id`` and ``seq`` come last), so the same hash;
-    only ``prev_hash``, ``recorded_at`` and ``seq`` are left for the write
-    transaction, as in ``salus_audit_append`` (migration 0015)."""
-    return hashlib.sha256(
-        b"".join(
-            (prev_hash.encode("ascii"), prefix, recorded, mid, str(int(seq)).encode("ascii"), b"}")
-        )
-    ).hexdigest()
-
-
 @dataclass(frozen=True, slots=True)
 class AuditEvent:
     """One event to record; the chain adds ``seq``, ``recorded_at`` and hashes.
@@ -309,17 +287,6 @@ class AuditEvent:
     def flag_set(self) -> frozenset[str]:
         return split_flags(self.flags)
 
-    def canonical_parts(self) -> tuple[bytes, bytes]:
-        """The canonical record (:func:`event_hash`) without ``recorded_at`` and
-        ``seq``, in two parts: ``prefix`` (``{`` and every key sorting before
-        ``recorded_at``, no closing brace) and ``mid`` (``,"request_id":…,"seq":``).
-        The record is ``prefix + recorded_part(recorded_at) + mid + seq + "}"``."""
-        record: dict[str, Any] = {name: getattr(self, name) for name in _BEFORE_RECORDED_AT}
-        record["outcome"] = int(self.outcome)
-        prefix = canonical_json(record)[:-1]
-        mid = b',"request_id":' + canonical_json(self.request_id) + b',"seq":'
-        return prefix, mid
-
     def row(self, *, seq: int, recorded_at: datetime, prev_hash: str) -> dict[str, Any]:
         """The ``audit_events`` row of this event at ``seq`` (hash included)."""
         values: dict[str, Any] = {name: getattr(self, name) for name in _EVENT_FIELDS}
@@ -329,11 +296,6 @@ class AuditEvent:
 
 
 _EVENT_FIELDS = tuple(f.name for f in fields(AuditEvent))
-#: The hashed keys that sort before ``recorded_at``; ``request_id`` and ``seq``
-#: are the only ones after it (checked here, relied on by canonical_parts).
-_BEFORE_RECORDED_AT = tuple(name for name in HASHED_FIELDS if name < "recorded_at")
-if tuple(name for name in HASHED_FIELDS if name > "recorded_at") != ("request_id", "seq"):
-    raise RuntimeError("the canonical record must end with recorded_at, request_id, seq")
 
 
 def _join_flags(flags: Iterable[AuditFlag | str] | str | None) -> str | None:

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Select, Table, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Dialect, RowMapping
 
-from salus.audit.chain import AuditLog, PreparedAudit
+from salus.audit.chain import AuditLog
 from salus.audit.events import AuditEvent
 from salus.db.bulkcopy import COPY_MIN_ROWS, copy_insert, next_ids
 from salus.db.engine import Database
@@ -159,13 +159,6 @@ class PreparedCreates:
     #: The rows as driver values, made before the write lock (SQLite only;
     #: :meth:`FhirStore.encode`).
     encoded: EncodedCreates | None = None
-    #: ``events`` made ready for the audit append before the write lock
-    #: (:meth:`FhirStore.encode`, :meth:`AuditLog.prepare`).
-    audit: PreparedAudit | None = None
-
-    def audit_events(self) -> PreparedAudit | list[AuditEvent]:
-        """What :meth:`AuditLog.append` takes: the prepared events when made."""
-        return self.audit if self.audit is not None else self.events
 
 
 class FhirStore:
@@ -424,14 +417,13 @@ class FhirStore:
             )
         return PreparedCreates(principal, now, prepared, chosen, rows, index_rows, events, raws)
 
-    def encode(self, batch: PreparedCreates, dialect: Dialect) -> PreparedCreates:
+    @staticmethod
+    def encode(batch: PreparedCreates, dialect: Dialect) -> PreparedCreates:
         """Turn ``batch``'s rows into driver values now, outside any transaction,
         so that :meth:`commit_creates` only hands them to SQLite (its one writer
-        waits for no Python work; :mod:`salus.fhir.writerows`), and make its
-        audit events ready to be chained (:meth:`AuditLog.prepare`, on both
-        databases). Returns ``batch``."""
+        waits for no Python work; :mod:`salus.fhir.writerows`). No effect on
+        PostgreSQL. Returns ``batch``."""
         batch.encoded = encode_creates(dialect, batch.rows, batch.index_rows)
-        batch.audit = self.audit.prepare(batch.events)
         return batch
 
     def commit_creates(self, conn: Connection, batch: PreparedCreates) -> list[Stored]:
@@ -448,7 +440,7 @@ class FhirStore:
                 raise Conflict("A resource with this id already exists.")
         if batch.encoded is not None and conn.dialect.name == "sqlite":
             insert_encoded(conn, batch.encoded)
-            self.audit.append(conn, batch.audit_events())
+            self.audit.append(conn, batch.events)
             return self._created(batch)
         if conn.dialect.name == "postgresql" and len(batch.rows) >= COPY_MIN_ROWS:
             rids = next_ids(conn, fhir_resources, "rid", len(batch.rows))
@@ -471,7 +463,7 @@ class FhirStore:
                     value["rid"] = rid
                 grouped.setdefault(table, []).extend(values)
         self.indexer.insert_rows(conn, grouped)
-        self.audit.append(conn, batch.audit_events())
+        self.audit.append(conn, batch.events)
         return self._created(batch)
 
     @staticmethod
@@ -505,9 +497,6 @@ class FhirStore:
         parts = [b.encoded for b in batches if b.encoded is not None]
         if len(parts) == len(batches):
             merged.encoded = concat_encoded(parts)
-        audits = [b.audit for b in batches if b.audit is not None]
-        if len(audits) == len(batches):
-            merged.audit = PreparedAudit.concat(audits)
         if len(set(merged.chosen_ids)) != len(merged.chosen_ids):
             raise Conflict("The same resource id appears twice.")
         stored = self.commit_creates(conn, merged)

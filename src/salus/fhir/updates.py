@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.engine import Connection, Dialect
 
-from salus.audit.chain import PreparedAudit
 from salus.audit.events import AuditEvent
 from salus.db.bulkcopy import copy_insert
 from salus.db.tables import fhir_history, fhir_resources
@@ -85,8 +84,6 @@ class UpdatePlan:
     event: AuditEvent
     #: The resource row, history row and index rows as SQLite driver values.
     encoded: EncodedCreates | None
-    #: ``event`` ready to be chained (:meth:`AuditLog.prepare`).
-    audit: PreparedAudit | None = None
 
 
 def plan_update(
@@ -130,10 +127,7 @@ def plan_update(
         # numbered from position 0 = this resource's rid).
         row = {"res_type": res_type, "res_id": res_id, **values}
         encoded = encode_creates(dialect, [row], [index_rows], method="PUT", resource=False)
-    audit = store.audit.prepare([event])
-    return UpdatePlan(
-        res_type, res_id, rid, version, body, now, values, index_rows, event, encoded, audit
-    )
+    return UpdatePlan(res_type, res_id, rid, version, body, now, values, index_rows, event, encoded)
 
 
 def write_planned(
@@ -185,5 +179,5 @@ def write_planned(
             ],
         )
         store.indexer.insert_rows(conn, plan.index_rows)
-    store.audit.append(conn, plan.audit if plan.audit is not None else [plan.event])
+    store.audit.append(conn, [plan.event])
     return True

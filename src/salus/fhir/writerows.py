@@ -106,13 +106,12 @@ def _encode(dialect: Dialect, table: Table, row: Mapping[str, Any]) -> tuple[str
 class EncodedCreates:
     """Driver-ready rows of a batch of new resources, each without its ``rid``.
 
-    ``rows`` maps an INSERT text to rows (position of the resource in the
-    batch, then the row's other values; the rid is the position plus the
-    base, :func:`insert_encoded`); ``count`` is the number of resources.
+    ``rows`` maps an INSERT text to (position of the resource in the batch,
+    the row's other values); ``count`` is the number of resources.
     """
 
     count: int
-    rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    rows: dict[str, list[tuple[int, tuple[Any, ...]]]] = field(default_factory=dict)
 
 
 def encode_creates(
@@ -133,13 +132,13 @@ def encode_creates(
     for position, (row, tables) in enumerate(zip(resources, index_rows, strict=True)):
         if resource:
             sql, values = _encode(dialect, fhir_resources, row)
-            out.setdefault(sql, []).append((position, *values))
+            out.setdefault(sql, []).append((position, values))
         sql, values = _encode(dialect, fhir_history, {**row, "method": method})
-        out.setdefault(sql, []).append((position, *values))
+        out.setdefault(sql, []).append((position, values))
         for table, values_list in tables.items():
             for index_row in values_list:
                 sql, values = _encode(dialect, table, index_row)
-                out.setdefault(sql, []).append((position, *values))
+                out.setdefault(sql, []).append((position, values))
     return encoded
 
 
@@ -149,7 +148,7 @@ def concat_encoded(parts: Sequence[EncodedCreates]) -> EncodedCreates:
     for part in parts:
         offset = merged.count
         for sql, rows in part.rows.items():
-            merged.rows.setdefault(sql, []).extend((r[0] + offset, *r[1:]) for r in rows)
+            merged.rows.setdefault(sql, []).extend((p + offset, v) for p, v in rows)
         merged.count += part.count
     return merged
 
@@ -173,9 +172,7 @@ def _insert_encoded(driver: Any, encoded: EncodedCreates, rid: int | None) -> li
         else:
             base = rid
         for sql, rows in encoded.rows.items():
-            # The rid is the row's position plus the base, added by SQLite: the
-            # rows stay the tuples made before the lock (an int in the text).
-            cursor.executemany(sql.replace("VALUES (?", f"VALUES (? + {int(base)}", 1), rows)
+            cursor.executemany(sql, [(base + position, *values) for position, values in rows])
     finally:
         cursor.close()
     return list(range(base, base + encoded.count))
