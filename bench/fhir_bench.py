@@ -499,7 +499,17 @@ class Server:
 
     def start(self) -> None:
         self.cli("init")
-        log = (self.data_dir / "server.log").open("wb")
+        self.launch("wb")
+        self.cli("org", "create", ORG, "--name", "Bệnh viện Bench", "--kind", "hospital")
+        out = self.cli(
+            "client", "create", CLIENT_ID, "--org", ORG, "--role", "hospital_integration"
+        )
+        self.secret = out.strip().rsplit(None, 1)[-1]
+
+    def launch(self, log_mode: str) -> None:
+        """Start ``salus serve`` on the data folder (its log truncated or appended) and
+        wait until it answers."""
+        log = (self.data_dir / "server.log").open(log_mode)
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -516,11 +526,6 @@ class Server:
             stderr=subprocess.STDOUT,
         )
         self.wait_healthy()
-        self.cli("org", "create", ORG, "--name", "Bệnh viện Bench", "--kind", "hospital")
-        out = self.cli(
-            "client", "create", CLIENT_ID, "--org", ORG, "--role", "hospital_integration"
-        )
-        self.secret = out.strip().rsplit(None, 1)[-1]
 
     def wait_healthy(self) -> None:
         assert self.process is not None
@@ -540,23 +545,7 @@ class Server:
     def restart(self) -> None:
         """Stops and starts ``salus serve`` on the same data (no init, same client)."""
         self.stop()
-        log = (self.data_dir / "server.log").open("ab")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "salus",
-                "--data-dir",
-                str(self.data_dir),
-                "serve",
-                "--port",
-                str(self.port),
-            ],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.wait_healthy()
+        self.launch("ab")
 
     def token(self) -> str:
         basic = base64.b64encode(f"{self.client_id}:{self.secret}".encode()).decode()

@@ -28,6 +28,20 @@ def _backlog(w: Hl7World, count: int) -> list[int]:
     return ids
 
 
+def _fail_after_writes(monkeypatch: pytest.MonkeyPatch, bad: int) -> Any:
+    """Make message ``bad`` fail after its Patient and Encounter were written (when
+    it would be marked applied, inside its savepoint); returns the real method."""
+    original = MessageStore.set_outcome
+
+    def failing(self: MessageStore, conn: Any, message_id: int, **kw: Any) -> bool:
+        if message_id == bad and kw.get("state") == "applied":
+            raise RuntimeError("mapping bug")
+        return original(self, conn, message_id, **kw)
+
+    monkeypatch.setattr(MessageStore, "set_outcome", failing)
+    return original
+
+
 def _states(w: Hl7World) -> dict[int, str]:
     return {int(r["id"]): str(r["state"]) for r in w.runtime.store.list(limit=100)}
 
@@ -48,15 +62,7 @@ def test_a_message_failing_after_its_writes_is_rolled_back_alone(
     with hl7_world(backend, tmp_path, hl7_apply="async") as w:
         ids = _backlog(w, 6)
         bad = ids[2]
-        original = MessageStore.set_outcome
-
-        def failing(self: MessageStore, conn: Any, message_id: int, **kw: Any) -> bool:
-            # After the message's Patient and Encounter were written in its savepoint.
-            if message_id == bad and kw.get("state") == "applied":
-                raise RuntimeError("mapping bug")
-            return original(self, conn, message_id, **kw)
-
-        monkeypatch.setattr(MessageStore, "set_outcome", failing)
+        original = _fail_after_writes(monkeypatch, bad)
         assert w.runtime.apply_pending() == 6
         states = _states(w)
         assert states[bad] == "failed"
@@ -81,14 +87,8 @@ def test_a_failed_batch_leaves_nothing_and_is_applied_one_by_one(
         ids = _backlog(w, 5)
         bad = ids[1]
         service = w.runtime.service
-        original_outcome = MessageStore.set_outcome
         original_failed = type(service)._set_failed
         calls: list[int] = []
-
-        def failing(self: MessageStore, conn: Any, message_id: int, **kw: Any) -> bool:
-            if message_id == bad and kw.get("state") == "applied":
-                raise RuntimeError("mapping bug")
-            return original_outcome(self, conn, message_id, **kw)
 
         def failed_once(self: Any, conn: Any, message_id: int, ack: Any) -> None:
             calls.append(message_id)
@@ -96,7 +96,7 @@ def test_a_failed_batch_leaves_nothing_and_is_applied_one_by_one(
                 raise RuntimeError("lost connection")
             original_failed(self, conn, message_id, ack)
 
-        monkeypatch.setattr(MessageStore, "set_outcome", failing)
+        _fail_after_writes(monkeypatch, bad)
         monkeypatch.setattr(type(service), "_set_failed", failed_once)
         assert w.runtime.apply_pending() == 5
         assert calls == [bad, bad]
