@@ -411,6 +411,33 @@ class AuditLog:
                 fairy.close()
         return list(range(first, seq + 1))
 
+    def pg_append_call(
+        self, events: Sequence[AuditEvent], prefix: str
+    ) -> tuple[str, dict[str, Any]]:
+        """The ``salus_audit_append(…)`` call of :meth:`append` for ``events``
+        as an expression to put in a larger statement (PostgreSQL; its value
+        is the last ``seq``), with its parameters named ``{prefix}…``: the
+        same function, parameters and hashes as :meth:`append` (ADR 21). The
+        statement's errors go through :meth:`raise_pg_error`."""
+        events = list(events)
+        _check_events(events)
+        params = _pg_append_params(events, self.clock())
+        call = _PG_APPEND.removeprefix("SELECT ").replace("%(", f"%({prefix}")
+        return call, {prefix + name: value for name, value in params.items()}
+
+    @staticmethod
+    def raise_pg_error(exc: BaseException) -> None:
+        """Raise the chain's own error for a driver error ``exc`` of a
+        statement holding :meth:`pg_append_call` (head missing, function
+        missing); return for any other error."""
+        state = getattr(exc, "sqlstate", None)
+        if state == _PG_HEAD_ERROR:
+            raise IntegrityError("The audit chain head is missing but events exist.") from None
+        if state == _PG_NO_FUNCTION:  # one rule, one implementation: no fallback (ADR 21)
+            raise Unavailable(
+                "The database schema is not up to date; run 'salus migrate'."
+            ) from None
+
     def _append_pg(self, conn: Connection, events: Sequence[AuditEvent]) -> list[int]:
         """Lock the head, hash, insert and move the head in one statement.
 

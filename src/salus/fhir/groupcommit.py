@@ -31,6 +31,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from salus.fhir import pgcreate
 from salus.fhir.store import FhirStore, PreparedCreates, Stored
 
 __all__ = ["CreateGroup"]
@@ -87,8 +88,7 @@ class CreateGroup:
                 self._write_one(group[0])
                 return
             try:
-                with self.db.write() as conn:
-                    results = self.store.commit_create_groups(conn, [s.batch for s in group])
+                results = self._commit([s.batch for s in group])
             except Exception:
                 log.warning("a group of %d creates failed; retrying one by one", len(group))
                 for slot in group:
@@ -105,10 +105,18 @@ class CreateGroup:
                     slot.error = RuntimeError("The create was not written.")
                     slot.done = True
 
+    def _commit(self, batches: list[PreparedCreates]) -> list[list[Stored]]:
+        """Write ``batches`` in one transaction: on PostgreSQL one statement in
+        autocommit (:mod:`salus.fhir.pgcreate`: one round trip), else the
+        store's inserts, audit append and commit."""
+        if pgcreate.applies(self.db.engine, batches):
+            return pgcreate.write_creates(self.db.engine, self.store.audit, batches)
+        with self.db.write() as conn:
+            return self.store.commit_create_groups(conn, batches)
+
     def _write_one(self, slot: _Slot) -> None:
         try:
-            with self.db.write() as conn:
-                slot.result = self.store.commit_creates(conn, slot.batch)
+            slot.result = self._commit([slot.batch])[0]
             self.transactions += 1
             self.creates += 1
         except Exception as exc:  # handed to the request that owns it
