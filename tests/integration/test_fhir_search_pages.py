@@ -133,6 +133,59 @@ def test_pages_are_the_same_collected_probed_or_mixed(
     assert [e["resource"]["id"] for e in response.json().get("entry", [])] == forms[0]
 
 
+CHAINS = [
+    "Observation?subject:Patient.family=Nguyen",
+    "Observation?subject:Patient.family=Tr",
+    "Observation?subject:Patient.family=N",
+    "Observation?subject:Patient.family:exact=Lê",
+    "Observation?subject:Patient._id={p0}",
+    "Observation?subject:Patient._has:Observation:subject:code=http://loinc.org|29463-7",
+]
+
+
+@pytest.mark.parametrize("query", CHAINS)
+@pytest.mark.parametrize("who", ["a-feed", "b-feed"])
+def test_a_lone_chain_pages_the_same_collected_sorted_or_walked(
+    world: World, query: str, who: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chain alone (ADR 22, stop 15): its matches collected (``DENSE_MATCHES =
+    0``), its references sorted before any resource is read (PostgreSQL), or the
+    resources walked in rid order with the chain probed per resource (as when
+    ``CHAIN_WALK_TARGETS`` targets match: forced here with 1) give the same
+    pages, under each hospital's filter at both levels."""
+    from salus.fhir import searching
+
+    query = query.format(p0=world.data["patients"][0])  # type: ignore[attr-defined]
+    forms: dict[str, list[str]] = {}
+    for form, dense, walk in (("collected", 0, 5000), ("sorted", 2000, 5000), ("walked", 1, 1)):
+        monkeypatch.setattr(searching, "DENSE_MATCHES", dense)
+        monkeypatch.setattr(searching, "CHAIN_WALK_TARGETS", walk)
+        forms[form] = _pages(world, who, query, 2)
+        assert len(set(forms[form])) == len(forms[form]), (form, "a match twice")
+    assert forms["sorted"] == forms["collected"]
+    assert forms["walked"] == forms["collected"]
+    if who == "a-feed" and "_has" not in query:
+        assert forms["collected"], query
+
+
+def test_a_lone_chain_walked_finds_what_its_targets_hold(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walked form's matches themselves, in rid order; hospital B finds its own
+    Observation only, not the one that refers to hospital A's Patient."""
+    from salus.fhir import searching
+
+    monkeypatch.setattr(searching, "CHAIN_WALK_TARGETS", 1)
+    data = world.data  # type: ignore[attr-defined]
+    patients = data["patients"]
+    nguyen = {patients[i] for i, f in enumerate(FAMILIES) if f in ("Nguyễn", "Nguyên")}
+    tran = {patients[i] for i, f in enumerate(FAMILIES) if f == "Trần"}
+    assert _pages(world, "a-feed", CHAINS[0], 2) == _expected(world, lambda r: r[1] in nguyen)
+    assert _pages(world, "a-feed", CHAINS[1], 3) == _expected(world, lambda r: r[1] in tran)
+    assert _pages(world, "b-feed", CHAINS[0], 2) == [data["b_own"]]
+    assert _pages(world, "b-feed", CHAINS[2], 2) == [data["b_own"]]
+
+
 def _expected(world: World, test: Any) -> list[str]:
     rows = world.data["observations"]  # type: ignore[attr-defined]
     return [row[0] for row in rows if test(row)]

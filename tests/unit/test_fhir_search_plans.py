@@ -121,6 +121,27 @@ def test_string_prefixes_and_chains_start_from_the_string_index(conn: Connection
         assert not any(step.startswith("SCAN") for step in plan), plan
 
 
+def test_a_chain_that_many_targets_meet_walks_and_probes_per_resource(
+    conn: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ADR 22, stop 15: a lone chain whose targets' condition has
+    ``CHAIN_WALK_TARGETS`` index rows (``family=N``: 10,032 Patients at
+    1,000,000) walks the resources in rowid order and probes the chain per
+    resource by rid (reference, target, the target's string), never collecting
+    the matching targets first ("LIST SUBQUERY": 10,032 Patient rows read)."""
+    monkeypatch.setattr(searching, "CHAIN_WALK_TARGETS", 1)
+    plan = _plan(conn, "Observation", [("subject:Patient.family", "Le")])
+    assert plan[0] == "SCAN fhir_resources", plan
+    for probe in (
+        "chain_ref1 USING INDEX ix_fhir_idx_reference_rid (rid=?)",
+        "chained1 USING INDEX",  # the unique (res_type, res_id)
+        "(res_type=? AND res_id=?)",
+        "fhir_idx_string USING INDEX ix_fhir_idx_string_rid (rid=?)",
+    ):
+        assert any(probe in step for step in plan), (probe, plan)
+    assert not any("LIST SUBQUERY" in step or "ORDER BY" in step for step in plan), plan
+
+
 def _count_plan(conn: Connection, res_type: str, params: Sequence[tuple[str, str]]) -> list[str]:
     """The plan of the count that decides sparse or dense (ADR 22), for the
     search's one index condition."""
