@@ -3,7 +3,9 @@ same values as ``Connection.execute`` gives, on SQLite and PostgreSQL (ADR 11)."
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 import pytest
@@ -129,3 +131,91 @@ def test_a_broken_pooled_connection_is_replaced(rows: Database) -> None:
         assert rows.fetch_one(_BY_NAME, params) is not None
     with rows.read() as conn:
         assert conn.execute(_BY_NAME, params).first() is not None
+
+
+# -- fetch_one_async (ADR 11, stop-15 amendment) ------------------------------------------
+
+
+def test_async_gives_the_same_values_on_connections_of_its_own(rows: Database) -> None:
+    """On the loop: the same rows as ``fetch_one``; on PostgreSQL from the async
+    connections (reused, the engine's pool untouched), on SQLite from the engine."""
+    params = {"name": "a", "since": datetime(2026, 1, 1, tzinfo=UTC)}
+    expected = rows.fetch_one(_BY_NAME, params)
+    checked_out_before = rows.engine.pool.checkedout()  # type: ignore[attr-defined]
+
+    async def run() -> list[dict[str, Any] | None]:
+        got = [await rows.fetch_one_async(_BY_NAME, params) for _ in range(3)]
+        got.append(await rows.fetch_one_async(_BY_NAME, {**params, "name": "b"}))  # literal
+        got.append(await rows.fetch_one_async(_IN_LIST, {"names": ["b"]}))  # falls back
+        await rows.aclose()
+        return got
+
+    got = asyncio.run(run())
+    assert got[:3] == [expected] * 3 and got[3] is None
+    assert got[4] is not None and got[4]["id"] == 2
+    assert got[0] is not None and got[0]["at"] == _AT and got[0]["at"].tzinfo is not None
+    assert rows.engine.pool.checkedout() == checked_out_before  # type: ignore[attr-defined]
+    reader = rows._async_reader
+    assert reader is None  # closed by aclose
+    if not rows.is_sqlite:
+        # A second loop (a restarted server) opens connections of its own.
+        async def again() -> tuple[dict[str, Any] | None, int]:
+            row = await rows.fetch_one_async(_BY_NAME, params)
+            assert rows._async_reader is not None
+            opened = rows._async_reader.opened
+            await rows.aclose()
+            return row, opened
+
+        assert asyncio.run(again()) == (expected, 1)
+
+
+def test_async_errors_are_wrapped_and_the_connection_stays_usable(rows: Database) -> None:
+    missing = Table("fetch_one_missing", MetaData(), Column("id", Integer, primary_key=True))
+    statement = select(missing).where(missing.c.id == bindparam("id"))
+    params = {"name": "a", "since": _AT}
+
+    async def run() -> int:
+        for _ in range(3):
+            with pytest.raises(DBAPIError) as caught:
+                await rows.fetch_one_async(statement, {"id": 12345})
+            assert caught.value.hide_parameters and "12345" not in str(caught.value)
+            assert not caught.value.connection_invalidated
+            assert await rows.fetch_one_async(_BY_NAME, params) is not None
+        opened = 0 if rows._async_reader is None else rows._async_reader.opened
+        await rows.aclose()
+        return opened
+
+    opened = asyncio.run(run())
+    assert opened == (0 if rows.is_sqlite else 1)  # one connection, never replaced
+
+
+@pytest.mark.postgres
+def test_async_lost_connections_are_flagged_and_replaced(rows: Database) -> None:
+    """Async connections whose backends died fail the one read that finds them,
+    flagged as lost (answered 503), and every idle one is dropped with it: the
+    next reads open new connections and succeed."""
+    if rows.is_sqlite:
+        pytest.skip("async connections are PostgreSQL's; SQLite reads a local file")
+    params = {"name": "a", "since": _AT}
+    url = rows.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def run() -> None:
+        # Three concurrent reads: three connections, then idle in the pool.
+        found = await asyncio.gather(*(rows.fetch_one_async(_BY_NAME, params) for _ in range(3)))
+        assert all(row is not None for row in found)
+        reader = rows._async_reader
+        assert reader is not None and reader.opened == 3
+        pids = [conn.info.backend_pid for conn in reader._idle]
+        with psycopg.connect(url, autocommit=True) as killer:
+            for pid in pids:
+                killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        await asyncio.sleep(0.05)
+        with pytest.raises(DBAPIError) as caught:
+            await rows.fetch_one_async(_BY_NAME, params)
+        assert caught.value.connection_invalidated
+        for _ in range(3):  # none of the other dead connections is handed out
+            assert await rows.fetch_one_async(_BY_NAME, params) is not None
+        assert reader.opened == 4
+        await rows.aclose()
+
+    asyncio.run(run())

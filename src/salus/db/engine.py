@@ -9,6 +9,7 @@ deferred and run beside the writer.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import re
@@ -23,6 +24,7 @@ from sqlalchemy import Select, create_engine, event, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from salus.db.asyncfetch import AsyncKeyReader, ConnectionLost
 from salus.errors import ConfigurationError, Unavailable
 
 __all__ = ["Database", "WriterLock", "create_database", "normalize_url"]
@@ -116,6 +118,22 @@ def _compile_key_query(engine: Engine, statement: Select[Any]) -> _KeyQuery | No
     return _KeyQuery(compiled.string, order, tuple(binds), constants, results)
 
 
+def _key_args(query: _KeyQuery, params: Mapping[str, Any]) -> Any:
+    """The driver parameters of ``query`` (bind processors applied)."""
+    values = {**query.constants, **params}
+    for name, processor in query.binds:
+        values[name] = processor(values[name])
+    return values if query.order is None else tuple(values[n] for n in query.order)
+
+
+def _key_row(query: _KeyQuery, names: list[str], row: Any) -> dict[str, Any]:
+    """A driver row as ``Connection.execute`` gives it (result processors applied)."""
+    return {
+        name: (processor(value) if processor is not None else value)
+        for name, value, processor in zip(names, row, query.results, strict=True)
+    }
+
+
 #: Each SQLite connection's page cache in MiB (``SALUS_DATABASE_SQLITE_CACHE_MB``).
 DEFAULT_SQLITE_CACHE_MB = 64
 
@@ -126,7 +144,13 @@ ANALYSIS_LIMIT = 1000
 class Database:
     """One engine plus the transaction helpers the services use."""
 
-    def __init__(self, engine: Engine, schema: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        schema: str | None = None,
+        *,
+        connect_args: Mapping[str, Any] | None = None,
+    ) -> None:
         self.engine = engine
         self.schema = schema
         # SQLite has one writer at a time. Writers queue on a lock (woken as
@@ -143,6 +167,10 @@ class Database:
             )
         #: Statements of :meth:`fetch_one`, compiled once (by statement identity).
         self._key_queries: dict[int, tuple[Select[Any], _KeyQuery | None]] = {}
+        #: The connections of :meth:`fetch_one_async` (PostgreSQL; made on first use).
+        self._async_reader: AsyncKeyReader | None = None
+        #: The engine's own ``connect_args`` (schema, timeouts), for those connections.
+        self._connect_args: dict[str, Any] = dict(connect_args or {})
 
     @property
     def dialect(self) -> str:
@@ -209,19 +237,12 @@ class Database:
         closed on return), as SQLAlchemy's own invalidation of the pool does.
         Statements with expanding ``IN`` lists fall back to :meth:`read_once`.
         """
-        entry = self._key_queries.get(id(statement))
-        if entry is None or entry[0] is not statement:
-            entry = (statement, _compile_key_query(self.engine, statement))
-            self._key_queries[id(statement)] = entry
-        query = entry[1]
+        query = self._key_query(statement)
         if query is None:
             with self.read_once() as conn:
                 row = conn.execute(statement, dict(params)).mappings().first()
                 return dict(row) if row is not None else None
-        values = {**query.constants, **params}
-        for name, processor in query.binds:
-            values[name] = processor(values[name])
-        args: Any = values if query.order is None else tuple(values[n] for n in query.order)
+        args = _key_args(query, params)
         fairy = self.engine.raw_connection()
         try:
             driver: Any = fairy.driver_connection
@@ -257,10 +278,72 @@ class Database:
             fairy.close()
         if row is None:
             return None
-        return {
-            name: (processor(value) if processor is not None else value)
-            for name, value, processor in zip(names, row, query.results, strict=True)
-        }
+        return _key_row(query, names, row)
+
+    def _key_query(self, statement: Select[Any]) -> _KeyQuery | None:
+        entry = self._key_queries.get(id(statement))
+        if entry is None or entry[0] is not statement:
+            entry = (statement, _compile_key_query(self.engine, statement))
+            self._key_queries[id(statement)] = entry
+        return entry[1]
+
+    async def fetch_one_async(
+        self, statement: Select[Any], params: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """:meth:`fetch_one` for the event loop (ADR 11, stop-15 amendment).
+
+        On PostgreSQL the statement runs on an autocommit
+        :class:`psycopg.AsyncConnection` of a small per-process pool
+        (:mod:`salus.db.asyncfetch`): no thread hand-off, and the loop serves
+        other requests during the round trip. Same SQL text, bind and result
+        processors and error wrapping as :meth:`fetch_one`; a lost connection
+        is flagged (``connection_invalidated``, answered 503) and the pools
+        replaced. On SQLite (a local file) and for statements that
+        :meth:`fetch_one` cannot run as a fixed text, :meth:`fetch_one` runs
+        on the loop or in a worker thread respectively.
+        """
+        if self.is_sqlite:
+            return self.fetch_one(statement, params)
+        query = self._key_query(statement)
+        if query is None:
+            return await asyncio.to_thread(self.fetch_one, statement, params)
+        reader = self._async_reader
+        if reader is None:
+            reader = self._async_reader = self._make_async_reader()
+        dbapi_error = self.engine.dialect.loaded_dbapi.Error
+        try:
+            found = await reader.fetch(query.sql, _key_args(query, params))
+        except (dbapi_error, ConnectionLost) as exc:
+            lost = isinstance(exc, ConnectionLost)
+            cause = exc.__cause__ if lost and exc.__cause__ is not None else exc
+            if lost:
+                self.engine.dispose()  # the engine's connections were opened before it too
+            raise DBAPIError.instance(
+                query.sql,
+                None,
+                cause if isinstance(cause, Exception) else exc,
+                dbapi_error,
+                hide_parameters=True,
+                connection_invalidated=lost,
+                dialect=self.engine.dialect,
+            ) from cause
+        if found is None:
+            return None
+        return _key_row(query, *found)
+
+    def _make_async_reader(self) -> AsyncKeyReader:
+        cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
+        params: dict[str, Any] = {**cparams, **self._connect_args}
+        if cargs:
+            params.setdefault("conninfo", cargs[0])
+        size = int(getattr(self.engine.pool, "size", lambda: 5)())
+        return AsyncKeyReader(self.engine, params, max(1, size))
+
+    async def aclose(self) -> None:
+        """Close the connections of :meth:`fetch_one_async` (server shutdown)."""
+        reader, self._async_reader = self._async_reader, None
+        if reader is not None:
+            await reader.aclose()
 
     def analyze(self) -> bool:
         """Refresh SQLite's query planner statistics (``sqlite_stat1``).
@@ -293,6 +376,9 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        reader, self._async_reader = self._async_reader, None
+        if reader is not None:
+            reader.close()
         if self._writer is not None:
             self._writer.close()
 
@@ -338,10 +424,15 @@ def _sqlite_engine(url: URL, echo: bool, cache_mb: int = DEFAULT_SQLITE_CACHE_MB
     return engine
 
 
-def _postgres_engine(url: URL, pool_size: int, schema: str | None, echo: bool) -> Engine:
+def _postgres_connect_args(schema: str | None) -> dict[str, Any]:
     connect_args: dict[str, Any] = {"connect_timeout": 10}
     if schema is not None:
         connect_args["options"] = f"-csearch_path={schema}"
+    return connect_args
+
+
+def _postgres_engine(url: URL, pool_size: int, schema: str | None, echo: bool) -> Engine:
+    connect_args = _postgres_connect_args(schema)
     engine = create_engine(
         url,
         echo=echo,
@@ -372,4 +463,8 @@ def create_database(
         return Database(_sqlite_engine(parsed, echo, sqlite_cache_mb))
     if schema is not None and not _SCHEMA.match(schema):
         raise ConfigurationError("Invalid PostgreSQL schema name.")
-    return Database(_postgres_engine(parsed, pool_size, schema, echo), schema)
+    return Database(
+        _postgres_engine(parsed, pool_size, schema, echo),
+        schema,
+        connect_args=_postgres_connect_args(schema),
+    )

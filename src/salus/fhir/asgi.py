@@ -106,11 +106,16 @@ async def endpoint(request: Request) -> Response:
         purpose=requested_purpose(request),
         base_url=f"{services.settings.base_url()}/fhir",
     )
-    if request.method == "GET" and services.db.is_sqlite and _BY_ID.fullmatch(path):
-        # A read or vread is one primary-key lookup in a local file: run it on
-        # the event loop rather than pay a thread hand-off that costs more than
-        # the lookup. (A PostgreSQL round trip would hold the loop: threads.)
-        result = services.fhir_router.handle(fhir_request)
+    if request.method == "GET" and _BY_ID.fullmatch(path):
+        if services.db.is_sqlite:
+            # A read or vread is one primary-key lookup in a local file: run it
+            # on the event loop rather than pay a thread hand-off that costs
+            # more than the lookup.
+            result = services.fhir_router.handle(fhir_request)
+        else:
+            # PostgreSQL: the statement on an async connection, the loop free
+            # during the round trip (ADR 11, stop-15 amendment).
+            result = await services.fhir_router.handle_async(fhir_request)
     else:
         result = await asyncio.to_thread(services.fhir_router.handle, fhir_request)
     if len(result.audit) == 1:

@@ -11,6 +11,7 @@ reads through the group-committed audit log before the response leaves.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -130,6 +131,24 @@ class FhirRouter:
             raise MethodNotAllowed()
         raise NotFound("No FHIR interaction matches this URL.")
 
+    async def handle_async(self, request: FhirRequest) -> FhirResponse:
+        """:meth:`handle` for the event loop: a read or vread by id runs here,
+        its one statement on the database's async connections
+        (:meth:`Database.fetch_one_async`: no thread hand-off, the loop free
+        during the round trip; ADR 11, stop-15 amendment); every other
+        interaction runs :meth:`handle` in a worker thread."""
+        if request.method == "GET":
+            for method, pattern, handler in self.routes:
+                match = pattern.fullmatch(request.path) if method == "GET" else None
+                if match is None:
+                    continue
+                if handler == self._read:
+                    return await self._read_async(request, match)
+                if handler == self._vread:
+                    return await self._vread_async(request, match)
+                break
+        return await asyncio.to_thread(self.handle, request)
+
     # -- helpers -----------------------------------------------------------------------
     def _decide(self, request: FhirRequest, res_type: str, interaction: Interaction) -> Decision:
         return self.policy.authorize(
@@ -227,6 +246,22 @@ class FhirRouter:
         if decision.deidentify:
             raise Forbidden("De-identified access searches; it does not read by id.")
         stored = self.store.read_from(self.db, decision.require(), res_type, res_id)
+        return self._read_answer(request, decision, stored, res_type, res_id)
+
+    async def _read_async(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
+        """:meth:`_read` with its statement on the loop (:meth:`handle_async`)."""
+        res_type, res_id = match["type"], match["id"]
+        decision = self._decide(request, res_type, Interaction.READ)
+        if decision.deidentify:
+            raise Forbidden("De-identified access searches; it does not read by id.")
+        statement, params = self.store._read_query(decision.require(), res_type, res_id)
+        row = await self.db.fetch_one_async(statement, params)
+        stored = self.store._read_found(row, res_type, res_id)
+        return self._read_answer(request, decision, stored, res_type, res_id)
+
+    def _read_answer(
+        self, request: FhirRequest, decision: Decision, stored: Stored, res_type: str, res_id: str
+    ) -> FhirResponse:
         response = self._with_headers(stored, request, 200, stored.resource)
         response.raw = stored.raw
         response.audit.append(
@@ -242,6 +277,29 @@ class FhirRouter:
         if decision.deidentify:
             raise Forbidden("De-identified access searches; it does not read by id.")
         stored = self.store.vread_from(self.db, decision.require(), res_type, res_id, vid)
+        return self._vread_answer(request, decision, stored, res_type, res_id, vid)
+
+    async def _vread_async(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
+        """:meth:`_vread` with its statement on the loop (:meth:`handle_async`)."""
+        res_type, res_id, vid = match["type"], match["id"], int(match["vid"])
+        decision = self._decide(request, res_type, Interaction.READ)
+        if decision.deidentify:
+            raise Forbidden("De-identified access searches; it does not read by id.")
+        flt = decision.require()
+        statement, params = self.store._vread_query(flt, res_type, res_id, vid)
+        row = await self.db.fetch_one_async(statement, params)
+        stored = self.store._vread_found(row, res_type, res_id, vid)
+        return self._vread_answer(request, decision, stored, res_type, res_id, vid)
+
+    def _vread_answer(
+        self,
+        request: FhirRequest,
+        decision: Decision,
+        stored: Stored,
+        res_type: str,
+        res_id: str,
+        vid: int,
+    ) -> FhirResponse:
         response = self._with_headers(stored, request, 200, stored.resource)
         response.raw = stored.raw
         response.audit.append(

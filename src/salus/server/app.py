@@ -140,6 +140,7 @@ def create_app(
                 except Exception:
                     log.exception("listener failed to stop", extra={"listener": listener.name})
             await svc.audit.stop()
+            await svc.db.aclose()  # the async read connections of this loop
             if owned:
                 svc.close()
             log.info("salus stopped")
