@@ -47,7 +47,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -61,11 +60,11 @@ from pathlib import Path
 import hl7
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _server import SalusServer, free_port, stop_profile  # noqa: E402
 from fhir_bench import (  # noqa: E402 - the shared benchmark helpers
     Cpu,
     CpuMeter,
     environment,
-    free_port,
     postgres_version,
     quantile,
     reset_postgres,
@@ -175,7 +174,9 @@ def parse_floor(messages: Sequence[bytes]) -> float:
 
 
 # -- the server ------------------------------------------------------------------------------
-class Server:
+class Server(SalusServer):
+    """``salus serve`` with the MLLP listener (started and watched by :mod:`_server`)."""
+
     def __init__(
         self,
         label: str,
@@ -184,74 +185,29 @@ class Server:
         apply: str,
         in_flight: int | None = None,
     ) -> None:
-        self.label = label.lower()
-        self.data_dir = data_dir
-        self.database_url = database_url
-        self.http_port, self.mllp_port = free_port(), free_port()
+        self.mllp_port = free_port()
         profiles = data_dir / "hl7-profiles.toml"
         data_dir.mkdir(parents=True, exist_ok=True)
         profiles.write_text(PROFILES)
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("SALUS_")},
-            "SALUS_LOG_LEVEL": "WARNING",
-            "SALUS_JOBS_ENABLED": "false",
-            "SALUS_MLLP_ENABLED": "true",
-            "SALUS_MLLP_PORT": str(self.mllp_port),
-            "SALUS_HL7_PROFILES_FILE": str(profiles),
-            "SALUS_HL7_APPLY": apply,
+        settings = {
+            "mllp_enabled": "true",
+            "mllp_port": str(self.mllp_port),
+            "hl7_profiles_file": str(profiles),
+            "hl7_apply": apply,
             # One server process: MLLP runs in the primary only, and the CPU meter
             # reads one pid.
-            "SALUS_HTTP_WORKERS": "1",
+            "http_workers": "1",
         }
-        if database_url:
-            self.env["SALUS_DATABASE_URL"] = database_url
         if in_flight is not None:  # None: the server's default for the backend
-            self.env["SALUS_HL7_COMMITS_IN_FLIGHT"] = str(in_flight)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def cli(self, *args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "salus", "--data-dir", str(self.data_dir), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=False,
+            settings["hl7_commits_in_flight"] = str(in_flight)
+        super().__init__(
+            data_dir, database_url, label=label, settings=settings, listen=[self.mllp_port]
         )
-        if done.returncode != 0:
-            raise RuntimeError(f"salus {' '.join(args)} failed: {done.stderr or done.stdout}")
-        return done.stdout
 
     def start(self) -> None:
         self.cli("init")
-        self.cli("org", "create", ORG, "--name", "Bệnh viện Bench", "--kind", "hospital")
-        self.cli("client", "create", CLIENT_ID, "--org", ORG, "--role", "hospital_integration")
-        log = (self.data_dir / "server.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "salus",
-                "--data-dir",
-                str(self.data_dir),
-                "serve",
-                "--port",
-                str(self.http_port),
-            ],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"salus serve exited: {self.log_tail()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.mllp_port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError("the MLLP listener did not open in 60 s")
+        self.provision(ORG, "Bệnh viện Bench", CLIENT_ID)
+        self.serve()
 
     def pending(self) -> int:
         """Messages committed but not applied yet (read from the database directly)."""
@@ -267,24 +223,6 @@ class Server:
             with sqlite3.connect(self.data_dir / "salus.db", timeout=30) as conn:
                 row = conn.execute(query).fetchone()
         return int(row[0]) if row else 0
-
-    def log_tail(self) -> str:
-        path = self.data_dir / "server.log"
-        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
 
 
 # -- load ------------------------------------------------------------------------------------
@@ -409,9 +347,7 @@ def stream(
         while server.pending():
             time.sleep(0.05)
         applied_s = time.perf_counter() - start.wall
-    if spy is not None:  # the profile covers the applier's backlog too
-        spy.send_signal(signal.SIGINT)
-        spy.wait(timeout=60)
+    stop_profile(spy)  # the profile covers the applier's backlog too
     phase = Phase(
         name,
         len(messages) - len(errors),
@@ -431,31 +367,10 @@ def stream(
 def _profiler(
     server: Server, name: str, profile_dir: Path | None
 ) -> subprocess.Popen[bytes] | None:
-    spy = shutil.which("py-spy")
-    if profile_dir is None or spy is None:
+    if profile_dir is None:
         return None
-    profile_dir.mkdir(parents=True, exist_ok=True)
     slug = "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
-    process = subprocess.Popen(
-        [
-            spy,
-            "record",
-            "--pid",
-            str(server.pid),
-            "--format",
-            "raw",
-            "--rate",
-            "200",
-            "--nonblocking",
-            "--gil",
-            "--output",
-            str(profile_dir / f"{server.label}-{slug}.txt"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    time.sleep(1.0)
-    return process
+    return server.profile(profile_dir / f"{server.label}-{slug}.txt", rate=200)
 
 
 def _ms_per(cores: float, phase: Phase) -> str:
