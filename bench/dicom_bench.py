@@ -98,7 +98,16 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fhir_bench import CLK_TCK, _machine, environment, free_port, quantile  # noqa: E402
+from _server import (  # noqa: E402 - how every benchmark starts and watches salus serve
+    SalusServer,
+    free_port,
+    machine,
+    processes,
+    stop_profile,
+    tree_cpu,
+    wait_listening,
+)
+from fhir_bench import environment, quantile  # noqa: E402
 
 ORG, CLIENT_ID = "bench-hosp", "bench-feed"
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -222,28 +231,6 @@ def small_instance(i: int, run: str) -> bytes:
 
 
 # -- CPU --------------------------------------------------------------------------------------
-def _stat(pid: int) -> tuple[int, float]:
-    """(parent pid, CPU seconds incl. waited-for children) of a process."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return -1, 0.0
-    return int(fields[1]), sum(int(v) for v in fields[11:15]) / CLK_TCK
-
-
-def tree_cpu(root: int) -> float:
-    parents: dict[int, tuple[int, float]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            parents[int(entry.name)] = _stat(int(entry.name))
-    total, frontier = 0.0, [root]
-    while frontier:
-        pid = frontier.pop()
-        total += parents.get(pid, (0, 0.0))[1]
-        frontier += [p for p, (ppid, _c) in parents.items() if ppid == pid]
-    return total
-
-
 @dataclass
 class Cpu:
     target: float = 0.0
@@ -258,11 +245,11 @@ class Meter:
         self.pid = pid
 
     def sample(self) -> tuple[float, float, float, float, float, float]:
-        busy, total = _machine()
+        busy, total = machine()
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         return (
             time.perf_counter(),
-            tree_cpu(self.pid),
+            tree_cpu(processes(), self.pid),
             children.ru_utime + children.ru_stime,
             time.process_time(),
             busy,
@@ -284,19 +271,6 @@ class Meter:
 
 
 # -- targets ----------------------------------------------------------------------------------
-def _wait_port(port: int, process: subprocess.Popen[bytes], what: str, log: Path) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited: {log.read_text(errors='replace')[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{what} did not open port {port} in 90 s")
-
-
 class Target:
     name = ""
     ae = ""
@@ -318,7 +292,7 @@ class Target:
             self.process = subprocess.Popen(
                 args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
-        _wait_port(self.dicom_port, self.process, self.name, self.log)
+        wait_listening(self.dicom_port, self.process, self.name, self.log, time.monotonic() + 90)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -331,49 +305,41 @@ class Target:
 
 
 class Salus(Target):
+    """``salus serve`` on SQLite, started and watched by :class:`_server.SalusServer`."""
+
     name, ae = "Salus", "SALUS"
+    workers = "1"
+    server: SalusServer
 
     def start(self) -> Salus:
-        self.http_port = free_port()
-        self.base = f"http://127.0.0.1:{self.http_port}"
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("SALUS_")},
-            "SALUS_LOG_LEVEL": "WARNING",
-            "SALUS_JOBS_ENABLED": "false",
-            "SALUS_HTTP_WORKERS": "1",
-            "SALUS_PUBLIC_URL": self.base,
-            "SALUS_AUTH_TOKEN_TTL": "3600",
-            "SALUS_RATE_LIMIT_TOKEN_PER_MINUTE": "100000",
-            "SALUS_DICOM_ENABLED": "true",
-            "SALUS_DICOM_PORT": str(self.dicom_port),
-            "SALUS_DICOM_UNKNOWN_AE_CLIENT": CLIENT_ID,
-            "SALUS_DICOM_MAX_ASSOCIATIONS": "16",
-            "SALUS_DICOMWEB_QIDO_MAX_RESULTS": "10000",
-        }
-        self._cli("init")
-        self._cli("org", "create", ORG, "--name", "Bench Hospital", "--kind", "hospital")
-        out = self._cli(
-            "client", "create", CLIENT_ID, "--org", ORG, "--role", "hospital_integration"
+        self.server = SalusServer(
+            self.folder,
+            settings={
+                "http_workers": self.workers,
+                "dicom_enabled": "true",
+                "dicom_port": str(self.dicom_port),
+                "dicom_unknown_ae_client": CLIENT_ID,
+                "dicom_max_associations": "16",
+                "dicomweb_qido_max_results": "10000",
+            },
+            listen=[self.dicom_port],
+            log=self.log,
         )
-        self.secret = out.strip().rsplit(None, 1)[-1]
+        self.server.cli("init")
+        self.server.provision(ORG, "Bench Hospital", CLIENT_ID)
         self._serve()
         return self
 
+    @property
+    def pid(self) -> int:
+        return self.server.pid
+
     def _serve(self) -> None:
-        self._spawn(
-            [
-                sys.executable,
-                "-m",
-                "salus",
-                "--data-dir",
-                str(self.folder),
-                "serve",
-                "--port",
-                str(self.http_port),
-            ],
-            self.env,
-        )
-        _wait_port(self.http_port, self.process, "salus http", self.log)  # type: ignore[arg-type]
+        self.server.serve(append=True)
+
+    def stop(self) -> None:
+        if hasattr(self, "server"):
+            self.server.stop()
 
     def restart(self) -> None:
         """Stop and serve again: SQLite loads planner statistics per connection when
@@ -403,33 +369,11 @@ class Salus(Target):
                 raise RuntimeError(f"Salus accepted no association in {seconds:.0f} s")
             time.sleep(1.0)
 
-    def _cli(self, *args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "salus", "--data-dir", str(self.folder), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"salus {' '.join(args)}: {done.stderr or done.stdout}")
-        return done.stdout
-
     def http(self) -> httpx.Client:
-        import base64
-
-        basic = base64.b64encode(f"{CLIENT_ID}:{self.secret}".encode()).decode()
-        token = httpx.post(
-            f"{self.base}/auth/token",
-            data={"grant_type": "client_credentials"},
-            headers={"Authorization": f"Basic {basic}"},
-            timeout=30,
-        )
-        token.raise_for_status()
         return httpx.Client(
-            base_url=f"{self.base}/dicomweb",
+            base_url=f"{self.server.base}/dicomweb",
             timeout=120,
-            headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+            headers={"Authorization": f"Bearer {self.server.token()}"},
         )
 
     def grow(self, count: int, run: str) -> float:
@@ -713,19 +657,11 @@ class Salus2(Salus):
     workers = "2"
 
     def _serve(self) -> None:
-        self.env["SALUS_HTTP_WORKERS"] = self.workers
         super()._serve()
         # The supervisor listens before its workers serve: wait for an association,
         # then until the workers' start-up CPU has settled (both listeners up).
         self.wait_dimse()
-        last = tree_cpu(self.pid)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            now = tree_cpu(self.pid)
-            if now - last < 0.05:
-                break
-            last = now
+        self.server.settle(limit_s=60, interval=0.5, cores=0.1)
 
 
 TARGETS: dict[str, Callable[[Path], Target]] = {
@@ -766,27 +702,8 @@ def ingest(
     megabytes = sum(p.stat().st_size for p in files) / 1e6
     env = {**os.environ, "TCP_NODELAY": "1"}
     spy = None
-    if profile is not None and isinstance(target, Salus) and shutil.which("py-spy"):
-        profile.mkdir(parents=True, exist_ok=True)
-        spy = subprocess.Popen(
-            [
-                "py-spy",
-                "record",
-                "--pid",
-                str(target.pid),
-                "--format",
-                "raw",
-                "--rate",
-                "200",
-                "--gil",
-                "--nonblocking",
-                "--output",
-                str(profile / f"salus-ingest-{associations}.txt"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(1.0)
+    if profile is not None and isinstance(target, Salus):
+        spy = target.server.profile(profile / f"salus-ingest-{associations}.txt", rate=200)
     meter = Meter(target.pid)
     start = meter.sample()
     senders = [
@@ -814,9 +731,7 @@ def ingest(
         if sender.returncode != 0:
             failures.append(err.decode(errors="replace")[-300:])
     end = meter.sample()
-    if spy is not None:
-        spy.send_signal(signal.SIGINT)
-        spy.wait(timeout=60)
+    stop_profile(spy)
     result = Ingest(
         target.name,
         associations,
