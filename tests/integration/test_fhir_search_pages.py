@@ -149,21 +149,29 @@ def test_a_lone_chain_pages_the_same_collected_sorted_or_walked(
     world: World, query: str, who: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A chain alone (ADR 22, stop 15): its matches collected (``DENSE_MATCHES =
-    0``), its references sorted before any resource is read (PostgreSQL), or the
+    0``), its references sorted before any resource is read (PostgreSQL), the
     resources walked in rid order with the chain probed per resource (as when
-    ``CHAIN_WALK_TARGETS`` targets match: forced here with 1) give the same
+    ``CHAIN_WALK_TARGETS`` targets match: forced here with 1), and such a walk
+    whose budget of resources runs out before the page is full give the same
     pages, under each hospital's filter at both levels."""
     from salus.fhir import searching
 
     query = query.format(p0=world.data["patients"][0])  # type: ignore[attr-defined]
     forms: dict[str, list[str]] = {}
-    for form, dense, walk in (("collected", 0, 5000), ("sorted", 2000, 5000), ("walked", 1, 1)):
+    for form, dense, walk, budget in (
+        ("collected", 0, 5000, 10_000),
+        ("sorted", 2000, 5000, 10_000),
+        ("walked", 1, 1, 10_000),
+        ("budget spent", 1, 1, 5),
+    ):
         monkeypatch.setattr(searching, "DENSE_MATCHES", dense)
         monkeypatch.setattr(searching, "CHAIN_WALK_TARGETS", walk)
+        monkeypatch.setattr(searching, "CHAIN_WALK_BUDGET", budget)
         forms[form] = _pages(world, who, query, 2)
         assert len(set(forms[form])) == len(forms[form]), (form, "a match twice")
     assert forms["sorted"] == forms["collected"]
     assert forms["walked"] == forms["collected"]
+    assert forms["budget spent"] == forms["collected"]
     if who == "a-feed" and "_has" not in query:
         assert forms["collected"], query
 

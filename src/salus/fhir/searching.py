@@ -28,6 +28,7 @@ from salus.fhir.query import (
     build_search,
     walk_query,
 )
+from salus.fhir.search.sqlforms import NoIndexOnSQLite
 from salus.fhir.store import RESOURCE_COLUMNS, FhirStore, Stored
 from salus.security.policy import RecordColumns, RecordFilter
 
@@ -52,6 +53,9 @@ DENSE_MATCHES = 2000
 #: probed. At this many targets a walk costs at most about page × resources of
 #: the type ÷ this probes.
 CHAIN_WALK_TARGETS = 5000
+#: How many rids (from the type's first) such a walk reads at most before the
+#: page is looked for as if few targets matched (sorted references or collected).
+CHAIN_WALK_BUDGET = 10_000
 MAX_INCLUDES = 1000
 _CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
 _MANDATORY = ("resourceType", "id", "meta")
@@ -108,12 +112,14 @@ def _default_order(
     conditions: Sequence[Any],
     values: Mapping[str, Any],
     visible: Any,
+    wanted: int = DEFAULT_COUNT,
 ) -> Any:
     """The matches in the default order (rid), planned so that the first page
     does not cost every match: dense conditions are probed by rid; with none
     sparse, the page is read in rid order from the index of a dense condition
     whose rows come in that order (a token ``system|code``), else found by walking
-    the resources in rid order; either walk stops at the page."""
+    the resources in rid order; either walk stops at the page. ``wanted``: the
+    matches the page needs (offset + count)."""
     if len(conditions) == 1 and plan.in_rid_order(conditions[0]):
         # Alone, reading its index in order costs at most what collecting would:
         # no need to count its matches first.
@@ -124,8 +130,13 @@ def _default_order(
         # probed per resource, stops soonest; else, on PostgreSQL, the chain's
         # sorted references cost at most what collecting would (ADR 22).
         if plan.targets_at_least(conn, conditions[0], CHAIN_WALK_TARGETS, values):
-            probe = plan.chain_probe(conditions[0])
-            return walk_query(res_type, [probe], visible).order_by(*plan.sort_keys(res_type, None))
+            walk = chain_walk(plan, res_type, conditions[0], visible).limit(wanted)
+            rids = [int(r) for r in conn.execute(walk, values).scalars()]
+            if len(rids) >= wanted:
+                # The first ``wanted`` matches, found within the budget.
+                return select(R.c.rid).where(R.c.rid.in_(rids)).order_by(R.c.rid)
+            # Fewer within the budget (the matches lie later, or the caller sees
+            # few of the targets): as if few targets matched.
         if chains:
             return plan.chain_driven(res_type, conditions[0], [], visible)
     probing = _probing(conn, plan, conditions, values)
@@ -144,6 +155,25 @@ def _default_order(
                 )
         return walk_query(res_type, probing, visible).order_by(*keys)
     return base_query(res_type, probing, visible).order_by(*keys)
+
+
+def chain_walk(plan: SearchPlan, res_type: str, chain: Any, visible: Any) -> Any:
+    """A lone chain's matches among the :data:`CHAIN_WALK_BUDGET` rids from the
+    type's first one, in rid order, the chain probed per resource (ADR 22,
+    stop 15): for a chain whose targets' condition has
+    :data:`CHAIN_WALK_TARGETS` index rows the page is usually found within a
+    few hundred resources; the budget bounds the walk when it is not (matches
+    late in rid order, or targets the caller may not see)."""
+    walked = R.alias("walked")
+    start = (
+        select(walked.c.rid)
+        .where(NoIndexOnSQLite(walked.c.res_type) == res_type)
+        .order_by(walked.c.rid)
+        .limit(1)
+        .scalar_subquery()
+    )
+    within = R.c.rid < start + CHAIN_WALK_BUDGET
+    return walk_query(res_type, [within, plan.chain_probe(chain)], visible).order_by(R.c.rid)
 
 
 def _last(params: Sequence[tuple[str, str]], name: str) -> str | None:
@@ -221,7 +251,9 @@ class Searcher:
             sort = _last(params, "_sort")
             ordered = query.order_by(*plan.sort_keys(res_type, sort))
             if not sort:
-                ordered = _default_order(conn, plan, res_type, parsed.conditions, values, visible)
+                ordered = _default_order(
+                    conn, plan, res_type, parsed.conditions, values, visible, offset + count
+                )
             rids = [
                 int(r) for r in conn.execute(ordered.limit(count).offset(offset), values).scalars()
             ]
