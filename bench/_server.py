@@ -21,7 +21,8 @@ scripts differ only in what they send and measure:
 * **CPU**: :meth:`SalusServer.cpu` is the CPU time of the server's process tree
   (the supervisor, its workers and their reaped children) read from ``/proc``
   (:func:`processes`, :func:`tree_cpu`), and :meth:`SalusServer.settle` waits
-  until that tree is idle;
+  until that tree is idle; :func:`postgres_cpu` and :func:`machine` give
+  PostgreSQL's and the whole machine's share;
 * **stop** (SIGTERM to the server, which stops its workers gracefully; after
   ``timeout`` the whole process group is killed) and **restart** (the same
   data folder, the log appended to);
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -137,6 +139,50 @@ def tree_cpu(table: Mapping[int, Proc], root: int) -> float:
             total += table[pid].cpu
             stack.extend(children.get(pid, ()))
     return total
+
+
+#: ``postgres: [cluster: ]user database host(port) activity``: a client backend.
+_BACKEND = re.compile(r"postgres: (?:\S+: )?\S+ (\S+) (?:\S+\(\d+\)|\[local\]) ")
+
+
+def postgres_cpu(table: Mapping[int, Proc], database: str | None = None) -> dict[int, float]:
+    """Own CPU seconds of each PostgreSQL process, by pid; with ``database``, less the
+    client backends of other databases (the PostgreSQL server is shared with other
+    sessions' test suites).
+
+    Per process, so a connection closed during a phase loses its time instead of
+    making a difference of two samples negative: a floor (the server keeps its
+    connections in a pool).
+    """
+    out: dict[int, float] = {}
+    for pid, proc in table.items():
+        if not proc.name.startswith("postgres"):
+            continue
+        if database is not None:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, UnicodeDecodeError):
+                continue
+            match = _BACKEND.match(cmdline)
+            if match is not None and match.group(1) != database:
+                continue
+        out[pid] = proc.own
+    return out
+
+
+def settle_tree(
+    pid: int, limit_s: float = 10.0, interval: float = 0.25, cores: float = 0.05
+) -> None:
+    """Wait (up to ``limit_s``) until the process tree of ``pid`` uses under ``cores``
+    of CPU over ``interval`` (work left in flight finished; start-up done)."""
+    deadline = time.monotonic() + limit_s
+    before = tree_cpu(processes(), pid)
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        now = tree_cpu(processes(), pid)
+        if (now - before) / interval < cores:
+            return
+        before = now
 
 
 def machine() -> tuple[float, float]:
@@ -294,16 +340,8 @@ class SalusServer:
         return tree_cpu(processes(), self.pid)
 
     def settle(self, limit_s: float = 10.0, interval: float = 0.25, cores: float = 0.05) -> None:
-        """Wait (up to ``limit_s``) until the server's tree uses under ``cores`` of CPU
-        over ``interval`` (work left in flight finished; start-up done)."""
-        deadline = time.monotonic() + limit_s
-        before = self.cpu()
-        while time.monotonic() < deadline:
-            time.sleep(interval)
-            now = self.cpu()
-            if (now - before) / interval < cores:
-                return
-            before = now
+        """Wait until the server's process tree is idle (:func:`settle_tree`)."""
+        settle_tree(self.pid, limit_s, interval, cores)
 
     def profile(self, output: Path, rate: int = 100) -> subprocess.Popen[bytes] | None:
         """``py-spy record --gil`` of the server into ``output`` (raw collapsed stacks),
