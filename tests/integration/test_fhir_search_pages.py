@@ -107,6 +107,7 @@ QUERIES = [
     "Observation?subject=Patient/{p0}&code=http://loinc.org|8310-5",
     "Observation?subject:Patient.family=Nguyen",
     "Observation?subject:Patient.family=Nguyen&code=http://loinc.org|29463-7",
+    "Observation?subject:Patient.family=Nguyen&status=final",
     "Observation?code:not=http://loinc.org|8867-4",
     "Patient?family=Ng",
     "Patient?_has:Observation:subject:code=http://loinc.org|29463-7",
@@ -219,6 +220,9 @@ def test_what_the_pages_hold(world: World, dense: int, monkeypatch: pytest.Monke
     assert _pages(world, "a-feed", QUERIES[5], 2) == _expected(world, lambda r: r[1] in nguyen)
     assert _pages(world, "a-feed", QUERIES[6], 2) == _expected(
         world, lambda r: r[1] in nguyen and r[2] == CODES[2]
+    )
+    assert _pages(world, "a-feed", QUERIES[7], 2) == _expected(
+        world, lambda r: r[1] in nguyen and r[4] == "final"
     )
     # Hospital B: its own Observation through its own Patient only; the one that
     # refers to hospital A's Patient does not match through a Patient it cannot read.
