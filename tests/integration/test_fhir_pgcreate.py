@@ -15,6 +15,7 @@ from sqlalchemy import Table, func, select
 from sqlalchemy.exc import DBAPIError
 
 from salus.audit import verify_chain
+from salus.audit.events import AuditEvent
 from salus.db.tables import audit_events, fhir_history, fhir_resources, metadata
 from salus.errors import Unavailable
 from salus.fhir import pgcreate
@@ -159,6 +160,44 @@ def test_one_statement_writes_the_rows_the_store_writes(world: World) -> None:
         for one in result:
             read = store.read_from(db, RecordFilter(own_org="hosp-a"), one.res_type, one.res_id)
             assert read.resource is not None and read.resource["id"] == one.res_id
+
+
+def test_events_travel_exactly(world: World) -> None:
+    """The events go to ``salus_audit_append`` as one JSON text: Unicode,
+    quotes, backslashes, control characters, floats, big integers and
+    nesting are stored and hashed exactly as ``salus audit verify`` computes."""
+    services = world.services
+    store, db = services.fhir_store, services.db
+    detail = {
+        "f": 0.1,
+        "tiny": 5e-324,
+        "big": 2**70,
+        "u": 'é😀\u2028\t\x01"\\',
+        "nested": {"b": [1, {"z": None, "a": True}], "a": []},
+    }
+    batches = [store.prepare_creates(FEED, [(patient(n), None)]) for n in (50, 51)]
+    batches[0].events = [
+        AuditEvent.for_principal(
+            FEED,
+            category="rest",
+            action="C",
+            entity='Patient/ä"\\',
+            description="Zoë’s record — ü\n",
+            request_id="réq-😀",
+            detail=detail,
+        )
+    ]
+    result = pgcreate.write_creates(db.engine, store.audit, batches)
+    assert len(result) == 2
+    with db.read() as conn:
+        stored = conn.execute(
+            select(audit_events.c.entity, audit_events.c.description, audit_events.c.detail)
+            .order_by(audit_events.c.seq.desc())
+            .limit(2)
+        ).all()
+    assert stored[1] == ('Patient/ä"\\', "Zoë’s record — ü\n", detail)
+    assert stored[0][0] == f"Patient/{result[1][0].res_id}"
+    assert verify_chain(db).ok
 
 
 def counts(world: World) -> dict[str, int]:

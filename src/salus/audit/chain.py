@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from datetime import datetime
@@ -115,6 +117,13 @@ _PG_APPEND = (
 _PG_BEFORE_RECORDED_AT = tuple(name for name in HASHED_FIELDS if name < "recorded_at")
 if tuple(name for name in HASHED_FIELDS if name > "recorded_at") != ("request_id", "seq"):
     raise RuntimeError("salus_audit_append assumes request_id and seq follow recorded_at")
+#: The array arguments of ``salus_audit_append`` in order (after the two
+#: ``recorded_at`` values), as :data:`_PG_APPEND` passes them.
+_PG_ARGUMENTS = tuple(re.findall(r"%\((\w+)\)s", _PG_APPEND)[2:])
+#: The values of one event in :meth:`AuditLog.pg_append_json`'s JSON, in order.
+_PG_JSON_COLUMNS = ("prefix", "mid", "outcome", "detail", *_PG_TEXT_COLUMNS)
+if sorted(_PG_JSON_COLUMNS) != sorted(_PG_ARGUMENTS):
+    raise RuntimeError("salus_audit_append's arguments are not those of the JSON events")
 #: The SQLSTATE the function raises for an inconsistent head.
 _PG_HEAD_ERROR = "SA001"
 #: undefined_function: a database that was not migrated to 0015.
@@ -194,6 +203,27 @@ def _pg_append_params(events: Sequence[AuditEvent], recorded_at: datetime) -> di
         detail=details,
     )
     return params
+
+
+#: :meth:`AuditLog.pg_append_json`'s FROM item and call, by name.
+_PG_JSON_PARTS: dict[str, tuple[str, str]] = {}
+
+
+def _pg_json_parts(name: str) -> tuple[str, str]:
+    if not name.isidentifier():
+        raise ValueError("not an SQL name")
+    aggregates = ", ".join(
+        f"array_agg((e->>{n})::smallint ORDER BY o) AS {column}"
+        if column == "outcome"
+        else f"array_agg(e->>{n} ORDER BY o) AS {column}"
+        for n, column in enumerate(_PG_JSON_COLUMNS)
+    )
+    from_item = (  # names from this module; the values are one parameter
+        f"(SELECT {aggregates} FROM json_array_elements(CAST(%({name}_events)s AS json))"  # noqa: S608
+        f" WITH ORDINALITY AS t(e, o)) AS {name}"
+    )
+    arguments = ", ".join(f"{name}.{column}" for column in _PG_ARGUMENTS)
+    return from_item, f"salus_audit_append(%({name}_at)s, %({name}_text)s, {arguments})"
 
 
 def _check_events(events: Sequence[object]) -> None:
@@ -411,24 +441,49 @@ class AuditLog:
                 fairy.close()
         return list(range(first, seq + 1))
 
-    def pg_append_call(
-        self, events: Sequence[AuditEvent], prefix: str
-    ) -> tuple[str, dict[str, Any]]:
-        """The ``salus_audit_append(…)`` call of :meth:`append` for ``events``
-        as an expression to put in a larger statement (PostgreSQL; its value
-        is the last ``seq``), with its parameters named ``{prefix}…``: the
-        same function, parameters and hashes as :meth:`append` (ADR 21). The
-        statement's errors go through :meth:`raise_pg_error`."""
+    def pg_append_json(
+        self, events: Sequence[AuditEvent], name: str
+    ) -> tuple[str, str, dict[str, Any]]:
+        """:meth:`append` of ``events`` as parts of a larger PostgreSQL
+        statement: a FROM item named ``name`` that unpacks the events from one
+        JSON parameter (``json_array_elements``, in order), the
+        ``salus_audit_append(…)`` call over it (its value is the last
+        ``seq``), and the parameters (named ``{name}_…``). The same function,
+        arguments and hashes as :meth:`append` (ADR 21); the values travel as
+        one JSON text, which the driver sends as it is, rather than as 16
+        arrays it quotes element by element in Python. Errors of the
+        statement go through :meth:`raise_pg_error`."""
         events = list(events)
         _check_events(events)
-        params = _pg_append_params(events, self.clock())
-        call = _PG_APPEND.removeprefix("SELECT ").replace("%(", f"%({prefix}")
-        return call, {prefix + name: value for name, value in params.items()}
+        recorded_at = self.clock()
+        rows = []
+        for event in events:
+            record = {key: getattr(event, key) for key in _PG_BEFORE_RECORDED_AT}
+            record["outcome"] = int(event.outcome)
+            detail = event.detail
+            rows.append(
+                [
+                    canonical_json(record).decode("utf-8")[:-1],
+                    ',"request_id":' + canonical_json(event.request_id).decode("utf-8") + ',"seq":',
+                    int(event.outcome),
+                    None if detail is None else canonical_json(dict(detail)).decode("utf-8"),
+                    *(getattr(event, key) for key in _PG_TEXT_COLUMNS),
+                ]
+            )
+        parts = _PG_JSON_PARTS.get(name)
+        if parts is None:
+            parts = _PG_JSON_PARTS[name] = _pg_json_parts(name)
+        params = {
+            f"{name}_at": recorded_at,
+            f"{name}_text": iso_utc(recorded_at),
+            f"{name}_events": json.dumps(rows, ensure_ascii=False, separators=(",", ":")),
+        }
+        return parts[0], parts[1], params
 
     @staticmethod
     def raise_pg_error(exc: BaseException) -> None:
         """Raise the chain's own error for a driver error ``exc`` of a
-        statement holding :meth:`pg_append_call` (head missing, function
+        statement holding :meth:`pg_append_json` (head missing, function
         missing); return for any other error."""
         state = getattr(exc, "sqlstate", None)
         if state == _PG_HEAD_ERROR:
