@@ -86,21 +86,24 @@ from urllib.parse import urlparse
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _server import (  # noqa: E402 - how every benchmark starts and watches salus serve
+    machine,
+    postgres_cpu,
+    processes,
+    settle_tree,
+    tree_cpu,
+)
 from fhir_bench import (  # noqa: E402 - the shared benchmark helpers
     BUNDLE_TARGET,
-    CLK_TCK,
     MEDPLUM,
     Data,
-    Proc,
     Server,
     encode,
     environment,
     postgres_version,
-    processes,
     reset_postgres,
     sqlite_version,
     transaction,
-    tree_cpu,
 )
 
 READ_TARGET = 1200.0  # requests/s: Medplum's reads by id (low end of 1,200-1,300)
@@ -109,38 +112,6 @@ MARK = "@@SALUS@@"  # placeholder in body templates, filled in by the Lua script
 
 
 # -- CPU accounting ------------------------------------------------------------------------
-#: ``postgres: [cluster: ]user database host(port) activity``: a client backend.
-_BACKEND = re.compile(r"postgres: (?:\S+: )?\S+ (\S+) (?:\S+\(\d+\)|\[local\]) ")
-
-
-def postgres_cpu(table: dict[int, Proc], database: str) -> dict[int, float]:
-    """Own CPU seconds of each PostgreSQL process, by pid, except other databases' backends.
-
-    The PostgreSQL server is shared with other sessions' test suites: their backends are
-    left out. Per process, so a connection closed during a round loses its time instead of
-    making the figure negative: a floor (the server keeps its connections in a pool).
-    """
-    out: dict[int, float] = {}
-    for pid, proc in table.items():
-        if not proc.name.startswith("postgres"):
-            continue
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, UnicodeDecodeError):
-            continue
-        match = _BACKEND.match(cmdline)
-        if match is None or match.group(1) == database:
-            out[pid] = proc.own
-    return out
-
-
-def machine() -> tuple[float, float]:
-    """(busy, total) seconds of all CPUs since boot, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    total = sum(values[:8])
-    return (total - values[3] - values[4]) / CLK_TCK, total / CLK_TCK
-
-
 @dataclass
 class Cpu:
     """CPU use during a round, in cores (CPU seconds per wall second)."""
@@ -180,9 +151,6 @@ class Meter:
             total,
         )
 
-    def server_cpu(self) -> float:
-        return tree_cpu(processes(), self.server_pid)
-
     @staticmethod
     def since(start: Sample, end: Sample) -> Cpu:
         wall = max(end.wall - start.wall, 1e-9)
@@ -199,16 +167,9 @@ class Meter:
         cpu.others = max(0.0, busy_cores - cpu.wrk - cpu.server - cpu.postgres)
         return cpu
 
-    def settle(self, limit_s: float = 10.0) -> None:
+    def settle(self) -> None:
         """Wait until the server has finished what wrk left in flight (under 5% of a core)."""
-        deadline = time.monotonic() + limit_s
-        before = self.server_cpu()
-        while time.monotonic() < deadline:
-            time.sleep(0.25)
-            now = self.server_cpu()
-            if (now - before) / 0.25 < 0.05:
-                return
-            before = now
+        settle_tree(self.server_pid, limit_s=10.0, interval=0.25, cores=0.05)
 
 
 # -- Lua -------------------------------------------------------------------------------------
