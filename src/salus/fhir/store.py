@@ -45,6 +45,7 @@ from salus.errors import (
 from salus.fhir.categories import category_of
 from salus.fhir.indexing import Indexer
 from salus.fhir.updates import CURRENT, plan_update, write_planned
+from salus.fhir.writegate import GATE
 from salus.fhir.writerows import (
     EncodedCreates,
     concat_encoded,
@@ -366,6 +367,7 @@ class FhirStore:
         now = self.clock()
         prepared: list[tuple[str, str, dict[str, Any]]] = []
         for position, (resource, res_id) in enumerate(items):
+            GATE.checkpoint()
             res_type = _type_of(resource)
             rid_id = check_id(res_id) if res_id else new_id()
             try:
@@ -388,6 +390,7 @@ class FhirStore:
         events: list[AuditEvent] = []
         raws: list[bytes] = []
         for res_type, res_id, body in prepared:
+            GATE.checkpoint()
             patient_key = self.compartment(body)
             raws.append(_json_bytes(body))
             rows.append(

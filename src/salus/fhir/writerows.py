@@ -33,6 +33,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 
 from salus.db.tables import fhir_history, fhir_resources
+from salus.fhir.writegate import GATE
 
 __all__ = [
     "EncodedCreates",
@@ -130,16 +131,44 @@ def encode_creates(
     encoded = EncodedCreates(len(resources))
     out = encoded.rows
     for position, (row, tables) in enumerate(zip(resources, index_rows, strict=True)):
+        GATE.checkpoint()
         if resource:
             sql, values = _encode(dialect, fhir_resources, row)
             out.setdefault(sql, []).append((position, values))
         sql, values = _encode(dialect, fhir_history, {**row, "method": method})
         out.setdefault(sql, []).append((position, values))
         for table, values_list in tables.items():
-            for index_row in values_list:
-                sql, values = _encode(dialect, table, index_row)
-                out.setdefault(sql, []).append((position, values))
+            _encode_rows(dialect, table, values_list, position, out)
     return encoded
+
+
+def _encode_rows(
+    dialect: Dialect,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    position: int,
+    out: dict[str, list[tuple[int, tuple[Any, ...]]]],
+) -> None:
+    """:func:`_encode` of one resource's rows of ``table``, looking the
+    statement up again only when a row's keys differ from the previous
+    row's (an index table's rows mostly share them)."""
+    shape: tuple[str, ...] | None = None
+    getter: Callable[[Mapping[str, Any]], Any] = tuple
+    processors: tuple[tuple[int, Processor], ...] = ()
+    bucket: list[tuple[int, tuple[Any, ...]]] = []
+    for row in rows:
+        keys = tuple(row)
+        if keys != shape:
+            shape = keys
+            sql, getter, processors = _statement(dialect, table, keys)
+            bucket = out.setdefault(sql, [])
+        values = getter(row)
+        if processors:
+            changed = list(values)
+            for at, processor in processors:
+                changed[at] = processor(changed[at])
+            values = tuple(changed)
+        bucket.append((position, values))
 
 
 def concat_encoded(parts: Sequence[EncodedCreates]) -> EncodedCreates:
