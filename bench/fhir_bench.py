@@ -62,15 +62,12 @@ PostgreSQL: ``SALUS_BENCH_DATABASE_URL=postgresql://salus:salus@127.0.0.1:5432/s
 from __future__ import annotations
 
 import argparse
-import base64
 import itertools
 import json
 import os
 import platform
 import random
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -87,12 +84,13 @@ from urllib.parse import quote
 
 import httpx
 
+from _server import SalusServer, machine, postgres_cpu, processes, stop_profile, tree_cpu
+
 ROOT = Path(__file__).resolve().parent.parent
 SYNTHEA = ROOT.parent / "shared" / "corpora" / "synthea-r4" / "bundles"
 ORG = "bench-hosp"
 CLIENT_ID = "bench-feed"
 FHIR_JSON = "application/fhir+json"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 LOINC = "http://loinc.org"
 
 #: (code, display, unit, low, high): vital signs and common laboratory results.
@@ -330,77 +328,6 @@ def location_id(location: str) -> str:
 
 
 # -- CPU accounting ------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Proc:
-    ppid: int
-    name: str
-    own: float  # utime + stime, seconds
-    cpu: float  # own + cutime + cstime: with its reaped children
-
-
-def processes() -> dict[int, Proc]:
-    table: dict[int, Proc] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name = text[text.find("(") + 1 : text.rfind(")")]
-        fields = text.rsplit(")", 1)[1].split()
-        own = int(fields[11]) + int(fields[12])
-        table[int(entry.name)] = Proc(
-            int(fields[1]), name, own / CLK_TCK, (own + int(fields[13]) + int(fields[14])) / CLK_TCK
-        )
-    return table
-
-
-def tree_cpu(table: dict[int, Proc], root: int) -> float:
-    """CPU seconds of ``root`` and all its descendants, reaped children included.
-
-    A process that exits and is reaped inside the tree moves its time into its parent's
-    ``cutime``/``cstime``, so a difference of two samples counts it exactly once (the
-    ``salus serve`` supervisor and its worker processes).
-    """
-    children: dict[int, list[int]] = {}
-    for pid, proc in table.items():
-        children.setdefault(proc.ppid, []).append(pid)
-    total, stack, seen = 0.0, [root] if root in table else [], set()
-    while stack:
-        pid = stack.pop()
-        if pid not in seen:
-            seen.add(pid)
-            total += table[pid].cpu
-            stack.extend(children.get(pid, ()))
-    return total
-
-
-def _postgres_cpu() -> dict[int, float]:
-    """CPU seconds of each PostgreSQL process, by pid."""
-    total: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name = text[text.find("(") + 1 : text.rfind(")")]
-        if name.startswith("postgres"):
-            fields = text.rsplit(")", 1)[1].split()
-            total[int(entry.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return total
-
-
-def _machine() -> tuple[float, float]:
-    """(busy, total) seconds of all CPUs since boot, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]  # idle, iowait
-    total = sum(values[:8])
-    return (total - idle) / CLK_TCK, total / CLK_TCK
-
-
 @dataclass
 class Cpu:
     """CPU use during a phase, in cores (CPU seconds per wall second)."""
@@ -428,13 +355,13 @@ class CpuMeter:
         self.with_postgres = with_postgres
 
     def sample(self) -> Sample:
-        busy, total = _machine()
-        server = tree_cpu(processes(), self.server_pid)
+        busy, total = machine()
+        table = processes()
         return Sample(
             time.perf_counter(),
             time.process_time(),
-            server,
-            _postgres_cpu() if self.with_postgres else {},
+            tree_cpu(table, self.server_pid),
+            postgres_cpu(table) if self.with_postgres else {},
             busy,
             total,
         )
@@ -459,122 +386,19 @@ class CpuMeter:
 
 
 # -- the server ------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+class Server(SalusServer):
+    """``salus serve`` for the FHIR benches, started and watched by :mod:`_server`
+    (jobs off, log level WARNING, the token endpoint's rate limit raised, tokens
+    valid for an hour)."""
 
-
-class Server:
     def __init__(self, label: str, data_dir: Path, database_url: str | None) -> None:
-        self.label = label.lower()
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("SALUS_")},
-            "SALUS_LOG_LEVEL": "WARNING",
-            "SALUS_JOBS_ENABLED": "false",
-            "SALUS_RATE_LIMIT_TOKEN_PER_MINUTE": "100000",
-            "SALUS_AUTH_TOKEN_TTL": "3600",
-            "SALUS_PUBLIC_URL": self.base,
-        }
-        if database_url:
-            self.env["SALUS_DATABASE_URL"] = database_url
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(data_dir, database_url, label=label)
         self.client_id = CLIENT_ID
-        self.secret = ""
-
-    def cli(self, *args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "salus", "--data-dir", str(self.data_dir), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"salus {' '.join(args)} failed: {done.stderr or done.stdout}")
-        return done.stdout
 
     def start(self) -> None:
         self.cli("init")
-        self.launch("wb")
-        self.cli("org", "create", ORG, "--name", "Bệnh viện Bench", "--kind", "hospital")
-        out = self.cli(
-            "client", "create", CLIENT_ID, "--org", ORG, "--role", "hospital_integration"
-        )
-        self.secret = out.strip().rsplit(None, 1)[-1]
-
-    def launch(self, log_mode: str) -> None:
-        """Start ``salus serve`` on the data folder (its log truncated or appended) and
-        wait until it answers."""
-        log = (self.data_dir / "server.log").open(log_mode)
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "salus",
-                "--data-dir",
-                str(self.data_dir),
-                "serve",
-                "--port",
-                str(self.port),
-            ],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.wait_healthy()
-
-    def wait_healthy(self) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"salus serve exited: {self.log_tail()}")
-            try:
-                if httpx.get(f"{self.base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise RuntimeError("salus serve did not become healthy in 60 s")
-
-    def restart(self) -> None:
-        """Stops and starts ``salus serve`` on the same data (no init, same client)."""
-        self.stop()
-        self.launch("ab")
-
-    def token(self) -> str:
-        basic = base64.b64encode(f"{self.client_id}:{self.secret}".encode()).decode()
-        response = httpx.post(
-            f"{self.base}/auth/token",
-            data={"grant_type": "client_credentials"},
-            headers={"Authorization": f"Basic {basic}"},
-            timeout=30,
-        )
-        response.raise_for_status()
-        return str(response.json()["access_token"])
-
-    def log_tail(self) -> str:
-        path = self.data_dir / "server.log"
-        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.serve()
+        self.provision(ORG, "Bệnh viện Bench", CLIENT_ID)
 
 
 def reset_postgres(url: str) -> None:
@@ -678,32 +502,10 @@ class Load:
         Only samples where a thread holds the GIL: what the one Python process spends its
         interpreter on. Time waiting for the database or the disk does not show.
         """
-        spy = shutil.which("py-spy")
-        if self.profile_dir is None or spy is None:
+        if self.profile_dir is None:
             return None
-        self.profile_dir.mkdir(parents=True, exist_ok=True)
         slug = "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
-        out = self.profile_dir / f"{self.server.label}-{slug}.txt"
-        process = subprocess.Popen(
-            [
-                spy,
-                "record",
-                "--pid",
-                str(self.server.pid),
-                "--format",
-                "raw",
-                "--rate",
-                "100",
-                "--nonblocking",
-                "--gil",
-                "--output",
-                str(out),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(1.0)  # py-spy attaches
-        return process
+        return self.server.profile(self.profile_dir / f"{self.server.label}-{slug}.txt")
 
     def client(self) -> httpx.Client:
         return httpx.Client(
@@ -772,9 +574,7 @@ class Load:
         for thread in pool:
             thread.join()
         end = self.meter.sample()
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(timeout=60)
+        stop_profile(spy)
         if calls and all(c.method == "POST" for c in calls):
             self.written += sum(done)
         phase = Phase(
@@ -1258,9 +1058,7 @@ def searches(
                 body = response.json()
                 matches.append(int(body.get("total", len(body.get("entry", [])))))
             cpu_ended = load.meter.sample()
-            if spy is not None:
-                spy.send_signal(signal.SIGINT)
-                spy.wait(timeout=60)
+            stop_profile(spy)
             cpu = CpuMeter.since(cpu_began, cpu_ended)
             wall = cpu_ended.wall - cpu_began.wall
             per_query = wall * 1000 / max(len(times) + errors, 1)
