@@ -32,7 +32,8 @@ scripts differ only in what they send and measure:
   (:meth:`SalusServer.profile`).
 
 Usable as a context manager (``with SalusServer(...) as server:``): the
-server is stopped on the way out.
+server is stopped on the way out, and the tail of its log printed to stderr
+when the way out is an error.
 """
 
 from __future__ import annotations
@@ -382,6 +383,9 @@ class SalusServer:
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
+        """Stop the server; on the way out of an error, print the tail of its log first."""
+        if error is not None:
+            print(self.log_tail(), file=sys.stderr)
         self.stop()
 
 
