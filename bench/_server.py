@@ -234,10 +234,15 @@ class SalusServer:
             self.env[env_name(name)] = str(value).strip()
 
     # -- the CLI on the same data folder ----------------------------------------------------
+    def command(self, *args: str) -> list[str]:
+        """``python -m salus --data-dir DIR ARGS`` with this interpreter (run it with
+        :attr:`env`, e.g. several ``salus fhir import`` at once)."""
+        return [sys.executable, "-m", "salus", "--data-dir", str(self.data_dir), *args]
+
     def cli(self, *args: str) -> str:
         """Run ``salus ARGS`` on the server's data folder and settings; its stdout."""
         done = subprocess.run(
-            [sys.executable, "-m", "salus", "--data-dir", str(self.data_dir), *args],
+            self.command(*args),
             env=self.env,
             capture_output=True,
             text=True,
@@ -273,16 +278,7 @@ class SalusServer:
         """Start ``salus serve`` (its log truncated, or appended to) and wait until ready."""
         with self.log.open("ab" if append else "wb") as out:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "salus",
-                    "--data-dir",
-                    str(self.data_dir),
-                    "serve",
-                    "--port",
-                    str(self.port),
-                ],
+                self.command("serve", "--port", str(self.port)),
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
