@@ -46,12 +46,11 @@ DEFAULT_COUNT = 50
 #: of the type ÷ this × page size probes). See ADR 8 (search at 1,000,000).
 DENSE_MATCHES = 2000
 #: Index rows of a lone chain's condition on its targets (``family=N``: counted
-#: from the string index) from which PostgreSQL walks the resources in rid order,
-#: probing the chain per resource, instead of sorting the chain's references
-#: (ADR 22, amendment of stop 15): at 1,000,000 resources ``family=N`` (10,032
-#: Patients) took 0.2-0.3 s warm sorted, a walk of a few hundred Observations
-#: probed. At this many targets a walk costs at most about page × resources of
-#: the type ÷ this probes.
+#: from the string index) from which the resources are walked in rid order, the
+#: chain probed per resource (:func:`chain_walk`), instead of sorting the chain's
+#: references (PostgreSQL) or building the list of its targets (SQLite) (ADR 22,
+#: amendment of stop 15): at 1,000,000 resources ``family=N`` (10,032 Patients)
+#: took 0.2-0.3 s warm sorted; the walk probes a few hundred Observations.
 CHAIN_WALK_TARGETS = 5000
 #: How many rids (from the type's first) such a walk reads at most before the
 #: page is looked for as if few targets matched (sorted references or collected).
