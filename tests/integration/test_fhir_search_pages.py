@@ -193,6 +193,13 @@ def test_a_lone_chain_walked_finds_what_its_targets_hold(
     assert _pages(world, "a-feed", CHAINS[1], 3) == _expected(world, lambda r: r[1] in tran)
     assert _pages(world, "b-feed", CHAINS[0], 2) == [data["b_own"]]
     assert _pages(world, "b-feed", CHAINS[2], 2) == [data["b_own"]]
+    # _total=accurate counts every match, whichever form found the page.
+    response = world.client.get(
+        f"/fhir/{CHAINS[0]}&_count=2&_total=accurate", headers=world.headers("a-feed")
+    )
+    body = response.json()
+    assert body["total"] == len(_expected(world, lambda r: r[1] in nguyen))
+    assert len(body["entry"]) == 2
 
 
 def _expected(world: World, test: Any) -> list[str]:
