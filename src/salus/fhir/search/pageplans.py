@@ -106,9 +106,11 @@ class PagePlans:
         (2,504 Patients, 22,548 Observations at 1,000,000 resources) read 22,548
         Observations for a page of 50 (0.2-0.6 s on PostgreSQL). Here the
         references come from their index alone (``rid`` is its last column,
-        migration 0019); a walk in rid order probing the chain per resource was
-        tried and dropped: near the dense threshold it walks ~27,000
-        Observations (ADR 22, amendment of stop 15)."""
+        migration 0019). PostgreSQL only: SQLite does not carry the sub-query's
+        order through the join and sorts again after reading every match. A walk
+        in rid order probing the chain per resource (``family=Nil``, just above
+        the dense threshold, walked ~27,000 Observations) is kept for chains
+        that very many targets meet (ADR 22, amendment of stop 15)."""
         table, rids, _ = self.subqueries[id(chain)]
         candidates = rids.distinct().order_by(table.c.rid).subquery("chain_rids")
         return (
