@@ -34,6 +34,7 @@ import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 
+from salus.audit.asyncappend import AsyncGateFn, AsyncRecordFn
 from salus.audit.events import AuditEvent
 from salus.errors import SalusError, Unavailable
 
@@ -57,6 +58,8 @@ class RecordBatcher:
         max_batch: int = 256,
         max_delay: float = 0.002,
         gate: GateFn | None = None,
+        record_async: AsyncRecordFn | None = None,
+        gate_async: AsyncGateFn | None = None,
     ) -> None:
         if max_batch < 1 or max_delay < 0:
             raise ValueError("max_batch must be positive and max_delay not negative")
@@ -64,6 +67,11 @@ class RecordBatcher:
         #: Entered in the writer thread before the batch is taken; ``record``
         #: runs inside it (so it must be re-entrant if ``record`` takes it too).
         self._gate: GateFn = gate if gate is not None else contextlib.nullcontext
+        #: Write on the event loop instead (PostgreSQL, :mod:`salus.audit.asyncappend`):
+        #: ``gate_async`` held, then ``record_async``; failed batches are retried
+        #: one by one with ``record`` in a thread, as before.
+        self._record_async = record_async
+        self._gate_async = gate_async
         self.max_batch = max_batch
         self.max_delay = max_delay
         #: Transactions written and the events they held (for tests and metrics).
@@ -127,7 +135,10 @@ class RecordBatcher:
                 if len(self._pending) < self.max_batch and not self._closing and self.max_delay:
                     await asyncio.sleep(self.max_delay)  # let the burst gather
                 while self._pending:
-                    await self._flush_pending()
+                    if self._record_async is not None and self._gate_async is not None:
+                        await self._flush_pending_async(self._record_async, self._gate_async)
+                    else:
+                        await self._flush_pending()
                 if self._closing:
                     return
         finally:
@@ -174,6 +185,33 @@ class RecordBatcher:
             return
         if taken:
             self._resolve(taken[0], seqs)
+
+    async def _flush_pending_async(self, record: AsyncRecordFn, gate: AsyncGateFn) -> None:
+        """:meth:`_flush_pending` on the loop: hold the gate, take, write."""
+        batch: list[_Item] = []
+        try:
+            async with gate() as held:
+                if not held:  # the gate is held in a thread of this process
+                    await self._flush_pending()
+                    return
+                batch = self._take()
+                if not batch:
+                    return
+                seqs = await record([event for event, _ in batch])
+        except asyncio.CancelledError:
+            # The statement may have committed: report it failed, never done.
+            for _, future in batch:
+                _fail(future, Unavailable("The audit trail stopped."))
+            raise
+        except Exception as exc:
+            if batch:
+                await self._failed(batch, exc)
+            else:  # the gate itself failed (lock file): fail what is queued
+                log.error("audit writer could not start", exc_info=True)
+                for _, future in self._take():
+                    _fail(future, exc)
+            return
+        self._resolve(batch, seqs)
 
     async def _flush(self, batch: list[_Item]) -> None:
         try:

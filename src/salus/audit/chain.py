@@ -576,11 +576,16 @@ class AuditLog:
                     self._append_lock = lock
                 except OSError:  # still correct without it: batches queue on the head row
                     log.warning("audit append lock file unavailable; batching per process only")
+            from salus.audit.asyncappend import pg_async_batching  # imports this module
+
+            record_async, gate_async = pg_async_batching(self, self._append_lock)
             batcher = RecordBatcher(
                 self.record_batch,
                 max_batch=self.batch_max,
                 max_delay=self.batch_delay,
                 gate=self._batch_gate,  # take the batch once it may be written
+                record_async=record_async,  # PostgreSQL: on the event loop
+                gate_async=gate_async,
             )
             await batcher.start()
             self._batcher = batcher

@@ -14,8 +14,9 @@ import fcntl
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,11 @@ def normalize_url(url: str) -> URL:
     return parsed
 
 
+#: After releasing a lock file from the loop, how long :meth:`WriterLock.held_async`
+#: leaves it to other processes' waiters (it waits in a thread meanwhile).
+TURN_SECONDS = 0.002
+
+
 class WriterLock:
     """Mutual exclusion of SQLite writers: a re-entrant thread lock, plus an
     exclusive ``flock`` on ``path`` (when given) across processes."""
@@ -54,6 +60,8 @@ class WriterLock:
         self._path = path
         self._fd: int | None = None
         self._depth = 0
+        #: When :meth:`held_async` last released the file lock (monotonic).
+        self._released_at = -1e9
 
     def __enter__(self) -> None:
         self._thread_lock.acquire()
@@ -80,6 +88,60 @@ class WriterLock:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+    @asynccontextmanager
+    async def held_async(self) -> AsyncIterator[bool]:
+        """Hold the lock from the event loop; yields False (nothing held) when
+        this process holds it in a thread now (use the blocking form then).
+
+        The ``flock`` is tried without blocking on the loop; while another
+        process holds it, a worker thread waits for it. Right after this
+        process released it (within :data:`TURN_SECONDS`) the thread waits
+        for it too: another process's waiter, woken by that release, then
+        races a thread hand-off (as it raced the writer thread before) rather
+        than an immediate retry that it would nearly always lose. If
+        the waiter is cancelled, the lock the thread still gets is released
+        at once, so a cancelled waiter never leaves it held.
+        """
+        if not self._thread_lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            if self._depth or self._path is None:
+                self._depth += 1
+                try:
+                    yield True
+                finally:
+                    self._depth -= 1
+                return
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = self._fd
+            try:
+                if time.monotonic() - self._released_at < TURN_SECONDS:
+                    raise BlockingIOError  # the other process's turn first
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                waiting = asyncio.ensure_future(asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX))
+                try:
+                    await asyncio.shield(waiting)
+                except asyncio.CancelledError:
+                    waiting.add_done_callback(lambda f: _unlock_if_locked(f, fd))
+                    raise
+            self._depth = 1
+            try:
+                yield True
+            finally:
+                self._depth = 0
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                self._released_at = time.monotonic()
+        finally:
+            self._thread_lock.release()
+
+
+def _unlock_if_locked(waiting: asyncio.Future[None], fd: int) -> None:
+    if not waiting.cancelled() and waiting.exception() is None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,29 +369,37 @@ class Database:
         query = self._key_query(statement)
         if query is None:
             return await asyncio.to_thread(self.fetch_one, statement, params)
+        found = await self.fetch_raw_async(query.sql, _key_args(query, params))
+        if found is None:
+            return None
+        return _key_row(query, *found)
+
+    async def fetch_raw_async(
+        self, sql: str, args: Any
+    ) -> tuple[list[str], tuple[Any, ...]] | None:
+        """One statement of driver SQL (PostgreSQL) on the async connections
+        of :meth:`fetch_one_async`, in autocommit (committed when it returns):
+        its column names and first row, or None. Errors as :meth:`fetch_one`'s."""
         reader = self._async_reader
         if reader is None:
             reader = self._async_reader = self._make_async_reader()
         dbapi_error = self.engine.dialect.loaded_dbapi.Error
         try:
-            found = await reader.fetch(query.sql, _key_args(query, params))
+            return await reader.fetch(sql, args)
         except (dbapi_error, ConnectionLost) as exc:
             lost = isinstance(exc, ConnectionLost)
-            cause = exc.__cause__ if lost and exc.__cause__ is not None else exc
+            orig = exc.__cause__ if lost else exc
             if lost:
                 self.engine.dispose()  # the engine's connections were opened before it too
             raise DBAPIError.instance(
-                query.sql,
+                sql,
                 None,
-                cause if isinstance(cause, Exception) else exc,
+                orig if isinstance(orig, Exception) else exc,
                 dbapi_error,
                 hide_parameters=True,
                 connection_invalidated=lost,
                 dialect=self.engine.dialect,
-            ) from cause
-        if found is None:
-            return None
-        return _key_row(query, *found)
+            ) from orig
 
     def _make_async_reader(self) -> AsyncKeyReader:
         cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
