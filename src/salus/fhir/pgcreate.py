@@ -102,7 +102,7 @@ def _rows_of(table: str, param: str) -> str:
 
 
 def _statement(shapes: tuple[tuple[str, tuple[str, ...]], ...], audit: tuple[str, str]) -> str:
-    """The statement for index row ``shapes`` ((table name, columns) each)
+    """The statement for index row ``shapes`` ((table name, row keys) each)
     and the audit append's FROM item and call."""
     found = _STATEMENTS.get(shapes)
     if found is not None:
@@ -122,8 +122,9 @@ def _statement(shapes: tuple[tuple[str, tuple[str, ...]], ...], audit: tuple[str
         f" SELECT {history_values} FROM r RETURNING 1)",
     ]
     counts = ["(SELECT count(*) FROM r)", "(SELECT count(*) FROM h)"]
-    for n, (name, columns) in enumerate(shapes):
+    for n, (name, keys) in enumerate(shapes):
         table = _TABLES[name]
+        columns = [c for c in keys if c != "rid"]
         names = ", ".join(f'"{table.c[c].name}"' for c in columns)  # a KeyError if not a column
         values = ", ".join(f'x."{c}"' for c in columns)
         parts.append(
@@ -160,9 +161,10 @@ def write_creates(
             position += 1
             resources.append({**row, "rid": position})
             for table, values_list in tables.items():
+                name = table.name
                 for values in values_list:
                     values["rid"] = position
-                    key = (table.name, tuple(k for k in values if k != "rid"))
+                    key = (name, tuple(values))  # the row's keys, its rid among them
                     found = grouped.get(key)
                     if found is None:
                         grouped[key] = [values]
