@@ -212,15 +212,20 @@ _PG_JSON_PARTS: dict[str, tuple[str, str]] = {}
 def _pg_json_parts(name: str) -> tuple[str, str]:
     if not name.isidentifier():
         raise ValueError("not an SQL name")
+    # One pass over the events: every array is aggregated from the same rows
+    # in the same order (jsonb_array_elements gives the array's order), so the
+    # i-th element of each array belongs to the i-th event. jsonb: the text is
+    # parsed once (strings are kept exactly); ->> on json parses the element
+    # again for every field.
     aggregates = ", ".join(
-        f"array_agg((e->>{n})::smallint ORDER BY o) AS {column}"
+        f"array_agg((e->>{n})::smallint) AS {column}"
         if column == "outcome"
-        else f"array_agg(e->>{n} ORDER BY o) AS {column}"
+        else f"array_agg(e->>{n}) AS {column}"
         for n, column in enumerate(_PG_JSON_COLUMNS)
     )
     from_item = (  # names from this module; the values are one parameter
-        f"(SELECT {aggregates} FROM json_array_elements(CAST(%({name}_events)s AS json))"  # noqa: S608
-        f" WITH ORDINALITY AS t(e, o)) AS {name}"
+        f"(SELECT {aggregates} FROM jsonb_array_elements(CAST(%({name}_events)s AS jsonb))"  # noqa: S608
+        f" AS t(e)) AS {name}"
     )
     arguments = ", ".join(f"{name}.{column}" for column in _PG_ARGUMENTS)
     return from_item, f"salus_audit_append(%({name}_at)s, %({name}_text)s, {arguments})"
