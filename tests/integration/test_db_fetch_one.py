@@ -219,3 +219,24 @@ def test_async_lost_connections_are_flagged_and_replaced(rows: Database) -> None
         await rows.aclose()
 
     asyncio.run(run())
+
+
+@pytest.mark.postgres
+def test_async_connections_in_use_are_closed_after_aclose(rows: Database) -> None:
+    """Shutting down (``aclose``) while a read is in flight: that read completes,
+    and its connection is closed on return instead of going back to the pool."""
+    if rows.is_sqlite:
+        pytest.skip("async connections are PostgreSQL's; SQLite reads a local file")
+
+    async def run() -> tuple[Any, int, bool]:
+        task = asyncio.create_task(rows.fetch_raw_async("SELECT 7 FROM pg_sleep(0.2)", None))
+        await asyncio.sleep(0.05)
+        reader = rows._async_reader
+        assert reader is not None
+        await rows.aclose()
+        found = await task
+        return found, len(reader._idle), rows._async_reader is None
+
+    found, idle, dropped = asyncio.run(run())
+    assert found is not None and found[1] == (7,)
+    assert idle == 0 and dropped

@@ -48,6 +48,8 @@ class AsyncKeyReader:
         self._slots: asyncio.Semaphore | None = None
         #: Connections opened (for tests).
         self.opened = 0
+        #: Set by :meth:`aclose`/:meth:`close`: connections in use are closed on return.
+        self._closed = False
 
     def _bind(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
@@ -86,7 +88,7 @@ class AsyncKeyReader:
                 ok = True  # a statement error; autocommit left nothing open
                 raise
             finally:
-                if ok and not conn.closed:
+                if ok and not conn.closed and not self._closed:
                     self._idle.append(conn)
                 else:  # lost, or cancelled mid-statement (state unknown): close it
                     _close(conn)
@@ -104,6 +106,7 @@ class AsyncKeyReader:
 
     async def aclose(self) -> None:
         """Close the idle connections (those in use are closed on return)."""
+        self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
             with contextlib.suppress(Exception):
@@ -111,6 +114,7 @@ class AsyncKeyReader:
 
     def close(self) -> None:
         """:meth:`aclose` without a loop (closes the sockets)."""
+        self._closed = True
         self._close_idle()
 
 
