@@ -56,7 +56,7 @@ from salus.security.policy import RecordColumns, RecordFilter
 from salus.security.principal import Principal, PrincipalKind
 from salus.storage.envelope import ValueSealer
 
-__all__ = ["FhirStore", "Stored", "check_id", "new_id"]
+__all__ = ["FhirStore", "Stored", "check_id", "merge_prepared", "new_id", "split_created"]
 
 _INSERT_RESOURCE = insert(fhir_resources)
 _UPDATE_RESOURCE = update(fhir_resources).where(fhir_resources.c.rid == bindparam("rid_"))
@@ -162,6 +162,40 @@ class PreparedCreates:
     encoded: EncodedCreates | None = None
 
 
+def merge_prepared(batches: Sequence[PreparedCreates]) -> PreparedCreates:
+    """Several :class:`PreparedCreates` as one (rows in order; the SQLite
+    driver values joined when every batch has them), to be written by one
+    :meth:`FhirStore.commit_creates`; :func:`split_created` splits its result."""
+    if len(batches) == 1:
+        return batches[0]
+    merged = PreparedCreates(
+        batches[0].principal,
+        batches[0].now,
+        [p for b in batches for p in b.prepared],
+        [c for b in batches for c in b.chosen_ids],
+        [r for b in batches for r in b.rows],
+        [x for b in batches for x in b.index_rows],
+        [e for b in batches for e in b.events],
+        [r for b in batches for r in b.raws] if all(b.raws for b in batches) else [],
+    )
+    parts = [b.encoded for b in batches if b.encoded is not None]
+    if len(parts) == len(batches):
+        merged.encoded = concat_encoded(parts)
+    if len(set(merged.chosen_ids)) != len(merged.chosen_ids):
+        raise Conflict("The same resource id appears twice.")
+    return merged
+
+
+def split_created(batches: Sequence[PreparedCreates], stored: list[Stored]) -> list[list[Stored]]:
+    """The results of a :func:`merge_prepared` batch, per original batch."""
+    out: list[list[Stored]] = []
+    start = 0
+    for batch in batches:
+        out.append(stored[start : start + len(batch.rows)])
+        start += len(batch.rows)
+    return out
+
+
 class FhirStore:
     def __init__(
         self,
@@ -179,6 +213,9 @@ class FhirStore:
         self.validator = validator
         self.compartment = compartment or (lambda _resource: None)
         self.clock = clock
+        #: The group commit of SQLite transaction Bundles of this store
+        #: (:mod:`salus.fhir.bundle`), made on first use.
+        self.bundle_group: Any = None
 
     # -- bodies ------------------------------------------------------------------------
     def _seal(self, res_type: str, res_id: str, version: int, resource: Mapping[str, Any]) -> bytes:
@@ -487,28 +524,7 @@ class FhirStore:
         results split per request (:mod:`salus.fhir.groupcommit`)."""
         if len(batches) == 1:
             return [self.commit_creates(conn, batches[0])]
-        merged = PreparedCreates(
-            batches[0].principal,
-            batches[0].now,
-            [p for b in batches for p in b.prepared],
-            [c for b in batches for c in b.chosen_ids],
-            [r for b in batches for r in b.rows],
-            [x for b in batches for x in b.index_rows],
-            [e for b in batches for e in b.events],
-            [r for b in batches for r in b.raws] if all(b.raws for b in batches) else [],
-        )
-        parts = [b.encoded for b in batches if b.encoded is not None]
-        if len(parts) == len(batches):
-            merged.encoded = concat_encoded(parts)
-        if len(set(merged.chosen_ids)) != len(merged.chosen_ids):
-            raise Conflict("The same resource id appears twice.")
-        stored = self.commit_creates(conn, merged)
-        out: list[list[Stored]] = []
-        start = 0
-        for batch in batches:
-            out.append(stored[start : start + len(batch.rows)])
-            start += len(batch.rows)
-        return out
+        return split_created(batches, self.commit_creates(conn, merge_prepared(batches)))
 
     def update(
         self,
