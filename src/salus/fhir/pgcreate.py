@@ -68,6 +68,7 @@ _RESOURCE_COLUMNS = tuple(c.name for c in fhir_resources.c if c.name != "rid")
 _HISTORY_COLUMNS = tuple(c.name for c in fhir_history.c)
 #: Statement texts by shape (see :func:`_statement`).
 _STATEMENTS: dict[tuple[tuple[str, tuple[str, ...]], ...], str] = {}
+_MAX_STATEMENTS = 256
 _TABLES = {t.name: t for t in fhir_resources.metadata.sorted_tables}
 
 
@@ -140,6 +141,8 @@ def _statement(shapes: tuple[tuple[str, tuple[str, ...]], ...], audit: tuple[str
         # locks the chain head (held then only for the append and the commit).
         + f"\nWHERE {' + '.join(counts)} > 0"
     )
+    if len(_STATEMENTS) >= _MAX_STATEMENTS:  # groups of many resource types
+        _STATEMENTS.clear()
     _STATEMENTS[shapes] = sql
     return sql
 
@@ -173,12 +176,15 @@ def write_creates(
     if not resources:
         return [[] for _ in batches]
     params: dict[str, Any] = {"n": position, "r": _dumps(resources)}
-    for n, rows in enumerate(grouped.values()):
-        params[f"i{n}"] = _dumps(rows)
+    # In a fixed order: one statement text per set of shapes, whatever the
+    # order the group's resources brought them in.
+    shapes = tuple(sorted(grouped))
+    for n, shape in enumerate(shapes):
+        params[f"i{n}"] = _dumps(grouped[shape])
     events = [e for batch in batches for e in batch.events]
     from_item, call, audit_params = audit.pg_append_json(events, "a")
     params.update(audit_params)
-    sql = _statement(tuple(grouped), (from_item, call))
+    sql = _statement(shapes, (from_item, call))
     last, count = _execute(engine, audit, sql, params)
     if last is None or count != position:
         raise RuntimeError("The create group was not written as expected.")
