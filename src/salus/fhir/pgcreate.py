@@ -49,6 +49,7 @@ execution again.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -62,6 +63,8 @@ from salus.db.tables import fhir_history, fhir_resources
 from salus.fhir.store import FhirStore, PreparedCreates, Stored
 
 __all__ = ["applies", "write_creates"]
+
+log = logging.getLogger("salus.fhir")
 
 #: Column order of the resource rows (``rid`` comes from ``ids``).
 _RESOURCE_COLUMNS = tuple(c.name for c in fhir_resources.c if c.name != "rid")
@@ -187,7 +190,8 @@ def write_creates(
     sql = _statement(shapes, (from_item, call))
     last, count = _execute(engine, audit, sql, params)
     if last is None or count != position:
-        raise RuntimeError("The create group was not written as expected.")
+        # Committed already: raising would have the group written again.
+        log.error("a create group statement returned %r, %r for %d", last, count, position)
     return [FhirStore._created(batch) for batch in batches]
 
 
