@@ -136,7 +136,7 @@ def test_one_statement_writes_the_rows_the_store_writes(world: World) -> None:
     flat = [s for result in by_store for s in result]
     expected = snapshot(world, flat)
     purge(world, flat)
-    by_statement = pgcreate.write_creates(db.engine, store.audit, again)
+    by_statement = pgcreate.write_creates(db, store.audit, again)
     assert [[(s.res_type, s.res_id) for s in r] for r in by_statement] == [
         [(s.res_type, s.res_id) for s in r] for r in by_store
     ]
@@ -187,7 +187,7 @@ def test_events_travel_exactly(world: World) -> None:
             detail=detail,
         )
     ]
-    result = pgcreate.write_creates(db.engine, store.audit, batches)
+    result = pgcreate.write_creates(db, store.audit, batches)
     assert len(result) == 2
     with db.read() as conn:
         stored = conn.execute(
@@ -215,14 +215,14 @@ def test_a_failing_statement_writes_nothing(world: World) -> None:
     services = world.services
     store, db = services.fhir_store, services.db
     taken = pgcreate.write_creates(
-        db.engine, store.audit, [store.prepare_creates(FEED, [(patient(10), None)])]
+        db, store.audit, [store.prepare_creates(FEED, [(patient(10), None)])]
     )[0][0]
     before = counts(world)
     good = store.prepare_creates(FEED, [(patient(11), None)])
     bad = store.prepare_creates(FEED, [(patient(12), None)])
     bad.rows[0]["res_id"] = taken.res_id  # as if the random id had collided
     with pytest.raises(DBAPIError) as caught:
-        pgcreate.write_creates(db.engine, store.audit, [good, bad])
+        pgcreate.write_creates(db, store.audit, [good, bad])
     assert "Stmt12" not in str(caught.value) and "MRN-12" not in str(caught.value)
     assert counts(world) == before
     assert verify_chain(db).ok
@@ -300,7 +300,7 @@ def test_without_the_append_function_nothing_is_written(world: World) -> None:
         before = counts(world)
         with pytest.raises(Unavailable, match="salus migrate"):
             pgcreate.write_creates(
-                db.engine, store.audit, [store.prepare_creates(FEED, [(patient(30), None)])]
+                db, store.audit, [store.prepare_creates(FEED, [(patient(30), None)])]
             )
         assert counts(world) == before
     finally:

@@ -340,46 +340,9 @@ class AuditLog:
     def _record_pg(self, events: list[AuditEvent]) -> list[int]:
         """``salus_audit_append`` alone in autocommit on the pooled DBAPI
         connection (as :meth:`record` does through SQLAlchemy's connection)."""
-        engine = self.db.engine
-        dbapi_error = engine.dialect.loaded_dbapi.Error
         params = _pg_append_params(events, self.clock())
-        fairy = engine.raw_connection()
-        try:
-            driver: Any = fairy.driver_connection
-            driver.autocommit = True
-            try:
-                cursor = driver.cursor()
-                try:
-                    cursor.execute(_PG_APPEND, params)
-                    row = cursor.fetchone()
-                finally:
-                    cursor.close()
-            finally:
-                if not driver.closed:
-                    driver.autocommit = False
-        except dbapi_error as exc:
-            state = getattr(exc, "sqlstate", None)
-            if state == _PG_HEAD_ERROR:
-                raise IntegrityError("The audit chain head is missing but events exist.") from None
-            if state == _PG_NO_FUNCTION:  # one rule, one implementation: no fallback (ADR 21)
-                raise Unavailable(
-                    "The database schema is not up to date; run 'salus migrate'."
-                ) from None
-            lost = engine.dialect.is_disconnect(exc, fairy.dbapi_connection, None)
-            if lost:  # as Database.fetch_one does
-                fairy.invalidate(exc)
-                engine.dispose()
-            raise DBAPIError.instance(
-                _PG_APPEND,
-                None,
-                exc,
-                dbapi_error,
-                hide_parameters=True,
-                connection_invalidated=lost,
-                dialect=engine.dialect,
-            ) from exc
-        finally:
-            fairy.close()
+        found = self.db.fetch_raw(_PG_APPEND, params, on_error=self.raise_pg_error)
+        row = None if found is None else found[1]
         last = None if row is None else row[0]
         if last is None:
             raise IntegrityError("The audit chain head could not be moved.")
@@ -486,7 +449,7 @@ class AuditLog:
         return parts[0], parts[1], params
 
     @staticmethod
-    def raise_pg_error(exc: BaseException) -> None:
+    def raise_pg_error(exc: BaseException | None) -> None:
         """Raise the chain's own error for a driver error ``exc`` of a
         statement holding :meth:`pg_append_json` (head missing, function
         missing); return for any other error."""
@@ -510,13 +473,7 @@ class AuditLog:
         try:
             last = conn.exec_driver_sql(_PG_APPEND, params).scalar()
         except DBAPIError as exc:
-            state = getattr(exc.orig, "sqlstate", None)
-            if state == _PG_HEAD_ERROR:
-                raise IntegrityError("The audit chain head is missing but events exist.") from None
-            if state == _PG_NO_FUNCTION:  # one rule, one implementation: no fallback (ADR 21)
-                raise Unavailable(
-                    "The database schema is not up to date; run 'salus migrate'."
-                ) from None
+            self.raise_pg_error(exc.orig)
             raise
         if last is None:
             raise IntegrityError("The audit chain head could not be moved.")

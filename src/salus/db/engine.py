@@ -304,8 +304,37 @@ class Database:
             with self.read_once() as conn:
                 row = conn.execute(statement, dict(params)).mappings().first()
                 return dict(row) if row is not None else None
-        args = _key_args(query, params)
-        fairy = self.engine.raw_connection()
+        found = self.fetch_raw(query.sql, _key_args(query, params))
+        if found is None:
+            return None
+        names, values = found
+        return _key_row(query, names, values)
+
+    def fetch_raw(
+        self,
+        sql: str,
+        args: Any,
+        *,
+        on_error: Callable[[BaseException], None] | None = None,
+        label: str | None = None,
+    ) -> tuple[list[str], tuple[Any, ...]] | None:
+        """One statement of driver SQL alone on the pooled DBAPI connection, in
+        autocommit on PostgreSQL (committed, ``synchronous_commit`` on, when
+        it returns): its column names and first row, or None. The one place
+        that runs such statements (:meth:`fetch_one`, the audit's group
+        append, the PostgreSQL create group), :meth:`fetch_raw_async` its
+        twin on the event loop.
+
+        ``on_error`` sees a driver error first and may raise a more specific
+        one. Otherwise driver errors are raised as SQLAlchemy's with the
+        parameters hidden (the statement named by ``label``, default ``sql``);
+        a lost connection is invalidated and the pool replaced
+        (``Engine.dispose``: connections checked out now are closed on
+        return), as SQLAlchemy's own invalidation of the pool does.
+        """
+        engine = self.engine
+        dbapi_error = engine.dialect.loaded_dbapi.Error
+        fairy = engine.raw_connection()
         try:
             driver: Any = fairy.driver_connection
             postgres = not self.is_sqlite
@@ -314,7 +343,7 @@ class Database:
             try:
                 cursor = fairy.cursor()
                 try:
-                    cursor.execute(query.sql, args)
+                    cursor.execute(sql, args)
                     row = cursor.fetchone()
                     names = [d[0] for d in cursor.description] if row is not None else []
                 finally:
@@ -322,25 +351,25 @@ class Database:
             finally:
                 if postgres and not driver.closed:
                     driver.autocommit = False
-        except self.engine.dialect.loaded_dbapi.Error as exc:
-            lost = self.engine.dialect.is_disconnect(exc, fairy.dbapi_connection, None)
+        except dbapi_error as exc:
+            if on_error is not None:
+                on_error(exc)
+            lost = engine.dialect.is_disconnect(exc, fairy.dbapi_connection, None)
             if lost:  # as SQLAlchemy does on a disconnect, with public calls:
                 fairy.invalidate(exc)  # this one is closed, not returned to the pool,
-                self.engine.dispose()  # and the others (opened before the loss) go too
+                engine.dispose()  # and the others (opened before the loss) go too
             raise DBAPIError.instance(
-                query.sql,
+                label or sql,
                 None,
                 exc,
-                self.engine.dialect.loaded_dbapi.Error,
+                dbapi_error,
                 hide_parameters=True,
                 connection_invalidated=lost,
-                dialect=self.engine.dialect,
+                dialect=engine.dialect,
             ) from exc
         finally:
             fairy.close()
-        if row is None:
-            return None
-        return _key_row(query, names, row)
+        return None if row is None else (names, row)
 
     def _key_query(self, statement: Select[Any]) -> _KeyQuery | None:
         entry = self._key_queries.get(id(statement))

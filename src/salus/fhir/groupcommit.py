@@ -110,7 +110,7 @@ class CreateGroup:
         autocommit (:mod:`salus.fhir.pgcreate`: one round trip), else the
         store's inserts, audit append and commit."""
         if pgcreate.applies(self.db.engine, batches):
-            return pgcreate.write_creates(self.db.engine, self.store.audit, batches)
+            return pgcreate.write_creates(self.db, self.store.audit, batches)
         with self.db.write() as conn:
             return self.store.commit_create_groups(conn, batches)
 

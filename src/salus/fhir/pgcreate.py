@@ -56,9 +56,9 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
 
 from salus.audit.chain import AuditLog
+from salus.db.engine import Database
 from salus.db.tables import fhir_history, fhir_resources
 from salus.fhir.store import FhirStore, PreparedCreates, Stored
 
@@ -151,7 +151,7 @@ def _statement(shapes: tuple[tuple[str, tuple[str, ...]], ...], audit: tuple[str
 
 
 def write_creates(
-    engine: Engine, audit: AuditLog, batches: Sequence[PreparedCreates]
+    db: Database, audit: AuditLog, batches: Sequence[PreparedCreates]
 ) -> list[list[Stored]]:
     """Write ``batches`` (PostgreSQL, :func:`applies`) in one autocommit
     statement; their results per batch once it has committed. A failure
@@ -188,7 +188,7 @@ def write_creates(
     from_item, call, audit_params = audit.pg_append_json(events, "a")
     params.update(audit_params)
     sql = _statement(shapes, (from_item, call))
-    last, count = _execute(engine, audit, sql, params)
+    last, count = _execute(db, audit, sql, params)
     if last is None or count != position:
         # Committed already: raising would have the group written again.
         log.error("a create group statement returned %r, %r for %d", last, count, position)
@@ -196,39 +196,13 @@ def write_creates(
 
 
 def _execute(
-    engine: Engine, audit: AuditLog, sql: str, params: dict[str, Any]
+    db: Database, audit: AuditLog, sql: str, params: dict[str, Any]
 ) -> tuple[int | None, int | None]:
-    """Run ``sql`` alone in autocommit on a pooled connection (as
-    :meth:`AuditLog.record_batch` does); driver errors as SQLAlchemy's."""
-    dbapi_error = engine.dialect.loaded_dbapi.Error
-    fairy = engine.raw_connection()
-    try:
-        driver: Any = fairy.driver_connection
-        driver.autocommit = True
-        try:
-            with driver.cursor() as cursor:
-                cursor.execute(sql, params)
-                row = cursor.fetchone()
-        finally:
-            if not driver.closed:
-                driver.autocommit = False
-    except dbapi_error as exc:
-        audit.raise_pg_error(exc)
-        lost = engine.dialect.is_disconnect(exc, fairy.dbapi_connection, None)
-        if lost:  # as Database.fetch_one does
-            fairy.invalidate(exc)
-            engine.dispose()
-        raise DBAPIError.instance(
-            "INSERT (create group)",
-            None,
-            exc,
-            dbapi_error,
-            hide_parameters=True,
-            connection_invalidated=lost,
-            dialect=engine.dialect,
-        ) from exc
-    finally:
-        fairy.close()
-    if row is None:
+    """Run ``sql`` alone in autocommit on a pooled connection
+    (:meth:`Database.fetch_raw`, as :meth:`AuditLog.record_batch` does);
+    driver errors as SQLAlchemy's, the chain's own errors first."""
+    found = db.fetch_raw(sql, params, on_error=audit.raise_pg_error, label="INSERT (create group)")
+    if found is None:
         return None, None
+    row = found[1]
     return row[0], row[1]
