@@ -4,8 +4,6 @@ audit event in the chain, all or nothing, and the group commit using it."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -25,6 +23,7 @@ from salus.security.policy import RecordFilter
 from salus.security.principal import Principal, PrincipalKind
 from tests.conftest import BACKENDS
 from tests.integration.security_world import World, make_world
+from tests.integration.test_fhir_group_commit import run_queued
 
 FEED = Principal(PrincipalKind.CLIENT, "a-feed", "hosp-a", client_id="a-feed")
 INDEX_TABLES = [t for t in metadata.sorted_tables if t.name.startswith("fhir_idx_")]
@@ -238,33 +237,16 @@ def test_the_group_commit_uses_one_statement_and_retries_alone(
     calls: list[int] = []
     real = pgcreate.write_creates
 
-    def spy(engine: Any, audit: Any, batches: Any) -> Any:
+    def spy(database: Any, audit: Any, batches: Any) -> Any:
         calls.append(len(batches))
-        return real(engine, audit, batches)
+        return real(database, audit, batches)
 
     monkeypatch.setattr(pgcreate, "write_creates", spy)
     taken = CreateGroup(db, store).commit(store.prepare_creates(FEED, [(patient(20), None)]))[0]
     group = CreateGroup(db, store)
     jobs = [store.prepare_creates(FEED, [(patient(n), None)]) for n in (21, 22, 23)]
     jobs[1].rows[0]["res_id"] = taken.res_id
-    results: list[Any] = [None] * len(jobs)
-
-    def work(i: int) -> None:
-        try:
-            results[i] = group.commit(jobs[i])
-        except Exception as exc:
-            results[i] = exc
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
-    with group._writer:  # queue all three, then let them go together
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + 10
-        while len(group._queue) < len(jobs) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert len(group._queue) == len(jobs)
-    for thread in threads:
-        thread.join(10)
+    results = run_queued(group, jobs)  # queue all three, then let them go together
     assert calls == [1, 3, 1, 1, 1]  # the lone create, the group, then each alone
     assert isinstance(results[1], DBAPIError)
     assert group.creates == 2

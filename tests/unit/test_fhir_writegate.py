@@ -18,6 +18,26 @@ def _run(target: object) -> threading.Thread:
     return thread
 
 
+def _holder(
+    gate: WriteGate, done: list[str] | None = None
+) -> tuple[threading.Thread, threading.Event]:
+    """A thread that holds ``gate`` until the returned event is set (then
+    notes "holder done" in ``done``); returned once it holds it."""
+    holding = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with gate.holding():
+            holding.set()
+            release.wait(5)
+            if done is not None:
+                done.append("holder done")
+
+    thread = _run(hold)
+    assert holding.wait(5)
+    return thread, release
+
+
 def test_checkpoint_passes_without_a_holder_and_for_the_holder_itself() -> None:
     gate = WriteGate()
     started = time.monotonic()
@@ -33,21 +53,12 @@ def test_checkpoint_passes_without_a_holder_and_for_the_holder_itself() -> None:
 def test_checkpoint_waits_until_the_holder_leaves() -> None:
     gate = WriteGate()
     order: list[str] = []
-    holding = threading.Event()
-    release = threading.Event()
-
-    def holder() -> None:
-        with gate.holding():
-            holding.set()
-            release.wait(5)
-            order.append("holder done")
 
     def preparer() -> None:
         gate.checkpoint()
         order.append("preparer passed")
 
-    first = _run(holder)
-    assert holding.wait(5)
+    first, release = _holder(gate, order)
     second = _run(preparer)
     time.sleep(0.05)
     assert order == []  # still waiting at its checkpoint
@@ -60,16 +71,7 @@ def test_checkpoint_waits_until_the_holder_leaves() -> None:
 def test_checkpoint_waits_at_most_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(writegate, "MAX_WAIT_S", 0.05)
     gate = WriteGate()
-    holding = threading.Event()
-    release = threading.Event()
-
-    def holder() -> None:
-        with gate.holding():
-            holding.set()
-            release.wait(5)
-
-    thread = _run(holder)
-    assert holding.wait(5)
+    thread, release = _holder(gate)
     passed = threading.Event()
     _run(lambda: (gate.checkpoint(), passed.set()))
     assert passed.wait(2)  # went on although the holder is still there
@@ -82,16 +84,7 @@ def test_inactive_holding_and_a_second_holder_change_nothing() -> None:
     with gate.holding(active=False):
         assert gate.enter() is True  # nobody held it
         gate.leave()
-    holding = threading.Event()
-    release = threading.Event()
-
-    def holder() -> None:
-        with gate.holding():
-            holding.set()
-            release.wait(5)
-
-    thread = _run(holder)
-    assert holding.wait(5)
+    thread, release = _holder(gate)
     assert gate.enter() is False  # another thread holds it: not taken over
     gate.leave()  # not the holder: no effect
     waited = threading.Event()
