@@ -7,6 +7,10 @@ The ASGI adapter (:mod:`salus.fhir.asgi`) deals with content types, headers
 and status codes only. Every interaction is authorized by the policy engine
 (the filter goes into the SQL) and audited: writes inside their transaction,
 reads through the group-committed audit log before the response leaves.
+The answers to a stored resource (headers, ``Prefer``, read audit events) are
+in :mod:`salus.fhir.responses`, the paged history and ``$everything`` Bundles
+in :mod:`salus.fhir.paging`, conditional create/update/delete in
+:mod:`salus.fhir.conditional`.
 """
 
 from __future__ import annotations
@@ -15,38 +19,34 @@ import asyncio
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
 
-from sqlalchemy import text
-
-from salus.audit.events import AuditEvent
-from salus.errors import (
-    Forbidden,
-    InvalidInput,
-    MethodNotAllowed,
-    NotFound,
-    PreconditionFailed,
-    UnprocessableContent,
-)
+from salus.errors import Forbidden, MethodNotAllowed, NotFound, UnprocessableContent
 from salus.fhir.auditevents import read_audit_event, search_audit_events
-from salus.fhir.bundle import BundleProcessor
+from salus.fhir.bundle import BundleProcessor, Matcher
+from salus.fhir.conditional import (
+    condition_matcher,
+    conditional_create,
+    conditional_delete,
+    conditional_params,
+    conditional_update,
+)
 from salus.fhir.deidview import Pseudonymizer, deidentify
 from salus.fhir.groupcommit import CreateGroup
 from salus.fhir.operations import everything, meta_parameters, validate_operation
+from salus.fhir.paging import everything_bundle, history_bundle, offset_param
 from salus.fhir.patch import apply_patch
+from salus.fhir.responses import patient_of, preferred, read_answer, read_event, with_headers
 from salus.fhir.rest import (
     FhirRequest,
     FhirResponse,
     count_param,
     form_params,
-    http_date,
     if_match,
-    instant,
     parse_json_body,
     since_param,
 )
 from salus.fhir.searching import Searcher, merge_form
-from salus.fhir.store import FhirStore, Stored, new_id
+from salus.fhir.store import FhirStore
 from salus.security.policy import AccessRequest, Decision, Interaction, PolicyEngine
 
 if TYPE_CHECKING:
@@ -63,15 +63,6 @@ MAX_AUDITED_PATIENTS = 200
 
 
 Handler = Callable[[FhirRequest, re.Match[str]], FhirResponse]
-
-
-def _patient_of(stored: Stored) -> str | None:
-    """The patient whose record a resource belongs to (its compartment)."""
-    return stored.res_id if stored.res_type == "Patient" else stored.patient_key
-
-
-#: A transaction-scoped lock per search condition (PostgreSQL).
-_CONDITION_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 
 
 class FhirRouter:
@@ -155,30 +146,6 @@ class FhirRouter:
             request.principal, AccessRequest(res_type, interaction, request.purpose)
         )
 
-    @staticmethod
-    def _read_event(
-        request: FhirRequest,
-        decision: Decision,
-        entity: str,
-        description: str,
-        *,
-        patient_key: str | None = None,
-        detail: dict[str, Any] | None = None,
-        flags: str | None = None,
-    ) -> AuditEvent:
-        """The audit event of a read-type interaction (recorded before answering)."""
-        return AuditEvent.for_principal(
-            request.principal,
-            category="rest",
-            action="R",
-            entity=entity,
-            patient_key=patient_key,
-            purpose=decision.purpose,
-            description=description,
-            detail=detail,
-            flags=flags,
-        )
-
     def _view(self, decision: Decision, resource: dict[str, Any] | None) -> dict[str, Any] | None:
         """What a reader may see: de-identified for research and public health."""
         if resource is None or not decision.deidentify:
@@ -187,34 +154,6 @@ class FhirRouter:
             raise Forbidden("De-identified access is not configured.")
         return deidentify(resource, self.pseudonymizer)
 
-    def _with_headers(
-        self, stored: Stored, request: FhirRequest, status: int, body: dict[str, Any] | None
-    ) -> FhirResponse:
-        headers = {"ETag": stored.etag, "Last-Modified": http_date(stored.last_updated)}
-        if status == 201 or request.method in ("POST", "PUT"):
-            headers["Location"] = f"{request.base_url}/{stored.location}"
-        return FhirResponse(status, body, headers)
-
-    def _prefer(self, request: FhirRequest, stored: Stored, status: int) -> FhirResponse:
-        prefer = request.headers.get("prefer", "")
-        if "return=minimal" in prefer:
-            return self._with_headers(stored, request, status, None)
-        if "return=OperationOutcome" in prefer:
-            outcome = {
-                "resourceType": "OperationOutcome",
-                "issue": [
-                    {
-                        "severity": "information",
-                        "code": "informational",
-                        "diagnostics": f"{stored.location} stored.",
-                    }
-                ],
-            }
-            return self._with_headers(stored, request, status, outcome)
-        response = self._with_headers(stored, request, status, stored.resource)
-        response.raw = stored.raw  # the JSON just sealed, when at hand (creates)
-        return response
-
     # -- interactions ------------------------------------------------------------------
     def _audit_search(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
         """The audit trail as FHIR AuditEvent (security officers)."""
@@ -222,7 +161,7 @@ class FhirRouter:
         bundle = search_audit_events(self.db, decision.require(), request.query, request.base_url)
         response = FhirResponse(200, bundle)
         response.audit.append(
-            self._read_event(request, decision, "AuditEvent?search", "audit trail searched")
+            read_event(request, decision, "AuditEvent?search", "audit trail searched")
         )
         return response
 
@@ -231,7 +170,7 @@ class FhirRouter:
         resource = read_audit_event(self.db, decision.require(), match["id"])
         response = FhirResponse(200, resource)
         response.audit.append(
-            self._read_event(request, decision, f"AuditEvent/{match['id']}", "audit event read")
+            read_event(request, decision, f"AuditEvent/{match['id']}", "audit event read")
         )
         return response
 
@@ -246,7 +185,7 @@ class FhirRouter:
         if decision.deidentify:
             raise Forbidden("De-identified access searches; it does not read by id.")
         stored = self.store.read_from(self.db, decision.require(), res_type, res_id)
-        return self._read_answer(request, decision, stored, res_type, res_id)
+        return read_answer(request, decision, stored, f"{res_type}/{res_id}", "read")
 
     async def _read_async(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
         """:meth:`_read` with its statement on the loop (:meth:`handle_async`)."""
@@ -257,19 +196,7 @@ class FhirRouter:
         statement, params = self.store._read_query(decision.require(), res_type, res_id)
         row = await self.db.fetch_one_async(statement, params)
         stored = self.store._read_found(row, res_type, res_id)
-        return self._read_answer(request, decision, stored, res_type, res_id)
-
-    def _read_answer(
-        self, request: FhirRequest, decision: Decision, stored: Stored, res_type: str, res_id: str
-    ) -> FhirResponse:
-        response = self._with_headers(stored, request, 200, stored.resource)
-        response.raw = stored.raw
-        response.audit.append(
-            self._read_event(
-                request, decision, f"{res_type}/{res_id}", "read", patient_key=_patient_of(stored)
-            )
-        )
-        return response
+        return read_answer(request, decision, stored, f"{res_type}/{res_id}", "read")
 
     def _vread(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
         res_type, res_id, vid = match["type"], match["id"], int(match["vid"])
@@ -277,7 +204,8 @@ class FhirRouter:
         if decision.deidentify:
             raise Forbidden("De-identified access searches; it does not read by id.")
         stored = self.store.vread_from(self.db, decision.require(), res_type, res_id, vid)
-        return self._vread_answer(request, decision, stored, res_type, res_id, vid)
+        entity = f"{res_type}/{res_id}/_history/{vid}"
+        return read_answer(request, decision, stored, entity, "vread")
 
     async def _vread_async(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
         """:meth:`_vread` with its statement on the loop (:meth:`handle_async`)."""
@@ -289,29 +217,8 @@ class FhirRouter:
         statement, params = self.store._vread_query(flt, res_type, res_id, vid)
         row = await self.db.fetch_one_async(statement, params)
         stored = self.store._vread_found(row, res_type, res_id, vid)
-        return self._vread_answer(request, decision, stored, res_type, res_id, vid)
-
-    def _vread_answer(
-        self,
-        request: FhirRequest,
-        decision: Decision,
-        stored: Stored,
-        res_type: str,
-        res_id: str,
-        vid: int,
-    ) -> FhirResponse:
-        response = self._with_headers(stored, request, 200, stored.resource)
-        response.raw = stored.raw
-        response.audit.append(
-            self._read_event(
-                request,
-                decision,
-                f"{res_type}/{res_id}/_history/{vid}",
-                "vread",
-                patient_key=_patient_of(stored),
-            )
-        )
-        return response
+        entity = f"{res_type}/{res_id}/_history/{vid}"
+        return read_answer(request, decision, stored, entity, "vread")
 
     def _history(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
         groups = match.groupdict()
@@ -324,10 +231,7 @@ class FhirRouter:
         if decision.deidentify:
             raise Forbidden("De-identified access does not include history.")
         count = count_param(request)
-        offset_raw = request.param("_offset") or "0"
-        if not offset_raw.isdigit():
-            raise InvalidInput("_offset must be a non-negative integer.", expression=["_offset"])
-        offset = int(offset_raw)
+        offset = offset_param(request)
         with self.db.read() as conn:
             versions, total = self.store.history(
                 conn,
@@ -339,50 +243,10 @@ class FhirRouter:
                 offset=offset,
             )
         base = "/".join(p for p in (res_type, res_id, "_history") if p)
-        bundle: dict[str, Any] = {
-            "resourceType": "Bundle",
-            "type": "history",
-            "total": total,
-            "link": [
-                {
-                    "relation": "self",
-                    "url": f"{request.base_url}/{base}?_count={count}&_offset={offset}",
-                }
-            ],
-            "entry": [],
-        }
-        if offset + count < total:
-            bundle["link"].append(
-                {
-                    "relation": "next",
-                    "url": f"{request.base_url}/{base}?_count={count}&_offset={offset + count}",
-                }
-            )
-        for stored in versions:
-            entry: dict[str, Any] = {
-                "fullUrl": f"{request.base_url}/{stored.res_type}/{stored.res_id}",
-                "request": {
-                    "method": "DELETE"
-                    if stored.deleted
-                    else ("POST" if stored.version == 1 else "PUT"),
-                    "url": f"{stored.res_type}/{stored.res_id}"
-                    if stored.version > 1 or stored.deleted
-                    else stored.res_type,
-                },
-                "response": {
-                    "status": "410"
-                    if stored.deleted
-                    else ("201" if stored.version == 1 else "200"),
-                    "etag": stored.etag,
-                    "lastModified": instant(stored.last_updated),
-                },
-            }
-            if stored.resource is not None:
-                entry["resource"] = stored.resource
-            bundle["entry"].append(entry)
+        bundle = history_bundle(request.base_url, base, versions, total, count, offset)
         response = FhirResponse(200, bundle)
         response.audit.append(
-            self._read_event(
+            read_event(
                 request,
                 decision,
                 base,
@@ -437,7 +301,7 @@ class FhirRouter:
         ]
         for patient in patients[:MAX_AUDITED_PATIENTS] or [None]:
             response.audit.append(
-                self._read_event(
+                read_event(
                     request,
                     decision,
                     f"{res_type}?search",
@@ -449,32 +313,13 @@ class FhirRouter:
             )
         return response
 
-    def _matcher(
-        self, request: FhirRequest
-    ) -> Callable[[Any, str, list[tuple[str, str]]], list[Stored]]:
+    def _matcher(self, request: FhirRequest) -> Matcher:
         """Conditional matching: a search under the caller's own filter."""
-
-        def matches(conn: Any, res_type: str, params: list[tuple[str, str]]) -> list[Stored]:
-            if self.searcher is None:
-                raise NotFound("Search is not available.")
-            decision = self._decide(request, res_type, Interaction.SEARCH)
-            if conn.dialect.name == "postgresql":
-                # Two transactions with the same condition (If-None-Exist, conditional
-                # update, ifNoneExist) must not both find nothing and both create:
-                # the second waits here until the first commits, then sees its row.
-                # (SQLite has one writer at a time: nothing to do.)
-                key = res_type + "?" + "&".join(f"{k}={v}" for k, v in sorted(params))
-                conn.execute(_CONDITION_LOCK, {"key": key})
-            result = self.searcher.search(
-                conn,
-                decision.require(),
-                res_type,
-                [*params, ("_count", "2")],
-                base_url=request.base_url,
-            )
-            return result.matches
-
-        return matches
+        return condition_matcher(
+            self.searcher,
+            lambda res_type: self._decide(request, res_type, Interaction.SEARCH),
+            request.base_url,
+        )
 
     def _validate(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
         """resource-operation-validate: never stores anything; ``profile`` (query or
@@ -498,12 +343,12 @@ class FhirRouter:
         stored = self.store.read_from(self.db, decision.require(), res_type, res_id)
         response = FhirResponse(200, meta_parameters(stored))
         response.audit.append(
-            self._read_event(
+            read_event(
                 request,
                 decision,
                 f"{res_type}/{res_id}/$meta",
                 "meta",
-                patient_key=_patient_of(stored),
+                patient_key=patient_of(stored),
             )
         )
         return response
@@ -520,10 +365,7 @@ class FhirRouter:
         for res_type in types or ():
             self._decide(request, res_type, Interaction.READ)
         count = count_param(request)
-        offset_raw = request.param("_offset") or "0"
-        if not offset_raw.isdigit():
-            raise InvalidInput("_offset must be a non-negative integer.", expression=["_offset"])
-        offset = int(offset_raw)
+        offset = offset_param(request)
         with self.db.read() as conn:
             patient, page, total = everything(
                 conn,
@@ -535,46 +377,18 @@ class FhirRouter:
                 count=count,
                 offset=offset,
             )
-        entries = [
-            {
-                "fullUrl": f"{request.base_url}/{s.res_type}/{s.res_id}",
-                "resource": s.resource,
-                "search": {"mode": "match"},
-            }
-            for s in ([patient] if offset == 0 else []) + page
-            if s.resource
-        ]
-        bundle: dict[str, Any] = {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": total + 1,
-            "entry": entries,
-            "link": [
-                {
-                    "relation": "self",
-                    "url": f"{request.base_url}/Patient/"
-                    f"{patient_id}/$everything?_count={count}&_offset={offset}",
-                }
-            ],
-        }
-        if offset + count < total:
-            bundle["link"].append(
-                {
-                    "relation": "next",
-                    "url": f"{request.base_url}/Patient/"
-                    f"{patient_id}/$everything?_count={count}"
-                    f"&_offset={offset + count}",
-                }
-            )
+        bundle = everything_bundle(
+            request.base_url, patient_id, patient, page, total, count, offset
+        )
         response = FhirResponse(200, bundle)
         response.audit.append(
-            self._read_event(
+            read_event(
                 request,
                 decision,
                 f"Patient/{patient_id}/$everything",
                 "$everything",
                 patient_key=patient_id,
-                detail={"interaction": "operation", "entries": len(entries)},
+                detail={"interaction": "operation", "entries": len(bundle["entry"])},
             )
         )
         return response
@@ -600,16 +414,14 @@ class FhirRouter:
         batch = self.store.prepare_creates(request.principal, [(resource, None)])
         if not condition:
             [stored] = self.creates.commit(batch)
-            return self._prefer(request, stored, 201)
+            return preferred(request, stored, 201)
         with self.db.write() as conn:  # conditional create (http.html#ccreate)
-            params = parse_qsl(condition.split("?", 1)[-1], keep_blank_values=True)
-            found = self._matcher(request)(conn, res_type, params)
-            if len(found) > 1:
-                raise PreconditionFailed("If-None-Exist matches several resources.")
-            if found:
-                return self._with_headers(found[0], request, 200, None)
-            [stored] = self.store.commit_creates(conn, batch)
-        return self._prefer(request, stored, 201)
+            stored, created = conditional_create(
+                conn, self.store, self._matcher(request), res_type, condition, batch
+            )
+        if not created:
+            return with_headers(stored, request, 200, None)
+        return preferred(request, stored, 201)
 
     def _update(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
         res_type, res_id = match["type"], match["id"]
@@ -623,7 +435,7 @@ class FhirRouter:
             resource,
             if_match=if_match(request.headers),
         )
-        return self._prefer(request, stored, 201 if created else 200)
+        return preferred(request, stored, 201 if created else 200)
 
     def _patch(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
         """http.html#patch: JSON Patch or FHIRPath Patch; the result is validated and
@@ -644,54 +456,36 @@ class FhirRouter:
                 patched,
                 if_match=if_match(request.headers),
             )
-        return self._prefer(request, stored, 200)
-
-    def _conditional_params(self, request: FhirRequest) -> list[tuple[str, str]]:
-        params = [(k, v) for k, v in request.query if not k.startswith("_") or k == "_id"]
-        if not params:
-            raise InvalidInput("A conditional update or delete needs search parameters.")
-        return params
+        return preferred(request, stored, 200)
 
     def _conditional_update(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
         """http.html#cond-update: PUT [type]?search — create, update the one match, or 412."""
         res_type = match["type"]
         resource = parse_json_body(request.body)
         self._decide(request, res_type, Interaction.UPDATE)
-        params = self._conditional_params(request)
+        params = conditional_params(request.query)
         with self.db.write() as conn:
-            found = self._matcher(request)(conn, res_type, params)
-            if len(found) > 1:
-                raise PreconditionFailed("The search matches several resources.")
-            if found:
-                res_id = found[0].res_id
-                if resource.get("id") not in (None, res_id):
-                    raise InvalidInput(
-                        "The resource id does not match the one found.",
-                        expression=[f"{res_type}.id"],
-                    )
-            else:
-                res_id = str(resource.get("id") or new_id())
-            stored, created = self.store.update(
+            stored, created = conditional_update(
                 conn,
+                self.store,
                 request.principal,
+                self._matcher(request),
                 res_type,
-                res_id,
-                {**resource, "id": res_id},
-                if_match=if_match(request.headers),
+                params,
+                resource,
+                request.headers,
             )
-        return self._prefer(request, stored, 201 if created else 200)
+        return preferred(request, stored, 201 if created else 200)
 
     def _conditional_delete(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
         """http.html#cdelete (single): delete the one match; 412 if several."""
         res_type = match["type"]
         self._decide(request, res_type, Interaction.DELETE)
-        params = self._conditional_params(request)
+        params = conditional_params(request.query)
         with self.db.write() as conn:
-            found = self._matcher(request)(conn, res_type, params)
-            if len(found) > 1:
-                raise PreconditionFailed("The search matches several resources.")
-            if found:
-                self.store.delete(conn, request.principal, res_type, found[0].res_id)
+            conditional_delete(
+                conn, self.store, request.principal, self._matcher(request), res_type, params
+            )
         return FhirResponse(204)
 
     def _delete(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
