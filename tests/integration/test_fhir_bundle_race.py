@@ -21,8 +21,8 @@ import pytest
 from sqlalchemy import select
 
 from salus.db.tables import fhir_resources
+from salus.fhir.prepare import PreparedCreates
 from salus.fhir.rest import FhirRequest
-from salus.fhir.store import PreparedCreates
 from tests.conftest import BACKENDS
 from tests.integration.security_world import World, make_world
 

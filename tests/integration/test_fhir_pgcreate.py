@@ -18,7 +18,8 @@ from salus.db.tables import audit_events, fhir_history, fhir_resources, metadata
 from salus.errors import Unavailable
 from salus.fhir import pgcreate
 from salus.fhir.groupcommit import CreateGroup
-from salus.fhir.store import PreparedCreates, Stored
+from salus.fhir.prepare import PreparedCreates
+from salus.fhir.store import Stored
 from salus.security.policy import RecordFilter
 from salus.security.principal import Principal, PrincipalKind
 from tests.conftest import BACKENDS

@@ -32,7 +32,8 @@ from salus.errors import (
     UnprocessableContent,
 )
 from salus.fhir.groupcommit import CreateGroup
-from salus.fhir.store import FhirStore, PreparedCreates, Stored, merge_prepared, split_created
+from salus.fhir.prepare import PreparedCreates, merge_prepared, split_created
+from salus.fhir.store import FhirStore, Stored
 from salus.fhir.writegate import GATE
 from salus.security.policy import AccessRequest, Interaction, PolicyEngine
 from salus.security.principal import Principal, Purpose

@@ -18,9 +18,10 @@ from sqlalchemy import text
 
 from salus.errors import InvalidInput, NotFound, PreconditionFailed
 from salus.fhir.bundle import Matcher
+from salus.fhir.prepare import PreparedCreates
 from salus.fhir.rest import if_match
 from salus.fhir.searching import Searcher
-from salus.fhir.store import FhirStore, PreparedCreates, Stored, new_id
+from salus.fhir.store import FhirStore, Stored, new_id
 from salus.security.policy import Decision
 from salus.security.principal import Principal
 

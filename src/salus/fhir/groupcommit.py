@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from salus.fhir import pgcreate
-from salus.fhir.store import FhirStore, PreparedCreates, Stored
+from salus.fhir.prepare import PreparedCreates
+from salus.fhir.store import FhirStore, Stored
 
 __all__ = ["CreateGroup"]
 

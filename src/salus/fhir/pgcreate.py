@@ -60,7 +60,8 @@ from sqlalchemy.engine import Engine
 from salus.audit.chain import AuditLog
 from salus.db.engine import Database
 from salus.db.tables import fhir_history, fhir_resources
-from salus.fhir.store import FhirStore, PreparedCreates, Stored
+from salus.fhir.prepare import PreparedCreates, created
+from salus.fhir.store import Stored
 
 __all__ = ["applies", "write_creates"]
 
@@ -192,7 +193,7 @@ def write_creates(
     if last is None or count != position:
         # Committed already: raising would have the group written again.
         log.error("a create group statement returned %r, %r for %d", last, count, position)
-    return [FhirStore._created(batch) for batch in batches]
+    return [created(batch) for batch in batches]
 
 
 def _execute(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -36,11 +35,18 @@ from salus.errors import (
     InvalidInput,
     NotFound,
     PreconditionFailed,
-    SalusError,
-    UnprocessableContent,
 )
 from salus.fhir.categories import category_of
 from salus.fhir.indexing import Indexer
+from salus.fhir.prepare import (
+    PreparedCreates,
+    created,
+    json_bytes,
+    merge_prepared,
+    prepare_creates,
+    split_created,
+    type_of,
+)
 from salus.fhir.storereads import (
     HISTORY_COLUMNS,
     RESOURCE_COLUMNS,
@@ -50,10 +56,7 @@ from salus.fhir.storereads import (
     new_id,
 )
 from salus.fhir.updates import CURRENT, plan_update, write_planned
-from salus.fhir.writegate import GATE
 from salus.fhir.writerows import (
-    EncodedCreates,
-    concat_encoded,
     encode_creates,
     insert_encoded,
 )
@@ -66,9 +69,7 @@ __all__ = [
     "FhirStore",
     "Stored",
     "check_id",
-    "merge_prepared",
     "new_id",
-    "split_created",
 ]
 
 _INSERT_RESOURCE = insert(fhir_resources)
@@ -80,63 +81,6 @@ _INSERT_HISTORY = insert(fhir_history)
 
 Validator = Callable[[Mapping[str, Any]], None]
 Compartment = Callable[[Mapping[str, Any]], str | None]
-
-
-def _json_bytes(resource: Mapping[str, Any]) -> bytes:
-    """A body as stored: compact UTF-8 JSON (what Starlette's JSONResponse writes too)."""
-    return json.dumps(resource, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-@dataclass(slots=True)
-class PreparedCreates:
-    """New resources ready to be written (see :meth:`FhirStore.prepare_creates`)."""
-
-    principal: Principal
-    now: datetime
-    prepared: list[tuple[str, str, dict[str, Any]]]
-    chosen_ids: list[tuple[str, str]]
-    rows: list[dict[str, Any]]
-    index_rows: list[dict[Table, list[dict[str, Any]]]]
-    events: list[AuditEvent]
-    #: Each body as the JSON that was sealed (the create's response body).
-    raws: list[bytes] = field(default_factory=list)
-    #: The rows as driver values, made before the write lock (SQLite only;
-    #: :meth:`FhirStore.encode`).
-    encoded: EncodedCreates | None = None
-
-
-def merge_prepared(batches: Sequence[PreparedCreates]) -> PreparedCreates:
-    """Several :class:`PreparedCreates` as one (rows in order; the SQLite
-    driver values joined when every batch has them), to be written by one
-    :meth:`FhirStore.commit_creates`; :func:`split_created` splits its result."""
-    if len(batches) == 1:
-        return batches[0]
-    merged = PreparedCreates(
-        batches[0].principal,
-        batches[0].now,
-        [p for b in batches for p in b.prepared],
-        [c for b in batches for c in b.chosen_ids],
-        [r for b in batches for r in b.rows],
-        [x for b in batches for x in b.index_rows],
-        [e for b in batches for e in b.events],
-        [r for b in batches for r in b.raws] if all(b.raws for b in batches) else [],
-    )
-    parts = [b.encoded for b in batches if b.encoded is not None]
-    if len(parts) == len(batches):
-        merged.encoded = concat_encoded(parts)
-    if len(set(merged.chosen_ids)) != len(merged.chosen_ids):
-        raise Conflict("The same resource id appears twice.")
-    return merged
-
-
-def split_created(batches: Sequence[PreparedCreates], stored: list[Stored]) -> list[list[Stored]]:
-    """The results of a :func:`merge_prepared` batch, per original batch."""
-    out: list[list[Stored]] = []
-    start = 0
-    for batch in batches:
-        out.append(stored[start : start + len(batch.rows)])
-        start += len(batch.rows)
-    return out
 
 
 class FhirStore(StoreReads):
@@ -162,7 +106,7 @@ class FhirStore(StoreReads):
 
     # -- bodies ------------------------------------------------------------------------
     def _seal(self, res_type: str, res_id: str, version: int, resource: Mapping[str, Any]) -> bytes:
-        return self._seal_raw(res_type, res_id, version, _json_bytes(resource))
+        return self._seal_raw(res_type, res_id, version, json_bytes(resource))
 
     def _seal_raw(self, res_type: str, res_id: str, version: int, raw: bytes) -> bytes:
         if self.sealer is None:
@@ -344,61 +288,7 @@ class FhirStore(StoreReads):
         write transaction, it keeps that transaction (one writer at a time on
         SQLite) short. ``new_ids``: the given ids were just made by the server
         (:func:`new_id`), so they need no check against existing ones."""
-        now = self.clock()
-        prepared: list[tuple[str, str, dict[str, Any]]] = []
-        for position, (resource, res_id) in enumerate(items):
-            GATE.checkpoint()
-            res_type = _type_of(resource)
-            rid_id = check_id(res_id) if res_id else new_id()
-            try:
-                body = self._prepare(resource, res_type, rid_id, 1, now)
-            except SalusError as exc:
-                exc.resource_index = position  # type: ignore[attr-defined]
-                raise
-            prepared.append((res_type, rid_id, body))
-        # Ids the server assigns are random UUIDs; only ids the caller chose (bulk
-        # import) can already be taken. The unique key stays the last word.
-        chosen = [
-            (t, i)
-            for (t, i, _), (_, given) in zip(prepared, items, strict=True)
-            if given and not new_ids
-        ]
-        if len(set(chosen)) != len(chosen):
-            raise Conflict("The same resource id appears twice.")
-        rows: list[dict[str, Any]] = []
-        index_rows: list[dict[Table, list[dict[str, Any]]]] = []
-        events: list[AuditEvent] = []
-        raws: list[bytes] = []
-        for res_type, res_id, body in prepared:
-            GATE.checkpoint()
-            patient_key = self.compartment(body)
-            raws.append(_json_bytes(body))
-            rows.append(
-                {
-                    "res_type": res_type,
-                    "res_id": res_id,
-                    "version": 1,
-                    "org_id": principal.org_id,
-                    "patient_key": patient_key,
-                    "category": category_of(body),
-                    "deleted": False,
-                    "last_updated": now,
-                    "body": self._seal_raw(res_type, res_id, 1, raws[-1]),
-                }
-            )
-            index_rows.append(self.indexer.rows(0, res_type, body))
-            events.append(
-                AuditEvent.for_principal(
-                    principal,
-                    category="rest",
-                    action="C",
-                    entity=f"{res_type}/{res_id}",
-                    patient_key=res_id if res_type == "Patient" else patient_key,
-                    description="create",
-                    detail={"version": 1},
-                )
-            )
-        return PreparedCreates(principal, now, prepared, chosen, rows, index_rows, events, raws)
+        return prepare_creates(self, principal, items, new_ids)
 
     @staticmethod
     def encode(batch: PreparedCreates, dialect: Dialect) -> PreparedCreates:
@@ -424,7 +314,7 @@ class FhirStore(StoreReads):
         if batch.encoded is not None and conn.dialect.name == "sqlite":
             insert_encoded(conn, batch.encoded)
             self.audit.append(conn, batch.events)
-            return self._created(batch)
+            return created(batch)
         if conn.dialect.name == "postgresql" and len(batch.rows) >= COPY_MIN_ROWS:
             rids = next_ids(conn, fhir_resources, "rid", len(batch.rows))
             copy_insert(
@@ -447,17 +337,7 @@ class FhirStore(StoreReads):
                 grouped.setdefault(table, []).extend(values)
         self.indexer.insert_rows(conn, grouped)
         self.audit.append(conn, batch.events)
-        return self._created(batch)
-
-    @staticmethod
-    def _created(batch: PreparedCreates) -> list[Stored]:
-        raws: list[bytes | None] = list(batch.raws) or [None] * len(batch.rows)
-        return [
-            Stored(
-                t, i, 1, row["last_updated"], False, row["org_id"], body, row["patient_key"], raw
-            )
-            for (t, i, body), row, raw in zip(batch.prepared, batch.rows, raws, strict=True)
-        ]
+        return created(batch)
 
     def commit_create_groups(
         self, conn: Connection, batches: Sequence[PreparedCreates]
@@ -481,7 +361,7 @@ class FhirStore(StoreReads):
     ) -> tuple[Stored, bool]:
         """FHIR http.html#update (create-on-update when absent); returns (stored, created)."""
         check_id(res_id)
-        if _type_of(resource) != res_type:
+        if type_of(resource) != res_type:
             raise InvalidInput(
                 "The resource type does not match the URL.", expression=["resourceType"]
             )
@@ -538,7 +418,7 @@ class FhirStore(StoreReads):
             and not current["deleted"]
             and (principal.kind is PrincipalKind.SYSTEM or current["org_id"] == principal.org_id)
             and if_match in (None, current["version"])
-            and _type_of(resource) == res_type
+            and type_of(resource) == res_type
             and resource.get("id") == res_id
         ):  # else the checks in their usual order, in the transaction (update)
             plan = plan_update(
@@ -608,10 +488,3 @@ class FhirStore(StoreReads):
         self.indexer.clear(conn, int(row["rid"]))
         conn.execute(delete(fhir_history).where(fhir_history.c.rid == row["rid"]))
         conn.execute(delete(fhir_resources).where(fhir_resources.c.rid == row["rid"]))
-
-
-def _type_of(resource: Mapping[str, Any]) -> str:
-    res_type = resource.get("resourceType")
-    if not isinstance(res_type, str) or not res_type:
-        raise UnprocessableContent("The resource has no resourceType.", expression=["resourceType"])
-    return res_type
