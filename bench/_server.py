@@ -31,9 +31,10 @@ scripts differ only in what they send and measure:
   token for that client, and ``py-spy record`` of the server
   (:meth:`SalusServer.profile`).
 
-Usable as a context manager (``with SalusServer(...) as server:``): the
-server is stopped on the way out, and the tail of its log printed to stderr
-when the way out is an error.
+Usable as a context manager (``with server:``), the one way the scripts end a
+server: it is stopped on the way out, the tail of its log printed to stderr
+first when the way out is an error, and its data folder removed afterwards
+when :attr:`SalusServer.remove_data` is set (a script's ``--keep`` unset).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -227,6 +229,8 @@ class SalusServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.client_id = ""
         self.secret = ""
+        #: Remove :attr:`data_dir` when the ``with`` block ends (after the stop).
+        self.remove_data = False
 
     def configure(self, settings: Mapping[str, str]) -> None:
         """Set server settings by name (takes effect at the next :meth:`serve`)."""
@@ -343,8 +347,6 @@ class SalusServer:
     def profile(self, output: Path, rate: int = 100) -> subprocess.Popen[bytes] | None:
         """``py-spy record --gil`` of the server into ``output`` (raw collapsed stacks),
         or None without py-spy on PATH; stop it with :func:`stop_profile`."""
-        import shutil
-
         spy = shutil.which("py-spy")
         if spy is None:
             return None
@@ -379,10 +381,13 @@ class SalusServer:
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
-        """Stop the server; on the way out of an error, print the tail of its log first."""
+        """Stop the server; on the way out of an error, print the tail of its log first;
+        then remove its data folder if :attr:`remove_data`."""
         if error is not None:
             print(self.log_tail(), file=sys.stderr)
         self.stop()
+        if self.remove_data:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 def stop_profile(spy: subprocess.Popen[bytes] | None) -> None:

@@ -46,7 +46,6 @@ import itertools
 import json
 import os
 import random
-import shutil
 import socket
 import subprocess
 import sys
@@ -433,7 +432,8 @@ def run(
         f"({work}) ==",
         flush=True,
     )
-    try:
+    server.remove_data = not args.keep
+    with server:
         server.start()
         version = postgres_version(url) if url else f"SQLite {sqlite_version()}"
         meter = CpuMeter(server.pid, with_postgres=url is not None)
@@ -478,13 +478,6 @@ def run(
             flush=True,
         )
         return result
-    except BaseException:
-        print(server.log_tail(), file=sys.stderr)
-        raise
-    finally:
-        server.stop()
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def render(results: list[Result]) -> str:
