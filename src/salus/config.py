@@ -49,6 +49,12 @@ class Settings(BaseModel):
     database_analyze_seconds: float = Field(default=300.0, ge=0)
     #: SQLite only: each connection's page cache (PRAGMA cache_size), in MiB.
     database_sqlite_cache_mb: int = Field(default=64, ge=2, le=4096)
+    # -- SQLite WAL --
+    #: SQLite only: the server checkpoints the WAL from a background thread this
+    #: often (0: inside the commits, SQLite's automatic checkpoint; ADR 23).
+    database_sqlite_checkpoint_seconds: float = Field(default=1.0, ge=0, le=3600)
+    #: SQLite only: the WAL's bound in MiB (journal_size_limit; emptied above it).
+    database_sqlite_wal_limit_mb: int = Field(default=64, ge=1, le=65536)
 
     # -- blob store --------------------------------------------------------------
     blob_backend: Literal["filesystem", "s3"] = "filesystem"

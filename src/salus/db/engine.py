@@ -26,6 +26,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from salus.db.asyncfetch import AsyncKeyReader, ConnectionLost
+from salus.db.walcheckpoint import WalCheckpointer
 from salus.errors import ConfigurationError, Unavailable
 
 __all__ = ["Database", "WriterLock", "create_database", "normalize_url"]
@@ -202,6 +203,15 @@ DEFAULT_SQLITE_CACHE_MB = 64
 #: Rows SQLite's ANALYZE samples per index (``PRAGMA analysis_limit``).
 ANALYSIS_LIMIT = 1000
 
+#: SQLite's own automatic checkpoint threshold in pages (``wal_autocheckpoint``),
+#: kept where no :class:`WalCheckpointer` runs (the CLI, tests).
+SQLITE_AUTOCHECKPOINT_PAGES = 1000
+
+#: The WAL's bound in MiB (``SALUS_DATABASE_SQLITE_WAL_LIMIT_MB``): a reset WAL
+#: file is truncated to it (``journal_size_limit``), and the checkpointer empties
+#: a WAL holding more (ADR 23).
+DEFAULT_SQLITE_WAL_LIMIT_MB = 64
+
 
 class Database:
     """One engine plus the transaction helpers the services use."""
@@ -212,9 +222,17 @@ class Database:
         schema: str | None = None,
         *,
         connect_args: Mapping[str, Any] | None = None,
+        sqlite_wal_limit_mb: int = DEFAULT_SQLITE_WAL_LIMIT_MB,
     ) -> None:
         self.engine = engine
         self.schema = schema
+        #: SQLite: the WAL bound, and the automatic checkpoint threshold new
+        #: connections get (0 while a :class:`WalCheckpointer` runs).
+        self.sqlite_wal_limit_mb = sqlite_wal_limit_mb
+        self._autocheckpoint = SQLITE_AUTOCHECKPOINT_PAGES
+        self._checkpointer: WalCheckpointer | None = None
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", self._on_sqlite_connect)
         # SQLite has one writer at a time. Writers queue on a lock (woken as
         # soon as the writer before them commits) rather than on SQLite's busy
         # handler, which sleeps in growing steps of up to 100 ms and collapses
@@ -241,6 +259,51 @@ class Database:
     @property
     def is_sqlite(self) -> bool:
         return self.dialect == "sqlite"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database file (None: PostgreSQL or an in-memory database)."""
+        database = (self.engine.url.database or "") if self.is_sqlite else ""
+        return None if database in ("", ":memory:") else Path(database)
+
+    def _on_sqlite_connect(self, dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA wal_autocheckpoint={int(self._autocheckpoint)}")
+        cur.execute(f"PRAGMA journal_size_limit={int(self.sqlite_wal_limit_mb) * 1024 * 1024}")
+        cur.close()
+
+    @property
+    def checkpointer(self) -> WalCheckpointer | None:
+        """The running WAL checkpointer (:meth:`start_checkpointer`), if any."""
+        return self._checkpointer
+
+    def start_checkpointer(self, interval: float) -> WalCheckpointer | None:
+        """Checkpoint the SQLite WAL from a background thread every ``interval``
+        seconds instead of inside the commits (ADR 23): connections opened from
+        now on have SQLite's automatic checkpoint off (the pool is replaced;
+        connections checked out now are closed on return). None (nothing
+        started) on PostgreSQL and for an in-memory database."""
+        if self._checkpointer is not None or self.sqlite_path is None:
+            return self._checkpointer
+        page_size = 4096
+        with self.engine.connect() as conn:
+            page_size = int(conn.exec_driver_sql("PRAGMA page_size").scalar_one())
+        limit_pages = max(1, self.sqlite_wal_limit_mb * 1024 * 1024 // page_size)
+        checkpointer = WalCheckpointer(self, interval=interval, limit_pages=limit_pages)
+        self._autocheckpoint = 0
+        self.engine.dispose()
+        checkpointer.start()
+        self._checkpointer = checkpointer
+        return checkpointer
+
+    def stop_checkpointer(self) -> None:
+        """Stop the checkpointer; new connections checkpoint automatically again."""
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is None:
+            return
+        checkpointer.stop()
+        self._autocheckpoint = SQLITE_AUTOCHECKPOINT_PAGES
+        self.engine.dispose()
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -474,6 +537,7 @@ class Database:
             raise Unavailable("The database is not reachable.") from None
 
     def dispose(self) -> None:
+        self.stop_checkpointer()
         self.engine.dispose()
         reader, self._async_reader = self._async_reader, None
         if reader is not None:
@@ -554,12 +618,17 @@ def create_database(
     schema: str | None = None,
     echo: bool = False,
     sqlite_cache_mb: int = DEFAULT_SQLITE_CACHE_MB,
+    sqlite_wal_limit_mb: int = DEFAULT_SQLITE_WAL_LIMIT_MB,
 ) -> Database:
     """Build a :class:`Database`; ``schema`` (PostgreSQL only) isolates tests;
-    ``sqlite_cache_mb``: each SQLite connection's page cache."""
+    ``sqlite_cache_mb``: each SQLite connection's page cache;
+    ``sqlite_wal_limit_mb``: the WAL's bound (ADR 23)."""
     parsed = normalize_url(url)
     if parsed.drivername.startswith("sqlite"):
-        return Database(_sqlite_engine(parsed, echo, sqlite_cache_mb))
+        return Database(
+            _sqlite_engine(parsed, echo, sqlite_cache_mb),
+            sqlite_wal_limit_mb=sqlite_wal_limit_mb,
+        )
     if schema is not None and not _SCHEMA.match(schema):
         raise ConfigurationError("Invalid PostgreSQL schema name.")
     return Database(

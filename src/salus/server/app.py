@@ -121,6 +121,10 @@ def create_app(
                         svc.jobs, svc.job_handlers, poll_interval=settings.jobs_poll_interval
                     )
                     workers.append(asyncio.create_task(worker.run(stop), name=f"worker-{index}"))
+            if settings.database_sqlite_checkpoint_seconds > 0:  # SQLite WAL (ADR 23)
+                await asyncio.to_thread(
+                    svc.db.start_checkpointer, settings.database_sqlite_checkpoint_seconds
+                )
             if primary and svc.db.is_sqlite and settings.database_analyze_seconds > 0:
                 workers.append(
                     asyncio.create_task(
@@ -140,6 +144,7 @@ def create_app(
                 except Exception:
                     log.exception("listener failed to stop", extra={"listener": listener.name})
             await svc.audit.stop()
+            await asyncio.to_thread(svc.db.stop_checkpointer)
             await svc.db.aclose()  # the async read connections of this loop
             if owned:
                 svc.close()

@@ -1,0 +1,180 @@
+"""SQLite WAL checkpoints outside the writer lock (ADR 23).
+
+In WAL mode a commit appends pages to the ``-wal`` file; a *checkpoint*
+copies them back into the database file and fsyncs it (SQLite ``wal.html``,
+"Checkpointing"). By default SQLite runs one itself inside the ``COMMIT``
+that takes the WAL past 1,000 pages (``wal_autocheckpoint``), on the
+committing connection: in Salus that is while the :class:`WriterLock` is
+held, so every other writer (the reads' audit batches among them) waits for
+the copy and its fsync, and after a large transaction (a group of Bundles)
+that is tens to hundreds of milliseconds.
+
+A server therefore turns the automatic checkpoint off on its connections
+(``PRAGMA wal_autocheckpoint=0``) and checkpoints from a background thread
+instead, on a connection of its own:
+
+* every ``interval`` seconds a ``PASSIVE`` checkpoint (``wal.html``,
+  "Checkpointing"; ``pragma.html#pragma_wal_checkpoint``): it copies what no
+  reader still needs, waits for no reader and takes neither SQLite's write
+  lock nor Salus's, so writers commit while it runs;
+* readers that hold old snapshots can keep a passive checkpoint from
+  finishing, and a WAL that never finishes a checkpoint is never restarted
+  ("checkpoint starvation", ``wal.html`` section 4.2): when the WAL holds more
+  than ``limit_pages`` frames, a ``TRUNCATE`` checkpoint runs under the
+  writer lock, which waits (at most the connection's busy timeout) for those
+  readers and empties the WAL, so it never grows without bound;
+* ``PRAGMA journal_size_limit`` (set on every connection) truncates a WAL
+  file that a large transaction grew past the limit when it is next reset.
+
+One server has several processes; each runs a checkpointer, but a tick only
+checkpoints in the process that gets an ``flock`` on
+``<database>.checkpoint-lock`` without waiting (SQLite would refuse a second
+concurrent checkpoint anyway): the checkpoints go on when any one process
+restarts.
+
+Durability does not depend on checkpoints: with ``synchronous=FULL`` a
+transaction is durable once its commit frame is fsynced in the WAL, and a
+process or machine that stops with frames not yet checkpointed replays them
+from the WAL on the next open (``wal.html`` sections 2 and 4). A process
+that opens the database without a server (the CLI, tests) keeps SQLite's
+automatic checkpoint.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from salus.db.engine import Database
+
+__all__ = ["CheckpointResult", "WalCheckpointer"]
+
+log = logging.getLogger("salus.db")
+
+#: How long the bounded (``TRUNCATE``) checkpoint waits for readers, in ms,
+#: holding the writer lock meanwhile; if they are still there, the next tick
+#: tries again.
+TRUNCATE_BUSY_MS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointResult:
+    """What one checkpoint did (``PRAGMA wal_checkpoint``'s three values)."""
+
+    mode: str
+    #: SQLite could not finish (readers or a writer in the way).
+    busy: bool
+    #: Frames in the WAL, and how many of them are in the database file now.
+    frames: int
+    checkpointed: int
+    seconds: float
+
+
+class WalCheckpointer:
+    """Checkpoint one SQLite database's WAL from a background thread."""
+
+    def __init__(self, db: Database, *, interval: float, limit_pages: int) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        if limit_pages < 1:
+            raise ValueError("limit_pages must be positive")
+        path = db.sqlite_path
+        if path is None:
+            raise ValueError("only a SQLite database file has a WAL to checkpoint")
+        self.db = db
+        self.path = path
+        self.interval = interval
+        self.limit_pages = limit_pages
+        #: Checkpoints run, and the bounded (TRUNCATE) ones among them.
+        self.checkpoints = 0
+        self.truncations = 0
+        self.last: CheckpointResult | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (after its current checkpoint) and close its connection."""
+        thread, self._thread = self._thread, None
+        self._stop.set()
+        if thread is not None:
+            thread.join()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.run_once()
+            except Exception:  # a busy or failing database: the next tick tries again
+                log.warning("WAL checkpoint failed", exc_info=True)
+
+    def run_once(self) -> CheckpointResult | None:
+        """One tick: a passive checkpoint, then a bounded one if the WAL is over
+        the limit. None when another process of the server checkpoints now."""
+        fd = self._lock()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        try:
+            result = self._checkpoint("PASSIVE")
+            if result.frames > self.limit_pages:
+                with self.db.writer_lock():
+                    result = self._checkpoint("TRUNCATE")
+                self.truncations += 1
+                if result.busy:
+                    log.warning(
+                        "WAL over its limit and readers kept it from being emptied",
+                        extra={"frames": result.frames},
+                    )
+            return result
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _checkpoint(self, mode: str) -> CheckpointResult:
+        conn = self._connection()
+        conn.execute(f"PRAGMA busy_timeout={TRUNCATE_BUSY_MS if mode != 'PASSIVE' else 0}")
+        started = time.perf_counter()
+        busy, frames, done = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        result = CheckpointResult(
+            mode, bool(busy), int(frames), int(done), time.perf_counter() - started
+        )
+        self.checkpoints += 1
+        self.last = result
+        return result
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # The checkpoint syncs the WAL, then the database file (FULL).
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._conn = conn
+        return self._conn
+
+    def _lock(self) -> int:
+        if self._lock_fd is None:
+            lock_path = Path(str(self.path) + ".checkpoint-lock")
+            self._lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        return self._lock_fd
