@@ -517,7 +517,8 @@ def run_backend(name: str, url: str | None, binary: str, args: argparse.Namespac
         key, _, value = setting.partition("=")
         server.env["SALUS_" + key.strip().upper()] = value.strip()
     print(f"\n== {name} ({work}) ==", flush=True)
-    try:
+    server.remove_data = not args.keep
+    with server:
         server.start()
         version = postgres_version(url) if url else sqlite_version()
         result = BackendResult(name, version)
@@ -613,13 +614,6 @@ def run_backend(name: str, url: str | None, binary: str, args: argparse.Namespac
             )
         )
         return result
-    except BaseException:
-        print(server.log_tail(), file=sys.stderr)
-        raise
-    finally:
-        server.stop()
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def drop_used(ids: list[str], used: list[int], threads: int) -> list[str]:
