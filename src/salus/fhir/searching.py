@@ -45,16 +45,24 @@ DEFAULT_COUNT = 50
 #: walked in rid order and the walk stops at the page (at most about resources
 #: of the type ÷ this × page size probes). See ADR 8 (search at 1,000,000).
 DENSE_MATCHES = 2000
-#: Index rows of a lone chain's condition on its targets (``family=N``: counted
+#: Index rows of a lone chain's condition on its targets (``family=Ni``: counted
 #: from the string index) from which the resources are walked in rid order, the
-#: chain probed per resource (:func:`chain_walk`), instead of sorting the chain's
-#: references (PostgreSQL) or building the list of its targets (SQLite) (ADR 22,
-#: amendment of stop 15): at 1,000,000 resources ``family=N`` (10,032 Patients)
-#: took 0.2-0.3 s warm sorted; the walk probes a few hundred Observations.
-CHAIN_WALK_TARGETS = 5000
+#: chain probed per resource (:func:`chain_walk`), before the page is looked for
+#: from the chain's sorted references (PostgreSQL) or its list of targets
+#: (SQLite). Those read every target's row, at a new value mostly from disk: at
+#: 1,000,000 resources ``family=Ni`` (2,504 Patients) took 0.5-1.5 s on
+#: PostgreSQL and 0.1-3.5 s on SQLite for its first query, 60-100 and 30-45 ms
+#: warm; the walk reads the type's first resources and their targets, the same
+#: pages for every query: 15-65 and 25-75 ms (ADR 22, amendments of stops 15
+#: and 16). The threshold is :data:`DENSE_MATCHES`: below it the list of targets
+#: is short.
+CHAIN_WALK_TARGETS = 2000
 #: How many rids (from the type's first) such a walk reads at most before the
 #: page is looked for as if few targets matched (sorted references or collected).
-CHAIN_WALK_BUDGET = 10_000
+#: At 1,000,000 resources the 2-letter family prefixes found their page of 50
+#: within 2,200-16,000 rids; a walk over the whole budget costs about 70 ms
+#: (SQLite) and 200 ms (PostgreSQL) warm, which the fallback then adds.
+CHAIN_WALK_BUDGET = 25_000
 MAX_INCLUDES = 1000
 _CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
 _MANDATORY = ("resourceType", "id", "meta")
@@ -159,10 +167,11 @@ def _default_order(
 def chain_walk(plan: SearchPlan, res_type: str, chain: Any, visible: Any) -> Any:
     """A lone chain's matches among the :data:`CHAIN_WALK_BUDGET` rids from the
     type's first one, in rid order, the chain probed per resource (ADR 22,
-    stop 15): for a chain whose targets' condition has
+    stops 15 and 16): for a chain whose targets' condition has
     :data:`CHAIN_WALK_TARGETS` index rows the page is usually found within a
-    few hundred resources; the budget bounds the walk when it is not (matches
-    late in rid order, or targets the caller may not see)."""
+    few thousand resources, whose pages every such query shares; the budget
+    bounds the walk when it is not (matches late in rid order, or targets the
+    caller may not see)."""
     walked = R.alias("walked")
     start = (
         select(walked.c.rid)
