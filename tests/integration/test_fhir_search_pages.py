@@ -320,3 +320,30 @@ def test_postgresql_plans_each_search_for_its_values(
     assert seen == [("force_custom_plan", True)] * 14
     with world.services.db.read() as conn:
         assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar_one() == "auto"
+
+
+@pytest.mark.parametrize("prefix", ["ge", "gt", "le", "lt", "sa", "eb"])
+def test_a_one_sided_date_is_counted_from_the_end_of_its_index(world: World, prefix: str) -> None:
+    """ADR 22, stop 16: whether ``date=geX`` (and the other one-sided prefixes)
+    has ``n`` index rows is read from the end of the date index (the ``n``-th
+    highest ``high`` passes ``>= X``), not counted from X: the same answer as the
+    count for every ``n`` around the number of matches, at dates on, between and
+    beyond the stored ones."""
+    from sqlalchemy import true
+
+    from salus.fhir.query import SearchPlan, build_search, type_lookup
+    from salus.fhir.search.registry import get_registry
+
+    lookup = type_lookup(get_registry().params_for)
+    days = ["2025-12-31", "2026-01-10", "2026-02-01", "2026-03-12", "2026-03", "2026-06-24"]
+    days += ["2026-07-01", "2026-02-01T08:00:00Z", "2026"]
+    with world.services.db.read() as conn:
+        for day in days:
+            plan = SearchPlan(lookup, lambda _table: true())
+            parsed = build_search(plan, "Observation", [("date", f"{prefix}{day}")], lenient=False)
+            (condition,) = parsed.conditions
+            assert id(condition) in plan.edges, (prefix, day)
+            matches = conn.execute(plan.count_query(condition, 10_000)).scalar_one()
+            for enough in range(1, matches + 3):
+                from_end = plan.matches_at_least(conn, condition, enough)
+                assert from_end is (matches >= enough), (prefix, day, enough, matches)

@@ -63,6 +63,7 @@ from salus.fhir.search.conditions import (
     date_condition,
     date_range,
     number_condition,
+    one_sided_date,
     quantity_condition,
     range_condition,
     reference_condition,
@@ -193,6 +194,8 @@ class SearchPlan(PagePlans):
         #: per-row probe, built when asked (see :meth:`_chain_probe`).
         self.chain_targets: dict[int, Select[Any]] = {}
         self.chain_probes: dict[int, Callable[[], ColumnElement[bool]]] = {}
+        #: The top-level one-sided date conditions (see :meth:`matches_at_least`).
+        self.edges: dict[int, tuple[Any, str, str, Any, Any, Any]] = {}
         #: Index sub-queries of conditions below the top level, by the condition's id.
         self._nested: dict[int, Select[Any]] = {}
         #: Above 0 while a chain's probe is built: index conditions are then probes
@@ -256,7 +259,12 @@ class SearchPlan(PagePlans):
                 return found
         builder = _BUILDERS[definition.type]
         ors = [builder(table, v, modifier) for v in values]
-        return self._exists(table, definition.code, or_(*ors), resource, res_type)
+        found = self._exists(table, definition.code, or_(*ors), resource, res_type)
+        if definition.type == "date" and len(values) == 1 and id(found) in self.subqueries:
+            edge = one_sided_date(table, values[0], modifier)
+            if edge is not None:
+                self.edges[id(found)] = (table, res_type, definition.code, *edge)
+        return found
 
     def _exists(
         self,

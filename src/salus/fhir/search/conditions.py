@@ -7,6 +7,7 @@ tables."""
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -232,6 +233,36 @@ def date_condition(table: Table, value: str, modifier: str) -> ColumnElement[boo
     if prefix == "eq":  # implied (low <= high <= end): bounds the scan of the low index
         condition = and_(condition, table.c.low <= high)
     return condition
+
+
+#: The one-sided date prefixes (search.html#prefix): the index column that
+#: ``range_condition`` compares, its comparison, and which end of the search
+#: value's range it compares with (0: low, 1: high).
+_ONE_SIDED_DATES: dict[str, tuple[str, Any, int]] = {
+    "ge": ("high", operator.ge, 0),
+    "gt": ("high", operator.gt, 1),
+    "eb": ("high", operator.lt, 0),
+    "le": ("low", operator.le, 1),
+    "lt": ("low", operator.lt, 0),
+    "sa": ("low", operator.gt, 1),
+}
+
+
+def one_sided_date(table: Table, value: str, modifier: str) -> tuple[Any, Any, datetime] | None:
+    """For a date value whose condition (:func:`date_condition`) compares one
+    column of the index row with one bound (``ge``, ``gt``, ``le``, ``lt``,
+    ``sa``, ``eb``): that column, the comparison and the bound; None otherwise.
+    Such a condition has ``n`` index rows exactly when the ``n``-th value of the
+    column from the end the comparison points to passes it (see
+    :meth:`salus.fhir.search.pageplans.PagePlans.matches_at_least`)."""
+    if modifier:
+        return None
+    prefix, text = search_prefix(value)
+    form = _ONE_SIDED_DATES.get(prefix)
+    if form is None:
+        return None
+    column, compare, end = form
+    return table.c[column], compare, date_range(text)[end]
 
 
 def date_and_condition(

@@ -7,6 +7,7 @@ the sub-queries these plans use while it builds a search's conditions."""
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -45,6 +46,9 @@ class PagePlans:
     #: built when asked.
     chain_targets: dict[int, Select[Any]]
     chain_probes: dict[int, Callable[[], ColumnElement[bool]]]
+    #: The top-level date conditions that compare one column of the index row with
+    #: one bound (``date=geX``): table, type, parameter, column, comparison, bound.
+    edges: dict[int, tuple[Any, str, str, Any, Any, Any]]
 
     def is_index_condition(self, condition: ColumnElement[bool]) -> bool:
         return id(condition) in self.subqueries
@@ -155,8 +159,32 @@ class PagePlans:
         a chain's condition needs); None if it is not one."""
         if id(condition) not in self.subqueries:
             return None
+        if id(condition) in self.edges:
+            passes = conn.execute(self.edge_query(condition, enough)).scalar_one()
+            return bool(passes)
         found = conn.execute(self.count_query(condition, enough), dict(values or {})).scalar_one()
         return int(found) >= enough
+
+    def edge_query(self, condition: ColumnElement[bool], enough: int) -> Select[Any]:
+        """Whether a one-sided date condition (``date=geX``: ``high >= X``) has
+        ``enough`` index rows: whether the ``enough``-th value of its column,
+        counted from the end its comparison points to (the highest for ``ge``,
+        ``gt``), passes the comparison (NULL, so false, when the column has fewer
+        values). The same answer as :meth:`count_query`, read from the end of the
+        index (``ix_fhir_idx_date_high``, ``…_low``), the same few pages for every
+        value: the count read ``enough`` entries from the value's own place in the
+        index, pages that a random date seldom finds cached (ADR 22, stop 16)."""
+        table, res_type, param, column, compare, bound = self.edges[id(condition)]
+        descending = compare in (operator.ge, operator.gt)
+        nth = (
+            select(column)
+            .where(table.c.res_type == res_type, table.c.param == param, column.isnot(None))
+            .order_by(column.desc() if descending else column.asc())
+            .limit(1)
+            .offset(enough - 1)
+            .scalar_subquery()
+        )
+        return select(compare(nth, bound))
 
     def count_query(self, condition: ColumnElement[bool], enough: int) -> Select[Any]:
         """How many index rows a top-level index condition has, up to ``enough``.
