@@ -67,7 +67,6 @@ import json
 import os
 import platform
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -1229,7 +1228,8 @@ def run_backend(name: str, url: str | None, args: argparse.Namespace) -> Backend
         reset_postgres(url)
     server = Server(name, work, url)
     print(f"\n== {name} ({work}) ==", flush=True)
-    try:
+    server.remove_data = not args.keep
+    with server:
         server.start()
         version = postgres_version(url) if url else f"SQLite {sqlite_version()}"
         meter = CpuMeter(server.pid, with_postgres=url is not None)
@@ -1257,13 +1257,6 @@ def run_backend(name: str, url: str | None, args: argparse.Namespace) -> Backend
         searches(load, data, args.queries, args.search_seconds, result, args.kinds)
         result.database_size = database_size(url, work)
         return result
-    except BaseException:
-        print(server.log_tail(), file=sys.stderr)
-        raise
-    finally:
-        server.stop()
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 STATE_FILE = "bench-state.json"
@@ -1312,7 +1305,7 @@ def search_again(name: str, url: str | None, work: Path, args: argparse.Namespac
             sqlite.execute("PRAGMA analysis_limit=1000")
             sqlite.execute("ANALYZE")
     print(f"  migrated and analyzed in {time.monotonic() - began:.0f} s", flush=True)
-    try:
+    with server:
         server.restart()
         version = postgres_version(url) if url else f"SQLite {sqlite_version()}"
         meter = CpuMeter(server.pid, with_postgres=url is not None)
@@ -1323,11 +1316,6 @@ def search_again(name: str, url: str | None, work: Path, args: argparse.Namespac
         searches(load, data, args.queries, args.search_seconds, result, args.kinds)
         result.database_size = database_size(url, work)
         return result
-    except BaseException:
-        print(server.log_tail(), file=sys.stderr)
-        raise
-    finally:
-        server.stop()
 
 
 def sqlite_version() -> str:
