@@ -35,6 +35,7 @@ __all__ = [
 
 #: A transaction-scoped lock per search condition (PostgreSQL).
 _CONDITION_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+_SEVERAL = "The search matches several resources."
 
 
 def condition_matcher(
@@ -74,6 +75,16 @@ def conditional_params(query: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return params
 
 
+def _one_match(
+    conn: Any, match: Matcher, res_type: str, params: list[tuple[str, str]], several: str
+) -> Stored | None:
+    """The one resource the condition matches, None if none; 412 (``several``) if more."""
+    found = match(conn, res_type, params)
+    if len(found) > 1:
+        raise PreconditionFailed(several)
+    return found[0] if found else None
+
+
 def conditional_create(
     conn: Any,
     store: FhirStore,
@@ -85,11 +96,9 @@ def conditional_create(
     """http.html#ccreate (``If-None-Exist``): the one match, or the prepared
     create committed; True when created. 412 if several match."""
     params = parse_qsl(condition.split("?", 1)[-1], keep_blank_values=True)
-    found = match(conn, res_type, params)
-    if len(found) > 1:
-        raise PreconditionFailed("If-None-Exist matches several resources.")
-    if found:
-        return found[0], False
+    found = _one_match(conn, match, res_type, params, "If-None-Exist matches several resources.")
+    if found is not None:
+        return found, False
     [stored] = store.commit_creates(conn, batch)
     return stored, True
 
@@ -106,11 +115,9 @@ def conditional_update(
 ) -> tuple[Stored, bool]:
     """http.html#cond-update: PUT [type]?search — create, update the one match,
     or 412 (``If-Match`` in ``headers`` honoured); True when created."""
-    found = match(conn, res_type, params)
-    if len(found) > 1:
-        raise PreconditionFailed("The search matches several resources.")
-    if found:
-        res_id = found[0].res_id
+    found = _one_match(conn, match, res_type, params, _SEVERAL)
+    if found is not None:
+        res_id = found.res_id
         if resource.get("id") not in (None, res_id):
             raise InvalidInput(
                 "The resource id does not match the one found.",
@@ -132,8 +139,6 @@ def conditional_delete(
     params: list[tuple[str, str]],
 ) -> None:
     """http.html#cdelete (single): delete the one match; 412 if several."""
-    found = match(conn, res_type, params)
-    if len(found) > 1:
-        raise PreconditionFailed("The search matches several resources.")
-    if found:
-        store.delete(conn, principal, res_type, found[0].res_id)
+    found = _one_match(conn, match, res_type, params, _SEVERAL)
+    if found is not None:
+        store.delete(conn, principal, res_type, found.res_id)

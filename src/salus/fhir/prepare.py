@@ -39,12 +39,34 @@ __all__ = [
     "prepare_creates",
     "split_created",
     "type_of",
+    "write_event",
 ]
 
 
 def json_bytes(resource: Mapping[str, Any]) -> bytes:
     """A body as stored: compact UTF-8 JSON (what Starlette's JSONResponse writes too)."""
     return json.dumps(resource, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def write_event(
+    principal: Principal,
+    action: str,
+    res_type: str,
+    res_id: str,
+    version: int,
+    patient_key: str | None,
+) -> AuditEvent:
+    """The audit event of a write of one version: ``action`` C (create),
+    U (update) or D (delete); a Patient is its own record's patient."""
+    return AuditEvent.for_principal(
+        principal,
+        category="rest",
+        action=action,
+        entity=f"{res_type}/{res_id}",
+        patient_key=res_id if res_type == "Patient" else patient_key,
+        description={"C": "create", "U": "update", "D": "delete"}[action],
+        detail={"version": version},
+    )
 
 
 def type_of(resource: Mapping[str, Any]) -> str:
@@ -125,17 +147,7 @@ def prepare_creates(
             }
         )
         index_rows.append(store.indexer.rows(0, res_type, body))
-        events.append(
-            AuditEvent.for_principal(
-                principal,
-                category="rest",
-                action="C",
-                entity=f"{res_type}/{res_id}",
-                patient_key=res_id if res_type == "Patient" else patient_key,
-                description="create",
-                detail={"version": 1},
-            )
-        )
+        events.append(write_event(principal, "C", res_type, res_id, 1, patient_key))
     return PreparedCreates(principal, now, prepared, chosen, rows, index_rows, events, raws)
 
 

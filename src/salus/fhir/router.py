@@ -146,6 +146,19 @@ class FhirRouter:
             request.principal, AccessRequest(res_type, interaction, request.purpose)
         )
 
+    def _read_by_id(
+        self,
+        request: FhirRequest,
+        res_type: str,
+        refusal: str = "De-identified access searches; it does not read by id.",
+    ) -> Decision:
+        """The decision to read one resource: de-identified access (research,
+        public health) is refused (``refusal``); it searches instead."""
+        decision = self._decide(request, res_type, Interaction.READ)
+        if decision.deidentify:
+            raise Forbidden(refusal)
+        return decision
+
     def _view(self, decision: Decision, resource: dict[str, Any] | None) -> dict[str, Any] | None:
         """What a reader may see: de-identified for research and public health."""
         if resource is None or not decision.deidentify:
@@ -181,18 +194,14 @@ class FhirRouter:
 
     def _read(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
         res_type, res_id = match["type"], match["id"]
-        decision = self._decide(request, res_type, Interaction.READ)
-        if decision.deidentify:
-            raise Forbidden("De-identified access searches; it does not read by id.")
+        decision = self._read_by_id(request, res_type)
         stored = self.store.read_from(self.db, decision.require(), res_type, res_id)
         return read_answer(request, decision, stored, f"{res_type}/{res_id}", "read")
 
     async def _read_async(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
         """:meth:`_read` with its statement on the loop (:meth:`handle_async`)."""
         res_type, res_id = match["type"], match["id"]
-        decision = self._decide(request, res_type, Interaction.READ)
-        if decision.deidentify:
-            raise Forbidden("De-identified access searches; it does not read by id.")
+        decision = self._read_by_id(request, res_type)
         statement, params = self.store._read_query(decision.require(), res_type, res_id)
         row = await self.db.fetch_one_async(statement, params)
         stored = self.store._read_found(row, res_type, res_id)
@@ -200,9 +209,7 @@ class FhirRouter:
 
     def _vread(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
         res_type, res_id, vid = match["type"], match["id"], int(match["vid"])
-        decision = self._decide(request, res_type, Interaction.READ)
-        if decision.deidentify:
-            raise Forbidden("De-identified access searches; it does not read by id.")
+        decision = self._read_by_id(request, res_type)
         stored = self.store.vread_from(self.db, decision.require(), res_type, res_id, vid)
         entity = f"{res_type}/{res_id}/_history/{vid}"
         return read_answer(request, decision, stored, entity, "vread")
@@ -210,9 +217,7 @@ class FhirRouter:
     async def _vread_async(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
         """:meth:`_vread` with its statement on the loop (:meth:`handle_async`)."""
         res_type, res_id, vid = match["type"], match["id"], int(match["vid"])
-        decision = self._decide(request, res_type, Interaction.READ)
-        if decision.deidentify:
-            raise Forbidden("De-identified access searches; it does not read by id.")
+        decision = self._read_by_id(request, res_type)
         flt = decision.require()
         statement, params = self.store._vread_query(flt, res_type, res_id, vid)
         row = await self.db.fetch_one_async(statement, params)
@@ -337,9 +342,7 @@ class FhirRouter:
 
     def _meta(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
         res_type, res_id = match["type"], match["id"]
-        decision = self._decide(request, res_type, Interaction.READ)
-        if decision.deidentify:
-            raise Forbidden("De-identified access does not read by id.")
+        decision = self._read_by_id(request, res_type, "De-identified access does not read by id.")
         stored = self.store.read_from(self.db, decision.require(), res_type, res_id)
         response = FhirResponse(200, meta_parameters(stored))
         response.audit.append(
@@ -356,9 +359,9 @@ class FhirRouter:
     def _everything(self, request: FhirRequest, match: re.Match[str]) -> FhirResponse:
         """Patient/$everything (patient-operation-everything)."""
         patient_id = match["id"]
-        decision = self._decide(request, "Patient", Interaction.READ)
-        if decision.deidentify:
-            raise Forbidden("De-identified access does not read single patients.")
+        decision = self._read_by_id(
+            request, "Patient", "De-identified access does not read single patients."
+        )
         flt = decision.require()
         raw_types = request.param("_type")
         types = {t for t in raw_types.split(",") if t} if raw_types else None

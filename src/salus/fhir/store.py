@@ -23,7 +23,6 @@ from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection, Dialect, RowMapping
 
 from salus.audit.chain import AuditLog
-from salus.audit.events import AuditEvent
 from salus.db.bulkcopy import COPY_MIN_ROWS, copy_insert, next_ids
 from salus.db.engine import Database
 from salus.db.keys import pairs_in
@@ -46,6 +45,7 @@ from salus.fhir.prepare import (
     prepare_creates,
     split_created,
     type_of,
+    write_event,
 )
 from salus.fhir.storereads import (
     HISTORY_COLUMNS,
@@ -224,18 +224,7 @@ class FhirStore(StoreReads):
         patient_key: str | None,
     ) -> None:
         self.audit.append(
-            conn,
-            [
-                AuditEvent.for_principal(
-                    principal,
-                    category="rest",
-                    action=action,
-                    entity=f"{res_type}/{res_id}",
-                    patient_key=patient_key if res_type != "Patient" else res_id,
-                    description={"C": "create", "U": "update", "D": "delete"}[action],
-                    detail={"version": version},
-                )
-            ],
+            conn, [write_event(principal, action, res_type, res_id, version, patient_key)]
         )
 
     def _current(
