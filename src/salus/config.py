@@ -99,7 +99,6 @@ class Settings(BaseModel):
     rate_limit_login_per_minute: int = Field(default=20, ge=1)
     break_glass_minutes: int = Field(default=60, ge=1, le=1440)
     audit_checkpoint_seconds: float = Field(default=60.0, gt=0)
-    audit_shared_append: bool = True  # PostgreSQL: one worker appends for all (ADR 11)
 
     # -- logging -----------------------------------------------------------------
     log_format: Literal["plain", "json"] = "plain"

@@ -195,7 +195,6 @@ class Services:
             signer=signing_keys,
             checkpoint_file=settings.audit_checkpoint_path(),
             append_lock=settings.audit_checkpoint_path().parent / "append.lock",  # FHIR reads
-            share_appends=settings.audit_shared_append,
         )
         tokens = TokenService(
             db,

@@ -24,33 +24,22 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import DBAPIError
 
 from salus.audit.events import AuditEvent
-from salus.errors import IntegrityError, Unavailable
+from salus.errors import IntegrityError
 
 if TYPE_CHECKING:
     from salus.audit.chain import AuditLog
     from salus.db.engine import WriterLock
 
-__all__ = ["AppendOutcomeUnknown", "AsyncGateFn", "AsyncRecordFn", "pg_async_batching"]
+__all__ = ["AsyncGateFn", "AsyncRecordFn", "pg_async_batching"]
 
-#: Appends a batch; one seq per event, or (the shared append's leader
-#: answering for a follower) the error that event met.
-AsyncRecordFn = Callable[[Sequence[AuditEvent]], Awaitable[Sequence[int | BaseException]]]
+AsyncRecordFn = Callable[[Sequence[AuditEvent]], Awaitable[list[int]]]
 #: Enters the batch's gate from the loop; yields False when it cannot (then
 #: the batcher writes in a thread, under the blocking gate).
 AsyncGateFn = Callable[[], AbstractAsyncContextManager[bool]]
 
 
-class AppendOutcomeUnknown(Unavailable):
-    """A batch whose commit is in doubt (sent to the leading worker, no answer,
-    :mod:`salus.audit.sharedappend`): its events fail (503) and are not retried."""
-
-    @classmethod
-    def default_message(cls) -> str:
-        return "The audit trail could not be written."
-
-
 @asynccontextmanager
-async def open_gate() -> AsyncIterator[bool]:
+async def _open_gate() -> AsyncIterator[bool]:
     yield True
 
 
@@ -80,5 +69,5 @@ def pg_async_batching(
             raise IntegrityError("The audit chain head could not be moved.")
         return list(range(int(last) - len(events) + 1, int(last) + 1))
 
-    gate: AsyncGateFn = append_lock.held_async if append_lock is not None else open_gate
+    gate: AsyncGateFn = append_lock.held_async if append_lock is not None else _open_gate
     return record, gate

@@ -34,7 +34,7 @@ import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 
-from salus.audit.asyncappend import AppendOutcomeUnknown, AsyncGateFn, AsyncRecordFn
+from salus.audit.asyncappend import AsyncGateFn, AsyncRecordFn
 from salus.audit.events import AuditEvent
 from salus.errors import SalusError, Unavailable
 
@@ -123,18 +123,6 @@ class RecordBatcher:
         # may well have happened.
         return await future
 
-    def submit_many(self, events: Sequence[AuditEvent]) -> list[asyncio.Future[int]]:
-        """Queue ``events`` at once (another worker's batch, :mod:`salus.audit.sharedappend`);
-        each future gets its seq once committed, or the error its event met."""
-        if not self.running:
-            raise Unavailable("The audit trail is not running.")
-        loop = asyncio.get_running_loop()
-        items = [(event, loop.create_future()) for event in events]
-        with self._pending_lock:
-            self._pending.extend(items)
-        self._wakeup.set()
-        return [future for _, future in items]
-
     async def _run(self) -> None:
         try:
             while True:
@@ -215,10 +203,6 @@ class RecordBatcher:
             for _, future in batch:
                 _fail(future, Unavailable("The audit trail stopped."))
             raise
-        except AppendOutcomeUnknown as exc:  # sent to the leader, no answer: not retried
-            for _, future in batch:
-                _fail(future, exc)
-            return
         except Exception as exc:
             if batch:
                 await self._failed(batch, exc)
@@ -250,15 +234,13 @@ class RecordBatcher:
         for event, future in batch:
             await self._flush([(event, future)])
 
-    def _resolve(self, batch: list[_Item], seqs: Sequence[int | BaseException]) -> None:
+    def _resolve(self, batch: list[_Item], seqs: list[int]) -> None:
         if not batch:
             return
         self.flushes += 1
         self.events_flushed += len(batch)
         for (_, future), seq in zip(batch, seqs, strict=True):
-            if isinstance(seq, BaseException):  # the leader's answer for this event
-                _fail(future, seq)
-            elif not future.done():
+            if not future.done():
                 future.set_result(seq)
 
 

@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -60,9 +60,6 @@ from salus.db.engine import Database, WriterLock
 from salus.db.tables import audit_checkpoints, audit_events, audit_head
 from salus.db.types import utcnow
 from salus.errors import IntegrityError, InvalidInput, Unavailable
-
-if TYPE_CHECKING:
-    from salus.audit.sharedappend import SharedAppend
 
 __all__ = [
     "AuditLog",
@@ -253,16 +250,13 @@ class AuditLog:
         batch_max: int = 256,
         batch_delay: float = 0.0,
         append_lock: Path | None = None,
-        share_appends: bool = False,
     ) -> None:
         """``append_lock``: a file the group commits of the processes of one
         server lock in turn on PostgreSQL (SQLite's writer lock plays that
         part there): a batch is taken once the other worker's append has
         committed, so the events queued meanwhile join it (their appends queue
         on the chain head row anyway). Without it each process's batches queue
-        inside PostgreSQL, holding only the events of their start.
-        ``share_appends``: instead, one process appends the batches of all
-        (:mod:`salus.audit.sharedappend`, through a socket beside that file)."""
+        inside PostgreSQL, holding only the events of their start."""
         self.db = db
         self.signer = signer
         self.checkpoint_file = checkpoint_file
@@ -274,8 +268,6 @@ class AuditLog:
         self._sqlite_statements: _SqliteAppend | None = None
         self._append_lock_path = None if db.is_sqlite else append_lock
         self._append_lock: WriterLock | None = None  # made by start(): servers only
-        self._share_appends = share_appends
-        self._shared: SharedAppend | None = None
 
     # -- appending -------------------------------------------------------------------
     def append(self, conn: Connection, events: Sequence[AuditEvent]) -> list[int]:
@@ -537,15 +529,7 @@ class AuditLog:
         (``SALUS_AUDIT_CHECKPOINT_SECONDS``) and needs a signer.
         """
         if self._batcher is None:
-            if self._share_appends and self._append_lock_path is not None:
-                from salus.audit.sharedappend import shared_append
-
-                self._shared = shared_append(self, self._append_lock_path.parent)
-            if (
-                self._shared is None
-                and self._append_lock is None
-                and self._append_lock_path is not None
-            ):
+            if self._append_lock is None and self._append_lock_path is not None:
                 try:
                     self._append_lock_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                     lock = WriterLock(self._append_lock_path)
@@ -554,11 +538,9 @@ class AuditLog:
                     self._append_lock = lock
                 except OSError:  # still correct without it: batches queue on the head row
                     log.warning("audit append lock file unavailable; batching per process only")
-            from salus.audit.asyncappend import open_gate, pg_async_batching  # imports this module
+            from salus.audit.asyncappend import pg_async_batching  # imports this module
 
             record_async, gate_async = pg_async_batching(self, self._append_lock)
-            if self._shared is not None:
-                record_async, gate_async = self._shared.record, open_gate
             batcher = RecordBatcher(
                 self.record_batch,
                 max_batch=self.batch_max,
@@ -569,8 +551,6 @@ class AuditLog:
             )
             await batcher.start()
             self._batcher = batcher
-            if self._shared is not None:
-                await self._shared.start(batcher)
         if checkpoint_interval and self.signer is not None and self._checkpointer is None:
             self._checkpointer = asyncio.create_task(
                 self._checkpoint_loop(checkpoint_interval), name="salus-audit-checkpoints"
@@ -583,14 +563,9 @@ class AuditLog:
             checkpointer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await checkpointer
-        shared, self._shared = self._shared, None
-        if shared is not None:
-            await shared.stop_serving()  # the followers' batches first
         batcher, self._batcher = self._batcher, None
         if batcher is not None:
             await batcher.stop()
-        if shared is not None:
-            shared.close()
         if self._append_lock is not None:
             self._append_lock.close()  # reopened if started again
         if checkpointer is not None:
