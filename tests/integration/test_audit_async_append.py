@@ -265,3 +265,36 @@ def test_held_async_waits_its_turn_right_after_a_release(
     asyncio.run(main())
     lock.close()
     assert calls == ["try", "wait", "try"]
+
+
+@pytest.mark.parametrize("with_file", [True, False])
+def test_held_async_admits_one_coroutine_at_a_time(tmp_path: Path, with_file: bool) -> None:
+    """Two coroutines of one loop (one thread: the thread lock cannot tell them
+    apart) take ``held_async`` in turn: the second waits until the first has
+    left (the file lock released and taken again), never holds it alongside;
+    a coroutine that holds it may still enter it again (re-entrant)."""
+    path = tmp_path / "lock"
+    lock = WriterLock(path if with_file else None)
+    inside: list[str] = []
+    overlaps: list[int] = []
+
+    async def hold(name: str) -> None:
+        async with lock.held_async() as held:
+            assert held
+            inside.append(name)
+            overlaps.append(len(inside))
+            async with lock.held_async() as again:  # the holder itself: re-entrant
+                assert again
+            await asyncio.sleep(0.05)  # another coroutine runs meanwhile
+            if with_file:
+                assert not _lock_is_free(path)
+            inside.remove(name)
+
+    async def main() -> None:
+        await asyncio.gather(hold("a"), hold("b"), hold("c"))
+
+    asyncio.run(main())
+    lock.close()
+    assert overlaps == [1, 1, 1]
+    if with_file:
+        assert _lock_is_free(path)

@@ -15,6 +15,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -63,6 +64,12 @@ class WriterLock:
         self._depth = 0
         #: When :meth:`held_async` last released the file lock (monotonic).
         self._released_at = -1e9
+        #: :meth:`held_async`'s coroutines queue per event loop (the thread lock
+        #: cannot tell apart two coroutines of one loop thread); the task holding it.
+        self._loop_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._async_owner: asyncio.Task[Any] | None = None
 
     def __enter__(self) -> None:
         self._thread_lock.acquire()
@@ -103,7 +110,35 @@ class WriterLock:
         than an immediate retry that it would nearly always lose. If
         the waiter is cancelled, the lock the thread still gets is released
         at once, so a cancelled waiter never leaves it held.
+
+        Coroutines of one event loop take it one at a time (an
+        :class:`asyncio.Lock` per loop in front of the thread lock, which the
+        loop's thread would otherwise re-enter for each of them); the task
+        that holds it may enter it again.
         """
+        task = asyncio.current_task()
+        if task is not None and task is self._async_owner:
+            self._depth += 1  # re-entered by its holder
+            try:
+                yield True
+            finally:
+                self._depth -= 1
+            return
+        loop = asyncio.get_running_loop()
+        queue = self._loop_locks.get(loop)
+        if queue is None:
+            queue = self._loop_locks[loop] = asyncio.Lock()
+        async with queue:
+            self._async_owner = task
+            try:
+                async with self._held_async_once() as held:
+                    yield held
+            finally:
+                self._async_owner = None
+
+    @asynccontextmanager
+    async def _held_async_once(self) -> AsyncIterator[bool]:
+        """:meth:`held_async` for the one coroutine of this loop let through."""
         if not self._thread_lock.acquire(blocking=False):
             yield False
             return
