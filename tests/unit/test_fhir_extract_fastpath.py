@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from salus.fhir.indexing import Indexer
+from salus.fhir.indexing import Indexer, _composite_row, _date_shapes
 from salus.fhir.search import Extractor, get_extractor
 from salus.fhir.search.rootkeys import BARE, key_matches, root_keys
 from tests.unit.test_fhir_extract import (
@@ -296,3 +296,108 @@ def test_fast_path_equals_every_plan_on_the_shared_corpus() -> None:
             _same(extractor, resource)
             count += 1
     assert count == 10803
+
+
+# -- index rows: the row mapping as it was before stop 16 (the reference) ------------
+
+
+def _reference_rows(rid: int, res_type: str, resource: dict[str, Any]) -> dict[str, list[Any]]:
+    """Indexer.rows as first written (tables by name): each value through
+    a chain of class-name tests, then de-duplicated by the row's content."""
+
+    def cut(value: Any, limit: int = 255) -> str | None:
+        return None if value is None else str(value)[:limit]
+
+    def row(value: Any) -> tuple[str, dict[str, Any]] | None:
+        kind, param = type(value).__name__, value.param
+        if kind == "TokenValue":
+            return "fhir_idx_token", {
+                "param": param,
+                "system": cut(value.system),
+                "code": cut(value.code),
+                "text": cut(value.text),
+                "type_system": cut(value.type_system),
+                "type_code": cut(value.type_code),
+            }
+        if kind == "StringValue":
+            return "fhir_idx_string", {
+                "param": param,
+                "norm": cut(value.normalized) or "",
+                "exact": cut(value.exact) or "",
+            }
+        if kind in ("DateValue", "NumberValue"):
+            table = "fhir_idx_date" if kind == "DateValue" else "fhir_idx_number"
+            return table, {"param": param, "low": value.low, "high": value.high}
+        if kind == "QuantityValue":
+            return "fhir_idx_quantity", {
+                "param": param,
+                "system": cut(value.system),
+                "code": cut(value.code),
+                "low": value.low,
+                "high": value.high,
+            }
+        if kind == "ReferenceValue":
+            return "fhir_idx_reference", {
+                "param": param,
+                "target_type": cut(value.target_type, 64),
+                "target_id": cut(value.target_id, 64),
+                "url": cut(value.url, 1024),
+            }
+        if kind == "ReferenceIdentifierValue":
+            return "fhir_idx_token", {
+                "param": f"{param}:identifier",
+                "system": cut(value.system),
+                "code": cut(value.code),
+                "text": None,
+                "type_system": None,
+                "type_code": None,
+            }
+        if kind == "UriValue":
+            return "fhir_idx_uri", {"param": param, "value": cut(value.value, 1024) or ""}
+        if kind == "CompositeValue":
+            mapped = _composite_row(value)
+            return None if mapped is None else (mapped[0].name, mapped[1])
+        return None
+
+    grouped: dict[str, list[Any]] = {}
+    seen: set[tuple[Any, ...]] = set()
+    for value in get_extractor().extract_every_plan(resource):
+        mapped = row(value)
+        if mapped is None:
+            continue
+        table, values = mapped
+        key = (table, *values.values())
+        if key in seen:
+            continue
+        seen.add(key)
+        values.update(rid=rid, res_type=res_type)
+        grouped.setdefault(table, []).append(values)
+    if "fhir_idx_date" in grouped:
+        _date_shapes(grouped["fhir_idx_date"])
+    return grouped
+
+
+def test_index_rows_equal_the_reference_mapping() -> None:
+    """Same tables, rows, columns and column order as the first mapping
+    (long texts included: they are cut at the column's length)."""
+    indexer = Indexer()
+    resources = _synthea_test_resources()
+    long_name = {
+        "resourceType": "Patient",
+        "name": [{"family": "N" * 300, "given": ["x" * 255, "y" * 256]}],
+        "identifier": [{"system": "urn:" + "s" * 300, "value": "v" * 256}],
+        "managingOrganization": {"reference": "Organization/" + "o" * 63},
+        "generalPractitioner": [{"reference": "Practitioner/" + "p" * 65}],
+        "link": [{"other": {"reference": "http://x.org/" + "p" * 1012}, "type": "refer"}],
+    }
+    rows_checked = 0
+    for resource in [*resources, long_name]:
+        rtype = resource["resourceType"]
+        got = indexer.rows(11, rtype, resource)
+        expected = _reference_rows(11, rtype, resource)
+        assert {t.name: rows for t, rows in got.items()} == expected
+        for table, rows in got.items():
+            for found, wanted in zip(rows, expected[table.name], strict=True):
+                assert list(found) == list(wanted)  # the key order too
+                rows_checked += 1
+    assert rows_checked > 9_000

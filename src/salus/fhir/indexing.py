@@ -57,60 +57,99 @@ Extractor = Callable[[Mapping[str, Any]], Sequence[Any]]
 def _cut(value: Any, limit: int = _TEXT) -> str | None:
     if value is None:
         return None
+    if type(value) is str and len(value) <= limit:
+        return value
     text = str(value)
     return text[:limit]
 
 
-def _row(kind: str, value: Any) -> tuple[Table, dict[str, Any]] | None:
+Row = tuple[Table, dict[str, Any]]
+
+
+# One function per value class (by class name, as the extractor may be
+# another one). The rows' keys, their order included, are what
+# writerows.py's statements and the bulk COPY expect: the value columns,
+# then ``rid`` and ``res_type`` (added by Indexer.rows).
+def _token_row(value: Any) -> Row:
+    return fhir_idx_token, {
+        "param": value.param,
+        "system": _cut(value.system),
+        "code": _cut(value.code),
+        "text": _cut(value.text),
+        "type_system": _cut(value.type_system),
+        "type_code": _cut(value.type_code),
+    }
+
+
+def _string_row(value: Any) -> Row:
+    return fhir_idx_string, {
+        "param": value.param,
+        "norm": _cut(value.normalized) or "",
+        "exact": _cut(value.exact) or "",
+    }
+
+
+def _date_row(value: Any) -> Row:
+    return fhir_idx_date, {"param": value.param, "low": value.low, "high": value.high}
+
+
+def _number_row(value: Any) -> Row:
+    return fhir_idx_number, {"param": value.param, "low": value.low, "high": value.high}
+
+
+def _quantity_row(value: Any) -> Row:
+    return fhir_idx_quantity, {
+        "param": value.param,
+        "system": _cut(value.system),
+        "code": _cut(value.code),
+        "low": value.low,
+        "high": value.high,
+    }
+
+
+def _reference_row(value: Any) -> Row:
+    return fhir_idx_reference, {
+        "param": value.param,
+        "target_type": _cut(value.target_type, 64),
+        "target_id": _cut(value.target_id, 64),
+        "url": _cut(value.url, _URL),
+    }
+
+
+def _reference_identifier_row(value: Any) -> Row:
+    # Reference.identifier, for the :identifier modifier (search.html#reference):
+    # a token row under a parameter name of its own.
+    return fhir_idx_token, {
+        "param": f"{value.param}:identifier",
+        "system": _cut(value.system),
+        "code": _cut(value.code),
+        "text": None,
+        "type_system": None,
+        "type_code": None,
+    }
+
+
+def _uri_row(value: Any) -> Row:
+    return fhir_idx_uri, {"param": value.param, "value": _cut(value.value, _URL) or ""}
+
+
+_ROWS: dict[str, Callable[[Any], Row | None]] = {
+    "TokenValue": _token_row,
+    "StringValue": _string_row,
+    "DateValue": _date_row,
+    "NumberValue": _number_row,
+    "QuantityValue": _quantity_row,
+    "ReferenceValue": _reference_row,
+    "ReferenceIdentifierValue": _reference_identifier_row,
+    "UriValue": _uri_row,
+}
+
+
+def _row(kind: str, value: Any) -> Row | None:
     """The index table and column values of one extracted value (by its class name)."""
-    param = value.param
-    if kind == "TokenValue":
-        return fhir_idx_token, {
-            "param": param,
-            "system": _cut(value.system),
-            "code": _cut(value.code),
-            "text": _cut(value.text),
-            "type_system": _cut(value.type_system),
-            "type_code": _cut(value.type_code),
-        }
-    if kind == "StringValue":
-        return fhir_idx_string, {
-            "param": param,
-            "norm": _cut(value.normalized) or "",
-            "exact": _cut(value.exact) or "",
-        }
-    if kind == "DateValue":
-        return fhir_idx_date, {"param": param, "low": value.low, "high": value.high}
-    if kind == "NumberValue":
-        return fhir_idx_number, {"param": param, "low": value.low, "high": value.high}
-    if kind == "QuantityValue":
-        return fhir_idx_quantity, {
-            "param": param,
-            "system": _cut(value.system),
-            "code": _cut(value.code),
-            "low": value.low,
-            "high": value.high,
-        }
-    if kind == "ReferenceValue":
-        return fhir_idx_reference, {
-            "param": param,
-            "target_type": _cut(value.target_type, 64),
-            "target_id": _cut(value.target_id, 64),
-            "url": _cut(value.url, _URL),
-        }
-    if kind == "ReferenceIdentifierValue":
-        # Reference.identifier, for the :identifier modifier (search.html#reference):
-        # a token row under a parameter name of its own.
-        return fhir_idx_token, {
-            "param": f"{param}:identifier",
-            "system": _cut(value.system),
-            "code": _cut(value.code),
-            "text": None,
-            "type_system": None,
-            "type_code": None,
-        }
-    if kind == "UriValue":
-        return fhir_idx_uri, {"param": param, "value": _cut(value.value, _URL) or ""}
+    make = _ROWS.get(kind)
+    if make is not None:
+        return make(value)
     if kind == "CompositeValue":
         return _composite_row(value)
     return None
@@ -180,8 +219,11 @@ class Indexer:
     ) -> dict[Table, list[dict[str, Any]]]:
         grouped: dict[Table, list[dict[str, Any]]] = {}
         seen: set[tuple[Any, ...]] = set()
+        rows_of = _ROWS.get
         for value in self.extract(resource):
-            mapped = _row(type(value).__name__, value)
+            kind = type(value).__name__
+            make = rows_of(kind)
+            mapped = make(value) if make is not None else _row(kind, value)
             if mapped is None:
                 continue
             table, values = mapped
@@ -189,8 +231,13 @@ class Indexer:
             if key in seen:  # the same value reached by two paths is one row
                 continue
             seen.add(key)
-            values.update(rid=rid, res_type=res_type)
-            grouped.setdefault(table, []).append(values)
+            values["rid"] = rid
+            values["res_type"] = res_type
+            found = grouped.get(table)
+            if found is None:
+                grouped[table] = [values]
+            else:
+                found.append(values)
         dates = grouped.get(fhir_idx_date)
         if dates:
             _date_shapes(dates)

@@ -33,6 +33,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 
 from salus.db.tables import fhir_history, fhir_resources
+from salus.db.types import UTCDateTime
 from salus.fhir.writegate import GATE
 
 __all__ = [
@@ -63,6 +64,30 @@ def _driver_errors(conn: Connection, what: str) -> Iterator[None]:
         ) from exc
 
 
+def _memo(processor: Processor) -> Processor:
+    """A timestamp column's bind processor, remembering its recent results: a
+    batch's rows repeat the same few instants (its ``last_updated`` in the
+    resource, history and ``_lastUpdated`` rows). The result depends only on
+    the instant (:class:`~salus.db.types.UTCDateTime` converts to UTC), and
+    equal datetimes are the same instant."""
+    seen: dict[Any, Any] = {}
+
+    def process(value: Any) -> Any:
+        found = seen.get(value, _MISSING)
+        if found is _MISSING:
+            found = processor(value)
+            if len(seen) >= _MEMO_SIZE:
+                seen.clear()
+            seen[value] = found
+        return found
+
+    return process
+
+
+_MISSING = object()
+_MEMO_SIZE = 1024
+
+
 def _statement(
     dialect: Dialect, table: Table, keys: tuple[str, ...]
 ) -> tuple[str, Callable[[Mapping[str, Any]], Any], tuple[tuple[int, Processor], ...]]:
@@ -77,7 +102,10 @@ def _statement(
         names = ", ".join(f'"{table.c[name].name}"' for name in ("rid", *columns))
         marks = ", ".join("?" for _ in range(len(columns) + 1))
         processors = tuple(
-            (position, processor)
+            (
+                position,
+                _memo(processor) if isinstance(table.c[name].type, UTCDateTime) else processor,
+            )
             for position, name in enumerate(columns)
             if (processor := table.c[name].type.dialect_impl(dialect).bind_processor(dialect))
             is not None
