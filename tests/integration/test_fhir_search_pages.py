@@ -109,6 +109,8 @@ QUERIES = [
     "Observation?subject:Patient.family=Nguyen&code=http://loinc.org|29463-7",
     "Observation?subject:Patient.family=Nguyen&status=final",
     "Observation?code:not=http://loinc.org|8867-4",
+    # Two tokens: the page read from the code's index, the status probed in the same table.
+    "Observation?code=http://loinc.org|8867-4&status=final",
     "Patient?family=Ng",
     "Patient?_has:Observation:subject:code=http://loinc.org|29463-7",
 ]

@@ -208,13 +208,16 @@ class PagePlans:
         in ``rid`` order is found by walking the resources in that order and
         stopping at the page, not by collecting and sorting every match."""
         table, rids, row_test = self.subqueries[id(condition)]
+        # Correlated to the resource only: beside a page read from the same index
+        # table (:meth:`driven_by`: ``code=X&status=final``, two tokens), the probe
+        # reads its own rows of that table, not the driver's.
         if id(condition) in self.ordered:
             # Its index ends with rid: one lookup of every column, on both databases.
-            return exists(rids.where(table.c.rid == R.c.rid))
+            return exists(rids.where(table.c.rid == R.c.rid).correlate(R))
         # No type test: the rid implies it, and leaving it out leaves the planners
         # (SQLite's above all) only the index on rid to probe with, not the index
         # on (type, param, value) that a dense value would make a long scan of.
-        return exists(select(table.c.rid).where(table.c.rid == R.c.rid, row_test))
+        return exists(select(table.c.rid).where(table.c.rid == R.c.rid, row_test).correlate(R))
 
 
 def base_query(
