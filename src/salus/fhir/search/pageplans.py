@@ -22,7 +22,7 @@ from salus.db.tables import (
 )
 from salus.fhir.search.sqlforms import NoIndexOnSQLite
 
-__all__ = ["PagePlans", "base_query", "walk_query"]
+__all__ = ["PagePlans", "base_query", "in_order_of", "walk_query"]
 
 R = fhir_resources
 #: Index tables whose value indexes end with the rid (migrations 0018, 0019).
@@ -75,20 +75,8 @@ class PagePlans:
         costs a page of index entries, not every match (``DISTINCT``: a resource
         may have two index rows of one code, with different display texts)."""
         table, _, row_test = self.subqueries[id(driver)]
-        return (
-            select(table.c.rid)
-            .distinct()
-            .select_from(table.join(R, R.c.rid == table.c.rid))
-            .where(
-                table.c.res_type == res_type,
-                row_test,
-                R.c.res_type == res_type,
-                R.c.deleted.is_(False),
-                visible,
-                *others,
-            )
-            .order_by(table.c.rid)
-        )
+        tests = [table.c.res_type == res_type, row_test]
+        return in_order_of(table, table.c.rid, tests, res_type, others, visible).distinct()
 
     def is_chain(self, condition: ColumnElement[bool]) -> bool:
         return id(condition) in self.chains
@@ -117,12 +105,7 @@ class PagePlans:
         that very many targets meet (ADR 22, amendment of stop 15)."""
         table, rids, _ = self.subqueries[id(chain)]
         candidates = rids.distinct().order_by(table.c.rid).subquery("chain_rids")
-        return (
-            select(R.c.rid)
-            .select_from(candidates.join(R, R.c.rid == candidates.c.rid))
-            .where(R.c.res_type == res_type, R.c.deleted.is_(False), visible, *others)
-            .order_by(candidates.c.rid)
-        )
+        return in_order_of(candidates, candidates.c.rid, [], res_type, others, visible, R.c.rid)
 
     def targets_at_least(
         self,
@@ -218,6 +201,30 @@ class PagePlans:
         # (SQLite's above all) only the index on rid to probe with, not the index
         # on (type, param, value) that a dense value would make a long scan of.
         return exists(select(table.c.rid).where(table.c.rid == R.c.rid, row_test).correlate(R))
+
+
+def in_order_of(
+    source: Any,
+    rid: Any,
+    tests: Sequence[ColumnElement[bool]],
+    res_type: str,
+    others: Sequence[ColumnElement[bool]],
+    visible: ColumnElement[bool],
+    selected: Any = None,
+) -> Select[Any]:
+    """The skeleton of a page read in the order of a ``source`` of rids (an index
+    read in rid order, a chain's sorted references): each rid joined to its
+    resource, ``tests`` on the source's row, then the resource's checks (type,
+    not deleted, the caller's filter, ``others`` probed), in ``rid`` order, so
+    that the planners stop at the page. ``selected``: the column returned (the
+    source's rid unless given). A walk of the resources themselves is
+    :func:`walk_query`, whose source is the resource table."""
+    return (
+        select(rid if selected is None else selected)
+        .select_from(source.join(R, R.c.rid == rid))
+        .where(*tests, R.c.res_type == res_type, R.c.deleted.is_(False), visible, *others)
+        .order_by(rid)
+    )
 
 
 def base_query(
