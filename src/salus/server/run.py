@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 from collections.abc import Callable
 
@@ -11,7 +12,7 @@ from salus.config import Settings
 from salus.errors import ConfigurationError
 from salus.server.app import create_app
 
-__all__ = ["run_server", "serve_app"]
+__all__ = ["freeze_startup_objects", "run_server", "serve_app"]
 
 
 def run_server(settings: Settings) -> int:
@@ -43,8 +44,23 @@ class _Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
+        if self.started:
+            freeze_startup_objects()
         if self.started and self._on_started is not None:
             self._on_started()
+
+
+def freeze_startup_objects() -> None:
+    """Leave what start-up made out of the cyclic garbage collector's work.
+
+    The app, its services, the FHIR definitions and search registry live as
+    long as the process; every full collection walked them all again, and a
+    write-heavy request (a transaction Bundle makes some 10^5 objects per
+    100 resources) triggers many collections: ~10 % of the CPU of a Bundle.
+    ``gc.freeze`` (after one collection, so no garbage is kept) moves them
+    to the permanent generation; later objects are collected as before."""
+    gc.collect()
+    gc.freeze()
 
 
 def serve_app(
