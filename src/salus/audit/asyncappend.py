@@ -49,7 +49,8 @@ def pg_async_batching(
     """The async record and gate of ``audit``'s batcher; (None, None) on SQLite."""
     if audit.db.is_sqlite:
         return None, None
-    from salus.audit.chain import _PG_APPEND, AuditLog, _pg_append_params
+    from salus.audit.chain import AuditLog
+    from salus.audit.pgappend import _PG_APPEND, _pg_append_params
 
     db = audit.db
 

@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from datetime import datetime
@@ -50,10 +48,16 @@ from sqlalchemy.exc import DBAPIError
 from salus.audit.batcher import RecordBatcher
 from salus.audit.events import (
     GENESIS_HASH,
-    HASHED_FIELDS,
     AuditEvent,
-    canonical_json,
     iso_utc,
+)
+from salus.audit.pgappend import (
+    _PG_APPEND,
+    _PG_JSON_PARTS,
+    _pg_append_params,
+    _pg_json_parts,
+    pg_json_events,
+    raise_pg_error,
 )
 from salus.audit.signing import Checkpoint, CheckpointSigner, Ed25519Signer
 from salus.db.engine import Database, WriterLock
@@ -90,44 +94,6 @@ _MOVE_HEAD = (
     .where(audit_head.c.id == bindparam("h_id"), audit_head.c.seq == bindparam("h_old"))
     .values(seq=bindparam("h_seq"), hash=bindparam("h_hash"))
 )
-
-# PostgreSQL: the whole append in one statement (migration 0015, ADR 21).
-_PG_TEXT_COLUMNS = (
-    "category",
-    "action",
-    "principal_kind",
-    "principal_id",
-    "org_id",
-    "client_id",
-    "address",
-    "purpose",
-    "patient_key",
-    "entity",
-    "description",
-    "request_id",
-    "flags",
-)
-_PG_APPEND = (
-    "SELECT salus_audit_append(%(recorded_at)s, %(recorded_text)s, %(prefix)s, %(mid)s,"
-    " %(category)s, %(action)s, %(outcome)s::smallint[], %(principal_kind)s,"
-    " %(principal_id)s, %(org_id)s, %(client_id)s, %(address)s, %(purpose)s,"
-    " %(patient_key)s, %(entity)s, %(description)s, %(request_id)s, %(flags)s,"
-    " %(detail)s)"
-)
-_PG_BEFORE_RECORDED_AT = tuple(name for name in HASHED_FIELDS if name < "recorded_at")
-if tuple(name for name in HASHED_FIELDS if name > "recorded_at") != ("request_id", "seq"):
-    raise RuntimeError("salus_audit_append assumes request_id and seq follow recorded_at")
-#: The array arguments of ``salus_audit_append`` in order (after the two
-#: ``recorded_at`` values), as :data:`_PG_APPEND` passes them.
-_PG_ARGUMENTS = tuple(re.findall(r"%\((\w+)\)s", _PG_APPEND)[2:])
-#: The values of one event in :meth:`AuditLog.pg_append_json`'s JSON, in order.
-_PG_JSON_COLUMNS = ("prefix", "mid", "outcome", "detail", *_PG_TEXT_COLUMNS)
-if sorted(_PG_JSON_COLUMNS) != sorted(_PG_ARGUMENTS):
-    raise RuntimeError("salus_audit_append's arguments are not those of the JSON events")
-#: The SQLSTATE the function raises for an inconsistent head.
-_PG_HEAD_ERROR = "SA001"
-#: undefined_function: a database that was not migrated to 0015.
-_PG_NO_FUNCTION = "42883"
 
 
 class _RawStatement:
@@ -173,62 +139,6 @@ _SQLITE_ROW_KEYS = (
     "prev_hash",
     "hash",
 )
-
-
-def _pg_append_params(events: Sequence[AuditEvent], recorded_at: datetime) -> dict[str, Any]:
-    """Parameters of ``salus_audit_append``: each event's canonical JSON in two
-    parts around ``recorded_at`` and ``seq`` (:func:`event_hash` order: every
-    other key sorts before ``recorded_at``; ``request_id`` and ``seq`` after)."""
-    params: dict[str, Any] = {name: [] for name in _PG_TEXT_COLUMNS}
-    prefixes: list[str] = []
-    mids: list[str] = []
-    outcomes: list[int] = []
-    details: list[str | None] = []
-    for event in events:
-        record = {name: getattr(event, name) for name in _PG_BEFORE_RECORDED_AT}
-        record["outcome"] = int(event.outcome)
-        prefixes.append(canonical_json(record).decode("utf-8")[:-1])
-        mids.append(',"request_id":' + canonical_json(event.request_id).decode("utf-8") + ',"seq":')
-        outcomes.append(int(event.outcome))
-        detail = event.detail
-        details.append(None if detail is None else canonical_json(dict(detail)).decode("utf-8"))
-        for name in _PG_TEXT_COLUMNS:
-            params[name].append(getattr(event, name))
-    params.update(
-        recorded_at=recorded_at,
-        recorded_text=iso_utc(recorded_at),
-        prefix=prefixes,
-        mid=mids,
-        outcome=outcomes,
-        detail=details,
-    )
-    return params
-
-
-#: :meth:`AuditLog.pg_append_json`'s FROM item and call, by name.
-_PG_JSON_PARTS: dict[str, tuple[str, str]] = {}
-
-
-def _pg_json_parts(name: str) -> tuple[str, str]:
-    if not name.isidentifier():
-        raise ValueError("not an SQL name")
-    # One pass over the events: every array is aggregated from the same rows
-    # in the same order (jsonb_array_elements gives the array's order), so the
-    # i-th element of each array belongs to the i-th event. jsonb: the text is
-    # parsed once (strings are kept exactly); ->> on json parses the element
-    # again for every field.
-    aggregates = ", ".join(
-        f"array_agg((e->>{n})::smallint) AS {column}"
-        if column == "outcome"
-        else f"array_agg(e->>{n}) AS {column}"
-        for n, column in enumerate(_PG_JSON_COLUMNS)
-    )
-    from_item = (  # names from this module; the values are one parameter
-        f"(SELECT {aggregates} FROM jsonb_array_elements(CAST(%({name}_events)s AS jsonb))"  # noqa: S608
-        f" AS t(e)) AS {name}"
-    )
-    arguments = ", ".join(f"{name}.{column}" for column in _PG_ARGUMENTS)
-    return from_item, f"salus_audit_append(%({name}_at)s, %({name}_text)s, {arguments})"
 
 
 def _check_events(events: Sequence[object]) -> None:
@@ -424,27 +334,13 @@ class AuditLog:
         events = list(events)
         _check_events(events)
         recorded_at = self.clock()
-        rows = []
-        for event in events:
-            record = {key: getattr(event, key) for key in _PG_BEFORE_RECORDED_AT}
-            record["outcome"] = int(event.outcome)
-            detail = event.detail
-            rows.append(
-                [
-                    canonical_json(record).decode("utf-8")[:-1],
-                    ',"request_id":' + canonical_json(event.request_id).decode("utf-8") + ',"seq":',
-                    int(event.outcome),
-                    None if detail is None else canonical_json(dict(detail)).decode("utf-8"),
-                    *(getattr(event, key) for key in _PG_TEXT_COLUMNS),
-                ]
-            )
         parts = _PG_JSON_PARTS.get(name)
         if parts is None:
             parts = _PG_JSON_PARTS[name] = _pg_json_parts(name)
         params = {
             f"{name}_at": recorded_at,
             f"{name}_text": iso_utc(recorded_at),
-            f"{name}_events": json.dumps(rows, ensure_ascii=False, separators=(",", ":")),
+            f"{name}_events": pg_json_events(events),
         }
         return parts[0], parts[1], params
 
@@ -452,14 +348,8 @@ class AuditLog:
     def raise_pg_error(exc: BaseException | None) -> None:
         """Raise the chain's own error for a driver error ``exc`` of a
         statement holding :meth:`pg_append_json` (head missing, function
-        missing); return for any other error."""
-        state = getattr(exc, "sqlstate", None)
-        if state == _PG_HEAD_ERROR:
-            raise IntegrityError("The audit chain head is missing but events exist.") from None
-        if state == _PG_NO_FUNCTION:  # one rule, one implementation: no fallback (ADR 21)
-            raise Unavailable(
-                "The database schema is not up to date; run 'salus migrate'."
-            ) from None
+        missing); return for any other error (:func:`salus.audit.pgappend.raise_pg_error`)."""
+        raise_pg_error(exc)
 
     def _append_pg(self, conn: Connection, events: Sequence[AuditEvent]) -> list[int]:
         """Lock the head, hash, insert and move the head in one statement.

@@ -1,0 +1,148 @@
+"""The PostgreSQL audit append: one ``salus_audit_append`` statement (migration 0015, ADR 21).
+
+The function locks the chain head, numbers the events, computes each
+``hash = SHA-256(prev_hash ‖ canonical JSON)`` (:func:`salus.audit.events.event_hash`),
+inserts the events and moves the head. The client sends each event's
+canonical JSON in two parts around ``recorded_at`` and ``seq``, which the
+function adds. This module holds the statement, its parameters (as arrays,
+:func:`_pg_append_params`, or as one JSON text inside a larger statement,
+:func:`pg_json_events` and :func:`_pg_json_parts`) and the mapping of the
+function's errors (:func:`raise_pg_error`); :class:`salus.audit.chain.AuditLog`
+uses them. Split out of :mod:`salus.audit.chain` (stop 16), unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from salus.audit.events import HASHED_FIELDS, AuditEvent, canonical_json, iso_utc
+from salus.errors import IntegrityError, Unavailable
+
+# PostgreSQL: the whole append in one statement (migration 0015, ADR 21).
+_PG_TEXT_COLUMNS = (
+    "category",
+    "action",
+    "principal_kind",
+    "principal_id",
+    "org_id",
+    "client_id",
+    "address",
+    "purpose",
+    "patient_key",
+    "entity",
+    "description",
+    "request_id",
+    "flags",
+)
+_PG_APPEND = (
+    "SELECT salus_audit_append(%(recorded_at)s, %(recorded_text)s, %(prefix)s, %(mid)s,"
+    " %(category)s, %(action)s, %(outcome)s::smallint[], %(principal_kind)s,"
+    " %(principal_id)s, %(org_id)s, %(client_id)s, %(address)s, %(purpose)s,"
+    " %(patient_key)s, %(entity)s, %(description)s, %(request_id)s, %(flags)s,"
+    " %(detail)s)"
+)
+_PG_BEFORE_RECORDED_AT = tuple(name for name in HASHED_FIELDS if name < "recorded_at")
+if tuple(name for name in HASHED_FIELDS if name > "recorded_at") != ("request_id", "seq"):
+    raise RuntimeError("salus_audit_append assumes request_id and seq follow recorded_at")
+#: The array arguments of ``salus_audit_append`` in order (after the two
+#: ``recorded_at`` values), as :data:`_PG_APPEND` passes them.
+_PG_ARGUMENTS = tuple(re.findall(r"%\((\w+)\)s", _PG_APPEND)[2:])
+#: The values of one event in :meth:`AuditLog.pg_append_json`'s JSON, in order.
+_PG_JSON_COLUMNS = ("prefix", "mid", "outcome", "detail", *_PG_TEXT_COLUMNS)
+if sorted(_PG_JSON_COLUMNS) != sorted(_PG_ARGUMENTS):
+    raise RuntimeError("salus_audit_append's arguments are not those of the JSON events")
+#: The SQLSTATE the function raises for an inconsistent head.
+_PG_HEAD_ERROR = "SA001"
+#: undefined_function: a database that was not migrated to 0015.
+_PG_NO_FUNCTION = "42883"
+
+
+def _pg_append_params(events: Sequence[AuditEvent], recorded_at: datetime) -> dict[str, Any]:
+    """Parameters of ``salus_audit_append``: each event's canonical JSON in two
+    parts around ``recorded_at`` and ``seq`` (:func:`event_hash` order: every
+    other key sorts before ``recorded_at``; ``request_id`` and ``seq`` after)."""
+    params: dict[str, Any] = {name: [] for name in _PG_TEXT_COLUMNS}
+    prefixes: list[str] = []
+    mids: list[str] = []
+    outcomes: list[int] = []
+    details: list[str | None] = []
+    for event in events:
+        record = {name: getattr(event, name) for name in _PG_BEFORE_RECORDED_AT}
+        record["outcome"] = int(event.outcome)
+        prefixes.append(canonical_json(record).decode("utf-8")[:-1])
+        mids.append(',"request_id":' + canonical_json(event.request_id).decode("utf-8") + ',"seq":')
+        outcomes.append(int(event.outcome))
+        detail = event.detail
+        details.append(None if detail is None else canonical_json(dict(detail)).decode("utf-8"))
+        for name in _PG_TEXT_COLUMNS:
+            params[name].append(getattr(event, name))
+    params.update(
+        recorded_at=recorded_at,
+        recorded_text=iso_utc(recorded_at),
+        prefix=prefixes,
+        mid=mids,
+        outcome=outcomes,
+        detail=details,
+    )
+    return params
+
+
+#: :meth:`AuditLog.pg_append_json`'s FROM item and call, by name.
+_PG_JSON_PARTS: dict[str, tuple[str, str]] = {}
+
+
+def _pg_json_parts(name: str) -> tuple[str, str]:
+    if not name.isidentifier():
+        raise ValueError("not an SQL name")
+    # One pass over the events: every array is aggregated from the same rows
+    # in the same order (jsonb_array_elements gives the array's order), so the
+    # i-th element of each array belongs to the i-th event. jsonb: the text is
+    # parsed once (strings are kept exactly); ->> on json parses the element
+    # again for every field.
+    aggregates = ", ".join(
+        f"array_agg((e->>{n})::smallint) AS {column}"
+        if column == "outcome"
+        else f"array_agg(e->>{n}) AS {column}"
+        for n, column in enumerate(_PG_JSON_COLUMNS)
+    )
+    from_item = (  # names from this module; the values are one parameter
+        f"(SELECT {aggregates} FROM jsonb_array_elements(CAST(%({name}_events)s AS jsonb))"  # noqa: S608
+        f" AS t(e)) AS {name}"
+    )
+    arguments = ", ".join(f"{name}.{column}" for column in _PG_ARGUMENTS)
+    return from_item, f"salus_audit_append(%({name}_at)s, %({name}_text)s, {arguments})"
+
+
+def pg_json_events(events: Sequence[AuditEvent]) -> str:
+    """The events of :meth:`AuditLog.pg_append_json` as one JSON text: per
+    event the values of :data:`_PG_JSON_COLUMNS`, in order."""
+    rows = []
+    for event in events:
+        record = {key: getattr(event, key) for key in _PG_BEFORE_RECORDED_AT}
+        record["outcome"] = int(event.outcome)
+        detail = event.detail
+        rows.append(
+            [
+                canonical_json(record).decode("utf-8")[:-1],
+                ',"request_id":' + canonical_json(event.request_id).decode("utf-8") + ',"seq":',
+                int(event.outcome),
+                None if detail is None else canonical_json(dict(detail)).decode("utf-8"),
+                *(getattr(event, key) for key in _PG_TEXT_COLUMNS),
+            ]
+        )
+    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+
+
+def raise_pg_error(exc: BaseException | None) -> None:
+    """Raise the chain's own error for a driver error ``exc`` of a statement
+    calling ``salus_audit_append`` (head missing, function missing); return
+    for any other error."""
+    state = getattr(exc, "sqlstate", None)
+    if state == _PG_HEAD_ERROR:
+        raise IntegrityError("The audit chain head is missing but events exist.") from None
+    if state == _PG_NO_FUNCTION:  # one rule, one implementation: no fallback (ADR 21)
+        raise Unavailable("The database schema is not up to date; run 'salus migrate'.") from None
