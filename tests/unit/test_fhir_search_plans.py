@@ -199,3 +199,38 @@ def test_index_conditions_are_counted_from_their_index_alone(
         assert any(f"USING COVERING INDEX {index} " in step for step in plan), plan
     # The only scan is of the LIMITed sub-query's rows (SQLite's co-routine).
     assert [step for step in plan if step.startswith("SCAN")] == ["SCAN anon_1"], plan
+
+
+@pytest.mark.parametrize(
+    ("value", "index"),
+    [
+        ("ge2025-06-01", "ix_fhir_idx_date_high"),
+        ("gt2025-06-01", "ix_fhir_idx_date_high"),
+        ("eb2025-06-01", "ix_fhir_idx_date_high"),
+        ("le2025-06-01", "ix_fhir_idx_date_low"),
+        ("lt2025-06-01", "ix_fhir_idx_date_low"),
+        ("sa2025-06-01", "ix_fhir_idx_date_low"),
+    ],
+)
+def test_a_one_sided_date_is_tested_from_the_end_of_its_index(
+    conn: Connection, value: str, index: str
+) -> None:
+    """ADR 22, stop 16 (rule 10): whether ``date=geX`` is dense is read from the
+    end of the date index (the ``n``-th highest ``high``), index only and in the
+    index's order (no sort): the same pages for every date. The count it
+    replaces read ``n`` entries from X upward, a random place of the index
+    (16-29 pages per query at 1,000,000 resources)."""
+    flt = RecordFilter(own_org="hosp-a")
+    plan = SearchPlan(
+        type_lookup(get_registry().params_for),
+        lambda table: flt.where(searching._columns(table)),
+    )
+    parsed = build_search(plan, "Observation", [("date", value)], lenient=False)
+    (condition,) = parsed.conditions
+    compiled = plan.edge_query(condition, searching.DENSE_MATCHES).compile(conn)
+    args = tuple(compiled.params[name] for name in compiled.positiontup or ())
+    steps = [str(row[3]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", args)]
+    assert any(f"USING COVERING INDEX {index} (res_type=? AND param=?)" in s for s in steps), steps
+    assert not any("TEMP B-TREE" in s for s in steps), steps
+    # The two rows of the fixture are on 2026-01-01: after the date, not before.
+    assert plan.matches_at_least(conn, condition, 2) is (value[:2] in ("ge", "gt", "sa"))
