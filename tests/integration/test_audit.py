@@ -149,9 +149,10 @@ def test_stored_values_hash_the_same_after_a_round_trip(db: Database, log: Audit
     }
     event = read_event(description="Zoë’s record — ü", entity="Patient/ä", detail=detail)
     log.record([event, read_event(detail={})])
+    log.record_batch([event, read_event(detail={})])  # the group commit's statement
     with db.read() as conn:
         stored = conn.execute(select(audit_events.c.detail).order_by("seq")).scalars().all()
-    assert stored == [detail, {}]
+    assert stored == [detail, {}, detail, {}]
     assert verify_chain(db).ok
 
 

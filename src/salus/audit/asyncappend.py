@@ -50,7 +50,7 @@ def pg_async_batching(
     if audit.db.is_sqlite:
         return None, None
     from salus.audit.chain import AuditLog
-    from salus.audit.pgappend import _PG_APPEND, _pg_append_params
+    from salus.audit.pgappend import PG_RECORD, pg_record_params
 
     db = audit.db
 
@@ -58,9 +58,9 @@ def pg_async_batching(
         events = list(events)
         if not events:
             return []
-        params = _pg_append_params(events, audit.clock())
+        params = pg_record_params(events, audit.clock())
         try:
-            found = await db.fetch_raw_async(_PG_APPEND, params)
+            found = await db.fetch_raw_async(PG_RECORD, params)
         except DBAPIError as exc:
             if exc.orig is not None:  # head or function missing: the chain's own errors
                 AuditLog.raise_pg_error(exc.orig)

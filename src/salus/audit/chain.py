@@ -54,9 +54,11 @@ from salus.audit.events import (
 from salus.audit.pgappend import (
     _PG_APPEND,
     _PG_JSON_PARTS,
+    PG_RECORD,
     _pg_append_params,
     _pg_json_parts,
     pg_json_events,
+    pg_record_params,
     raise_pg_error,
 )
 from salus.audit.signing import Checkpoint, CheckpointSigner, Ed25519Signer
@@ -250,8 +252,8 @@ class AuditLog:
     def _record_pg(self, events: list[AuditEvent]) -> list[int]:
         """``salus_audit_append`` alone in autocommit on the pooled DBAPI
         connection (as :meth:`record` does through SQLAlchemy's connection)."""
-        params = _pg_append_params(events, self.clock())
-        found = self.db.fetch_raw(_PG_APPEND, params, on_error=self.raise_pg_error)
+        params = pg_record_params(events, self.clock())
+        found = self.db.fetch_raw(PG_RECORD, params, on_error=self.raise_pg_error)
         row = None if found is None else found[1]
         last = None if row is None else row[0]
         if last is None:
