@@ -121,3 +121,37 @@ def test_http_creates_go_through_the_group(world: World) -> None:
     )
     assert response.status_code == 201, response.text
     assert router.creates.creates == before + 1
+
+
+def test_creates_queued_while_the_database_is_busy_join_the_group(world: World) -> None:
+    """SQLite: the group is taken once the database's writer lock is held, so
+    the creates queued while another writer (another process, a Bundle, an
+    audit batch) held it are written in the same transaction."""
+    services = world.services
+    store, db = services.fhir_store, services.db
+    if not db.is_sqlite:
+        pytest.skip("PostgreSQL writers do not share one writer lock")
+    group = CreateGroup(db, store)
+    jobs = [store.prepare_creates(FEED, [(patient(n), None)]) for n in (20, 21, 22)]
+    results: list[Any] = [None] * len(jobs)
+
+    def work(i: int) -> None:
+        results[i] = group.commit(jobs[i])
+
+    with db.writer_lock():  # another writer holds the database
+        first = threading.Thread(target=work, args=(0,))
+        first.start()  # becomes the group's leader and waits for the database
+        deadline = time.monotonic() + 10
+        while not group._writer.locked() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        others = [threading.Thread(target=work, args=(i,)) for i in (1, 2)]
+        for thread in others:
+            thread.start()
+        while len(group._queue) < len(jobs) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(group._queue) == len(jobs)
+    for thread in [first, *others]:
+        thread.join(10)
+    assert all(isinstance(r, list) and len(r) == 1 for r in results)
+    assert group.transactions == 1 and group.creates == 3
+    assert verify_chain(db).ok

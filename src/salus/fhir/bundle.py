@@ -119,6 +119,8 @@ class _BundleGroup(CreateGroup):
     fails, each is written again in a transaction of its own. The rows are
     joined before the lock, and its holder holds the write gate."""
 
+    group_under_db_lock = False  # the rows are joined before the lock
+
     def _commit(self, batches: list[PreparedCreates]) -> list[list[Stored]]:
         merged = merge_prepared(batches)
         with self.db.write() as conn, GATE.holding():

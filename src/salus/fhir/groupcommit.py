@@ -9,8 +9,10 @@ process therefore share one transaction:
 
 * a request queues its prepared create and waits for the writer lock of the
   group (a thread lock: requests run in worker threads);
-* whoever holds that lock takes every create queued so far (up to
-  ``max_batch``) and writes them together, in one transaction with one
+* whoever holds that lock waits for the database's writer lock (SQLite:
+  another process, a Bundle or an audit batch may be writing), then takes
+  every create queued so far (up to ``max_batch``: those queued while it
+  waited too) and writes them together, in one transaction with one
   audit append (each resource's own event, in the same transaction as its
   change: ADR 7), then marks each create done;
 * a request whose create was written by another thread returns its result
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +54,12 @@ class _Slot:
 class CreateGroup:
     """Write concurrent :class:`PreparedCreates` in shared transactions."""
 
+    #: Take the group once the database's writer lock is held (SQLite), so that
+    #: the creates queued while another writer held it join it (ADR 23). False:
+    #: take it first and do the subclass's work on it (``_commit``) before the
+    #: lock is waited for.
+    group_under_db_lock = True
+
     def __init__(self, db: Any, store: FhirStore, *, max_batch: int = 64) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be positive")
@@ -72,10 +81,14 @@ class CreateGroup:
         while True:
             with self._writer:
                 if not slot.done:
-                    with self._queue_lock:
-                        group = self._queue[: self.max_batch]
-                        del self._queue[: self.max_batch]
-                    self._write(group)
+                    # SQLite: take the group only once the database's writer
+                    # lock is held (re-entered by the transaction): the creates
+                    # queued while another process or a Bundle wrote join it.
+                    with self.db.writer_lock() if self.group_under_db_lock else nullcontext():
+                        with self._queue_lock:
+                            group = self._queue[: self.max_batch]
+                            del self._queue[: self.max_batch]
+                        self._write(group)
             if slot.done:
                 break
             # Not reached only if more than max_batch creates queued before ours.
