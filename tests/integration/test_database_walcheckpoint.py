@@ -140,6 +140,23 @@ def test_the_background_thread_checkpoints(tmp_path: Path) -> None:
         db.dispose()
 
 
+def test_a_large_wal_is_checkpointed_sooner(tmp_path: Path) -> None:
+    db = _sqlite(tmp_path, sqlite_wal_limit_mb=8)
+    try:
+        checkpointer = db.start_checkpointer(30)
+        assert checkpointer is not None
+        _insert(db, 100)
+        small = checkpointer.run_once()
+        assert small is not None and checkpointer.next_wait(small) == 30
+        _insert(db, 6000)  # ~1,500 pages: over 1,000, under the limit
+        large = checkpointer.run_once()
+        assert large is not None and large.mode == "PASSIVE"
+        assert checkpointer.next_wait(large) == pytest.approx(0.1)
+        assert checkpointer.next_wait(None) == 30
+    finally:
+        db.dispose()
+
+
 _CHILD = """
 import sys
 from salus.db.engine import create_database
