@@ -123,6 +123,28 @@ def test_the_wal_stays_bounded_after_a_large_transaction(tmp_path: Path) -> None
         db.dispose()
 
 
+def test_a_reader_on_an_old_snapshot_does_not_stop_writers_at_every_tick(
+    tmp_path: Path,
+) -> None:
+    db = _sqlite(tmp_path, sqlite_wal_limit_mb=1)
+    try:
+        checkpointer = db.start_checkpointer(3600)
+        assert checkpointer is not None
+        _insert(db, 10)
+        with db.read() as reader:  # a long read keeps its snapshot
+            assert reader.execute(text("SELECT count(*) FROM t")).scalar_one() == 10
+            _insert(db, 5000)  # past the limit
+            first = checkpointer.run_once()
+            assert first is not None and first.mode == "TRUNCATE" and first.busy
+            again = checkpointer.run_once()  # the next tick: no second wait under the lock
+            assert again is not None and again.mode == "PASSIVE"
+            assert checkpointer.truncations == 1
+        with db.read() as conn:
+            assert conn.execute(text("SELECT count(*) FROM t")).scalar_one() == 5010
+    finally:
+        db.dispose()
+
+
 def test_the_background_thread_checkpoints(tmp_path: Path) -> None:
     db = _sqlite(tmp_path)
     try:

@@ -22,8 +22,10 @@ instead, on a connection of its own:
   finishing, and a WAL that never finishes a checkpoint is never restarted
   ("checkpoint starvation", ``wal.html`` section 4.2): when the WAL holds more
   than ``limit_pages`` frames, a ``TRUNCATE`` checkpoint runs under the
-  writer lock, which waits (at most the connection's busy timeout) for those
-  readers and empties the WAL, so it never grows without bound;
+  writer lock, which waits (at most 200 ms) for those readers and empties
+  the WAL, so it never grows without bound while readers come and go (a
+  reader that keeps one snapshot for longer pins the WAL for that long:
+  the bounded checkpoint is then retried only every 5 s);
 * ``PRAGMA journal_size_limit`` (set on every connection) truncates a WAL
   file that a large transaction grew past the limit when it is next reset.
 
@@ -61,9 +63,15 @@ __all__ = ["CheckpointResult", "WalCheckpointer"]
 log = logging.getLogger("salus.db")
 
 #: How long the bounded (``TRUNCATE``) checkpoint waits for readers, in ms,
-#: holding the writer lock meanwhile; if they are still there, the next tick
-#: tries again.
-TRUNCATE_BUSY_MS = 2000
+#: holding the writer lock meanwhile (readers by id and audit batches take a
+#: few ms).
+TRUNCATE_BUSY_MS = 200
+
+#: After readers kept a bounded checkpoint from finishing (a long search or
+#: export on an old snapshot), the next one is tried only this many seconds
+#: later, so that writers are not stopped at every tick while it reads; the
+#: passive checkpoints go on meanwhile.
+TRUNCATE_BACKOFF_S = 5.0
 
 #: While the WAL holds more frames than this (SQLite's own automatic
 #: checkpoint threshold; Bundles under load append 10,000 pages a second),
@@ -110,6 +118,8 @@ class WalCheckpointer:
         self._lock_fd: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: No bounded checkpoint before this (monotonic), after a busy one.
+        self._truncate_after = 0.0
 
     def start(self) -> None:
         if self._thread is not None:
@@ -156,11 +166,12 @@ class WalCheckpointer:
             return None
         try:
             result = self._checkpoint("PASSIVE")
-            if result.frames > self.limit_pages:
+            if result.frames > self.limit_pages and time.monotonic() >= self._truncate_after:
                 with self.db.writer_lock():
                     result = self._checkpoint("TRUNCATE")
                 self.truncations += 1
                 if result.busy:
+                    self._truncate_after = time.monotonic() + TRUNCATE_BACKOFF_S
                     log.warning(
                         "WAL over its limit and readers kept it from being emptied",
                         extra={"frames": result.frames},
