@@ -9,6 +9,7 @@ import asyncio
 import fcntl
 import os
 import threading
+import types
 from pathlib import Path
 from typing import Any
 
@@ -250,7 +251,11 @@ def test_held_async_waits_its_turn_right_after_a_release(
             calls.append("try" if operation & fcntl.LOCK_NB else "wait")
         real_flock(fd, operation)
 
+    # A clock that moves only when told: "at once" and "later" do not depend
+    # on how busy the machine is.
+    clock = types.SimpleNamespace(now=1000.0)
     monkeypatch.setattr(engine_module.fcntl, "flock", flock)
+    monkeypatch.setattr(engine_module, "time", types.SimpleNamespace(monotonic=lambda: clock.now))
     lock = WriterLock(tmp_path / "lock")
 
     async def main() -> None:
@@ -258,7 +263,7 @@ def test_held_async_waits_its_turn_right_after_a_release(
             pass
         async with lock.held_async():  # at once: its turn after any waiter
             pass
-        await asyncio.sleep(engine_module.TURN_SECONDS * 5)
+        clock.now += engine_module.TURN_SECONDS * 5
         async with lock.held_async():
             pass
 
