@@ -133,29 +133,7 @@ def _uri_row(value: Any) -> Row:
     return fhir_idx_uri, {"param": value.param, "value": _cut(value.value, _URL) or ""}
 
 
-_ROWS: dict[str, Callable[[Any], Row | None]] = {
-    "TokenValue": _token_row,
-    "StringValue": _string_row,
-    "DateValue": _date_row,
-    "NumberValue": _number_row,
-    "QuantityValue": _quantity_row,
-    "ReferenceValue": _reference_row,
-    "ReferenceIdentifierValue": _reference_identifier_row,
-    "UriValue": _uri_row,
-}
-
-
-def _row(kind: str, value: Any) -> Row | None:
-    """The index table and column values of one extracted value (by its class name)."""
-    make = _ROWS.get(kind)
-    if make is not None:
-        return make(value)
-    if kind == "CompositeValue":
-        return _composite_row(value)
-    return None
-
-
-def _composite_row(value: Any) -> tuple[Table, dict[str, Any]] | None:
+def _composite_row(value: Any) -> Row | None:
     """Two-component composites (the first a token or reference) as one row."""
     if len(value.parts) != 2:
         return None  # three-part composites (4 of 72 in R4) are not indexed yet
@@ -194,6 +172,21 @@ def _composite_row(value: Any) -> tuple[Table, dict[str, Any]] | None:
     return fhir_idx_composite, row
 
 
+#: The row function of each value class (by class name); a class not here
+#: has no index row.
+_ROWS: dict[str, Callable[[Any], Row | None]] = {
+    "TokenValue": _token_row,
+    "StringValue": _string_row,
+    "DateValue": _date_row,
+    "NumberValue": _number_row,
+    "QuantityValue": _quantity_row,
+    "ReferenceValue": _reference_row,
+    "ReferenceIdentifierValue": _reference_identifier_row,
+    "UriValue": _uri_row,
+    "CompositeValue": _composite_row,
+}
+
+
 def _date_shapes(rows: list[dict[str, Any]]) -> None:
     """Set ``shape`` on a resource's date rows (:data:`DATE_MULTI`, :data:`DATE_LONG`)."""
     per_param: dict[str, int] = {}
@@ -221,9 +214,8 @@ class Indexer:
         seen: set[tuple[Any, ...]] = set()
         rows_of = _ROWS.get
         for value in self.extract(resource):
-            kind = type(value).__name__
-            make = rows_of(kind)
-            mapped = make(value) if make is not None else _row(kind, value)
+            make = rows_of(type(value).__name__)
+            mapped = make(value) if make is not None else None
             if mapped is None:
                 continue
             table, values = mapped
