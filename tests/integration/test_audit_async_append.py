@@ -303,3 +303,41 @@ def test_held_async_admits_one_coroutine_at_a_time(tmp_path: Path, with_file: bo
     assert overlaps == [1, 1, 1]
     if with_file:
         assert _lock_is_free(path)
+
+
+def test_held_async_holder_of_one_loop_is_not_taken_by_another(tmp_path: Path) -> None:
+    """A task of a second event loop (another thread) that finds the lock held
+    gets False and leaves the holder's state alone: the holding task of the
+    first loop may still enter it again afterwards."""
+    lock = WriterLock(tmp_path / "lock")
+    held_by_a = threading.Event()
+    b_done = threading.Event()
+    seen_by_b: list[bool] = []
+
+    def loop_b() -> None:
+        held_by_a.wait(5)
+
+        async def attempt() -> None:
+            async with lock.held_async() as held:
+                seen_by_b.append(held)
+
+        asyncio.run(attempt())
+        b_done.set()
+
+    async def loop_a() -> bool:
+        async with lock.held_async() as held:
+            assert held
+            held_by_a.set()
+            await asyncio.to_thread(b_done.wait, 5)
+            async with asyncio.timeout(2):  # re-entered by its holder, not queued
+                async with lock.held_async() as again:
+                    return again
+
+    thread = threading.Thread(target=loop_b)
+    thread.start()
+    try:
+        assert asyncio.run(loop_a())
+    finally:
+        thread.join(5)
+        lock.close()
+    assert seen_by_b == [False]

@@ -129,12 +129,17 @@ class WriterLock:
         if queue is None:
             queue = self._loop_locks[loop] = asyncio.Lock()
         async with queue:
-            self._async_owner = task
-            try:
-                async with self._held_async_once() as held:
-                    yield held
-            finally:
-                self._async_owner = None
+            async with self._held_async_once() as held:
+                if not held:  # a thread of this process holds it
+                    yield False
+                    return
+                # Set only while this loop's thread holds the thread lock, so
+                # that a task of another loop can never take it for its own.
+                self._async_owner = task
+                try:
+                    yield True
+                finally:
+                    self._async_owner = None
 
     @asynccontextmanager
     async def _held_async_once(self) -> AsyncIterator[bool]:
@@ -320,7 +325,6 @@ class Database:
         started) on PostgreSQL and for an in-memory database."""
         if self._checkpointer is not None or self.sqlite_path is None:
             return self._checkpointer
-        page_size = 4096
         with self.engine.connect() as conn:
             page_size = int(conn.exec_driver_sql("PRAGMA page_size").scalar_one())
         limit_pages = max(1, self.sqlite_wal_limit_mb * 1024 * 1024 // page_size)
