@@ -24,7 +24,6 @@ the new rows, resource and history row as driver-ready values
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +38,7 @@ from salus.db.tables import fhir_history, fhir_resources
 from salus.errors import PreconditionFailed
 from salus.fhir.categories import category_of
 from salus.fhir.indexing import INDEX_TABLES
+from salus.fhir.prepare import json_bytes, write_event
 from salus.fhir.writerows import EncodedCreates, encode_creates, insert_encoded
 from salus.security.principal import Principal
 
@@ -100,7 +100,7 @@ def plan_update(
     rid, version = int(current["rid"]), int(current["version"]) + 1
     now = store.clock()
     body = store._prepare(resource, res_type, res_id, version, now)
-    raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    raw = json_bytes(body)
     patient_key = store.compartment(body)
     values = {
         "version": version,
@@ -112,15 +112,7 @@ def plan_update(
         "body": store._seal_raw(res_type, res_id, version, raw),
     }
     index_rows = store.indexer.rows(rid, res_type, body)
-    event = AuditEvent.for_principal(
-        principal,
-        category="rest",
-        action="U",
-        entity=f"{res_type}/{res_id}",
-        patient_key=res_id if res_type == "Patient" else patient_key,
-        description="update",
-        detail={"version": version},
-    )
+    event = write_event(principal, "U", res_type, res_id, version, patient_key)
     encoded = None
     if dialect.name == "sqlite":
         # The history row and index rows as for a create (their rid is
