@@ -56,7 +56,7 @@ DENSE_MATCHES = 2000
 #: pages for every query: 15-65 and 25-75 ms (ADR 22, amendments of stops 15
 #: and 16). The threshold is :data:`DENSE_MATCHES`: below it the list of targets
 #: is short.
-CHAIN_WALK_TARGETS = 2000
+CHAIN_WALK_TARGETS = DENSE_MATCHES
 #: How many rids (from the type's first) such a walk reads at most before the
 #: page is looked for as if few targets matched (sorted references or collected).
 #: At 1,000,000 resources the 2-letter family prefixes found their page of 50
