@@ -203,3 +203,30 @@ def test_first_pages_of_dense_conditions_walk_in_rid_order(
     walked = pages(2)
     assert walked == collected
     assert sum(len(page) for page in walked) >= 3
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        # search.html#prefix against the stays, the search value 2026-01-10 being
+        # [00:00, 23:59:59.999] of that day (the night stay overlaps its start).
+        ("gt2026-01-10", {"enc_long", "enc_open", "enc_inside", "enc_after"}),
+        ("sa2026-01-10", {"enc_inside", "enc_after"}),
+        ("ge2026-01-10", {"enc_long", "enc_open", "enc_straddle", "enc_inside", "enc_after"}),
+        ("lt2026-01-10", {"enc_long", "enc_open", "enc_straddle", "enc_before"}),
+        ("eb2026-01-10", {"enc_before"}),
+        ("le2026-01-10", {"enc_long", "enc_open", "enc_straddle", "enc_before"}),
+        ("le2026-01-15", {"enc_long", "enc_open", "enc_straddle", "enc_inside", "enc_before"}),
+        ("lt2026-01-15", {"enc_long", "enc_open", "enc_straddle", "enc_before"}),
+        ("eq2026-01-15", {"enc_inside"}),
+        ("ne2026-01-15", {"enc_long", "enc_open", "enc_straddle", "enc_before", "enc_after"}),
+    ],
+)
+def test_each_prefix_compares_its_own_end_of_a_period(
+    world: World, value: str, expected: set[str]
+) -> None:
+    """search.html#prefix on periods: ``gt`` (the target ends after the value)
+    and ``sa`` (it begins after it), ``lt`` and ``eb``, ``ge`` and ``le``
+    answer differently for periods that overlap the search value."""
+    ids = world.ids  # type: ignore[attr-defined]
+    assert _ids(world, f"Encounter?date={value}") == {ids[name] for name in expected}

@@ -34,6 +34,7 @@ from salus.fhir.search.sqlforms import prefix_match
 from salus.fhir.search.values import date_interval, decimal_range, normalize_string
 
 __all__ = [
+    "ONE_SIDED",
     "composite_condition",
     "date_and_condition",
     "date_condition",
@@ -120,6 +121,20 @@ def search_number(text: str) -> tuple[Decimal, Decimal, Decimal]:
     return number, low, high
 
 
+#: The one-sided prefixes (search.html#prefix), the one definition that
+#: :func:`range_condition` and :func:`one_sided_date` both read: which end of
+#: the target interval [low_col, high_col] is compared (0: low, 1: high), the
+#: comparison, and which end of the search range [low, high] it is compared with.
+ONE_SIDED: dict[str, tuple[int, Any, int]] = {
+    "gt": (1, operator.gt, 1),
+    "lt": (0, operator.lt, 0),
+    "ge": (1, operator.ge, 0),
+    "le": (0, operator.le, 1),
+    "sa": (0, operator.gt, 1),
+    "eb": (1, operator.lt, 0),
+}
+
+
 def range_condition(
     prefix: str,
     low_col: ColumnElement[Any],
@@ -129,23 +144,15 @@ def range_condition(
     value: Any = None,
 ) -> ColumnElement[bool]:
     """search.html#prefix on intervals: the target [low_col, high_col] against the
-    search range [low, high]."""
+    search range [low, high]; the one-sided prefixes as :data:`ONE_SIDED` says."""
     if prefix == "eq":
         return and_(low_col >= low, high_col <= high)
     if prefix == "ne":
         return or_(low_col < low, high_col > high)
-    if prefix == "gt":
-        return and_(high_col > high)
-    if prefix == "lt":
-        return and_(low_col < low)
-    if prefix == "ge":
-        return and_(high_col >= low)
-    if prefix == "le":
-        return and_(low_col <= high)
-    if prefix == "sa":
-        return and_(low_col > high)
-    if prefix == "eb":
-        return and_(high_col < low)
+    one_sided = ONE_SIDED.get(prefix)
+    if one_sided is not None:
+        end, compare, bound = one_sided
+        return and_(compare((low_col, high_col)[end], (low, high)[bound]))
     # ap: approximately, within 10 % of the value's distance (dates: one day either side)
     if isinstance(low, datetime):
         return and_(high_col >= low - timedelta(days=1), low_col <= high + timedelta(days=1))
@@ -235,19 +242,6 @@ def date_condition(table: Table, value: str, modifier: str) -> ColumnElement[boo
     return condition
 
 
-#: The one-sided date prefixes (search.html#prefix): the index column that
-#: ``range_condition`` compares, its comparison, and which end of the search
-#: value's range it compares with (0: low, 1: high).
-_ONE_SIDED_DATES: dict[str, tuple[str, Any, int]] = {
-    "ge": ("high", operator.ge, 0),
-    "gt": ("high", operator.gt, 1),
-    "eb": ("high", operator.lt, 0),
-    "le": ("low", operator.le, 1),
-    "lt": ("low", operator.lt, 0),
-    "sa": ("low", operator.gt, 1),
-}
-
-
 def one_sided_date(table: Table, value: str, modifier: str) -> tuple[Any, Any, datetime] | None:
     """For a date value whose condition (:func:`date_condition`) compares one
     column of the index row with one bound (``ge``, ``gt``, ``le``, ``lt``,
@@ -258,11 +252,11 @@ def one_sided_date(table: Table, value: str, modifier: str) -> tuple[Any, Any, d
     if modifier:
         return None
     prefix, text = search_prefix(value)
-    form = _ONE_SIDED_DATES.get(prefix)
-    if form is None:
+    one_sided = ONE_SIDED.get(prefix)
+    if one_sided is None:
         return None
-    column, compare, end = form
-    return table.c[column], compare, date_range(text)[end]
+    end, compare, bound = one_sided
+    return (table.c.low, table.c.high)[end], compare, date_range(text)[bound]
 
 
 def date_and_condition(
@@ -287,14 +281,15 @@ def date_and_condition(
     for value in values:
         prefix, text = search_prefix(value)
         low, high = date_range(text)
-        if prefix in ("eq", "ge"):
+        if prefix == "eq":
             starts.append(low)
-        if prefix in ("gt", "sa"):
-            starts.append(high)
-        if prefix in ("eq", "le"):
             ends.append(high)
-        if prefix in ("lt", "eb"):
-            ends.append(low)
+        one_sided = ONE_SIDED.get(prefix)
+        if one_sided is not None:
+            # gt ge sa: every match ends after the bound; lt le eb: begins before it
+            _, compare, bound = one_sided
+            lower = compare in (operator.gt, operator.ge)
+            (starts if lower else ends).append((low, high)[bound])
 
     def rids(*conditions: ColumnElement[bool]) -> Select[Any]:
         return select(table.c.rid).where(
