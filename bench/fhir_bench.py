@@ -83,7 +83,8 @@ from urllib.parse import quote
 
 import httpx
 
-from _server import SalusServer, machine, postgres_cpu, processes, stop_profile, tree_cpu
+from _cpu import CpuSample, PhaseMeter, own_cpu
+from _server import SalusServer, stop_profile
 
 ROOT = Path(__file__).resolve().parent.parent
 SYNTHEA = ROOT.parent / "shared" / "corpora" / "synthea-r4" / "bundles"
@@ -338,50 +339,17 @@ class Cpu:
     others: float = 0.0  # busy cores not accounted to the three above (other processes)
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
-    wall: float
-    bench: float
-    server: float
-    postgres: dict[int, float]
-    busy: float
-    total: float
+class CpuMeter(PhaseMeter):
+    """:class:`_cpu.PhaseMeter` with this process's threads as the load generator and
+    every PostgreSQL process counted."""
 
-
-class CpuMeter:
     def __init__(self, server_pid: int, with_postgres: bool) -> None:
-        self.server_pid = server_pid
-        self.with_postgres = with_postgres
-
-    def sample(self) -> Sample:
-        busy, total = machine()
-        table = processes()
-        return Sample(
-            time.perf_counter(),
-            time.process_time(),
-            tree_cpu(table, self.server_pid),
-            postgres_cpu(table) if self.with_postgres else {},
-            busy,
-            total,
-        )
+        super().__init__(server_pid, own_cpu, with_postgres)
 
     @staticmethod
-    def since(start: Sample, end: Sample) -> Cpu:
-        wall = max(end.wall - start.wall, 1e-9)
-        # Per process, so that a connection closed during the phase cannot make it negative
-        # (its CPU time is lost instead: PostgreSQL's figure is a floor).
-        postgres = sum(
-            max(0.0, t - start.postgres.get(pid, 0.0)) for pid, t in end.postgres.items()
-        )
-        cpu = Cpu(
-            bench=(end.bench - start.bench) / wall,
-            server=(end.server - start.server) / wall,
-            postgres=postgres / wall,
-            machine_busy=(end.busy - start.busy) / max(end.total - start.total, 1e-9),
-        )
-        busy_cores = cpu.machine_busy * (os.cpu_count() or 1)
-        cpu.others = max(0.0, busy_cores - cpu.bench - cpu.server - cpu.postgres)
-        return cpu
+    def since(start: CpuSample, end: CpuSample) -> Cpu:
+        use = PhaseMeter.use(start, end)
+        return Cpu(use.client, use.server, use.postgres, use.machine_busy, use.others)
 
 
 # -- the server ------------------------------------------------------------------------------
