@@ -349,7 +349,13 @@ class CpuMeter(PhaseMeter):
     @staticmethod
     def since(start: CpuSample, end: CpuSample) -> Cpu:
         use = PhaseMeter.use(start, end)
-        return Cpu(use.client, use.server, use.postgres, use.machine_busy, use.others)
+        return Cpu(
+            bench=use.client,
+            server=use.server,
+            postgres=use.postgres,
+            machine_busy=use.machine_busy,
+            others=use.others,
+        )
 
 
 # -- the server ------------------------------------------------------------------------------

@@ -69,7 +69,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -86,13 +85,8 @@ from urllib.parse import urlparse
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _server import (  # noqa: E402 - how every benchmark starts and watches salus serve
-    machine,
-    postgres_cpu,
-    processes,
-    settle_tree,
-    tree_cpu,
-)
+from _cpu import CpuSample, PhaseMeter, children_cpu  # noqa: E402 - a phase's CPU accounting
+from _server import settle_tree  # noqa: E402 - how every benchmark starts and watches salus serve
 from fhir_bench import (  # noqa: E402 - the shared benchmark helpers
     BUNDLE_TARGET,
     MEDPLUM,
@@ -123,49 +117,23 @@ class Cpu:
     machine_busy: float = 0.0  # fraction of all CPUs busy
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
-    wall: float
-    server: float
-    postgres: dict[int, float]
-    children: float  # this process's reaped children: wrk
-    busy: float
-    total: float
+class Meter(PhaseMeter):
+    """:class:`_cpu.PhaseMeter` with wrk (this process's reaped children) as the load
+    generator and the backends of the bench's PostgreSQL ``database`` (None for SQLite)."""
 
-
-class Meter:
     def __init__(self, server_pid: int, database: str | None) -> None:
-        self.server_pid = server_pid
-        self.database = database  # PostgreSQL database name, None for SQLite
-
-    def sample(self) -> Sample:
-        table = processes()
-        busy, total = machine()
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return Sample(
-            time.perf_counter(),
-            tree_cpu(table, self.server_pid),
-            postgres_cpu(table, self.database) if self.database else {},
-            usage.ru_utime + usage.ru_stime,
-            busy,
-            total,
-        )
+        super().__init__(server_pid, children_cpu, bool(database), database)
 
     @staticmethod
-    def since(start: Sample, end: Sample) -> Cpu:
-        wall = max(end.wall - start.wall, 1e-9)
-        postgres = sum(
-            max(0.0, t - start.postgres.get(pid, 0.0)) for pid, t in end.postgres.items()
+    def since(start: CpuSample, end: CpuSample) -> Cpu:
+        use = PhaseMeter.use(start, end)
+        return Cpu(
+            wrk=use.client,
+            server=use.server,
+            postgres=use.postgres,
+            others=use.others,
+            machine_busy=use.machine_busy,
         )
-        cpu = Cpu(
-            server=(end.server - start.server) / wall,
-            postgres=postgres / wall,
-            wrk=(end.children - start.children) / wall,
-            machine_busy=(end.busy - start.busy) / max(end.total - start.total, 1e-9),
-        )
-        busy_cores = cpu.machine_busy * (os.cpu_count() or 1)
-        cpu.others = max(0.0, busy_cores - cpu.wrk - cpu.server - cpu.postgres)
-        return cpu
 
     def settle(self) -> None:
         """Wait until the server has finished what wrk left in flight (under 5% of a core)."""
