@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from salus.audit.verify import verify_chain
 from salus.db.tables import fhir_resources
-from salus.errors import Conflict
+from salus.errors import Conflict, UnprocessableContent
 from salus.fhir import bundle as bundle_module
 from salus.fhir.bundle import BundleProcessor
 from salus.fhir.writegate import GATE
@@ -93,21 +93,42 @@ def _wait(condition: Any) -> None:
         time.sleep(0.005)
 
 
+def _record_groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of Bundles of each transaction the Bundle group writes."""
+    groups: list[int] = []
+    real_commit = bundle_module._BundleGroup._commit  # noqa: SLF001
+
+    def commit(self: Any, batches: Any) -> Any:
+        groups.append(len(batches))
+        return real_commit(self, batches)
+
+    monkeypatch.setattr(bundle_module._BundleGroup, "_commit", commit)  # noqa: SLF001
+    return groups
+
+
+def _start(world: World, bodies: dict[str, bytes], results: dict[str, Any]) -> dict[str, Any]:
+    def post(key: str) -> None:
+        try:
+            results[key] = _process(world, bodies[key])
+        except Exception as exc:  # noqa: BLE001 - the test checks which one failed
+            results[key] = exc
+
+    return {k: threading.Thread(target=post, args=(k,), daemon=True) for k in bodies}
+
+
+def _group(world: World) -> Any:
+    return world.services.fhir_store.bundle_group
+
+
 def test_bundles_ready_while_the_lock_is_held_share_one_transaction(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Three Bundles: the first waits for the write lock (held here), the
-    other two queue behind it and are then written together; each Bundle's
-    own poisoned write still fails alone, all or nothing."""
+    """Three Bundles queued while another writer holds the write lock: the
+    first one's thread takes the group once it holds the lock, so all three are
+    written together; each Bundle's own poisoned write still fails alone, all
+    or nothing."""
     db = world.services.db
-    groups: list[int] = []
-    real_merge = bundle_module.merge_prepared
-
-    def merge(batches: Any) -> Any:
-        groups.append(len(batches))
-        return real_merge(batches)
-
-    monkeypatch.setattr(bundle_module, "merge_prepared", merge)
+    groups = _record_groups(monkeypatch)
     store = world.services.fhir_store
     real_commit = store.commit_creates
     poison = "Poisoned"
@@ -121,38 +142,100 @@ def test_bundles_ready_while_the_lock_is_held_share_one_transaction(
         return real_commit(conn, batch)
 
     monkeypatch.setattr(store, "commit_creates", commit_creates)
-    bodies = [_bundle(3), _bundle(2), _bundle(2, family=poison)]
-    results: dict[int, Any] = {}
-
-    def post(k: int) -> None:
-        try:
-            results[k] = _process(world, bodies[k])
-        except Exception as exc:  # noqa: BLE001 - the test checks which one failed
-            results[k] = exc
-
+    bodies = {"a": _bundle(3), "b": _bundle(2), "poisoned": _bundle(2, family=poison)}
+    results: dict[str, Any] = {}
+    threads = _start(world, bodies, results)
     before = _stored_ids(world)
-    threads = [threading.Thread(target=post, args=(k,), daemon=True) for k in range(3)]
     with db.writer_lock():
-        threads[0].start()
-        if db.is_sqlite:
-            _wait(lambda: groups == [1])  # the first took its group and waits for the lock
-            group = store.bundle_group
-            threads[1].start()
-            threads[2].start()
-            _wait(lambda: len(group._queue) == 2)  # noqa: SLF001 - both queued behind it
-        else:  # PostgreSQL: no group, no writer lock; each Bundle its own transaction
-            threads[1].start()
-            threads[2].start()
-    for thread in threads:
+        for thread in threads.values():
+            thread.start()
+        if db.is_sqlite:  # all three queued behind the first one's wait for the lock
+            _wait(lambda: _group(world) is not None and len(_group(world)._queue) == 3)  # noqa: SLF001
+    for thread in threads.values():
         thread.join(30)
-    assert isinstance(results[2], Conflict)
-    created = [e["response"]["location"].split("/")[1] for k in (0, 1) for e in results[k]["entry"]]
+    assert isinstance(results["poisoned"], Conflict)
+    created = [e["response"]["location"].split("/")[1] for k in "ab" for e in results[k]["entry"]]
     assert len(created) == 5
     assert _stored_ids(world) - before == set(created)  # nothing of the poisoned Bundle
+    # SQLite: one group of three (failed: each again alone); PostgreSQL: no group
+    assert groups == ([3, 1, 1, 1] if db.is_sqlite else [])
+    assert verify_chain(db).ok
+
+
+def _hold_preparation(
+    world: World, monkeypatch: pytest.MonkeyPatch, family: str, fail: bool = False
+) -> threading.Event:
+    """The preparation of Bundles of ``family`` waits for the returned event
+    (then fails with a validation error when ``fail``)."""
+    store = world.services.fhir_store
+    real_prepare = store.prepare_creates
+    release = threading.Event()
+
+    def prepare_creates(principal: Any, items: Any, new_ids: bool = False) -> Any:
+        if any(r.get("name", [{}])[0].get("family") == family for r, _ in items):
+            assert release.wait(30)
+            if fail:
+                raise UnprocessableContent("held preparation failed")
+        return real_prepare(principal, items, new_ids)
+
+    monkeypatch.setattr(store, "prepare_creates", prepare_creates)
+    return release
+
+
+@pytest.mark.parametrize("late_fails", [False, True], ids=["joins", "fails"])
+def test_the_group_waits_for_bundles_in_preparation(
+    world: World, monkeypatch: pytest.MonkeyPatch, late_fails: bool
+) -> None:
+    """A Bundle still being prepared when the group's leader got the write
+    lock joins that group (the leader waits for it; the bound here only keeps
+    a broken test from hanging). A preparation that fails meanwhile ends the
+    wait and fails alone."""
+    db = world.services.db
+    monkeypatch.setattr(bundle_module._BundleGroup, "join_wait_s", 30.0)  # noqa: SLF001
+    groups = _record_groups(monkeypatch)
+    release = _hold_preparation(world, monkeypatch, "Late", fail=late_fails)
+    bodies = {"early": _bundle(2, family="Early"), "late": _bundle(3, family="Late")}
+    results: dict[str, Any] = {}
+    threads = _start(world, bodies, results)
+    before = _stored_ids(world)
+    with db.writer_lock():  # another writer holds the lock
+        threads["early"].start()
+        if db.is_sqlite:
+            _wait(lambda: _group(world) is not None and len(_group(world)._queue) == 1)  # noqa: SLF001
+            threads["late"].start()
+            _wait(lambda: _group(world).preparing == 1)
+    if db.is_sqlite:  # the leader holds the lock now and waits for "late"
+        _wait(lambda: _group(world).waits == 1)
+    else:  # PostgreSQL: no group; "late" is prepared after "early" was written
+        threads["late"].start()
+        _wait(lambda: "early" in results)
+    release.set()
+    for thread in threads.values():
+        thread.join(30)
+    created = [e["response"]["location"].split("/")[1] for e in results["early"]["entry"]]
+    if late_fails:
+        assert isinstance(results["late"], UnprocessableContent)
+    else:
+        created += [e["response"]["location"].split("/")[1] for e in results["late"]["entry"]]
+    assert _stored_ids(world) - before == set(created)
     if db.is_sqlite:
-        # one group for the first, one for the two others (failed: each again alone)
-        assert groups[:2] == [1, 2]
-        assert sorted(groups[2:]) == [1, 1]
+        assert groups == ([1] if late_fails else [2])
+        assert (_group(world).waits, _group(world).waits_expired) == (1, 0)
     else:
         assert groups == []
     assert verify_chain(db).ok
+
+
+def test_a_lone_bundle_does_not_wait(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no other Bundle being prepared, the leader takes its group at once:
+    the wait is skipped, whatever its bound."""
+    monkeypatch.setattr(bundle_module._BundleGroup, "join_wait_s", 30.0)  # noqa: SLF001
+    groups = _record_groups(monkeypatch)
+    result = _process(world, _bundle(4))
+    assert [e["response"]["status"] for e in result["entry"]] == ["201 Created"] * 4
+    if world.services.db.is_sqlite:
+        group = _group(world)
+        assert groups == [1]
+        assert (group.groups, group.waits, group.preparing) == (1, 0, 0)
+    else:
+        assert groups == [] and _group(world) is None

@@ -32,7 +32,7 @@ from salus.errors import (
     UnprocessableContent,
 )
 from salus.fhir.groupcommit import CreateGroup
-from salus.fhir.prepare import PreparedCreates, merge_prepared, split_created
+from salus.fhir.prepare import PreparedCreates
 from salus.fhir.store import FhirStore, Stored
 from salus.fhir.writegate import GATE
 from salus.security.policy import AccessRequest, Interaction, PolicyEngine
@@ -46,6 +46,9 @@ _TYPE = re.compile(r"^([A-Z][A-Za-z]+)$")
 MAX_ENTRIES = 10_000
 #: Bundles written in one shared transaction at most (SQLite, creates only).
 MAX_GROUP = 8
+#: How long a group's leader, holding SQLite's write lock, waits at most for
+#: its process's Bundles still being prepared to join (ADR 21, stop 17).
+JOIN_WAIT_S = 0.005
 
 
 def _instant(value: datetime) -> str:
@@ -113,19 +116,17 @@ Matcher = Callable[[Any, str, list[tuple[str, str]]], list[Stored]]
 class _BundleGroup(CreateGroup):
     """Group commit of SQLite transaction Bundles that only create
     (:class:`~salus.fhir.groupcommit.CreateGroup`): the Bundles of one
-    process that are prepared while another transaction holds the write lock
-    are written together in the next one (one lock turn, one audit append,
-    one fsync), each Bundle still all or nothing: if the shared transaction
-    fails, each is written again in a transaction of its own. The rows are
-    joined before the lock, and its holder holds the write gate."""
+    process that are queued once the write lock is held, or whose preparation
+    ends within :data:`JOIN_WAIT_S` after, are written together (one lock
+    turn, one fsync, pages dirtied by several Bundles written once), each
+    Bundle still all or nothing: if the shared transaction fails, each is
+    written again in a transaction of its own. The holder holds the write gate."""
 
-    group_under_db_lock = False  # the rows are joined before the lock
+    join_wait_s = JOIN_WAIT_S
 
     def _commit(self, batches: list[PreparedCreates]) -> list[list[Stored]]:
-        merged = merge_prepared(batches)
         with self.db.write() as conn, GATE.holding():
-            stored = self.store.commit_creates(conn, merged)
-        return split_created(batches, stored)
+            return [self.store.commit_creates(conn, batch) for batch in batches]
 
 
 _GROUP_LOCK = threading.Lock()
@@ -330,14 +331,18 @@ class BundleProcessor:
         """A transaction of new resources only (no conditions): ids, references,
         validation, sealing and index values are worked out before the write
         transaction, which then holds only the inserts."""
-        ids = self._assign_ids(None, entries, principal, purpose, match)
-        items = self._create_items(None, entries, principal, purpose, ids, match)
-        batch = self._prepared(entries, lambda: self.store.prepare_creates(principal, items, True))
-        if self.db.is_sqlite:  # encoded, then written with the Bundles ready meanwhile
-            stored = _bundle_group(self.db, self.store).commit(batch)
+
+        def prepare() -> PreparedCreates:
+            ids = self._assign_ids(None, entries, principal, purpose, match)
+            items = self._create_items(None, entries, principal, purpose, ids, match)
+            store = self.store
+            return self._prepared(entries, lambda: store.prepare_creates(principal, items, True))
+
+        if self.db.is_sqlite:  # written with the Bundles ready meanwhile (ADR 21)
+            stored = _bundle_group(self.db, self.store).commit_prepared(prepare)
         else:
             with self._write() as conn:
-                stored = self.store.commit_creates(conn, batch)
+                stored = self.store.commit_creates(conn, prepare())
         return [
             self._response("201 Created", result, base_url)
             for result in stored  # entries are in Bundle order
