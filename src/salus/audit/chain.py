@@ -35,7 +35,6 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -62,6 +61,13 @@ from salus.audit.pgappend import (
     raise_pg_error,
 )
 from salus.audit.signing import Checkpoint, CheckpointSigner, Ed25519Signer
+from salus.audit.sqliteappend import (
+    INSERT_SQL,
+    PreparedEvents,
+    append_prepared,
+    chain_rows,
+    prepare_events,
+)
 from salus.db.engine import Database, WriterLock
 from salus.db.tables import audit_checkpoints, audit_events, audit_head
 from salus.db.types import utcnow
@@ -90,7 +96,6 @@ class ChainHead(NamedTuple):
 _LOCK_HEAD = (
     select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == HEAD_ID).with_for_update()
 )
-_INSERT_EVENTS = insert(audit_events)
 _MOVE_HEAD = (
     update(audit_head)
     .where(audit_head.c.id == bindparam("h_id"), audit_head.c.seq == bindparam("h_old"))
@@ -125,22 +130,12 @@ class _RawStatement:
 
 
 class _SqliteAppend:
-    """The three statements of a SQLite append (head, insert, move), compiled once."""
+    """The head and move statements of a SQLite group commit, compiled once
+    (the insert is :data:`~salus.audit.sqliteappend.INSERT_SQL`)."""
 
     def __init__(self, dialect: Any) -> None:
         self.head = _RawStatement(_LOCK_HEAD, dialect)
-        self.insert = _RawStatement(_INSERT_EVENTS, dialect, list(_SQLITE_ROW_KEYS))
         self.move = _RawStatement(_MOVE_HEAD, dialect)
-
-
-#: The columns of an ``audit_events`` row as :meth:`AuditEvent.row` gives it.
-_SQLITE_ROW_KEYS = (
-    *(f.name for f in fields(AuditEvent)),
-    "seq",
-    "recorded_at",
-    "prev_hash",
-    "hash",
-)
 
 
 def _check_events(events: Sequence[object]) -> None:
@@ -190,30 +185,21 @@ class AuditLog:
         inconsistent (:class:`IntegrityError`), the caller's change fails
         too: nothing is written without its audit event.
         """
-        events = list(events)
+        if not isinstance(events, PreparedEvents):
+            events = list(events)
         if not events:
             return []
         _check_events(events)
         self._check_transaction(conn)
         if conn.dialect.name == "postgresql":
             return self._append_pg(conn, events)
+        # SQLite: the chain-free part of each event's row and hash made before
+        # the write lock when the caller prepared it (FhirStore.encode), else
+        # here; under the lock only the chaining (salus.audit.sqliteappend).
+        prepared = prepare_events(conn.dialect, events)
         head = self._lock_head(conn)
         recorded_at = self.clock()  # read under the lock: recorded_at follows seq
-        rows = []
-        prev_hash = head.hash
-        seq = head.seq
-        for event in events:
-            seq += 1
-            row = event.row(seq=seq, recorded_at=recorded_at, prev_hash=prev_hash)
-            rows.append(row)
-            prev_hash = row["hash"]
-        conn.execute(_INSERT_EVENTS, rows[0] if len(rows) == 1 else rows)
-        moved = conn.execute(
-            _MOVE_HEAD, {"h_id": HEAD_ID, "h_old": head.seq, "h_seq": seq, "h_hash": prev_hash}
-        )
-        if moved.rowcount != 1:
-            raise IntegrityError("The audit chain head moved during an append.")
-        return [int(row["seq"]) for row in rows]
+        return append_prepared(conn, prepared, head.seq, head.hash, recorded_at, HEAD_ID)
 
     def record(self, events: Sequence[AuditEvent]) -> list[int]:
         """Append ``events`` in a write transaction of their own (durable on return).
@@ -268,6 +254,7 @@ class AuditLog:
             statements = self._sqlite_statements = _SqliteAppend(engine.dialect)
         dbapi_error = engine.dialect.loaded_dbapi.Error
         sql = statements.head.sql
+        prepared = prepare_events(engine.dialect, events)  # before the lock
         with self.db.writer_lock():
             fairy = engine.raw_connection()
             try:
@@ -282,15 +269,10 @@ class AuditLog:
                         seq, prev_hash = int(row[0]), str(row[1])
                         recorded_at = self.clock()  # under the lock: recorded_at follows seq
                         first = seq + 1
-                        args = []
-                        for event in events:
-                            seq += 1
-                            values = event.row(
-                                seq=seq, recorded_at=recorded_at, prev_hash=prev_hash
-                            )
-                            args.append(statements.insert.args(values))
-                            prev_hash = values["hash"]
-                        sql = statements.insert.sql
+                        args, seq, prev_hash = chain_rows(
+                            prepared, engine.dialect, seq, prev_hash, recorded_at
+                        )
+                        sql = INSERT_SQL
                         cursor.executemany(sql, args)
                         sql = statements.move.sql
                         cursor.execute(

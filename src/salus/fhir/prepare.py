@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Table
 
 from salus.audit.events import AuditEvent
+from salus.audit.sqliteappend import PreparedEvents
 from salus.errors import Conflict, SalusError, UnprocessableContent
 from salus.fhir.categories import category_of
 from salus.fhir.storereads import Stored, check_id, new_id
@@ -87,7 +88,9 @@ class PreparedCreates:
     chosen_ids: list[tuple[str, str]]
     rows: list[dict[str, Any]]
     index_rows: list[dict[Table, list[dict[str, Any]]]]
-    events: list[AuditEvent]
+    #: Their audit events (:class:`~salus.audit.sqliteappend.PreparedEvents`
+    #: once :meth:`FhirStore.encode` prepared them for SQLite).
+    events: Sequence[AuditEvent]
     #: Each body as the JSON that was sealed (the create's response body).
     raws: list[bytes] = field(default_factory=list)
     #: The rows as driver values, made before the write lock (SQLite only;
@@ -173,7 +176,7 @@ def merge_prepared(batches: Sequence[PreparedCreates]) -> PreparedCreates:
         [c for b in batches for c in b.chosen_ids],
         [r for b in batches for r in b.rows],
         [x for b in batches for x in b.index_rows],
-        [e for b in batches for e in b.events],
+        _merged_events([b.events for b in batches]),
         [r for b in batches for r in b.raws] if all(b.raws for b in batches) else [],
     )
     parts = [b.encoded for b in batches if b.encoded is not None]
@@ -182,6 +185,14 @@ def merge_prepared(batches: Sequence[PreparedCreates]) -> PreparedCreates:
     if len(set(merged.chosen_ids)) != len(merged.chosen_ids):
         raise Conflict("The same resource id appears twice.")
     return merged
+
+
+def _merged_events(parts: Sequence[Sequence[AuditEvent]]) -> Sequence[AuditEvent]:
+    """The batches' audit events in order, still prepared if every part is."""
+    prepared = [p for p in parts if isinstance(p, PreparedEvents)]
+    if len(prepared) == len(parts) and len({p.dialect for p in prepared}) == 1:
+        return PreparedEvents.concat(prepared)
+    return [e for part in parts for e in part]
 
 
 def split_created(batches: Sequence[PreparedCreates], stored: list[Stored]) -> list[list[Stored]]:

@@ -23,6 +23,7 @@ from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection, Dialect, RowMapping
 
 from salus.audit.chain import AuditLog
+from salus.audit.sqliteappend import prepare_events
 from salus.db.bulkcopy import COPY_MIN_ROWS, copy_insert, next_ids
 from salus.db.engine import Database
 from salus.db.keys import pairs_in
@@ -286,6 +287,9 @@ class FhirStore(StoreReads):
         waits for no Python work; :mod:`salus.fhir.writerows`). No effect on
         PostgreSQL. Returns ``batch``."""
         batch.encoded = encode_creates(dialect, batch.rows, batch.index_rows)
+        if batch.encoded is not None:
+            # The audit rows' chain-free part too (salus.audit.sqliteappend).
+            batch.events = prepare_events(dialect, batch.events)
         return batch
 
     def commit_creates(self, conn: Connection, batch: PreparedCreates) -> list[Stored]:
