@@ -209,18 +209,8 @@ def composite_condition(code: str, components: tuple[str, ...], value: str) -> C
         if second_type == "token":
             other = token_match(table.c.v_system, table.c.v_code, second)
         elif second_type in ("quantity", "number"):
-            prefix, rest = search_prefix(second)
-            number_text, _, unit = rest.partition("|")
-            number, low, high = search_number(number_text)
-            if prefix in ("gt", "lt", "ge", "le", "sa", "eb"):
-                low = high = number
-            other = range_condition(prefix, table.c.v_low, table.c.v_high, low, high, number)
-            if unit:
-                system, code = split_pipe(unit)
-                if system:
-                    other = and_(other, table.c.v_system == system)
-                if code:
-                    other = and_(other, table.c.v_code == code)
+            columns = (table.c.v_low, table.c.v_high, table.c.v_system, table.c.v_code)
+            other = _quantity_match(second, *columns)
         elif second_type == "date":
             prefix, text = search_prefix(second)
             low_d, high_d = date_range(text)
@@ -321,25 +311,43 @@ def date_and_condition(
     return resource.c.rid.in_(union_all(*parts, select(several.c.rid)))
 
 
-def number_condition(table: Table, value: str, modifier: str) -> ColumnElement[bool]:
-    prefix, text = search_prefix(value)
+def _number_match(
+    prefix: str, text: str, low_col: ColumnElement[Any], high_col: ColumnElement[Any]
+) -> ColumnElement[bool]:
+    """search.html#number: ``text`` with ``prefix`` against the range [low_col, high_col]."""
     number, low, high = search_number(text)
-    if prefix in ("gt", "lt", "ge", "le", "sa", "eb"):
+    if prefix in ONE_SIDED:
         low = high = number  # comparisons use the value itself
-    return range_condition(prefix, table.c.low, table.c.high, low, high, number)
+    return range_condition(prefix, low_col, high_col, low, high, number)
 
 
-def quantity_condition(table: Table, value: str, modifier: str) -> ColumnElement[bool]:
+def _quantity_match(
+    value: str,
+    low_col: ColumnElement[Any],
+    high_col: ColumnElement[Any],
+    system_col: ColumnElement[Any],
+    code_col: ColumnElement[Any],
+) -> ColumnElement[bool]:
+    """search.html#quantity: ``[prefix]number|system|code`` (system and code optional)."""
     prefix, rest = search_prefix(value)
     number_text, _, unit = rest.partition("|")
-    condition = number_condition(table, f"{prefix}{number_text}", "")
+    condition = _number_match(prefix, number_text, low_col, high_col)
     if unit:
         system, code = split_pipe(unit)
         if system:
-            condition = and_(condition, table.c.system == system)
+            condition = and_(condition, system_col == system)
         if code:
-            condition = and_(condition, table.c.code == code)
+            condition = and_(condition, code_col == code)
     return condition
+
+
+def number_condition(table: Table, value: str, modifier: str) -> ColumnElement[bool]:
+    return _number_match(*search_prefix(value), table.c.low, table.c.high)
+
+
+def quantity_condition(table: Table, value: str, modifier: str) -> ColumnElement[bool]:
+    c = table.c
+    return _quantity_match(value, c.low, c.high, c.system, c.code)
 
 
 def uri_condition(table: Table, value: str, modifier: str) -> ColumnElement[bool]:
