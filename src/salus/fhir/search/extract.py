@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -593,33 +593,25 @@ class Extractor:
         In the order of the compartment definition's parameters, without
         duplicates. ``values``: the resource's :meth:`extract` result, if at hand.
         """
-        rtype = resource.get("resourceType")
-        if rtype == "Patient":
-            own = _s(resource.get("id"))
-            return (own,) if own else ()
-        codes = PATIENT_COMPARTMENT.get(rtype) if isinstance(rtype, str) else None
-        if not codes:
-            return ()
-        found: dict[str, None] = {}
-        for code in codes:
-            refs = (
-                [v for v in values if v.param == code]
-                if values is not None
-                else self.extract_param(resource, code)
-            )
-            for ref in refs:
-                if isinstance(ref, ReferenceValue) and ref.target_type == "Patient":
-                    if ref.target_id:
-                        found[ref.target_id] = None
-        return tuple(found)
+        return tuple(dict.fromkeys(self._patient_ids(resource, values)))
 
     def patient_compartment(
         self, resource: Mapping[str, Any], values: list[IndexValue] | None = None
     ) -> str | None:
         """The id of the Patient ``resource`` belongs to (the first one), or None."""
+        return next(self._patient_ids(resource, values), None)
+
+    def _patient_ids(
+        self, resource: Mapping[str, Any], values: list[IndexValue] | None
+    ) -> Iterator[str]:
+        """The ids of :meth:`patient_compartments`, duplicates included, found one by
+        one (no parameter is extracted before the one whose id is asked for)."""
         rtype = resource.get("resourceType")
         if rtype == "Patient":
-            return _s(resource.get("id"))
+            own = _s(resource.get("id"))
+            if own:
+                yield own
+            return
         codes = PATIENT_COMPARTMENT.get(rtype) if isinstance(rtype, str) else None
         for code in codes or ():
             refs = (
@@ -630,8 +622,7 @@ class Extractor:
             for ref in refs:
                 if isinstance(ref, ReferenceValue) and ref.target_type == "Patient":
                     if ref.target_id:
-                        return ref.target_id
-        return None
+                        yield ref.target_id
 
 
 _default: Extractor | None = None
