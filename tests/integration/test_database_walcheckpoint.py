@@ -104,6 +104,12 @@ def test_the_checkpoint_runs_while_a_writer_holds_the_lock(tmp_path: Path) -> No
         db.dispose()
 
 
+def _wal_frames(db: Database) -> int:
+    """Frames in the WAL now (a passive checkpoint's second value)."""
+    with db.engine.connect() as conn:
+        return int(conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+
+
 def test_the_wal_stays_bounded_after_a_large_transaction(tmp_path: Path) -> None:
     db = _sqlite(tmp_path, sqlite_wal_limit_mb=1)
     wal = tmp_path / "salus.db-wal"
@@ -113,12 +119,68 @@ def test_the_wal_stays_bounded_after_a_large_transaction(tmp_path: Path) -> None
         _insert(db, 5000)  # ~5 MiB of WAL in one transaction
         assert wal.stat().st_size > 4 * 1024 * 1024
         result = checkpointer.run_once()
-        assert result is not None and result.mode == "TRUNCATE" and not result.busy
-        assert checkpointer.truncations == 1
-        assert wal.stat().st_size <= 1024 * 1024
+        assert result is not None and result.mode == "RESTART" and not result.busy
+        assert checkpointer.bounded == 1 and checkpointer.restarts == 1
         _insert(db, 10)
+        # The next commit started the WAL again and cut its file to the limit.
+        assert _wal_frames(db) < 20
+        assert wal.stat().st_size <= 1024 * 1024
         with db.read() as conn:
             assert conn.execute(text("SELECT count(*) FROM t")).scalar_one() == 5010
+    finally:
+        db.dispose()
+
+
+def test_a_caught_up_wal_restarts_over_its_allocated_file(tmp_path: Path) -> None:
+    db = _sqlite(tmp_path, sqlite_wal_limit_mb=8)  # restarted from 512 frames
+    wal = tmp_path / "salus.db-wal"
+    try:
+        checkpointer = db.start_checkpointer(3600)
+        assert checkpointer is not None and checkpointer.restart_frames == 512
+        _insert(db, 3000)  # ~800 pages: worth restarting, under the limit
+        size = wal.stat().st_size
+        result = checkpointer.run_once()
+        assert result is not None and result.mode == "RESTART" and not result.busy
+        assert result.checkpointed == result.frames >= 512
+        assert checkpointer.restarts == 1 and checkpointer.bounded == 0
+        assert 0 < checkpointer.max_locked_seconds <= checkpointer.locked_seconds
+        _insert(db, 10)
+        # The next writer started from the first frame, over the same file:
+        # neither emptied (TRUNCATE) nor appended to.
+        assert _wal_frames(db) < 20
+        assert wal.stat().st_size == size
+        again = checkpointer.run_once()  # nothing worth restarting now
+        assert again is not None and again.mode == "PASSIVE" and checkpointer.restarts == 1
+        with db.read() as conn:
+            assert conn.execute(text("SELECT count(*) FROM t")).scalar_one() == 3010
+    finally:
+        db.dispose()
+
+
+def test_the_wal_restarts_under_continuous_writes(tmp_path: Path) -> None:
+    limit = 2 * 1024 * 1024
+    db = _sqlite(tmp_path, sqlite_wal_limit_mb=2)
+    wal = tmp_path / "salus.db-wal"
+    try:
+        checkpointer = db.start_checkpointer(0.02)
+        assert checkpointer is not None
+        sizes: list[int] = []
+        commits = 0
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline or commits < 200:
+            _insert(db, 20)  # a writer that never stops: no idle moment to restart
+            commits += 1
+            sizes.append(wal.stat().st_size)
+        db.stop_checkpointer()
+        assert checkpointer.restarts >= 2
+        grown = checkpointer.restart_frames * 4096  # the WAL restarts from there on
+        first_full = next(i for i, size in enumerate(sizes) if size >= grown)
+        # Once grown, the file is reused (frames overwritten), never emptied,
+        # and stays within its bound.
+        assert min(sizes[first_full:]) >= grown
+        assert max(sizes) <= 4 * limit
+        with db.read() as conn:
+            assert conn.execute(text("SELECT count(*) FROM t")).scalar_one() == 20 * commits
     finally:
         db.dispose()
 
@@ -135,12 +197,31 @@ def test_a_reader_on_an_old_snapshot_does_not_stop_writers_at_every_tick(
             assert reader.execute(text("SELECT count(*) FROM t")).scalar_one() == 10
             _insert(db, 5000)  # past the limit
             first = checkpointer.run_once()
-            assert first is not None and first.mode == "TRUNCATE" and first.busy
+            assert first is not None and first.mode == "RESTART" and first.busy
             again = checkpointer.run_once()  # the next tick: no second wait under the lock
             assert again is not None and again.mode == "PASSIVE"
-            assert checkpointer.truncations == 1
+            assert checkpointer.bounded == 1 and checkpointer.restarts == 0
         with db.read() as conn:
             assert conn.execute(text("SELECT count(*) FROM t")).scalar_one() == 5010
+    finally:
+        db.dispose()
+
+
+def test_a_reader_keeps_the_restart_from_waiting_at_every_tick(tmp_path: Path) -> None:
+    db = _sqlite(tmp_path, sqlite_wal_limit_mb=8)
+    try:
+        checkpointer = db.start_checkpointer(3600)
+        assert checkpointer is not None
+        with db.read() as reader:  # a snapshot from before the frames below
+            assert reader.execute(text("SELECT count(*) FROM t")).scalar_one() == 0
+            _insert(db, 3000)
+            first = checkpointer.run_once()
+            assert first is not None and first.mode == "RESTART" and first.busy
+            again = checkpointer.run_once()  # backing off: passive only
+            assert again is not None and again.mode == "PASSIVE"
+            assert checkpointer.restarts == 0
+        later = checkpointer.run_once()  # the reader ended: it is all copied
+        assert later is not None and later.checkpointed == later.frames
     finally:
         db.dispose()
 
@@ -163,14 +244,14 @@ def test_the_background_thread_checkpoints(tmp_path: Path) -> None:
 
 
 def test_a_large_wal_is_checkpointed_sooner(tmp_path: Path) -> None:
-    db = _sqlite(tmp_path, sqlite_wal_limit_mb=8)
+    db = _sqlite(tmp_path, sqlite_wal_limit_mb=64)  # restarted from 4,096 frames
     try:
         checkpointer = db.start_checkpointer(30)
         assert checkpointer is not None
         _insert(db, 100)
         small = checkpointer.run_once()
         assert small is not None and checkpointer.next_wait(small) == 30
-        _insert(db, 6000)  # ~1,500 pages: over 1,000, under the limit
+        _insert(db, 6000)  # ~1,500 pages: over 1,000, not yet worth a restart
         large = checkpointer.run_once()
         assert large is not None and large.mode == "PASSIVE"
         assert checkpointer.next_wait(large) == pytest.approx(0.1)

@@ -18,16 +18,29 @@ instead, on a connection of its own:
   "Checkpointing"; ``pragma.html#pragma_wal_checkpoint``): it copies what no
   reader still needs, waits for no reader and takes neither SQLite's write
   lock nor Salus's, so writers commit while it runs;
-* readers that hold old snapshots can keep a passive checkpoint from
+* the WAL file is written from its start again ("WAL reset", ``wal.html``)
+  only by a write transaction that begins after a *complete* checkpoint with
+  no reader on an older snapshot. Beside continuous writers a passive
+  checkpoint never completes (a commit lands while it copies), so every
+  commit appended to a growing file (block allocation, and a journal commit
+  of the file's size in every ``fdatasync``). Once the WAL holds
+  :data:`RESTART_FRAMES` and the passive checkpoints have caught up to
+  within :data:`FINISH_FRAMES` of its end, a ``RESTART`` checkpoint runs
+  under the writer lock: it copies those last frames (no commit adds more
+  meanwhile), syncs the database file and waits a few ms for readers on
+  older snapshots, so that the next writer restarts the WAL and overwrites
+  the file's already allocated blocks;
+* readers that hold old snapshots can keep passive checkpoints from
   finishing, and a WAL that never finishes a checkpoint is never restarted
   ("checkpoint starvation", ``wal.html`` section 4.2): when the WAL holds more
-  than ``limit_pages`` frames, a ``TRUNCATE`` checkpoint runs under the
-  writer lock, which waits (at most 200 ms) for those readers and empties
-  the WAL, so it never grows without bound while readers come and go (a
-  reader that keeps one snapshot for longer pins the WAL for that long:
-  the bounded checkpoint is then retried only every 5 s);
+  than ``limit_pages`` frames, the same ``RESTART`` checkpoint runs under the
+  writer lock, waiting at most 200 ms for those readers, so the WAL never
+  grows without bound while readers come and go (a reader that keeps one
+  snapshot for longer pins the WAL for that long: the bounded checkpoint is
+  then retried only every 5 s);
 * ``PRAGMA journal_size_limit`` (set on every connection) truncates a WAL
-  file that a large transaction grew past the limit when it is next reset.
+  file that a large transaction grew past the limit at the first commit
+  after a restart (below the limit the file is kept, and overwritten).
 
 One server has several processes; each runs a checkpointer, but a tick only
 checkpoints in the process that gets an ``flock`` on
@@ -62,16 +75,16 @@ __all__ = ["CheckpointResult", "WalCheckpointer"]
 
 log = logging.getLogger("salus.db")
 
-#: How long the bounded (``TRUNCATE``) checkpoint waits for readers, in ms,
-#: holding the writer lock meanwhile (readers by id and audit batches take a
-#: few ms).
-TRUNCATE_BUSY_MS = 200
+#: How long the bounded checkpoint (WAL over its limit) waits for readers, in
+#: ms, holding the writer lock meanwhile (readers by id and audit batches take
+#: a few ms).
+BOUND_BUSY_MS = 200
 
 #: After readers kept a bounded checkpoint from finishing (a long search or
 #: export on an old snapshot), the next one is tried only this many seconds
 #: later, so that writers are not stopped at every tick while it reads; the
 #: passive checkpoints go on meanwhile.
-TRUNCATE_BACKOFF_S = 5.0
+BOUND_BACKOFF_S = 5.0
 
 #: While the WAL holds more frames than this (SQLite's own automatic
 #: checkpoint threshold; Bundles under load append 10,000 pages a second),
@@ -80,6 +93,23 @@ TRUNCATE_BACKOFF_S = 5.0
 #: one under the writer lock stays a last resort.
 BUSY_FRAMES = 1000
 BUSY_INTERVAL_S = 0.1
+
+#: A WAL of at least this many frames (16 MiB of 4 KiB pages; a quarter of the
+#: limit if that is less) is restarted once the passive checkpoints have caught
+#: up to within :data:`FINISH_FRAMES` of its end: those last frames are copied
+#: under the writer lock, where no commit can add more, so that the next
+#: writer starts the log again from its first frame, over the file's already
+#: allocated blocks (``wal.html``, "WAL reset"). Under Bundle load that is
+#: about twice a second.
+RESTART_FRAMES = 4096
+FINISH_FRAMES = 1024
+#: Passive checkpoints per tick, outside the writer lock, to get that close.
+CATCH_UP_PASSES = 3
+#: How long that restart waits for readers on snapshots from before the copy
+#: (a reader by id takes a few ms), holding the writer lock; after a busy one
+#: the next is tried this many seconds later.
+RESTART_BUSY_MS = 10
+RESTART_BACKOFF_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,16 +140,29 @@ class WalCheckpointer:
         self.path = path
         self.interval = interval
         self.limit_pages = limit_pages
-        #: Checkpoints run, and the bounded (TRUNCATE) ones among them.
+        #: A WAL of this many frames is restarted once the checkpoints caught up.
+        self.restart_frames = max(1, min(RESTART_FRAMES, limit_pages // 4))
+        #: Checkpoints run; the ones under the writer lock that restarted the
+        #: WAL (its last frames copied, no reader in the way), and the bounded
+        #: ones (WAL over its limit) among those under the lock.
         self.checkpoints = 0
-        self.truncations = 0
+        self.restarts = 0
+        self.bounded = 0
+        #: Time the writer lock was held by checkpoints: in all, and the longest.
+        self.locked_seconds = 0.0
+        self.max_locked_seconds = 0.0
         self.last: CheckpointResult | None = None
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        #: No bounded checkpoint before this (monotonic), after a busy one.
-        self._truncate_after = 0.0
+        #: No checkpoint under the writer lock before this (monotonic), after a
+        #: busy one: readers on old snapshots were in the way.
+        self._bound_after = 0.0
+        self._restart_after = 0.0
+        #: The WAL's frames when a restart last succeeded: while it still holds
+        #: as many, all copied, no writer came since and there is nothing to do.
+        self._restarted_at = -1
 
     def start(self) -> None:
         if self._thread is not None:
@@ -157,32 +200,79 @@ class WalCheckpointer:
         return self.interval
 
     def run_once(self) -> CheckpointResult | None:
-        """One tick: a passive checkpoint, then a bounded one if the WAL is over
-        the limit. None when another process of the server checkpoints now."""
+        """One tick: passive checkpoints, then, under the writer lock, a
+        ``RESTART`` checkpoint when the WAL is over its limit (the bound) or
+        large and nearly all copied (the restart). None when another process
+        of the server checkpoints now."""
         fd = self._lock()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return None
         try:
-            result = self._checkpoint("PASSIVE")
-            if result.frames > self.limit_pages and time.monotonic() >= self._truncate_after:
-                with self.db.writer_lock():
-                    result = self._checkpoint("TRUNCATE")
-                self.truncations += 1
-                if result.busy:
-                    self._truncate_after = time.monotonic() + TRUNCATE_BACKOFF_S
+            result = self._catch_up()
+            now = time.monotonic()
+            if result.frames > self.limit_pages and now >= self._bound_after:
+                result = self._restart_under_lock(BOUND_BUSY_MS)
+                self.bounded += 1
+                if result.busy:  # and no restart either, while those readers go on
+                    self._bound_after = time.monotonic() + BOUND_BACKOFF_S
+                    self._restart_after = self._bound_after
                     log.warning(
-                        "WAL over its limit and readers kept it from being emptied",
+                        "WAL over its limit and readers kept it from being restarted",
                         extra={"frames": result.frames},
                     )
+            elif (
+                result.frames >= self.restart_frames
+                and result.frames - result.checkpointed <= FINISH_FRAMES
+                and now >= self._restart_after
+                and not (result.frames == result.checkpointed == self._restarted_at)
+            ):
+                result = self._restart_under_lock(RESTART_BUSY_MS)
+                if result.busy:
+                    self._restart_after = time.monotonic() + RESTART_BACKOFF_S
             return result
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def _checkpoint(self, mode: str) -> CheckpointResult:
+    def _catch_up(self) -> CheckpointResult:
+        """Passive checkpoints (at most :data:`CATCH_UP_PASSES`) while a WAL
+        worth restarting is more than :data:`FINISH_FRAMES` behind and they
+        copy something: writers append while each one runs."""
+        result = self._checkpoint("PASSIVE")
+        for _ in range(CATCH_UP_PASSES - 1):
+            behind = result.frames - result.checkpointed
+            if result.frames < self.restart_frames or behind <= FINISH_FRAMES:
+                break
+            again = self._checkpoint("PASSIVE")
+            if again.frames >= result.frames and again.checkpointed <= result.checkpointed:
+                return again  # readers keep it from going further
+            result = again
+        return result
+
+    def _restart_under_lock(self, busy_ms: int) -> CheckpointResult:
+        """A ``RESTART`` checkpoint with the writer lock held: it copies the
+        frames not yet copied (no commit adds more meanwhile), syncs the
+        database file, and waits at most ``busy_ms`` for readers on older
+        snapshots, so that the next writer restarts the WAL from its first
+        frame and overwrites the file (``pragma.html#pragma_wal_checkpoint``;
+        ``journal_size_limit`` trims a file grown past the limit then)."""
+        with self.db.writer_lock():
+            started = time.perf_counter()
+            try:
+                result = self._checkpoint("RESTART", busy_ms)
+            finally:
+                held = time.perf_counter() - started
+                self.locked_seconds += held
+                self.max_locked_seconds = max(self.max_locked_seconds, held)
+        if not result.busy:
+            self.restarts += 1
+            self._restarted_at = result.frames
+        return result
+
+    def _checkpoint(self, mode: str, busy_ms: int = 0) -> CheckpointResult:
         conn = self._connection()
-        conn.execute(f"PRAGMA busy_timeout={TRUNCATE_BUSY_MS if mode != 'PASSIVE' else 0}")
+        conn.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
         started = time.perf_counter()
         busy, frames, done = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         result = CheckpointResult(
