@@ -33,7 +33,7 @@ from salus.errors import (
 )
 from salus.fhir.groupcommit import CreateGroup
 from salus.fhir.prepare import PreparedCreates
-from salus.fhir.store import FhirStore, Stored
+from salus.fhir.store import FhirStore, Stored, new_id
 from salus.fhir.writegate import GATE
 from salus.security.policy import AccessRequest, Interaction, PolicyEngine
 from salus.security.principal import Principal, Purpose
@@ -113,6 +113,16 @@ class _Entry:
 Matcher = Callable[[Any, str, list[tuple[str, str]]], list[Stored]]
 
 
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """Who posted the Bundle, for what, where, and how conditions are searched."""
+
+    principal: Principal
+    purpose: Purpose | None
+    base_url: str
+    match: Matcher
+
+
 class _BundleGroup(CreateGroup):
     """Group commit of SQLite transaction Bundles that only create
     (:class:`~salus.fhir.groupcommit.CreateGroup`): the Bundles of one
@@ -162,7 +172,7 @@ class BundleProcessor:
         principal: Principal,
         purpose: Purpose | None,
         base_url: str,
-        match: Callable[[Any, str, list[tuple[str, str]]], list[Stored]],
+        match: Matcher,
     ) -> dict[str, Any]:
         kind = bundle.get("type")
         if bundle.get("resourceType") != "Bundle" or kind not in ("transaction", "batch"):
@@ -176,10 +186,12 @@ class BundleProcessor:
         if len(raw_entries) > MAX_ENTRIES:
             raise InvalidInput(f"A Bundle may have at most {MAX_ENTRIES} entries.")
         entries = [self._entry(i, e) for i, e in enumerate(raw_entries)]
-        if kind == "transaction":
-            responses = self._transaction(entries, principal, purpose, base_url, match)
-        else:
-            responses = self._batch(entries, principal, purpose, base_url, match)
+        call = _Call(principal, purpose, base_url, match)
+        responses = (
+            self._transaction(entries, call)
+            if kind == "transaction"
+            else self._batch(entries, call)
+        )
         return {"resourceType": "Bundle", "type": f"{kind}-response", "entry": responses}
 
     # -- parsing -----------------------------------------------------------------------
@@ -221,55 +233,39 @@ class BundleProcessor:
         )
 
     # -- transaction -------------------------------------------------------------------
-    def _transaction(
-        self,
-        entries: list[_Entry],
-        principal: Principal,
-        purpose: Purpose | None,
-        base_url: str,
-        match: Matcher,
-    ) -> list[dict[str, Any]]:
+    def _transaction(self, entries: list[_Entry], call: _Call) -> list[dict[str, Any]]:
+        """The transaction's one write mechanism: its creates prepared before
+        the write lock where nothing they depend on can change meanwhile
+        (:meth:`_creates_transaction`, :meth:`_checked_creates_transaction`),
+        else everything inside the write transaction (:meth:`_transaction_in`)."""
         if _creates_only(entries):
-            return self._creates_transaction(entries, principal, purpose, base_url, match)
+            return self._creates_transaction(entries, call)
         if self.db.is_sqlite and all(e.method == "POST" for e in entries):
-            return self._checked_creates_transaction(entries, principal, purpose, base_url, match)
+            return self._checked_creates_transaction(entries, call)
         with self._write() as conn:
-            return self._transaction_in(conn, entries, principal, purpose, base_url, match)
+            return self._transaction_in(conn, entries, call)
 
     def _transaction_in(
-        self,
-        conn: Any,
-        entries: list[_Entry],
-        principal: Principal,
-        purpose: Purpose | None,
-        base_url: str,
-        match: Matcher,
+        self, conn: Any, entries: list[_Entry], call: _Call
     ) -> list[dict[str, Any]]:
         """The whole transaction inside the write transaction ``conn``."""
         responses: dict[int, dict[str, Any]] = {}
-        ids = self._assign_ids(conn, entries, principal, purpose, match)
+        ids = self._assign_ids(conn, entries, call)
         ordered = sorted(entries, key=lambda e: (_ORDER[e.method], e.index))
         creates = [e for e in ordered if e.method == "POST"]
         for entry in ordered:
             if entry.method == "POST":
                 if entry is creates[0]:  # every create at once, in the POST slot
-                    responses.update(
-                        self._create_all(conn, creates, principal, purpose, base_url, ids, match)
-                    )
+                    batch = self._prepare(conn, creates, call, ids)()
+                    created = self._created(creates, self.store.commit_creates(conn, batch), call)
+                    responses.update(zip([e.index for e in creates], created, strict=True))
                 continue
             with _entry_errors(entry):
-                responses[entry.index] = self._apply(
-                    conn, entry, principal, purpose, base_url, ids, match
-                )
+                responses[entry.index] = self._apply(conn, entry, call, ids)
         return [responses[i] for i in range(len(entries))]
 
     def _checked_creates_transaction(
-        self,
-        entries: list[_Entry],
-        principal: Principal,
-        purpose: Purpose | None,
-        base_url: str,
-        match: Matcher,
+        self, entries: list[_Entry], call: _Call
     ) -> list[dict[str, Any]]:
         """Creates with conditions (``ifNoneExist``, conditional references) on
         SQLite, whose one writer would otherwise wait for all of their work.
@@ -287,144 +283,109 @@ class BundleProcessor:
         seen: list[tuple[str, list[tuple[str, str]], list[str]]] = []
 
         def recording(conn: Any, res_type: str, params: list[tuple[str, str]]) -> list[Stored]:
-            found = match(conn, res_type, params)
+            found = call.match(conn, res_type, params)
             seen.append((res_type, list(params), [s.res_id for s in found]))
             return found
 
         prepared: PreparedCreates | None = None
-        creates = [e for e in entries if e.method == "POST"]
+        snapshot_call = _Call(call.principal, call.purpose, call.base_url, recording)
         try:
             with self.db.read() as snapshot:
-                ids = self._assign_ids(snapshot, entries, principal, purpose, recording)
-                creates = [e for e in entries if e.method == "POST"]
-                items = self._create_items(snapshot, creates, principal, purpose, ids, recording)
-            prepared = self._prepared(
-                creates, lambda: self.store.prepare_creates(principal, items, True)
-            )
-            self.store.encode(prepared, self.db.engine.dialect)
+                ids = self._assign_ids(snapshot, entries, snapshot_call)
+                finish = self._prepare(snapshot, entries, snapshot_call, ids)
+            prepared = self.store.encode(finish(), self.db.engine.dialect)
         except SalusError:
             prepared = None
         with self._write() as conn:
             if prepared is not None and all(
-                [s.res_id for s in match(conn, res_type, params)] == found
+                [s.res_id for s in call.match(conn, res_type, params)] == found
                 for res_type, params, found in seen
             ):
-                stored = iter(self.store.commit_creates(conn, prepared))
-                return [
-                    self._response("201 Created", next(stored), base_url)
-                    if entry.method == "POST"
-                    else {"response": {"status": "200 OK", "location": entry.url}}
-                    for entry in entries
-                ]
+                return self._created(entries, self.store.commit_creates(conn, prepared), call)
             for entry, (method, url, resource) in zip(entries, original, strict=True):
                 entry.method, entry.url, entry.resource = method, url, resource
-            return self._transaction_in(conn, entries, principal, purpose, base_url, match)
+            return self._transaction_in(conn, entries, call)
 
-    def _creates_transaction(
-        self,
-        entries: list[_Entry],
-        principal: Principal,
-        purpose: Purpose | None,
-        base_url: str,
-        match: Matcher,
-    ) -> list[dict[str, Any]]:
+    def _creates_transaction(self, entries: list[_Entry], call: _Call) -> list[dict[str, Any]]:
         """A transaction of new resources only (no conditions): ids, references,
         validation, sealing and index values are worked out before the write
         transaction, which then holds only the inserts."""
 
         def prepare() -> PreparedCreates:
-            ids = self._assign_ids(None, entries, principal, purpose, match)
-            items = self._create_items(None, entries, principal, purpose, ids, match)
-            store = self.store
-            return self._prepared(entries, lambda: store.prepare_creates(principal, items, True))
+            return self._prepare(None, entries, call, self._assign_ids(None, entries, call))()
 
         if self.db.is_sqlite:  # written with the Bundles ready meanwhile (ADR 21)
             stored = _bundle_group(self.db, self.store).commit_prepared(prepare)
         else:
+            batch = prepare()
             with self._write() as conn:
-                stored = self.store.commit_creates(conn, prepare())
-        return [
-            self._response("201 Created", result, base_url)
-            for result in stored  # entries are in Bundle order
-        ]
+                stored = self.store.commit_creates(conn, batch)
+        return self._created(entries, stored, call)
 
-    def _create_all(
-        self,
-        conn: Any,
-        creates: list[_Entry],
-        principal: Principal,
-        purpose: Purpose | None,
-        base_url: str,
-        ids: dict[str, str],
-        match: Matcher,
-    ) -> dict[int, dict[str, Any]]:
-        """The transaction's creates with one statement per table (store.create_many)."""
-        items = self._create_items(conn, creates, principal, purpose, ids, match)
-        batch = self._prepared(creates, lambda: self.store.prepare_creates(principal, items, True))
-        stored = self.store.commit_creates(conn, batch)
-        return {
-            entry.index: self._response("201 Created", result, base_url)
-            for entry, result in zip(creates, stored, strict=True)
-        }
-
-    def _create_items(
-        self,
-        conn: Any,
-        creates: list[_Entry],
-        principal: Principal,
-        purpose: Purpose | None,
-        ids: dict[str, str],
-        match: Matcher,
-    ) -> list[tuple[Mapping[str, Any], str | None]]:
+    def _prepare(
+        self, conn: Any, entries: list[_Entry], call: _Call, ids: dict[str, str]
+    ) -> Callable[[], PreparedCreates]:
+        """The POST entries of ``entries`` (those not matched by ``ifNoneExist``)
+        for :meth:`FhirStore.commit_creates`: now their references are resolved
+        (conditional ones searched on ``conn``) and creation authorized per
+        type; the step returned validates, seals and indexes them (no database
+        needed), an error naming its entry."""
+        creates = [e for e in entries if e.method == "POST"]
         items: list[tuple[Mapping[str, Any], str | None]] = []
         authorized: set[str] = set()
         for entry in creates:
             GATE.checkpoint()
             with _entry_errors(entry):
                 assert entry.resource is not None  # noqa: S101 - checked when parsed
-                self._resolve(conn, entry.resource, ids, principal, purpose, match)
+                self._resolve(conn, entry.resource, ids, call)
                 res_type, res_id = entry.url.split("/")
                 if entry.resource.get("resourceType") != res_type:
                     raise UnprocessableContent("The resource type does not match the URL.")
                 if res_type not in authorized:
-                    self.policy.authorize(
-                        principal, AccessRequest(res_type, Interaction.CREATE, purpose)
-                    )
+                    self._authorize(call, res_type, Interaction.CREATE)
                     authorized.add(res_type)
                 items.append((entry.resource, res_id))
-        return items
 
-    @staticmethod
-    def _prepared(creates: list[_Entry], prepare: Callable[[], PreparedCreates]) -> PreparedCreates:
-        try:
-            return prepare()
-        except SalusError as exc:
-            # Validation names the element; say which entry it was in.
-            index = _failed_entry(creates, exc)
-            exc.message = (
-                f"Bundle.entry[{index}]: {exc.message}" if index is not None else exc.message
-            )
-            raise
+        def finish() -> PreparedCreates:
+            try:
+                return self.store.prepare_creates(call.principal, items, True)
+            except SalusError as exc:
+                # Validation names the element; say which entry it was in.
+                index = _failed_entry(creates, exc)
+                if index is not None:
+                    exc.message = f"Bundle.entry[{index}]: {exc.message}"
+                raise
 
-    def _assign_ids(
-        self,
-        conn: Any,
-        entries: list[_Entry],
-        principal: Principal,
-        purpose: Purpose | None,
-        match: Matcher,
-    ) -> dict[str, str]:
+        return finish
+
+    def _created(
+        self, entries: list[_Entry], stored: list[Stored], call: _Call
+    ) -> list[dict[str, Any]]:
+        """The responses of ``entries`` whose creates are ``stored`` (in order):
+        201 for each create, 200 for an entry that ``ifNoneExist`` matched."""
+        results = iter(stored)
+        return [
+            self._response("201 Created", next(results), call.base_url)
+            if entry.method == "POST"
+            else {"response": {"status": "200 OK", "location": entry.url}}
+            for entry in entries
+        ]
+
+    def _authorize(self, call: _Call, res_type: str, interaction: Interaction) -> Any:
+        return self.policy.authorize(
+            call.principal, AccessRequest(res_type, interaction, call.purpose)
+        )
+
+    def _assign_ids(self, conn: Any, entries: list[_Entry], call: _Call) -> dict[str, str]:
         """``urn:uuid:`` full URLs → ``Type/id`` (new ids, or matches of ifNoneExist)."""
         mapping: dict[str, str] = {}
-        from salus.fhir.store import new_id
-
         for entry in entries:
             if entry.method != "POST" or entry.resource is None:
                 continue
             res_type = str(entry.resource.get("resourceType", ""))
             target = None
             if entry.if_none_exist:
-                found = self._match(conn, res_type, entry.if_none_exist, principal, purpose, match)
+                found = self._match(conn, res_type, entry.if_none_exist, call)
                 if len(found) > 1:
                     raise PreconditionFailed(
                         f"Bundle.entry[{entry.index}]: ifNoneExist matches several resources."
@@ -439,29 +400,15 @@ class BundleProcessor:
             entry.url = target
         return mapping
 
-    def _match(
-        self,
-        conn: Any,
-        res_type: str,
-        query: str,
-        principal: Principal,
-        purpose: Purpose | None,
-        match: Matcher,
-    ) -> list[Stored]:
+    def _match(self, conn: Any, res_type: str, query: str, call: _Call) -> list[Stored]:
         params = parse_qsl(query.split("?", 1)[-1], keep_blank_values=True)
         if not params:
             raise InvalidInput("A conditional match needs search parameters.")
-        self.policy.authorize(principal, AccessRequest(res_type, Interaction.SEARCH, purpose))
-        return match(conn, res_type, params)
+        self._authorize(call, res_type, Interaction.SEARCH)
+        return call.match(conn, res_type, params)
 
     def _resolve(
-        self,
-        conn: Any,
-        resource: dict[str, Any],
-        ids: dict[str, str],
-        principal: Principal,
-        purpose: Purpose | None,
-        match: Matcher,
+        self, conn: Any, resource: dict[str, Any], ids: dict[str, str], call: _Call
     ) -> None:
         for ref in _walk_references(resource):
             value = ref["reference"]
@@ -469,7 +416,7 @@ class BundleProcessor:
                 ref["reference"] = ids[value]
             elif "?" in value and _TYPE.match(value.split("?", 1)[0]):
                 res_type = value.split("?", 1)[0]
-                found = self._match(conn, res_type, value, principal, purpose, match)
+                found = self._match(conn, res_type, value, call)
                 if len(found) != 1:
                     raise PreconditionFailed(
                         f"A conditional reference matches {len(found)} resources, not one."
@@ -478,33 +425,23 @@ class BundleProcessor:
             elif value.startswith("urn:uuid:"):
                 raise UnprocessableContent("A urn:uuid reference names no entry of the Bundle.")
 
-    def _apply(
-        self,
-        conn: Any,
-        entry: _Entry,
-        principal: Principal,
-        purpose: Purpose | None,
-        base_url: str,
-        ids: dict[str, str],
-        match: Matcher,
-    ) -> dict[str, Any]:
+    def _apply(self, conn: Any, entry: _Entry, call: _Call, ids: dict[str, str]) -> dict[str, Any]:
         method = entry.method
         if method == "MATCHED":
-            res_type, res_id = entry.url.split("/")
             return {"response": {"status": "200 OK", "location": f"{entry.url}"}}
         if entry.resource is not None:
-            self._resolve(conn, entry.resource, ids, principal, purpose, match)
+            self._resolve(conn, entry.resource, ids, call)
         if method == "POST":
             assert entry.resource is not None  # noqa: S101 - checked when parsed
             res_type, res_id = entry.url.split("/")
-            self.policy.authorize(principal, AccessRequest(res_type, Interaction.CREATE, purpose))
-            stored = self.store.create(conn, principal, entry.resource, res_id=res_id)
-            return self._response("201 Created", stored, base_url)
+            self._authorize(call, res_type, Interaction.CREATE)
+            stored = self.store.create(conn, call.principal, entry.resource, res_id=res_id)
+            return self._response("201 Created", stored, call.base_url)
         if method in ("PUT", "DELETE"):
             found = _TYPE_ID.match(entry.url.split("?", 1)[0])
             if "?" in entry.url:
                 res_type = entry.url.split("?", 1)[0]
-                matches = self._match(conn, res_type, entry.url, principal, purpose, match)
+                matches = self._match(conn, res_type, entry.url, call)
                 if len(matches) > 1:
                     raise PreconditionFailed("The conditional URL matches several resources.")
                 if method == "DELETE":
@@ -512,8 +449,6 @@ class BundleProcessor:
                         return {"response": {"status": "204 No Content"}}
                     res_id = matches[0].res_id
                 else:
-                    from salus.fhir.store import new_id
-
                     res_id = matches[0].res_id if matches else new_id()
                     assert entry.resource is not None  # noqa: S101
                     entry.resource["id"] = res_id
@@ -521,11 +456,12 @@ class BundleProcessor:
                 res_type, res_id = found.group(1), found.group(2)
             else:
                 raise InvalidInput("PUT and DELETE need Type/id or a conditional URL.")
-            interaction = Interaction.UPDATE if method == "PUT" else Interaction.DELETE
-            self.policy.authorize(principal, AccessRequest(res_type, interaction, purpose))
+            self._authorize(
+                call, res_type, Interaction.UPDATE if method == "PUT" else Interaction.DELETE
+            )
             if method == "DELETE":
                 deleted = self.store.delete(
-                    conn, principal, res_type, res_id, if_match=entry.if_match
+                    conn, call.principal, res_type, res_id, if_match=entry.if_match
                 )
                 return {
                     "response": {
@@ -535,20 +471,18 @@ class BundleProcessor:
                 }
             assert entry.resource is not None  # noqa: S101
             stored, created = self.store.update(
-                conn, principal, res_type, res_id, entry.resource, if_match=entry.if_match
+                conn, call.principal, res_type, res_id, entry.resource, if_match=entry.if_match
             )
-            return self._response("201 Created" if created else "200 OK", stored, base_url)
+            return self._response("201 Created" if created else "200 OK", stored, call.base_url)
         if method in ("GET", "HEAD"):
             found = _TYPE_ID.match(entry.url)
             if not found:
                 raise InvalidInput("Only reads (Type/id) are supported as GET entries.")
-            decision = self.policy.authorize(
-                principal, AccessRequest(found.group(1), Interaction.READ, purpose)
-            )
+            decision = self._authorize(call, found.group(1), Interaction.READ)
             if decision.deidentify:
                 raise Conflict("De-identified access does not read by id.")
             stored = self.store.read(conn, decision.require(), found.group(1), found.group(2))
-            response = self._response("200 OK", stored, base_url)
+            response = self._response("200 OK", stored, call.base_url)
             response["resource"] = stored.resource
             return response
         raise InvalidInput("Unsupported entry method.")
@@ -566,22 +500,13 @@ class BundleProcessor:
         }
 
     # -- batch ---------------------------------------------------------------------------
-    def _batch(
-        self,
-        entries: list[_Entry],
-        principal: Principal,
-        purpose: Purpose | None,
-        base_url: str,
-        match: Matcher,
-    ) -> list[dict[str, Any]]:
+    def _batch(self, entries: list[_Entry], call: _Call) -> list[dict[str, Any]]:
         responses = []
         for entry in entries:
             try:
                 with self._write() as conn:
-                    ids = self._assign_ids(conn, [entry], principal, purpose, match)
-                    responses.append(
-                        self._apply(conn, entry, principal, purpose, base_url, ids, match)
-                    )
+                    ids = self._assign_ids(conn, [entry], call)
+                    responses.append(self._apply(conn, entry, call, ids))
             except SalusError as exc:
                 responses.append(
                     {
