@@ -208,12 +208,18 @@ class Indexer:
         self.extract = extract
 
     def rows(
-        self, rid: int, res_type: str, resource: Mapping[str, Any]
+        self,
+        rid: int,
+        res_type: str,
+        resource: Mapping[str, Any],
+        extracted: Sequence[Any] | None = None,
     ) -> dict[Table, list[dict[str, Any]]]:
+        """The index rows of ``resource``; ``extracted``: its :attr:`extract`
+        result when the caller has it already (the same rows)."""
         grouped: dict[Table, list[dict[str, Any]]] = {}
         seen: set[tuple[Any, ...]] = set()
         rows_of = _ROWS.get
-        for value in self.extract(resource):
+        for value in self.extract(resource) if extracted is None else extracted:
             make = rows_of(type(value).__name__)
             mapped = make(value) if make is not None else None
             if mapped is None:

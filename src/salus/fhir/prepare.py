@@ -134,7 +134,10 @@ def prepare_creates(
     raws: list[bytes] = []
     for res_type, res_id, body in prepared:
         GATE.checkpoint()
-        patient_key = store.compartment(body)
+        # The index values once: the compartment (an Observation's subject…)
+        # is read from them rather than extracted a second time.
+        values = store.indexer.extract(body) if res_type != "Patient" else None
+        patient_key = store.compartment(body, values)
         raws.append(json_bytes(body))
         rows.append(
             {
@@ -149,7 +152,7 @@ def prepare_creates(
                 "body": store._seal_raw(res_type, res_id, 1, raws[-1]),
             }
         )
-        index_rows.append(store.indexer.rows(0, res_type, body))
+        index_rows.append(store.indexer.rows(0, res_type, body, values))
         events.append(write_event(principal, "C", res_type, res_id, 1, patient_key))
     return PreparedCreates(principal, now, prepared, chosen, rows, index_rows, events, raws)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection, Dialect, RowMapping
@@ -81,7 +81,17 @@ _INSERT_RESOURCE_RIDS = _INSERT_RESOURCE.returning(
 _INSERT_HISTORY = insert(fhir_history)
 
 Validator = Callable[[Mapping[str, Any]], None]
-Compartment = Callable[[Mapping[str, Any]], str | None]
+
+
+class Compartment(Protocol):
+    """The Patient a resource belongs to; ``values``: the resource's index
+    values if at hand (:func:`salus.fhir.search.extract.patient_compartment`)."""
+
+    def __call__(self, resource: Mapping[str, Any], values: Any = None, /) -> str | None: ...
+
+
+def _no_compartment(_resource: Mapping[str, Any], _values: Any = None, /) -> None:
+    return None
 
 
 class FhirStore(StoreReads):
@@ -99,7 +109,7 @@ class FhirStore(StoreReads):
         self.audit = audit
         self.indexer = indexer
         self.validator = validator
-        self.compartment = compartment or (lambda _resource: None)
+        self.compartment = compartment or _no_compartment
         self.clock = clock
         #: The group commit of SQLite transaction Bundles of this store
         #: (:mod:`salus.fhir.bundle`), made on first use.
