@@ -228,8 +228,11 @@ def _insert_encoded(driver: Any, encoded: EncodedCreates, rid: int | None) -> li
             base = int(highest or 0) + 1
         else:
             base = rid
+        # One (rid,) tuple per resource, joined to each row's values: cheaper
+        # under the lock than unpacking every row into a new tuple.
+        rids = [(base + position,) for position in range(encoded.count)]
         for sql, rows in encoded.rows.items():
-            cursor.executemany(sql, [(base + position, *values) for position, values in rows])
+            cursor.executemany(sql, [rids[position] + values for position, values in rows])
     finally:
         cursor.close()
     return list(range(base, base + encoded.count))
