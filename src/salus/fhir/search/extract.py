@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -593,26 +593,26 @@ class Extractor:
         In the order of the compartment definition's parameters, without
         duplicates. ``values``: the resource's :meth:`extract` result, if at hand.
         """
-        return tuple(dict.fromkeys(self._patient_ids(resource, values)))
+        return self._patient_ids(resource, values, first=False)
 
     def patient_compartment(
         self, resource: Mapping[str, Any], values: list[IndexValue] | None = None
     ) -> str | None:
         """The id of the Patient ``resource`` belongs to (the first one), or None."""
-        return next(self._patient_ids(resource, values), None)
+        found = self._patient_ids(resource, values, first=True)
+        return found[0] if found else None
 
     def _patient_ids(
-        self, resource: Mapping[str, Any], values: list[IndexValue] | None
-    ) -> Iterator[str]:
-        """The ids of :meth:`patient_compartments`, duplicates included, found one by
-        one (no parameter is extracted before the one whose id is asked for)."""
+        self, resource: Mapping[str, Any], values: list[IndexValue] | None, first: bool
+    ) -> tuple[str, ...]:
+        """The ids of :meth:`patient_compartments`; with ``first``, the first one
+        alone, no parameter extracted after the one it comes from."""
         rtype = resource.get("resourceType")
         if rtype == "Patient":
             own = _s(resource.get("id"))
-            if own:
-                yield own
-            return
+            return (own,) if own else ()
         codes = PATIENT_COMPARTMENT.get(rtype) if isinstance(rtype, str) else None
+        found: dict[str, None] = {}
         for code in codes or ():
             refs = (
                 [v for v in values if v.param == code]
@@ -622,7 +622,10 @@ class Extractor:
             for ref in refs:
                 if isinstance(ref, ReferenceValue) and ref.target_type == "Patient":
                     if ref.target_id:
-                        yield ref.target_id
+                        if first:
+                            return (ref.target_id,)
+                        found[ref.target_id] = None
+        return tuple(found)
 
 
 _default: Extractor | None = None
