@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from salus.audit.verify import verify_chain
 from salus.db.tables import fhir_resources
-from salus.errors import Conflict, UnprocessableContent
+from salus.errors import Conflict
 from salus.fhir import bundle as bundle_module
 from salus.fhir.bundle import BundleProcessor
 from salus.fhir.writegate import GATE
@@ -162,80 +162,54 @@ def test_bundles_ready_while_the_lock_is_held_share_one_transaction(
     assert verify_chain(db).ok
 
 
-def _hold_preparation(
-    world: World, monkeypatch: pytest.MonkeyPatch, family: str, fail: bool = False
-) -> threading.Event:
-    """The preparation of Bundles of ``family`` waits for the returned event
-    (then fails with a validation error when ``fail``)."""
+def test_bundles_prepared_while_the_leader_waits_for_the_lock_join_its_group(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Bundle still being prepared when the first one's thread began to wait
+    for the write lock joins that thread's group if it is queued before the
+    lock comes (the group is taken under the lock, not before the wait)."""
+    db = world.services.db
+    groups = _record_groups(monkeypatch)
     store = world.services.fhir_store
     real_prepare = store.prepare_creates
-    release = threading.Event()
+    release, preparing = threading.Event(), threading.Event()
 
     def prepare_creates(principal: Any, items: Any, new_ids: bool = False) -> Any:
-        if any(r.get("name", [{}])[0].get("family") == family for r, _ in items):
+        if any(r["name"][0]["family"] == "Late" for r, _ in items):
+            preparing.set()
             assert release.wait(30)
-            if fail:
-                raise UnprocessableContent("held preparation failed")
         return real_prepare(principal, items, new_ids)
 
     monkeypatch.setattr(store, "prepare_creates", prepare_creates)
-    return release
-
-
-@pytest.mark.parametrize("late_fails", [False, True], ids=["joins", "fails"])
-def test_the_group_waits_for_bundles_in_preparation(
-    world: World, monkeypatch: pytest.MonkeyPatch, late_fails: bool
-) -> None:
-    """A Bundle still being prepared when the group's leader got the write
-    lock joins that group (the leader waits for it; the bound here only keeps
-    a broken test from hanging). A preparation that fails meanwhile ends the
-    wait and fails alone."""
-    db = world.services.db
-    monkeypatch.setattr(bundle_module._BundleGroup, "join_wait_s", 30.0)  # noqa: SLF001
-    groups = _record_groups(monkeypatch)
-    release = _hold_preparation(world, monkeypatch, "Late", fail=late_fails)
-    bodies = {"early": _bundle(2, family="Early"), "late": _bundle(3, family="Late")}
+    bodies = {"late": _bundle(3, family="Late"), "early": _bundle(2, family="Early")}
     results: dict[str, Any] = {}
     threads = _start(world, bodies, results)
     before = _stored_ids(world)
     with db.writer_lock():  # another writer holds the lock
-        threads["early"].start()
-        if db.is_sqlite:
-            _wait(lambda: _group(world) is not None and len(_group(world)._queue) == 1)  # noqa: SLF001
-            threads["late"].start()
-            _wait(lambda: _group(world).preparing == 1)
-    if db.is_sqlite:  # the leader holds the lock now and waits for "late"
-        _wait(lambda: _group(world).waits == 1)
-    else:  # PostgreSQL: no group; "late" is prepared after "early" was written
         threads["late"].start()
-        _wait(lambda: "early" in results)
+        assert preparing.wait(30)
+        threads["early"].start()
+        if db.is_sqlite:  # "early" queued, its thread waits for the lock
+            _wait(lambda: _group(world) is not None and len(_group(world)._queue) == 1)  # noqa: SLF001
+            release.set()
+            _wait(lambda: len(_group(world)._queue) == 2)  # noqa: SLF001 - "late" too
     release.set()
     for thread in threads.values():
         thread.join(30)
-    created = [e["response"]["location"].split("/")[1] for e in results["early"]["entry"]]
-    if late_fails:
-        assert isinstance(results["late"], UnprocessableContent)
-    else:
-        created += [e["response"]["location"].split("/")[1] for e in results["late"]["entry"]]
+    created = [e["response"]["location"].split("/")[1] for k in bodies for e in results[k]["entry"]]
+    assert len(created) == 5
     assert _stored_ids(world) - before == set(created)
-    if db.is_sqlite:
-        assert groups == ([1] if late_fails else [2])
-        assert (_group(world).waits, _group(world).waits_expired) == (1, 0)
-    else:
-        assert groups == []
+    assert groups == ([2] if db.is_sqlite else [])
     assert verify_chain(db).ok
 
 
-def test_a_lone_bundle_does_not_wait(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With no other Bundle being prepared, the leader takes its group at once:
-    the wait is skipped, whatever its bound."""
-    monkeypatch.setattr(bundle_module._BundleGroup, "join_wait_s", 30.0)  # noqa: SLF001
+def test_a_lone_bundle_is_written_at_once(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Bundle alone is its own group: one transaction, nothing waited for."""
     groups = _record_groups(monkeypatch)
     result = _process(world, _bundle(4))
     assert [e["response"]["status"] for e in result["entry"]] == ["201 Created"] * 4
     if world.services.db.is_sqlite:
-        group = _group(world)
         assert groups == [1]
-        assert (group.groups, group.waits, group.preparing) == (1, 0, 0)
+        assert (_group(world).transactions, _group(world).creates) == (1, 1)
     else:
         assert groups == [] and _group(world) is None

@@ -46,9 +46,6 @@ _TYPE = re.compile(r"^([A-Z][A-Za-z]+)$")
 MAX_ENTRIES = 10_000
 #: Bundles written in one shared transaction at most (SQLite, creates only).
 MAX_GROUP = 8
-#: How long a group's leader, holding SQLite's write lock, waits at most for
-#: its process's Bundles still being prepared to join (ADR 21, stop 17).
-JOIN_WAIT_S = 0.005
 
 
 def _instant(value: datetime) -> str:
@@ -126,13 +123,12 @@ class _Call:
 class _BundleGroup(CreateGroup):
     """Group commit of SQLite transaction Bundles that only create
     (:class:`~salus.fhir.groupcommit.CreateGroup`): the Bundles of one
-    process that are queued once the write lock is held, or whose preparation
-    ends within :data:`JOIN_WAIT_S` after, are written together (one lock
-    turn, one fsync, pages dirtied by several Bundles written once), each
-    Bundle still all or nothing: if the shared transaction fails, each is
-    written again in a transaction of its own. The holder holds the write gate."""
-
-    join_wait_s = JOIN_WAIT_S
+    process that are queued when the group's leader gets the write lock
+    (those prepared while it waited for it included) are written together:
+    one lock turn, one fsync, and the index pages that several Bundles dirty
+    written once (ADR 21, stop 17). Each Bundle still all or nothing: if the
+    shared transaction fails, each is written again in a transaction of its
+    own. The holder holds the write gate."""
 
     def _commit(self, batches: list[PreparedCreates]) -> list[list[Stored]]:
         with self.db.write() as conn, GATE.holding():
@@ -310,14 +306,10 @@ class BundleProcessor:
         """A transaction of new resources only (no conditions): ids, references,
         validation, sealing and index values are worked out before the write
         transaction, which then holds only the inserts."""
-
-        def prepare() -> PreparedCreates:
-            return self._prepare(None, entries, call, self._assign_ids(None, entries, call))()
-
+        batch = self._prepare(None, entries, call, self._assign_ids(None, entries, call))()
         if self.db.is_sqlite:  # written with the Bundles ready meanwhile (ADR 21)
-            stored = _bundle_group(self.db, self.store).commit_prepared(prepare)
+            stored = _bundle_group(self.db, self.store).commit(batch)
         else:
-            batch = prepare()
             with self._write() as conn:
                 stored = self.store.commit_creates(conn, batch)
         return self._created(entries, stored, call)

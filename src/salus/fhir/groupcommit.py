@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,12 +53,6 @@ class _Slot:
 class CreateGroup:
     """Write concurrent :class:`PreparedCreates` in shared transactions."""
 
-    #: At most this long (seconds) the leader, holding the database's writer
-    #: lock, waits for the writes of its process that are being prepared right
-    #: now (:meth:`commit_prepared`) to join its group; never when none is.
-    #: 0: it never waits (one-by-one creates: each is prepared in a moment).
-    join_wait_s = 0.0
-
     def __init__(self, db: Any, store: FhirStore, *, max_batch: int = 64) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be positive")
@@ -70,45 +62,15 @@ class CreateGroup:
         #: Transactions written and creates written (for tests and metrics).
         self.transactions = 0
         self.creates = 0
-        #: Groups taken; how many of them waited for writes in preparation, and
-        #: how many of those waits ended at :attr:`join_wait_s` with some
-        #: preparation still unfinished.
-        self.groups = 0
-        self.waits = 0
-        self.waits_expired = 0
         self._queue: list[_Slot] = []
-        #: Guards the queue and the count of writes in preparation; notified
-        #: whenever a write is queued or its preparation failed.
-        self._ready = threading.Condition(threading.Lock())
-        self._preparing = 0
+        self._queue_lock = threading.Lock()
         self._writer = threading.Lock()
-
-    @property
-    def preparing(self) -> int:
-        """Writes of this group being prepared now (:meth:`commit_prepared`)."""
-        return self._preparing
 
     def commit(self, batch: PreparedCreates) -> list[Stored]:
         """Write ``batch`` (in a group when others wait); return once committed."""
-        return self.commit_prepared(lambda: batch)
-
-    def commit_prepared(self, prepare: Callable[[], PreparedCreates]) -> list[Stored]:
-        """Prepare a write (``prepare``, then the driver values), counted as in
-        preparation meanwhile so that a leader may wait for it to join its
-        group (:attr:`join_wait_s`), then write it as :meth:`commit` does."""
-        with self._ready:
-            self._preparing += 1
-        try:
-            slot = _Slot(self.store.encode(prepare(), self.db.engine.dialect))
-        except BaseException:
-            with self._ready:
-                self._preparing -= 1
-                self._ready.notify_all()
-            raise
-        with self._ready:
-            self._preparing -= 1
+        slot = _Slot(self.store.encode(batch, self.db.engine.dialect))
+        with self._queue_lock:
             self._queue.append(slot)
-            self._ready.notify_all()
         while True:
             with self._writer:
                 if not slot.done:
@@ -116,31 +78,16 @@ class CreateGroup:
                     # lock is held (re-entered by the transaction): the writes
                     # queued while another process or a Bundle wrote join it.
                     with self.db.writer_lock():
-                        self._write(self._take())
+                        with self._queue_lock:
+                            group = self._queue[: self.max_batch]
+                            del self._queue[: self.max_batch]
+                        self._write(group)
             if slot.done:
                 break
             # Not reached only if more than max_batch creates queued before ours.
         if slot.error is not None:
             raise slot.error
         return slot.result
-
-    def _take(self) -> list[_Slot]:
-        """The next group: what is queued, after waiting (at most
-        :attr:`join_wait_s`) for the writes in preparation, if any, to queue."""
-        with self._ready:
-            self.groups += 1
-            if self.join_wait_s > 0 and self._preparing and len(self._queue) < self.max_batch:
-                self.waits += 1
-                deadline = time.monotonic() + self.join_wait_s
-                while self._preparing and len(self._queue) < self.max_batch:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        self.waits_expired += 1
-                        break
-                    self._ready.wait(left)
-            group = self._queue[: self.max_batch]
-            del self._queue[: self.max_batch]
-            return group
 
     def _write(self, group: list[_Slot]) -> None:
         try:
