@@ -71,7 +71,7 @@ def build_base(base: Path, prefill: int) -> None:
     """``prefill`` Patients and Observations in Bundles of 500 (ids kept beside)."""
     base.parent.mkdir(parents=True, exist_ok=True)
     work = base.with_suffix(".tmp")
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", ".writer-lock"):
         Path(f"{work}{suffix}").unlink(missing_ok=True)
     db = create_database(f"sqlite:///{work}")
     migrate(db)
@@ -93,6 +93,7 @@ def build_base(base: Path, prefill: int) -> None:
         plain.close()
     base.with_suffix(".ids").write_text("\n".join(ids))
     work.rename(base)
+    Path(f"{work}.writer-lock").unlink(missing_ok=True)
 
 
 def _timed(function: Callable[..., Any], into: dict[str, float], key: str) -> Callable[..., Any]:
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     finally:
         other.close()
         db.dispose()
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", "-wal", "-shm", ".writer-lock"):
             Path(f"{work}{suffix}").unlink(missing_ok=True)
     skip = len(batches) // 5
     return {key: 1000 * statistics.median(v[skip:]) / 100 for key, v in samples.items()}
