@@ -14,7 +14,7 @@ Compare two trees in the same minutes (counts move less than times on a
 busy machine)::
 
     PYTHONPATH=/tmp/old/src python bench/sqlite_wal_micro.py --seconds 12
-    python bench/sqlite_wal_micro.py --seconds 12 [--restart-frames 8192]
+    python bench/sqlite_wal_micro.py --seconds 12 [--restart-mb 0]
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else "")
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument(
-        "--restart-frames", type=int, help="walcheckpoint.RESTART_FRAMES for this run"
+        "--restart-mb",
+        type=int,
+        help="SALUS_DATABASE_SQLITE_WAL_RESTART_MB for this run (0: restart only at the bound)",
     )
     args = parser.parse_args(argv)
-    if args.restart_frames is not None:
-        walcheckpoint.RESTART_FRAMES = args.restart_frames  # type: ignore[attr-defined,unused-ignore]
 
     folder = tempfile.mkdtemp(prefix="salus-wal-micro-")
     wal = os.path.join(folder, "salus.db-wal")
@@ -53,7 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for _ in range(400)
         ]
 
-    db = create_database(f"sqlite:///{folder}/salus.db")
+    options: dict[str, Any] = {}
+    if args.restart_mb is not None:  # a tree from before stop 17 has no such option
+        options["sqlite_wal_restart_mb"] = args.restart_mb
+    db = create_database(f"sqlite:///{folder}/salus.db", **options)
     under_lock: list[float] = []
     original = walcheckpoint.WalCheckpointer._checkpoint
 

@@ -172,6 +172,7 @@ class Services:
             pool_size=settings.database_pool_size,
             sqlite_cache_mb=settings.database_sqlite_cache_mb,
             sqlite_wal_limit_mb=settings.database_sqlite_wal_limit_mb,
+            sqlite_wal_restart_mb=settings.database_sqlite_wal_restart_mb,
         )
         try:
             if settings.migrate_on_start if run_migrations is None else run_migrations:

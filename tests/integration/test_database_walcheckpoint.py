@@ -157,6 +157,21 @@ def test_a_caught_up_wal_restarts_over_its_allocated_file(tmp_path: Path) -> Non
         db.dispose()
 
 
+def test_the_restart_can_be_turned_off(tmp_path: Path) -> None:
+    db = create_database(f"sqlite:///{tmp_path / 'salus.db'}", sqlite_wal_restart_mb=0)
+    try:
+        with db.write() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        checkpointer = db.start_checkpointer(3600)
+        assert checkpointer is not None and checkpointer.restart_frames == 0
+        _insert(db, 3000)  # all copied by the passive checkpoint, not restarted
+        result = checkpointer.run_once()
+        assert result is not None and result.mode == "PASSIVE"
+        assert result.checkpointed == result.frames and checkpointer.restarts == 0
+    finally:
+        db.dispose()
+
+
 def test_the_wal_restarts_under_continuous_writes(tmp_path: Path) -> None:
     limit = 2 * 1024 * 1024
     db = _sqlite(tmp_path, sqlite_wal_limit_mb=2)
@@ -305,6 +320,7 @@ def test_acknowledged_writes_survive_a_kill_before_any_checkpoint(tmp_path: Path
         {"database_sqlite_checkpoint_seconds": -1},
         {"database_sqlite_checkpoint_seconds": 7200},
         {"database_sqlite_wal_limit_mb": 0},
+        {"database_sqlite_wal_restart_mb": -1},
     ],
 )
 def test_settings_are_validated(tmp_path: Path, values: dict[str, Any]) -> None:

@@ -252,6 +252,10 @@ SQLITE_AUTOCHECKPOINT_PAGES = 1000
 #: a WAL holding more (ADR 23).
 DEFAULT_SQLITE_WAL_LIMIT_MB = 64
 
+#: Under load the checkpointer restarts a WAL of this many MiB once it has
+#: caught up (``SALUS_DATABASE_SQLITE_WAL_RESTART_MB``; 0: only at the bound).
+DEFAULT_SQLITE_WAL_RESTART_MB = 16
+
 
 class Database:
     """One engine plus the transaction helpers the services use."""
@@ -263,12 +267,14 @@ class Database:
         *,
         connect_args: Mapping[str, Any] | None = None,
         sqlite_wal_limit_mb: int = DEFAULT_SQLITE_WAL_LIMIT_MB,
+        sqlite_wal_restart_mb: int = DEFAULT_SQLITE_WAL_RESTART_MB,
     ) -> None:
         self.engine = engine
         self.schema = schema
         #: SQLite: the WAL bound, and the automatic checkpoint threshold new
         #: connections get (0 while a :class:`WalCheckpointer` runs).
         self.sqlite_wal_limit_mb = sqlite_wal_limit_mb
+        self.sqlite_wal_restart_mb = sqlite_wal_restart_mb
         self._autocheckpoint = SQLITE_AUTOCHECKPOINT_PAGES
         self._checkpointer: WalCheckpointer | None = None
         if engine.dialect.name == "sqlite":
@@ -328,7 +334,10 @@ class Database:
         with self.engine.connect() as conn:
             page_size = int(conn.exec_driver_sql("PRAGMA page_size").scalar_one())
         limit_pages = max(1, self.sqlite_wal_limit_mb * 1024 * 1024 // page_size)
-        checkpointer = WalCheckpointer(self, interval=interval, limit_pages=limit_pages)
+        restart_pages = self.sqlite_wal_restart_mb * 1024 * 1024 // page_size
+        checkpointer = WalCheckpointer(
+            self, interval=interval, limit_pages=limit_pages, restart_pages=restart_pages
+        )
         self._autocheckpoint = 0
         self.engine.dispose()
         checkpointer.start()
@@ -658,15 +667,18 @@ def create_database(
     echo: bool = False,
     sqlite_cache_mb: int = DEFAULT_SQLITE_CACHE_MB,
     sqlite_wal_limit_mb: int = DEFAULT_SQLITE_WAL_LIMIT_MB,
+    sqlite_wal_restart_mb: int = DEFAULT_SQLITE_WAL_RESTART_MB,
 ) -> Database:
     """Build a :class:`Database`; ``schema`` (PostgreSQL only) isolates tests;
     ``sqlite_cache_mb``: each SQLite connection's page cache;
-    ``sqlite_wal_limit_mb``: the WAL's bound (ADR 23)."""
+    ``sqlite_wal_limit_mb``: the WAL's bound, ``sqlite_wal_restart_mb``: the
+    size from which it is restarted under load (ADR 23)."""
     parsed = normalize_url(url)
     if parsed.drivername.startswith("sqlite"):
         return Database(
             _sqlite_engine(parsed, echo, sqlite_cache_mb),
             sqlite_wal_limit_mb=sqlite_wal_limit_mb,
+            sqlite_wal_restart_mb=sqlite_wal_restart_mb,
         )
     if schema is not None and not _SCHEMA.match(schema):
         raise ConfigurationError("Invalid PostgreSQL schema name.")

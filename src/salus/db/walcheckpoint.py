@@ -128,7 +128,14 @@ class CheckpointResult:
 class WalCheckpointer:
     """Checkpoint one SQLite database's WAL from a background thread."""
 
-    def __init__(self, db: Database, *, interval: float, limit_pages: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        interval: float,
+        limit_pages: int,
+        restart_pages: int | None = None,
+    ) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
         if limit_pages < 1:
@@ -140,8 +147,13 @@ class WalCheckpointer:
         self.path = path
         self.interval = interval
         self.limit_pages = limit_pages
-        #: A WAL of this many frames is restarted once the checkpoints caught up.
-        self.restart_frames = max(1, min(RESTART_FRAMES, limit_pages // 4))
+        #: A WAL of this many frames is restarted once the checkpoints caught
+        #: up (default :data:`RESTART_FRAMES`; at most a quarter of the limit;
+        #: 0: only the bound restarts it).
+        restart = RESTART_FRAMES if restart_pages is None else restart_pages
+        if restart < 0:
+            raise ValueError("restart_pages must not be negative")
+        self.restart_frames = max(1, min(restart, limit_pages // 4)) if restart else 0
         #: Checkpoints run; the ones under the writer lock that restarted the
         #: WAL (its last frames copied, no reader in the way), and the bounded
         #: ones (WAL over its limit) among those under the lock.
@@ -223,7 +235,8 @@ class WalCheckpointer:
                         extra={"frames": result.frames},
                     )
             elif (
-                result.frames >= self.restart_frames
+                self.restart_frames
+                and result.frames >= self.restart_frames
                 and result.frames - result.checkpointed <= FINISH_FRAMES
                 and now >= self._restart_after
                 and not (result.frames == result.checkpointed == self._restarted_at)
@@ -241,8 +254,8 @@ class WalCheckpointer:
         copy something: writers append while each one runs."""
         result = self._checkpoint("PASSIVE")
         for _ in range(CATCH_UP_PASSES - 1):
-            behind = result.frames - result.checkpointed
-            if result.frames < self.restart_frames or behind <= FINISH_FRAMES:
+            worth = self.restart_frames and result.frames >= self.restart_frames
+            if not worth or result.frames - result.checkpointed <= FINISH_FRAMES:
                 break
             again = self._checkpoint("PASSIVE")
             if again.frames >= result.frames and again.checkpointed <= result.checkpointed:
