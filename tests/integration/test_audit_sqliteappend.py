@@ -125,6 +125,9 @@ def test_prepared_events_are_a_sequence_of_the_events() -> None:
     assert list(joined) == events and len(joined) == 5 and joined[3] is events[3]
     assert joined.parts == [*first.parts, *second.parts]
     assert prepare_events(sqlite_dialect(), joined) is joined
+    calls: list[int] = []  # the write gate's checkpoint, before each event
+    again = prepare_events(sqlite_dialect(), events, lambda: calls.append(len(calls)))
+    assert calls == [0, 1, 2, 3, 4] and again.parts == joined.parts
 
 
 def test_create_groups_chain_and_verify(db: Database) -> None:

@@ -134,13 +134,21 @@ class PreparedEvents(Sequence[AuditEvent]):
         )
 
 
-def prepare_events(dialect: Dialect, events: Sequence[AuditEvent]) -> PreparedEvents:
-    """:class:`PreparedEvents` of ``events`` for ``dialect`` (no database)."""
+def prepare_events(
+    dialect: Dialect,
+    events: Sequence[AuditEvent],
+    checkpoint: Callable[[], None] | None = None,
+) -> PreparedEvents:
+    """:class:`PreparedEvents` of ``events`` for ``dialect`` (no database).
+    ``checkpoint``: called before each event (the FHIR write gate's, so that
+    this work yields to a thread of the process holding the write lock)."""
     if isinstance(events, PreparedEvents) and events.dialect == dialect.name:
         return events
     processors, _ = _processors(dialect)
     parts: list[tuple[bytes, bytes, tuple[Any, ...]]] = []
     for event in events:
+        if checkpoint is not None:
+            checkpoint()
         if not isinstance(event, AuditEvent):
             raise TypeError("only AuditEvent objects are prepared")
         record = {name: getattr(event, name) for name in _HEAD_FIELDS}

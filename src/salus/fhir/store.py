@@ -57,6 +57,7 @@ from salus.fhir.storereads import (
     new_id,
 )
 from salus.fhir.updates import CURRENT, plan_update, write_planned
+from salus.fhir.writegate import GATE
 from salus.fhir.writerows import (
     encode_creates,
     insert_encoded,
@@ -299,7 +300,7 @@ class FhirStore(StoreReads):
         batch.encoded = encode_creates(dialect, batch.rows, batch.index_rows)
         if batch.encoded is not None:
             # The audit rows' chain-free part too (salus.audit.sqliteappend).
-            batch.events = prepare_events(dialect, batch.events)
+            batch.events = prepare_events(dialect, batch.events, GATE.checkpoint)
         return batch
 
     def commit_creates(self, conn: Connection, batch: PreparedCreates) -> list[Stored]:
