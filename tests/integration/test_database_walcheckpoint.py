@@ -314,6 +314,52 @@ def test_acknowledged_writes_survive_a_kill_before_any_checkpoint(tmp_path: Path
         db.dispose()
 
 
+_CHILD_AFTER_RESTART = """
+import sys
+from salus.db.engine import create_database
+db = create_database(sys.argv[1], sqlite_wal_limit_mb=8)
+with db.write() as conn:
+    conn.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+checkpointer = db.start_checkpointer(3600)
+with db.write() as conn:
+    conn.exec_driver_sql("INSERT INTO t (v) VALUES (?)", [("x" * 900,)] * 3000)
+result = checkpointer.run_once()
+assert result is not None and result.mode == "RESTART" and not result.busy, result
+for i in range(300):  # written over the start of the WAL file, after the restart
+    with db.write() as conn:
+        conn.exec_driver_sql("INSERT INTO t (v) VALUES (?)", ("y" * 900,))
+print("acknowledged 3300", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_acknowledged_writes_over_a_restarted_wal_survive_a_kill(tmp_path: Path) -> None:
+    path = tmp_path / "salus.db"
+    with subprocess.Popen(
+        [sys.executable, "-c", _CHILD_AFTER_RESTART, f"sqlite:///{path}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "acknowledged 3300"
+        finally:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(10)
+    db = create_database(f"sqlite:///{path}")
+    try:
+        with db.read() as conn:
+            counts = dict(
+                conn.execute(text("SELECT substr(v, 1, 1), count(*) FROM t GROUP BY 1")).all()
+            )
+        assert counts == {"x": 3000, "y": 300}
+        with db.read() as conn:
+            assert conn.execute(text("PRAGMA integrity_check")).scalar_one() == "ok"
+    finally:
+        db.dispose()
+
+
 @pytest.mark.parametrize(
     "values",
     [
