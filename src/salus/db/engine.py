@@ -253,8 +253,9 @@ SQLITE_AUTOCHECKPOINT_PAGES = 1000
 DEFAULT_SQLITE_WAL_LIMIT_MB = 64
 
 #: Under load the checkpointer restarts a WAL of this many MiB once it has
-#: caught up (``SALUS_DATABASE_SQLITE_WAL_RESTART_MB``; 0: only at the bound).
-DEFAULT_SQLITE_WAL_RESTART_MB = 16
+#: caught up (``SALUS_DATABASE_SQLITE_WAL_RESTART_MB``; 0, the default: only
+#: at the bound; ADR 23, stop-17 amendment: the restart measured no gain).
+DEFAULT_SQLITE_WAL_RESTART_MB = 0
 
 
 class Database:
