@@ -40,6 +40,7 @@ when :attr:`SalusServer.remove_data` is set (a script's ``--keep`` unset).
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -52,6 +53,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -64,6 +66,24 @@ BASE_SETTINGS = {
     "auth_token_ttl": "3600",
     "rate_limit_token_per_minute": "100000",
 }
+
+
+def write_results(
+    path: Path, environment: Mapping[str, str], args: object, results: list[Any]
+) -> None:
+    """A benchmark's ``--json`` file: the machine and versions, the command's
+    arguments (as text) and its results, in one form for every script."""
+    path.write_text(
+        json.dumps(
+            {
+                "environment": dict(environment),
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "results": results,
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+    )
 
 
 def env_name(setting: str) -> str:

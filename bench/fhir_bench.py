@@ -84,7 +84,7 @@ from urllib.parse import quote
 import httpx
 
 from _cpu import CpuSample, PhaseMeter, own_cpu
-from _server import SalusServer, stop_profile
+from _server import SalusServer, stop_profile, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 SYNTHEA = ROOT.parent / "shared" / "corpora" / "synthea-r4" / "bundles"
@@ -1436,16 +1436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(render(result))
         print()
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "environment": env,
-                    "args": {k: str(v) for k, v in vars(args).items()},
-                    "results": [_jsonable(r) for r in results],
-                },
-                indent=2,
-            )
-        )
+        write_results(args.json, env, args, [_jsonable(r) for r in results])
     return 0
 
 

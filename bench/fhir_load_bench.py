@@ -66,7 +66,6 @@ exits with status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -86,7 +85,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cpu import CpuSample, PhaseMeter, children_cpu  # noqa: E402 - a phase's CPU accounting
-from _server import settle_tree  # noqa: E402 - how every benchmark starts and watches salus serve
+from _server import settle_tree, write_results  # noqa: E402 - how every benchmark starts and watches salus serve
 from fhir_bench import (  # noqa: E402 - the shared benchmark helpers
     BUNDLE_TARGET,
     MEDPLUM,
@@ -766,17 +765,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(render(result, args))
         print()
     if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "environment": env,
-                    "args": {k: str(v) for k, v in vars(args).items()},
-                    "results": [jsonable(r) for r in results],
-                },
-                indent=2,
-                ensure_ascii=False,
-            )
-        )
+        write_results(args.json, env, args, [jsonable(r) for r in results])
     failed = [f"{r.backend} {p.name}" for r in results for p in r.phases.values() if p.errors]
     if failed:
         print(
