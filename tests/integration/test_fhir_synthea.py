@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import BACKENDS
+from tests.fhirdata import rewrite_references
 from tests.integration.security_world import World, make_world
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "fhir" / "synthea"
@@ -32,17 +33,6 @@ def _load(path: Path) -> dict[str, Any]:
     with opener(path, "rt", encoding="utf-8") as handle:
         bundle: dict[str, Any] = json.load(handle)
     return bundle
-
-
-def _rewrite(value: Any, ids: dict[str, str]) -> Any:
-    if isinstance(value, dict):
-        out = {k: _rewrite(v, ids) for k, v in value.items()}
-        if isinstance(out.get("reference"), str) and out["reference"] in ids:
-            out["reference"] = ids[out["reference"]]
-        return out
-    if isinstance(value, list):
-        return [_rewrite(v, ids) for v in value]
-    return value
 
 
 def _strip(resource: dict[str, Any]) -> dict[str, Any]:
@@ -74,7 +64,7 @@ def load_and_compare(world: World, bundle: dict[str, Any]) -> int:
         location = ids[entry["fullUrl"]]
         read = world.client.get(f"/fhir/{location}", headers=world.headers("a-feed"))
         assert read.status_code == 200, location
-        expected = _strip(_rewrite(entry["resource"], ids))
+        expected = _strip(rewrite_references(entry["resource"], ids))
         assert _strip(read.json()) == expected, location
     return len(sent["entry"])
 

@@ -26,21 +26,11 @@ from salus.db.tables import metadata
 from salus.fhir.prepare import PreparedCreates
 from salus.security.principal import Principal, PrincipalKind
 from salus.services import build_fhir_store
+from tests.fhirdata import rewrite_references
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "fhir" / "synthea"
 NOW = datetime(2026, 11, 24, 1, 30, 0, 123456, tzinfo=UTC)
 ALICE = Principal(PrincipalKind.USER, "alice", "hospital-a", address="10.0.0.7")
-
-
-def _rewrite(value: Any, ids: dict[str, str]) -> Any:
-    if isinstance(value, dict):
-        out = {k: _rewrite(v, ids) for k, v in value.items()}
-        if isinstance(out.get("reference"), str) and out["reference"] in ids:
-            out["reference"] = ids[out["reference"]]
-        return out
-    if isinstance(value, list):
-        return [_rewrite(v, ids) for v in value]
-    return value
 
 
 def _items() -> list[tuple[dict[str, Any], str | None]]:
@@ -57,7 +47,7 @@ def _items() -> list[tuple[dict[str, Any], str | None]]:
             for url, e in ((e["fullUrl"], e) for e in bundle["entry"])
         }
         for entry in bundle["entry"]:
-            resource = _rewrite(entry["resource"], refs)
+            resource = rewrite_references(entry["resource"], refs)
             resource.pop("id", None)
             out.append((resource, ids[entry["fullUrl"]]))
     return out

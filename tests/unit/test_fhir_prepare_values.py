@@ -16,21 +16,10 @@ from salus.audit.chain import AuditLog
 from salus.fhir.search.extract import patient_compartment
 from salus.security.principal import Principal, PrincipalKind
 from salus.services import build_fhir_store
+from tests.fhirdata import rewrite_references
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "fhir" / "synthea"
 ALICE = Principal(PrincipalKind.USER, "alice", "hospital-a")
-
-
-def _rewrite(value: Any, ids: dict[str, str]) -> Any:
-    """urn:uuid references (the Bundle resolves them) as type/id references."""
-    if isinstance(value, dict):
-        out = {k: _rewrite(v, ids) for k, v in value.items()}
-        if isinstance(out.get("reference"), str) and out["reference"] in ids:
-            out["reference"] = ids[out["reference"]]
-        return out
-    if isinstance(value, list):
-        return [_rewrite(v, ids) for v in value]
-    return value
 
 
 def _resources() -> list[dict[str, Any]]:
@@ -43,7 +32,7 @@ def _resources() -> list[dict[str, Any]]:
             for e in bundle["entry"]
         }
         for entry in bundle["entry"]:
-            resource = _rewrite(entry["resource"], ids)
+            resource = rewrite_references(entry["resource"], ids)
             resource.pop("id", None)
             out.append(resource)
     return out
