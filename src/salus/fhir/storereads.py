@@ -10,7 +10,9 @@ is the read half of :class:`~salus.fhir.store.FhirStore`, which provides
 
 from __future__ import annotations
 
+import os
 import re
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -78,7 +80,23 @@ def check_id(res_id: str) -> str:
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A new server-assigned id: a UUID of version 7 (RFC 9562 section 5.7).
+
+    Its first 48 bits are the Unix time in milliseconds, the other 74 are
+    random (``os.urandom``), so ids are as hard to guess as 74 random bits
+    and as unique, but ids made close in time sort close together. New rows
+    of the id's b-trees (``(res_type, res_id)``, the patient key of a Patient,
+    the ``_id`` token, the audit trail's patient) then go to the last leaf of
+    the index instead of one random leaf each: a Bundle of 100 Patients
+    writes about a quarter fewer pages (ADR 21, stop-18 amendment). The time
+    it tells is the creation time, which ``meta.lastUpdated`` of the first
+    version tells as well; de-identified views replace ids by keyed
+    pseudonyms (:mod:`salus.fhir.deidview`)."""
+    value = bytearray(os.urandom(16))
+    value[0:6] = (time.time_ns() // 1_000_000).to_bytes(6, "big")
+    value[6] = 0x70 | (value[6] & 0x0F)  # version 7
+    value[8] = 0x80 | (value[8] & 0x3F)  # variant 10 (RFC 9562)
+    return str(uuid.UUID(bytes=bytes(value)))
 
 
 @dataclass(frozen=True, slots=True)
