@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, insert
+from sqlalchemy import create_engine, event, insert
 from sqlalchemy.engine import Connection
 
 from salus.db import schema  # noqa: F401 - registers every table
@@ -73,11 +73,16 @@ def _plan(conn: Connection, res_type: str, params: Sequence[tuple[str, str]]) ->
     query = searching._default_order(
         conn, plan, res_type, parsed.conditions, values, flt.where(RESOURCE_COLUMNS)
     ).limit(20)
-    compiled = query.compile(conn)
-    full = compiled.construct_params(values)
-    args = tuple(full[name] for name in compiled.positiontup or ())
-    rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", args)
-    return [str(row[3]) for row in rows]
+
+    # Executed as SQLAlchemy executes it (IN lists expanded), but explained.
+    def explain(*args: Any) -> tuple[str, Any]:
+        return f"EXPLAIN QUERY PLAN {args[2]}", args[3]
+
+    event.listen(conn, "before_cursor_execute", explain, retval=True)
+    try:
+        return [str(row[3]) for row in conn.execute(query, values)]
+    finally:
+        event.remove(conn, "before_cursor_execute", explain)
 
 
 @pytest.fixture
@@ -96,6 +101,41 @@ def test_a_dense_date_walks_the_resources_in_rowid_order(conn: Connection, dense
     assert plan[0] == "SCAN fhir_resources", plan
     assert any("fhir_idx_date USING INDEX ix_fhir_idx_date_rid (rid=?)" in s for s in plan), plan
     assert not any("ORDER BY" in step for step in plan), plan
+
+
+@pytest.fixture(scope="module")
+def dated() -> Iterator[Connection]:
+    """400 Observations with one date each (shape 0) and 4 with several (shape 1),
+    ANALYZEd: the shape index holds the 8 rows of the 4."""
+    engine = create_engine("sqlite://")
+    metadata.create_all(engine)
+    day = datetime(2026, 1, 1, tzinfo=UTC)
+    row = {"res_type": "Observation", "param": "date"}
+    rows: list[dict[str, Any]] = [
+        {**row, "rid": rid, "low": day, "high": day, "shape": 0} for rid in range(1, 401)
+    ]
+    rows += [
+        {**row, "rid": rid, "low": d, "high": d, "shape": 1}
+        for rid in range(401, 405)
+        for d in (day, datetime(2024, 1, 1, tzinfo=UTC))
+    ]
+    with engine.begin() as connection:
+        connection.execute(insert(fhir_idx_date), rows)
+        connection.exec_driver_sql("ANALYZE")
+    with engine.connect() as connection:
+        yield connection
+
+
+def test_a_date_range_reads_several_values_from_the_partial_index(dated: Connection) -> None:
+    """Migration 0020: ``ix_fhir_idx_date_shape`` holds only the rows with
+    ``shape <> 0`` (several values, or more than a day). A range (``date=geX&
+    date=ltY``) looks for those in it, and states the index's condition so that
+    SQLite can use it; the seek is by shape and ``high``."""
+    plan = _plan(dated, "Observation", [("date", "ge2025-06-01"), ("date", "lt2026-06-01")])
+    shaped = [step for step in plan if "ix_fhir_idx_date_shape" in step]
+    # The long values, and the two sides of the INTERSECT of several values.
+    assert len(shaped) == 3, plan
+    assert all("shape=?" in step for step in shaped), plan
 
 
 def test_a_sparse_reference_drives_and_the_dense_token_is_probed(

@@ -22,6 +22,7 @@ from sqlalchemy import (
     and_,
     func,
     intersect,
+    literal_column,
     or_,
     select,
     union_all,
@@ -249,6 +250,14 @@ def one_sided_date(table: Table, value: str, modifier: str) -> tuple[Any, Any, d
     return (table.c.low, table.c.high)[end], compare, date_range(text)[bound]
 
 
+#: The condition of the partial index ``ix_fhir_idx_date_shape`` (migration 0020),
+#: with its literal 0: SQLite uses a partial index for a query that contains the
+#: index's condition (a bound parameter matches only while its value is the
+#: same, and the statement is prepared again for each value). ``<>`` is no range
+#: of the index: the seek stays ``shape IN (…)`` and ``high``.
+SHAPED: ColumnElement[bool] = fhir_idx_date.c.shape != literal_column("0")
+
+
 def date_and_condition(
     res_type: str, name: str, values: Sequence[str], resource: FromClause = R
 ) -> ColumnElement[bool]:
@@ -300,13 +309,14 @@ def date_and_condition(
             ),
             rids(
                 every,
+                SHAPED,
                 table.c.shape.in_([DATE_LONG, DATE_LONG | DATE_MULTI]),
                 table.c.high >= start,
                 table.c.low < start,
             ),
         ]
     multi = [DATE_MULTI, DATE_MULTI | DATE_LONG]
-    several = intersect(*(rids(table.c.shape.in_(multi), row) for row in rows)).subquery()
+    several = intersect(*(rids(SHAPED, table.c.shape.in_(multi), row) for row in rows)).subquery()
     # One IN over one compound select: both planners start from the index scans.
     return resource.c.rid.in_(union_all(*parts, select(several.c.rid)))
 
