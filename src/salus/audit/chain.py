@@ -39,7 +39,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
@@ -62,11 +62,10 @@ from salus.audit.pgappend import (
 )
 from salus.audit.signing import Checkpoint, CheckpointSigner, Ed25519Signer
 from salus.audit.sqliteappend import (
-    INSERT_SQL,
     PreparedEvents,
     append_prepared,
-    chain_rows,
     prepare_events,
+    write_chained,
 )
 from salus.db.engine import Database, WriterLock
 from salus.db.tables import audit_checkpoints, audit_events, audit_head
@@ -92,14 +91,9 @@ class ChainHead(NamedTuple):
     hash: str
 
 
-# Statements of every append, built once.
+# The head locked by every SQLite append, built once.
 _LOCK_HEAD = (
     select(audit_head.c.seq, audit_head.c.hash).where(audit_head.c.id == HEAD_ID).with_for_update()
-)
-_MOVE_HEAD = (
-    update(audit_head)
-    .where(audit_head.c.id == bindparam("h_id"), audit_head.c.seq == bindparam("h_old"))
-    .values(seq=bindparam("h_seq"), hash=bindparam("h_hash"))
 )
 
 
@@ -127,15 +121,6 @@ class _RawStatement:
             processor = self.processors.get(name)
             out.append(processor(value) if processor is not None else value)
         return tuple(out)
-
-
-class _SqliteAppend:
-    """The head and move statements of a SQLite group commit, compiled once
-    (the insert is :data:`~salus.audit.sqliteappend.INSERT_SQL`)."""
-
-    def __init__(self, dialect: Any) -> None:
-        self.head = _RawStatement(_LOCK_HEAD, dialect)
-        self.move = _RawStatement(_MOVE_HEAD, dialect)
 
 
 def _check_events(events: Sequence[object]) -> None:
@@ -172,7 +157,7 @@ class AuditLog:
         self.batch_delay = batch_delay
         self._batcher: RecordBatcher | None = None
         self._checkpointer: asyncio.Task[None] | None = None
-        self._sqlite_statements: _SqliteAppend | None = None
+        self._sqlite_head: _RawStatement | None = None  # _LOCK_HEAD, compiled once
         self._append_lock_path = None if db.is_sqlite else append_lock
         self._append_lock: WriterLock | None = None  # made by start(): servers only
 
@@ -249,11 +234,11 @@ class AuditLog:
     def _record_sqlite(self, events: list[AuditEvent]) -> list[int] | None:
         """None when the chain has no head yet (the general path creates it)."""
         engine = self.db.engine
-        statements = self._sqlite_statements
-        if statements is None:
-            statements = self._sqlite_statements = _SqliteAppend(engine.dialect)
+        head = self._sqlite_head
+        if head is None:
+            head = self._sqlite_head = _RawStatement(_LOCK_HEAD, engine.dialect)
         dbapi_error = engine.dialect.loaded_dbapi.Error
-        sql = statements.head.sql
+        sql = head.sql
         prepared = prepare_events(engine.dialect, events)  # before the lock
         with self.db.writer_lock():
             fairy = engine.raw_connection()
@@ -263,31 +248,15 @@ class AuditLog:
                 try:
                     cursor.execute("BEGIN IMMEDIATE")
                     try:
-                        row = cursor.execute(sql, statements.head.args({})).fetchone()
+                        row = cursor.execute(sql, head.args({})).fetchone()
                         if row is None:
                             return None
                         seq, prev_hash = int(row[0]), str(row[1])
                         recorded_at = self.clock()  # under the lock: recorded_at follows seq
                         first = seq + 1
-                        args, seq, prev_hash = chain_rows(
-                            prepared, engine.dialect, seq, prev_hash, recorded_at
+                        seq = write_chained(
+                            cursor, engine.dialect, prepared, seq, prev_hash, recorded_at, HEAD_ID
                         )
-                        sql = INSERT_SQL
-                        cursor.executemany(sql, args)
-                        sql = statements.move.sql
-                        cursor.execute(
-                            sql,
-                            statements.move.args(
-                                {
-                                    "h_id": HEAD_ID,
-                                    "h_old": first - 1,
-                                    "h_seq": seq,
-                                    "h_hash": prev_hash,
-                                }
-                            ),
-                        )
-                        if cursor.rowcount != 1:
-                            raise IntegrityError("The audit chain head moved during an append.")
                         sql = "COMMIT"
                         cursor.execute(sql)
                     finally:

@@ -44,6 +44,7 @@ __all__ = [
     "INSERT_SQL",
     "PreparedEvents",
     "append_prepared",
+    "write_chained",
     "chain_rows",
     "prepare_events",
 ]
@@ -189,6 +190,36 @@ def chain_rows(
     return rows, seq, prev_hash
 
 
+def write_chained(
+    cursor: Any,
+    dialect: Dialect,
+    prepared: PreparedEvents,
+    head_seq: int,
+    head_hash: str,
+    recorded_at: datetime,
+    head_id: int,
+) -> int:
+    """Insert ``prepared`` after the locked head with the DBAPI ``cursor`` of a
+    SQLite write transaction and move the head; return the new head's seq.
+    A driver error comes out as SQLAlchemy's, its parameters hidden (the
+    events name patients)."""
+    rows, seq, last_hash = chain_rows(prepared, dialect, head_seq, head_hash, recorded_at)
+    dbapi = dialect.loaded_dbapi
+    sql = INSERT_SQL
+    try:
+        cursor.executemany(sql, rows)
+        sql = _MOVE_SQL
+        cursor.execute(sql, (seq, last_hash, head_id, head_seq))
+        moved = cursor.rowcount
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(
+            sql, None, exc, dbapi.Error, hide_parameters=True, dialect=dialect
+        ) from exc
+    if moved != 1:
+        raise IntegrityError("The audit chain head moved during an append.")
+    return seq
+
+
 def append_prepared(
     conn: Connection,
     prepared: PreparedEvents,
@@ -199,23 +230,12 @@ def append_prepared(
 ) -> list[int]:
     """Insert ``prepared`` after the locked head in ``conn``'s SQLite write
     transaction and move the head; return the new seqs."""
-    rows, seq, last_hash = chain_rows(prepared, conn.dialect, head_seq, head_hash, recorded_at)
     driver: Any = conn.connection.driver_connection
-    dbapi = conn.dialect.loaded_dbapi
     cursor = driver.cursor()
-    sql = INSERT_SQL
     try:
-        cursor.executemany(sql, rows)
-        sql = _MOVE_SQL
-        cursor.execute(sql, (seq, last_hash, head_id, head_seq))
-        moved = cursor.rowcount
-    except dbapi.Error as exc:
-        # Parameters hidden: the events name patients.
-        raise DBAPIError.instance(
-            sql, None, exc, dbapi.Error, hide_parameters=True, dialect=conn.dialect
-        ) from exc
+        seq = write_chained(
+            cursor, conn.dialect, prepared, head_seq, head_hash, recorded_at, head_id
+        )
     finally:
         cursor.close()
-    if moved != 1:
-        raise IntegrityError("The audit chain head moved during an append.")
     return list(range(head_seq + 1, seq + 1))
