@@ -119,8 +119,9 @@ def prepare_creates(
             exc.resource_index = position  # type: ignore[attr-defined]
             raise
         prepared.append((res_type, rid_id, body))
-    # Ids the server assigns are random UUIDs; only ids the caller chose (bulk
-    # import) can already be taken. The unique key stays the last word.
+    # Ids the server assigns are UUIDs with 74 random bits (new_id); only ids the
+    # caller chose (bulk import) can already be taken. The unique key stays the
+    # last word.
     chosen = [
         (t, i)
         for (t, i, _), (_, given) in zip(prepared, items, strict=True)
@@ -136,7 +137,7 @@ def prepare_creates(
         GATE.checkpoint()
         # The index values once: the compartment (an Observation's subject…)
         # is read from them rather than extracted a second time.
-        values = store.indexer.extract(body) if res_type != "Patient" else None
+        values = store.indexer.extract(body)
         patient_key = store.compartment(body, values)
         raws.append(json_bytes(body))
         rows.append(
