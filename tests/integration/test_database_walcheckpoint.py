@@ -293,20 +293,26 @@ sys.stdin.read()
 """
 
 
-def test_acknowledged_writes_survive_a_kill_before_any_checkpoint(tmp_path: Path) -> None:
-    path = tmp_path / "salus.db"
+def _killed_after(script: str, path: Path, acknowledged: str) -> None:
+    """Run ``script`` on the database ``path`` in a child process and SIGKILL it
+    once it has printed ``acknowledged`` (its writes committed, nothing closed)."""
     with subprocess.Popen(
-        [sys.executable, "-c", _CHILD, f"sqlite:///{path}"],
+        [sys.executable, "-c", script, f"sqlite:///{path}"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     ) as child:
         try:
             assert child.stdout is not None
-            assert child.stdout.readline().strip() == "acknowledged 300"
+            assert child.stdout.readline().strip() == acknowledged
         finally:
             os.kill(child.pid, signal.SIGKILL)
             child.wait(10)
+
+
+def test_acknowledged_writes_survive_a_kill_before_any_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "salus.db"
+    _killed_after(_CHILD, path, "acknowledged 300")
     # The rows are in the WAL only: the database file does not hold them yet.
     assert (tmp_path / "salus.db-wal").stat().st_size > path.stat().st_size
     db = create_database(f"sqlite:///{path}")
@@ -338,18 +344,7 @@ sys.stdin.read()
 
 def test_acknowledged_writes_over_a_restarted_wal_survive_a_kill(tmp_path: Path) -> None:
     path = tmp_path / "salus.db"
-    with subprocess.Popen(
-        [sys.executable, "-c", _CHILD_AFTER_RESTART, f"sqlite:///{path}"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as child:
-        try:
-            assert child.stdout is not None
-            assert child.stdout.readline().strip() == "acknowledged 3300"
-        finally:
-            os.kill(child.pid, signal.SIGKILL)
-            child.wait(10)
+    _killed_after(_CHILD_AFTER_RESTART, path, "acknowledged 3300")
     db = create_database(f"sqlite:///{path}")
     try:
         with db.read() as conn:
