@@ -55,7 +55,7 @@ from salus.services import build_fhir_store  # noqa: E402
 PRINCIPAL = Principal(PrincipalKind.CLIENT, "bench", "hosp-a", client_id="bench")
 
 
-def _open(path: Path) -> tuple[Database, FhirStore]:
+def open_store(path: Path) -> tuple[Database, FhirStore]:
     db = create_database(f"sqlite:///{path}")
     return db, build_fhir_store(None, AuditLog(db))
 
@@ -76,7 +76,7 @@ def build_base(base: Path, prefill: int) -> None:
     db = create_database(f"sqlite:///{work}")
     migrate(db)
     db.dispose()
-    db, store = _open(work)
+    db, store = open_store(work)
     data = Data(1)
     rng = random.Random(2)
     ids: list[str] = []
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     ids = base.with_suffix(".ids").read_text().split()
     work = base.parent / f"work_{os.getpid()}.db"
     shutil.copy(base, work)
-    db, store = _open(work)
+    db, store = open_store(work)
     took = {"ins_cpu": 0.0, "ins_wall": 0.0, "aud_cpu": 0.0, "aud_wall": 0.0}
     # The module-level name commit_creates calls, and the audit append.
     store_module.insert_encoded = _timed(store_module.insert_encoded, took, "ins")  # type: ignore[attr-defined]
