@@ -30,7 +30,9 @@ again so that every run starts empty) the benchmark
      reference (``Observation?subject=``), reference + token (Medplum's query;
      the code is one the Patient has), date (``Observation?date=ge…&_count=20``)
      and chained (``Observation?subject:Patient.family=``); token and date also
-     with ``_total=none``, since Salus counts all matches by default.
+     with ``_total=none``, since Salus counts all matches by default. Extra
+     kinds, run only when named by ``--kinds``: ``chained_prefix`` (a 2-letter
+     family prefix) and ``date_range`` (``date=geX&date=ltY``, a week).
 
 Bodies are generated and JSON-encoded before a phase starts; the clients only
 send them and take the new id from the ``Location`` header (Bundle responses
@@ -920,7 +922,7 @@ def grow_by_import(
 
 
 #: Search kinds run only when named in ``--kinds`` (not part of the standard run).
-EXTRA_KINDS = frozenset({"chained_prefix"})
+EXTRA_KINDS = frozenset({"chained_prefix", "date_range"})
 
 
 def searches(
@@ -937,6 +939,13 @@ def searches(
     def date() -> str:
         when = DATE_FROM + timedelta(seconds=rng.randrange(DATE_SPAN_S))
         return when.strftime("%Y-%m-%d")
+
+    def date_range() -> str:
+        """Two ANDed conditions, a week apart: the range that reads the date shape
+        index for long and multi-valued dates (migrations 0016, 0020)."""
+        start = DATE_FROM + timedelta(seconds=rng.randrange(DATE_SPAN_S))
+        end = start + timedelta(days=7)
+        return f"Observation?date=ge{start:%Y-%m-%d}&date=lt{end:%Y-%m-%d}&_count=20"
 
     def subject_code() -> str:
         """A Patient loaded at scale and the code of one of its Observations (a match)."""
@@ -989,6 +998,12 @@ def searches(
             "date, `_total=none`",
             None,
             lambda: f"Observation?date=ge{date()}&_count=20&_total=none",
+        ),
+        (
+            "date_range",
+            "date range: `Observation?date=geX&date=ltY&_count=20` (extra kind)",
+            None,
+            date_range,
         ),
         (
             "chained",
@@ -1377,7 +1392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--kinds",
         type=lambda text: frozenset(k for k in text.split(",") if k),
         help="comma-separated search kinds to run (default: the standard ones; "
-        "extra: chained_prefix)",
+        "extra: chained_prefix, date_range)",
     )
     parser.add_argument("--seed", type=int, default=20261123)
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
