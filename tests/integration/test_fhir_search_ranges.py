@@ -172,6 +172,23 @@ def test_range_matches_what_separate_conditions_give(world: World) -> None:
     assert ids["enc_straddle"] in _ids(world, "Encounter?date=ge2026-01-10&date=le2026-01-10")
 
 
+@pytest.mark.parametrize("lower", ["ge", "gt", "sa", "eq"])
+@pytest.mark.parametrize("upper", ["le", "lt", "eb", "eq"])
+def test_every_pair_of_prefixes_matches_what_separate_conditions_give(
+    world: World, lower: str, upper: str
+) -> None:
+    """Each part of the range form leaves out or rewrites conditions it implies
+    (a ``ge`` bound in the part read from the low index; bounds as filters in
+    the parts read from the shape index, stop 18): for every pair of a lower
+    and an upper prefix, the answer is that of the two conditions apart."""
+    for low, high in [("2026-01-09", "2026-01-10"), ("2025-12-31", "2026-01-02"), ("2026", "2026")]:
+        combined = _ids(world, f"Encounter?date={lower}{low}&date={upper}{high}")
+        separately = _ids(world, f"Encounter?date={lower}{low}") & _ids(
+            world, f"Encounter?date={upper}{high}"
+        )
+        assert combined == separately, (low, high)
+
+
 @pytest.mark.parametrize(
     "query",
     [
