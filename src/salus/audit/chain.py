@@ -51,10 +51,8 @@ from salus.audit.events import (
     iso_utc,
 )
 from salus.audit.pgappend import (
-    _PG_APPEND,
     _PG_JSON_PARTS,
     PG_RECORD,
-    _pg_append_params,
     _pg_json_parts,
     pg_json_events,
     pg_record_params,
@@ -312,9 +310,9 @@ class AuditLog:
         ``recorded_at`` values a little out of ``seq`` order (ADR 21); the
         hashes cover the stored value either way.
         """
-        params = _pg_append_params(events, self.clock())
+        params = pg_record_params(events, self.clock())
         try:
-            last = conn.exec_driver_sql(_PG_APPEND, params).scalar()
+            last = conn.exec_driver_sql(PG_RECORD, params).scalar()
         except DBAPIError as exc:
             self.raise_pg_error(exc.orig)
             raise

@@ -4,17 +4,18 @@ The function locks the chain head, numbers the events, computes each
 ``hash = SHA-256(prev_hash ‖ canonical JSON)`` (:func:`salus.audit.events.event_hash`),
 inserts the events and moves the head. The client sends each event's
 canonical JSON in two parts around ``recorded_at`` and ``seq``, which the
-function adds. This module holds the statement, its parameters (as arrays,
-:func:`_pg_append_params`, or as one JSON text inside a larger statement,
-:func:`pg_json_events` and :func:`_pg_json_parts`) and the mapping of the
-function's errors (:func:`raise_pg_error`); :class:`salus.audit.chain.AuditLog`
-uses them. Split out of :mod:`salus.audit.chain` (stop 16), unchanged.
+function adds. This module holds the statement (:data:`PG_RECORD`), its
+parameters as one JSON text (:func:`pg_json_events`; :func:`_pg_json_parts`
+puts them inside a larger statement) and the mapping of the function's errors
+(:func:`raise_pg_error`); :class:`salus.audit.chain.AuditLog` uses them. Split
+out of :mod:`salus.audit.chain` (stop 16). Since stop 18 every append sends
+the JSON text: the 16 arrays psycopg quoted element by element in Python are
+gone (18 % of the server's CPU in a Bundle of 100 Observations).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -38,19 +39,30 @@ _PG_TEXT_COLUMNS = (
     "request_id",
     "flags",
 )
-_PG_APPEND = (
-    "SELECT salus_audit_append(%(recorded_at)s, %(recorded_text)s, %(prefix)s, %(mid)s,"
-    " %(category)s, %(action)s, %(outcome)s::smallint[], %(principal_kind)s,"
-    " %(principal_id)s, %(org_id)s, %(client_id)s, %(address)s, %(purpose)s,"
-    " %(patient_key)s, %(entity)s, %(description)s, %(request_id)s, %(flags)s,"
-    " %(detail)s)"
-)
 _PG_BEFORE_RECORDED_AT = tuple(name for name in HASHED_FIELDS if name < "recorded_at")
 if tuple(name for name in HASHED_FIELDS if name > "recorded_at") != ("request_id", "seq"):
     raise RuntimeError("salus_audit_append assumes request_id and seq follow recorded_at")
 #: The array arguments of ``salus_audit_append`` in order (after the two
-#: ``recorded_at`` values), as :data:`_PG_APPEND` passes them.
-_PG_ARGUMENTS = tuple(re.findall(r"%\((\w+)\)s", _PG_APPEND)[2:])
+#: ``recorded_at`` values; migration 0015).
+_PG_ARGUMENTS = (
+    "prefix",
+    "mid",
+    "category",
+    "action",
+    "outcome",
+    "principal_kind",
+    "principal_id",
+    "org_id",
+    "client_id",
+    "address",
+    "purpose",
+    "patient_key",
+    "entity",
+    "description",
+    "request_id",
+    "flags",
+    "detail",
+)
 #: The values of one event in :meth:`AuditLog.pg_append_json`'s JSON, in order.
 _PG_JSON_COLUMNS = ("prefix", "mid", "outcome", "detail", *_PG_TEXT_COLUMNS)
 if sorted(_PG_JSON_COLUMNS) != sorted(_PG_ARGUMENTS):
@@ -59,36 +71,6 @@ if sorted(_PG_JSON_COLUMNS) != sorted(_PG_ARGUMENTS):
 _PG_HEAD_ERROR = "SA001"
 #: undefined_function: a database that was not migrated to 0015.
 _PG_NO_FUNCTION = "42883"
-
-
-def _pg_append_params(events: Sequence[AuditEvent], recorded_at: datetime) -> dict[str, Any]:
-    """Parameters of ``salus_audit_append``: each event's canonical JSON in two
-    parts around ``recorded_at`` and ``seq`` (:func:`event_hash` order: every
-    other key sorts before ``recorded_at``; ``request_id`` and ``seq`` after)."""
-    params: dict[str, Any] = {name: [] for name in _PG_TEXT_COLUMNS}
-    prefixes: list[str] = []
-    mids: list[str] = []
-    outcomes: list[int] = []
-    details: list[str | None] = []
-    for event in events:
-        record = {name: getattr(event, name) for name in _PG_BEFORE_RECORDED_AT}
-        record["outcome"] = int(event.outcome)
-        prefixes.append(canonical_json(record).decode("utf-8")[:-1])
-        mids.append(',"request_id":' + canonical_json(event.request_id).decode("utf-8") + ',"seq":')
-        outcomes.append(int(event.outcome))
-        detail = event.detail
-        details.append(None if detail is None else canonical_json(dict(detail)).decode("utf-8"))
-        for name in _PG_TEXT_COLUMNS:
-            params[name].append(getattr(event, name))
-    params.update(
-        recorded_at=recorded_at,
-        recorded_text=iso_utc(recorded_at),
-        prefix=prefixes,
-        mid=mids,
-        outcome=outcomes,
-        detail=details,
-    )
-    return params
 
 
 #: :meth:`AuditLog.pg_append_json`'s FROM item and call, by name.
@@ -153,12 +135,13 @@ def _record_statement() -> str:
     return f"SELECT {call} FROM {from_item}"  # noqa: S608 - names from this module only
 
 
-#: A group commit's append alone in autocommit (:meth:`AuditLog.record_batch`
-#: and the event loop's batches): the events as one JSON text, as
-#: :meth:`AuditLog.pg_append_json` sends them. With the 16 arrays of
-#: :data:`_PG_APPEND` psycopg quoted every element in Python: 0.62-0.69 ms
-#: of client CPU per append of 4 events, 0.33-0.43 ms with the JSON text
-#: (PostgreSQL 0.37-0.45 against 0.43-0.52 ms; ADR 11 stop-16 amendment).
+#: An append as one statement: alone in autocommit for a group commit
+#: (:meth:`AuditLog.record_batch` and the event loop's batches), or inside the
+#: caller's transaction (:meth:`AuditLog.append`). The events travel as one
+#: JSON text, as :meth:`AuditLog.pg_append_json` sends them. With 16 arrays
+#: psycopg quoted every element in Python: 0.62-0.69 ms of client CPU per
+#: append of 4 events, 0.33-0.43 ms with the JSON text (PostgreSQL 0.37-0.45
+#: against 0.43-0.52 ms; ADR 11 stop-16 amendment).
 PG_RECORD = _record_statement()
 
 
