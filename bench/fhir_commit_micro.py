@@ -96,6 +96,40 @@ def build_base(base: Path, prefill: int) -> None:
     Path(f"{work}.writer-lock").unlink(missing_ok=True)
 
 
+def working_copy(base: Path, prefill: int, name: str) -> tuple[Path, list[str]]:
+    """A copy of the base database (made first if missing) beside it, named
+    ``name`` and this process's id, and the ids of the base's Patients."""
+    if not base.exists():
+        build_base(base, prefill)
+    work = base.parent / f"{name}_{os.getpid()}.db"
+    shutil.copy(base, work)
+    return work, base.with_suffix(".ids").read_text().split()
+
+
+def prepared_bundles(
+    db: Database, store: FhirStore, kind: str, count: int, ids: list[str], seed: int
+) -> list[Any]:
+    """``count`` Bundles of 100 generated Patients or Observations (of Patients in
+    ``ids``), prepared and encoded outside any lock, as the server does."""
+    data = Data(seed)
+    rng = random.Random(3)
+    batches = []
+    for _ in range(count):
+        items = [
+            (
+                data.patient()
+                if kind == "patient"
+                else data.observation(f"Patient/{rng.choice(ids)}"),
+                None,
+            )
+            for _ in range(100)
+        ]
+        batch = store.prepare_creates(PRINCIPAL, items)
+        store.encode(batch, db.engine.dialect)
+        batches.append(batch)
+    return batches
+
+
 def _timed(function: Callable[..., Any], into: dict[str, float], key: str) -> Callable[..., Any]:
     def timed(*args: Any, **kwargs: Any) -> Any:
         cpu, wall = time.thread_time(), time.perf_counter()
@@ -109,33 +143,13 @@ def _timed(function: Callable[..., Any], into: dict[str, float], key: str) -> Ca
 
 
 def run(args: argparse.Namespace) -> dict[str, float]:
-    base = Path(args.base)
-    if not base.exists():
-        build_base(base, args.prefill)
-    ids = base.with_suffix(".ids").read_text().split()
-    work = base.parent / f"work_{os.getpid()}.db"
-    shutil.copy(base, work)
+    work, ids = working_copy(Path(args.base), args.prefill, "work")
     db, store = open_store(work)
     took = {"ins_cpu": 0.0, "ins_wall": 0.0, "aud_cpu": 0.0, "aud_wall": 0.0}
     # The module-level name commit_creates calls, and the audit append.
     store_module.insert_encoded = _timed(store_module.insert_encoded, took, "ins")  # type: ignore[attr-defined]
     AuditLog.append = _timed(AuditLog.append, took, "aud")  # type: ignore[method-assign]
-    data = Data(args.seed)
-    rng = random.Random(3)
-    batches = []
-    for _ in range(args.bundles):
-        items = [
-            (
-                data.patient()
-                if args.kind == "patient"
-                else data.observation(f"Patient/{rng.choice(ids)}"),
-                None,
-            )
-            for _ in range(100)
-        ]
-        batch = store.prepare_creates(PRINCIPAL, items)
-        store.encode(batch, db.engine.dialect)
-        batches.append(batch)
+    batches = prepared_bundles(db, store, args.kind, args.bundles, ids, args.seed)
     other = sqlite3.connect(str(work), isolation_level=None)
     samples: dict[str, list[float]] = {"held": [], **{key: [] for key in took}}
     try:

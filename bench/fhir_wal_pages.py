@@ -21,9 +21,6 @@ and a base database of each (``--base``: their schemas may differ)::
 from __future__ import annotations
 
 import argparse
-import os
-import random
-import shutil
 import sqlite3
 import statistics
 import struct
@@ -36,8 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fhir_bench import Data  # noqa: E402
-from fhir_commit_micro import PRINCIPAL, build_base, open_store  # noqa: E402
+from fhir_commit_micro import open_store, prepared_bundles, working_copy  # noqa: E402
 
 WAL_HEADER = 32  # bytes before the first frame (sqlite.org/fileformat.html#walformat)
 FRAME_HEADER = 24  # each frame: page number (4 bytes, big-endian), then 20 more
@@ -55,31 +51,11 @@ def appended_pages(wal: Path, start: int, end: int, page_size: int) -> list[int]
 
 
 def run(args: argparse.Namespace) -> None:
-    base = Path(args.base)
-    if not base.exists():
-        build_base(base, args.prefill)
-    ids = base.with_suffix(".ids").read_text().split()
-    work = base.parent / f"pages_{os.getpid()}.db"
-    shutil.copy(base, work)
+    work, ids = working_copy(Path(args.base), args.prefill, "pages")
     wal = Path(f"{work}-wal")
     db, store = open_store(work)
     try:
-        data = Data(args.seed)
-        rng = random.Random(3)
-        batches = []
-        for _ in range(args.bundles):
-            items = [
-                (
-                    data.patient()
-                    if args.kind == "patient"
-                    else data.observation(f"Patient/{rng.choice(ids)}"),
-                    None,
-                )
-                for _ in range(100)
-            ]
-            batch = store.prepare_creates(PRINCIPAL, items)
-            store.encode(batch, db.engine.dialect)
-            batches.append(batch)
+        batches = prepared_bundles(db, store, args.kind, args.bundles, ids, args.seed)
         with db.engine.connect() as conn:
             page_size = int(conn.exec_driver_sql("PRAGMA page_size").scalar_one())
         per_txn = args.per_txn
