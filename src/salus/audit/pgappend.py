@@ -44,25 +44,7 @@ if tuple(name for name in HASHED_FIELDS if name > "recorded_at") != ("request_id
     raise RuntimeError("salus_audit_append assumes request_id and seq follow recorded_at")
 #: The array arguments of ``salus_audit_append`` in order (after the two
 #: ``recorded_at`` values; migration 0015).
-_PG_ARGUMENTS = (
-    "prefix",
-    "mid",
-    "category",
-    "action",
-    "outcome",
-    "principal_kind",
-    "principal_id",
-    "org_id",
-    "client_id",
-    "address",
-    "purpose",
-    "patient_key",
-    "entity",
-    "description",
-    "request_id",
-    "flags",
-    "detail",
-)
+_PG_ARGUMENTS = ("prefix", "mid", *_PG_TEXT_COLUMNS[:2], "outcome", *_PG_TEXT_COLUMNS[2:], "detail")
 #: The values of one event in :meth:`AuditLog.pg_append_json`'s JSON, in order.
 _PG_JSON_COLUMNS = ("prefix", "mid", "outcome", "detail", *_PG_TEXT_COLUMNS)
 if sorted(_PG_JSON_COLUMNS) != sorted(_PG_ARGUMENTS):
