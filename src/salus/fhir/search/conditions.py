@@ -275,11 +275,11 @@ def date_and_condition(
     table = fhir_idx_date
     rows = [date_condition(table, value, "") for value in values]
     every = and_(*rows)
+    # Each value's prefix and range, parsed once for the parts below.
+    bounds = [(prefix, *date_range(text)) for prefix, text in map(search_prefix, values)]
     starts: list[datetime] = []  # every match ends (high) at or after these
     ends: list[datetime] = []  # every match begins (low) at or before these
-    for value in values:
-        prefix, text = search_prefix(value)
-        low, high = date_range(text)
+    for prefix, low, high in bounds:
         if prefix == "eq":
             starts.append(low)
             ends.append(high)
@@ -295,15 +295,14 @@ def date_and_condition(
             table.c.res_type == res_type, table.c.param == name, *conditions
         )
 
-    def unindexed(value: str) -> ColumnElement[bool]:
-        """``value``'s condition with ``low`` and ``high`` as filters, never an
+    def unindexed(prefix: str, low: datetime, high: datetime) -> ColumnElement[bool]:
+        """A value's condition with ``low`` and ``high`` as filters, never an
         index on SQLite (``+column``), for the parts read from the partial shape
         index. With the statistics ANALYZE samples (``analysis_limit``) SQLite
         rated the low index's range (half the rows below a date) cheaper than
         the few rows of the shape index: 1.3 s for a week at 1,000,000."""
-        prefix, text = search_prefix(value)
         low_col, high_col = NoIndexOnSQLite(table.c.low), NoIndexOnSQLite(table.c.high)
-        return range_condition(prefix, low_col, high_col, *date_range(text))
+        return range_condition(prefix, low_col, high_col, low, high)
 
     parts: list[Select[Any]] = [rids(every)]
     if starts and ends:
@@ -312,13 +311,7 @@ def date_and_condition(
         # begins at or after ``start`` (high >= low >= start): left out of the
         # first part, which is then read from the low index alone (SQLite:
         # covering; PostgreSQL: index-only).
-        inside = and_(
-            *(
-                row
-                for value, row in zip(values, rows, strict=True)
-                if search_prefix(value)[0] != "ge"
-            )
-        )
+        inside = and_(*(row for row, b in zip(rows, bounds, strict=True) if b[0] != "ge"))
         parts = [
             rids(inside, table.c.low >= start, table.c.low <= end),
             rids(
@@ -333,12 +326,12 @@ def date_and_condition(
                 table.c.shape.in_([DATE_LONG, DATE_LONG | DATE_MULTI]),
                 table.c.high >= start,
                 NoIndexOnSQLite(table.c.low) < start,
-                *(unindexed(value) for value in values),
+                *(unindexed(*b) for b in bounds),
             ),
         ]
     multi = [DATE_MULTI, DATE_MULTI | DATE_LONG]
     several = intersect(
-        *(rids(SHAPED, table.c.shape.in_(multi), unindexed(value)) for value in values)
+        *(rids(SHAPED, table.c.shape.in_(multi), unindexed(*b)) for b in bounds)
     ).subquery()
     # One IN over one compound select: both planners start from the index scans.
     return resource.c.rid.in_(union_all(*parts, select(several.c.rid)))
