@@ -44,9 +44,9 @@ __all__ = [
     "INSERT_SQL",
     "PreparedEvents",
     "append_prepared",
-    "write_chained",
     "chain_rows",
     "prepare_events",
+    "write_chained",
 ]
 
 # The text can be split so only while these three keys sort last (they do:
