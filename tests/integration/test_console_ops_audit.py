@@ -56,6 +56,9 @@ def seeded(world: World) -> dict[str, Any]:
     b_patient = patient(world, "b-feed", "Audit-B")
     assert world.call("a-doc", "GET", f"/fhir/Patient/{a_patient}").status_code == 200
     assert world.call("b-doc", "GET", f"/fhir/Patient/{b_patient}").status_code == 200
+    sign_in(world, "a-doc")  # a refused attempt, whichever tests run
+    assert world.client.get("/audit").status_code == 403
+    world.client.cookies.clear()
     return {"a": a_patient, "b": b_patient}
 
 
@@ -101,7 +104,7 @@ def test_hospital_security_officer_searches_its_own_events(
 def test_network_security_officer_sees_every_hospital(world: World, seeded: dict[str, Any]) -> None:
     client = world.client
     sign_in(world, "ops-sec")
-    page = client.get("/audit")
+    page = client.get("/audit", params={"category": "rest"})
     assert f"Patient/{seeded['a']}" in page.text and f"Patient/{seeded['b']}" in page.text
     only_b = client.get("/audit", params={"org": "hosp-b", "category": "rest"})
     assert f"Patient/{seeded['b']}" in only_b.text and f"Patient/{seeded['a']}" not in only_b.text
