@@ -133,6 +133,28 @@ HAND_WRITTEN: list[dict[str, Any]] = [
             {"resource": {"resourceType": "Patient", "id": "p1"}},
         ],
     },
+    *(
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+            key: value,
+            "component": [{"code": {"coding": [{"code": "c"}]}, key: value}],
+        }
+        for key, value in (
+            ("valueCodeableConcept", {"coding": [{"system": "urn:v", "code": "pos"}]}),
+            ("valueString", "trace"),
+            ("valueDateTime", "2024-03-01T10:00:00Z"),
+            ("valuePeriod", {"start": "2024-03-01", "end": "2024-03-02"}),
+            ("valueBoolean", True),
+            ("valueInteger", 3),
+            ("valueRange", {"low": {"value": 1}, "high": {"value": 2}}),
+            ("valueRatio", {"numerator": {"value": 1}, "denominator": {"value": 2}}),
+            ("valueSampledData", {"origin": {"value": 0}, "period": 1, "dimensions": 1}),
+            ("valueTime", "10:00:00"),
+            ("_valueString", {"extension": [{"url": "urn:x", "valueCode": "masked"}]}),
+        )
+    ),
     {
         "resourceType": "Patient",
         "deceasedBoolean": False,
@@ -208,8 +230,18 @@ def test_fast_path_skips_what_is_absent() -> None:
     mask = dispatch.mask(with_value)
     ran = {p.param.code for i, p in enumerate(plans) if mask >> i & 1}
     assert {"value-quantity", "combo-value-quantity", "date"} <= ran
-    assert "code-value-quantity" not in ran  # no code: a composite of none
     assert extractor.extract(with_value) == extractor.extract_every_plan(with_value)
+    # A value cast to a type needs that type's key: valueQuantity runs the
+    # Quantity parameters and composites, not the concept, string or date ones.
+    assert {"code-value-quantity", "combo-code-value-quantity"} <= ran
+    assert not {"value-concept", "value-string", "value-date", "code-value-concept"} & ran
+    assert not {"code-value-string", "code-value-date", "combo-value-concept"} & ran
+    coded = {**observation, "code": {"text": "x"}, "valueString": "trace"}
+    mask = dispatch.mask(coded)
+    ran = {p.param.code for i, p in enumerate(plans) if mask >> i & 1}
+    assert {"value-string", "code-value-string", "code"} <= ran
+    assert not {"value-quantity", "code-value-quantity", "code-value-concept"} & ran
+    assert extractor.extract(coded) == extractor.extract_every_plan(coded)
 
 
 def test_composite_parts_shared_between_parameters() -> None:
@@ -240,13 +272,21 @@ def test_composite_parts_shared_between_parameters() -> None:
         ("Resource.meta.lastUpdated", {"meta"}),
         (
             "(Observation.value as Quantity) | (Observation.component.value as Quantity)",
-            {"value", "component"},
+            {"valueQuantity", "valueAge", "valueCount", "valueDistance", "valueDuration",
+             "=value", "component"},
         ),  # fmt: skip
-        ("(Observation.value as CodeableConcept).text", {"value"}),
+        ("(Observation.value as CodeableConcept).text", {"valueCodeableConcept", "=value"}),
         ("Observation.subject.where(resolve() is Patient)", {"subject"}),
         ("Patient.telecom.where(system='email')", {"telecom"}),
         ("Observation | Observation.component", {BARE, "component"}),
-        ("value.as(Quantity)", {"value"}),
+        (
+            "value.as(Quantity)",
+            {"valueQuantity", "valueAge", "valueCount", "valueDistance", "valueDuration", "=value"},
+        ),
+        ("value.ofType(string)", {"valueString", "=value"}),
+        ("Observation.value.as(FHIR.Period).start", {"valuePeriod", "=value"}),
+        ("Observation.value.where(true).as(Period)", {"value"}),  # not cast at once
+        ("Observation.component.value.as(Quantity)", {"component"}),
         ("Patient.extension('http://x')", {"extension"}),
         ("extension('http://x').value", {"extension"}),
         ("Bundle.entry[0].resource", {"entry"}),
@@ -282,6 +322,11 @@ def test_key_matches() -> None:
     assert key_matches("_birthDate", "birthDate")
     assert key_matches("name", "name")
     assert not key_matches("code", "value")
+    assert key_matches("value", "=value")
+    assert key_matches("_value", "=value")
+    assert not key_matches("valueQuantity", "=value")
+    assert key_matches("valueQuantity", "valueQuantity")
+    assert not key_matches("valueString", "valueQuantity")
 
 
 @pytest.mark.slow

@@ -37,7 +37,7 @@ from typing import Any
 from salus.fhir.search.compartment import PATIENT_COMPARTMENT
 from salus.fhir.search.fhirpath import CompiledExpression, compile_expression
 from salus.fhir.search.registry import SearchParam, SearchRegistry, get_registry
-from salus.fhir.search.rootkeys import BARE, key_matches, root_keys
+from salus.fhir.search.rootkeys import BARE, EXACT, key_matches, root_keys
 from salus.fhir.search.values import (
     DATE_MAX,
     DATE_MIN,
@@ -357,15 +357,21 @@ class _Plan:
 def _plan_keys(param: SearchParam) -> frozenset[str] | None:
     """:func:`~salus.fhir.search.rootkeys.root_keys` of a parameter; for a
     composite whose root is the resource itself, the keys of one component
-    (a root without any component value gives no composite value)."""
+    (a root without any component value gives no composite value): one cast
+    to a type if there is one (``value.as(Quantity)`` rather than ``code``,
+    which every Observation has), else the first that is a plain path."""
     keys = root_keys(param.expression or "")
     if keys is None or BARE not in keys:
         return keys
+    usable = []
     for comp in param.components:
         comp_keys = root_keys(comp.expression)
         if comp_keys is not None and BARE not in comp_keys:
-            return (keys - {BARE}) | comp_keys
-    return None
+            usable.append(comp_keys)
+    if not usable:
+        return None
+    typed = [k for k in usable if any(key.startswith(EXACT) for key in k)]
+    return (keys - {BARE}) | (typed or usable)[0]
 
 
 @dataclass(slots=True)

@@ -16,27 +16,41 @@ be such a path, and anything else (operators, ``exists()``, ``empty()``,
 literals, ``%resource``, ...: an empty input can give a non-empty result)
 makes it "always evaluate" (``None``). A branch that is the bare root
 (``Observation``, a composite's root) needs the keys of its components (see
-:func:`composite_keys`).
+``_plan_keys`` in :mod:`salus.fhir.search.extract`).
+
+A first step cast at once to a type (``Observation.value as Quantity``,
+``value.as(CodeableConcept)``, ``.ofType(T)``) reads only the JSON keys of
+that type and the bare element (the evaluator's
+:func:`~salus.fhir.search.fhirpath_ops.typed_children`), so its keys are those:
+``valueQuantity``, ``valueAge``, ... and ``=value``, the bare key matched
+exactly (:data:`EXACT`). An Observation with ``valueQuantity`` then skips the
+``value-concept``, ``value-string`` and ``value-date`` parameters and their
+composites.
 """
 
 from __future__ import annotations
 
 from salus.fhir.search.fhirpath import Unsupported, _tokenize, split_union
+from salus.fhir.search.fhirpath_ops import type_keys
 from salus.fhir.search.resource_types import is_resource_type
 
-__all__ = ["BARE", "key_matches", "root_keys"]
+__all__ = ["BARE", "EXACT", "key_matches", "root_keys"]
 
 #: Marker in a :func:`root_keys` result: a branch is the bare root (the resource).
 BARE = "."
+#: Prefix of a :func:`root_keys` key that matches only that JSON key (and its
+#: ``_`` twin), not the keys it begins.
+EXACT = "="
 #: Functions that give an empty collection for an empty input (and never read
 #: anything but their input and their argument).
 _EMPTY_PRESERVING = frozenset({"where", "as", "ofType", "first", "last", "extension", "single"})
 _ROOT_NAMES = frozenset({"Resource", "DomainResource"})
 
 
-def _branch_key(tokens: list[tuple[str, str]]) -> str | None:
-    """The first step of a path branch; :data:`BARE` for the root alone;
-    None when the branch is not a plain path (see the module docstring)."""
+def _branch_keys(tokens: list[tuple[str, str]]) -> tuple[str, ...] | None:
+    """The keys of a path branch: its first step, or the keys of the type
+    that step is cast to at once; ``(BARE,)`` for the root alone; None when
+    the branch is not a plain path (see the module docstring)."""
     pos = 0
     while pos < len(tokens) and tokens[pos] == ("op", "("):
         pos += 1
@@ -64,7 +78,38 @@ def _branch_key(tokens: list[tuple[str, str]]) -> str | None:
         pos = _skip_call(tokens, pos)
         if pos < 0:
             return None
-    return key if _path_rest(tokens, pos) else None
+    if not _path_rest(tokens, pos):
+        return None
+    if key == BARE:
+        return (BARE,)
+    cast = _cast_type(tokens, pos)
+    if cast is None:
+        return (key,)
+    return (*type_keys(key, cast), EXACT + key)
+
+
+def _cast_type(tokens: list[tuple[str, str]], pos: int) -> str | None:
+    """The type named by ``as T``, ``.as(T)`` or ``.ofType(T)`` at ``pos``
+    (the step right after the first), or None."""
+    if pos < len(tokens) and tokens[pos] == ("id", "as"):
+        pos += 1
+    elif (
+        pos + 2 < len(tokens)
+        and tokens[pos] == ("op", ".")
+        and tokens[pos + 1] in (("id", "as"), ("id", "ofType"))
+        and tokens[pos + 2] == ("op", "(")
+    ):
+        pos += 3
+    else:
+        return None
+    if pos >= len(tokens) or tokens[pos][0] != "id":
+        return None
+    name = tokens[pos][1].strip("`")
+    pos += 1
+    while pos + 1 < len(tokens) and tokens[pos] == ("op", ".") and tokens[pos + 1][0] == "id":
+        name = tokens[pos + 1][1].strip("`")  # FHIR.Quantity
+        pos += 2
+    return name
 
 
 def _skip_call(tokens: list[tuple[str, str]], pos: int) -> int:
@@ -124,17 +169,20 @@ def root_keys(expression: str) -> frozenset[str] | None:
             tokens = _tokenize(branch)
         except Unsupported:
             return None
-        key = _branch_key(tokens)
-        if key is None:
+        found = _branch_keys(tokens)
+        if found is None:
             return None
-        keys.add(key)
+        keys.update(found)
     return frozenset(keys) if keys else None
 
 
 def key_matches(json_key: str, step: str) -> bool:
     """Whether a resource's top-level JSON key may hold values of ``step``:
     the element itself, a choice type's ``stepType`` key, or a primitive's
-    ``_step`` extension key (conservative: any key starting with ``step``)."""
+    ``_step`` extension key (conservative: any key starting with ``step``).
+    An :data:`EXACT` step matches its own key alone."""
     if json_key.startswith("_"):
         json_key = json_key[1:]
+    if step.startswith(EXACT):
+        return json_key == step[1:]
     return json_key.startswith(step)
