@@ -146,6 +146,11 @@ def test_prefer_return(world: World) -> None:
     [
         ("POST", "Patient", b"{not json", {"Content-Type": FHIR}, 400),
         ("POST", "Patient", b"[1, 2]", {"Content-Type": FHIR}, 400),
+        # Not JSON (RFC 8259 §6), though Python's json reads them.
+        ("POST", "Patient", b'{"resourceType":"Patient","x":NaN}', {"Content-Type": FHIR}, 400),
+        ("POST", "Patient", b'{"resourceType":"Patient","multipleBirthInteger":-Infinity}',
+         {"Content-Type": FHIR}, 400),  # fmt: skip
+        ("POST", "Patient", b'{"resourceType":' + b"[" * 50_000, {"Content-Type": FHIR}, 400),
         ("POST", "Patient", b"{}", {"Content-Type": "text/plain"}, 415),
         (
             "POST",

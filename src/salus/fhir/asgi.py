@@ -15,9 +15,10 @@ import re
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException
 from starlette.middleware.gzip import GZipMiddleware
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from salus import jsoncodec
 from salus.errors import NotAcceptable, UnsupportedMediaType
 from salus.fhir.patch import PATCH_MEDIA_TYPES
 from salus.fhir.rest import FhirRequest
@@ -124,13 +125,12 @@ async def endpoint(request: Request) -> Response:
         await asyncio.gather(*(services.audit.record_async(e) for e in result.audit))
     if result.resource is None:
         return Response(status_code=result.status, headers=result.headers)
-    if result.raw is not None:  # the stored JSON (Starlette's JSONResponse would give the same)
-        return Response(
-            result.raw, status_code=result.status, headers=result.headers, media_type=FHIR_JSON
-        )
-    return JSONResponse(
-        result.resource, status_code=result.status, headers=result.headers, media_type=FHIR_JSON
-    )
+    # The stored JSON when at hand, else the resource written as Starlette's
+    # JSONResponse would (compact, UTF-8, no NaN), by orjson (salus.jsoncodec).
+    body = result.raw
+    if body is None:
+        body = jsoncodec.dumps(result.resource, allow_nan=False)
+    return Response(body, status_code=result.status, headers=result.headers, media_type=FHIR_JSON)
 
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"})

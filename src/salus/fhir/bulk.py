@@ -18,7 +18,6 @@ State and manifest live in ``bulk_exports``; stored errors come from
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
 
+from salus import jsoncodec
 from salus.audit.events import AuditEvent
 from salus.db.tables import bulk_exports, fhir_resources
 from salus.db.types import utcnow
@@ -216,15 +216,10 @@ def group_members(group: Mapping[str, Any]) -> list[str]:
 
 def ndjson(resources: Iterable[Mapping[str, Any]], pseudonymizer: Pseudonymizer | None) -> bytes:
     """NDJSON lines (IG §"Bulk Data Output File Request"), de-identified with a pseudonymizer."""
-    lines = [
-        json.dumps(
-            deidentify(r, pseudonymizer) if pseudonymizer else r,
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
+    return b"".join(
+        jsoncodec.dumps(deidentify(r, pseudonymizer) if pseudonymizer else r) + b"\n"
         for r in resources
-    ]
-    return "".join(line + "\n" for line in lines).encode()
+    )
 
 
 def _instant(value: datetime) -> str:

@@ -10,7 +10,6 @@ resource, after a change of the search parameter definitions.
 from __future__ import annotations
 
 import gzip
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from salus import jsoncodec
 from salus.db.engine import Database
 from salus.db.keys import pairs_in
 from salus.db.tables import fhir_resources
@@ -70,7 +70,7 @@ def import_ndjson(
     for path in paths:
         for number, line in _lines(path):
             try:
-                resource = json.loads(line)
+                resource = jsoncodec.loads(line)
                 if not isinstance(resource, dict) or "resourceType" not in resource:
                     raise ValueError
             except ValueError:

@@ -18,13 +18,13 @@ by FHIRPath, never their values).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 
+from salus import jsoncodec
 from salus.audit.events import AuditEvent
 from salus.db.keys import pairs_in
 from salus.db.tables import bulk_imports, fhir_resources
@@ -244,7 +244,7 @@ class ImportJob:
             )
             return None
         try:
-            resource = json.loads(raw.decode("utf-8-sig"))
+            resource = jsoncodec.loads(raw.decode("utf-8-sig"))
         except (UnicodeDecodeError, ValueError, RecursionError):
             run.reject(index, number, "The line is not valid JSON (UTF-8).")
             return None

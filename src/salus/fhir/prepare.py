@@ -12,7 +12,6 @@ batches are written together (:func:`merge_prepared`, :func:`split_created`;
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table
 
+from salus import jsoncodec
 from salus.audit.events import AuditEvent
 from salus.audit.sqliteappend import PreparedEvents
 from salus.errors import Conflict, SalusError, UnprocessableContent
@@ -46,7 +46,7 @@ __all__ = [
 
 def json_bytes(resource: Mapping[str, Any]) -> bytes:
     """A body as stored: compact UTF-8 JSON (what Starlette's JSONResponse writes too)."""
-    return json.dumps(resource, separators=(",", ":"), ensure_ascii=False).encode()
+    return jsoncodec.dumps(resource)
 
 
 def write_event(

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
+from salus import jsoncodec
 from salus.audit.events import AuditEvent
 from salus.errors import InvalidInput
 from salus.security.principal import Principal, Purpose
@@ -68,8 +68,8 @@ def parse_json_body(body: bytes | None) -> dict[str, Any]:
     if not body:
         raise InvalidInput("The request has no body.")
     try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        value = jsoncodec.loads(body, allow_nan=False)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise InvalidInput("The body is not valid JSON.") from None
     if not isinstance(value, dict):
         raise InvalidInput("The body must be a JSON object (a FHIR resource).")

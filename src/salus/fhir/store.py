@@ -14,7 +14,6 @@ so a body copied onto another version or resource does not open.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
@@ -22,6 +21,7 @@ from typing import Any, Protocol
 from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection, Dialect, RowMapping
 
+from salus import jsoncodec
 from salus.audit.chain import AuditLog
 from salus.audit.sqliteappend import prepare_events
 from salus.db.bulkcopy import COPY_MIN_ROWS, copy_insert, next_ids
@@ -126,7 +126,7 @@ class FhirStore(StoreReads):
         return self.sealer.seal(raw, f"fhir:{res_type}/{res_id}/{version}".encode())
 
     def _open(self, res_type: str, res_id: str, version: int, body: bytes) -> dict[str, Any]:
-        loaded: dict[str, Any] = json.loads(self._open_raw(res_type, res_id, version, body))
+        loaded: dict[str, Any] = jsoncodec.loads(self._open_raw(res_type, res_id, version, body))
         return loaded
 
     def _open_raw(self, res_type: str, res_id: str, version: int, body: bytes) -> bytes:
@@ -148,7 +148,7 @@ class FhirStore(StoreReads):
             if with_body and body is not None and not row["deleted"]
             else None
         )
-        resource: dict[str, Any] | None = json.loads(raw) if raw is not None else None
+        resource: dict[str, Any] | None = jsoncodec.loads(raw) if raw is not None else None
         return Stored(
             str(row["res_type"]),
             str(row["res_id"]),
