@@ -143,6 +143,30 @@ def test_event_validation() -> None:
     )
     assert event.detail == {"t": [1, 2], "n": {"k": 1.5}}  # as JSON gives it back
     assert type(event.outcome) is int and event.outcome == 4
+    for bad in ({"x": 1, "y": "\ud800"}, {"\ud800": 1}, {"x": float("nan")}, {1: 2}):
+        with pytest.raises(InvalidInput):
+            AuditEvent(category="rest", action="R", detail=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        {"version": 2},
+        {"z": 1, "a": True, "m": None, "b": "text", "c": 10**30},
+        {"z": "é", "a": 1},  # not ASCII
+        {"x": [1], "a": 1},
+        {"x": 1.0, "a": 1},
+        {"x": AuditOutcome.MINOR},  # an int subclass: its value
+        {"x": "a\nb\u0001", "": 0},
+        {},
+    ],
+)
+def test_detail_is_what_json_gives_back(detail: dict[str, object]) -> None:
+    event = AuditEvent(category="rest", action="R", detail=detail)
+    expected = json.loads(canonical_json(detail))
+    assert event.detail == expected
+    assert list(event.detail or {}) == list(expected)  # keys in the canonical order
+    assert [type(v) for v in (event.detail or {}).values()] == [type(v) for v in expected.values()]
 
 
 def test_for_principal_fills_the_principal_fields() -> None:

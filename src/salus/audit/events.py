@@ -213,11 +213,13 @@ class AuditEvent:
     detail: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        # Dict lookups rather than the enums' constructors (a write makes one
+        # event per resource); a member hashes and compares as its value.
         try:
-            category = AuditCategory(self.category).value
-            action = AuditAction(self.action).value
-            outcome = int(AuditOutcome(self.outcome))
-        except ValueError:
+            category = _CATEGORIES[self.category]
+            action = _ACTIONS[self.action]
+            outcome = _OUTCOMES[self.outcome]
+        except (KeyError, TypeError):
             raise InvalidInput("Audit event category, action or outcome is not valid.") from None
         object.__setattr__(self, "category", category)
         object.__setattr__(self, "action", action)
@@ -240,8 +242,9 @@ class AuditEvent:
             if any(not isinstance(key, str) for key in self.detail):
                 raise InvalidInput("Audit event detail keys must be text.")
             # Normalise to what JSON gives back from the database (tuples become
-            # lists, and so on), so that the hash of the stored row is the same.
-            object.__setattr__(self, "detail", json.loads(canonical_json(dict(self.detail))))
+            # lists, keys sorted, and so on), so that the hash of the stored row
+            # is the same.
+            object.__setattr__(self, "detail", _normalized_detail(self.detail))
 
     @classmethod
     def for_principal(
@@ -296,6 +299,27 @@ class AuditEvent:
 
 
 _EVENT_FIELDS = tuple(f.name for f in fields(AuditEvent))
+
+_CATEGORIES: dict[Any, str] = {m.value: m.value for m in AuditCategory}
+_ACTIONS: dict[Any, str] = {m.value: m.value for m in AuditAction}
+_OUTCOMES: dict[Any, int] = {int(m): int(m) for m in AuditOutcome}
+#: Values that JSON gives back as they are (a text of ASCII: nothing to refuse).
+_PLAIN_SCALARS = (int, bool, type(None))
+
+
+def _normalized_detail(detail: Mapping[str, Any]) -> dict[str, Any]:
+    """``json.loads(canonical_json(detail))``: a flat object of integers,
+    booleans, nulls and ASCII texts (a write's ``{"version": 2}``) is
+    copied with its keys sorted instead of written and read."""
+    if all(
+        type(key) is str
+        and key.isascii()
+        and (type(value) in _PLAIN_SCALARS or (type(value) is str and value.isascii()))
+        for key, value in detail.items()
+    ):
+        return dict(sorted(detail.items()))
+    loaded: dict[str, Any] = json.loads(canonical_json(dict(detail)))
+    return loaded
 
 
 def _join_flags(flags: Iterable[AuditFlag | str] | str | None) -> str | None:
