@@ -233,6 +233,17 @@ def test_decimal_range_rejects_non_numbers(number: Any) -> None:
     assert decimal_range(number) is None
 
 
+def test_decimal_range_cache_keeps_numbers_as_written() -> None:
+    """JSON numbers are cached: 1, 1.0 and true are equal keys to Python."""
+    for _ in range(2):  # the second time from the cache
+        assert decimal_range(1) == (Decimal("0.5"), Decimal("1.5"), Decimal("1"))
+        assert decimal_range(1.0) == (Decimal("0.95"), Decimal("1.05"), Decimal("1.0"))
+        assert decimal_range(True) is None and decimal_range(False) is None
+        assert str(decimal_range(-0.0)[2]) == "-0.0"  # type: ignore[index]
+        assert str(decimal_range(0.0)[2]) == "0.0"  # type: ignore[index]
+        assert str(decimal_range(0)[2]) == "0"  # type: ignore[index]
+
+
 @pytest.mark.parametrize(
     ("text", "normalized"),
     [

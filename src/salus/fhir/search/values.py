@@ -313,7 +313,23 @@ def decimal_range(value: Any) -> tuple[Decimal, Decimal, Decimal] | None:
 
     ``100`` → [99.5, 100.5); ``100.00`` → [99.995, 100.005) (``search.html``
     §3.1.1.1: "the precision of the value is taken into account").
+
+    A JSON number (an int or a float) is looked up in a cache first: an
+    Observation's value is indexed by four parameters (``value-quantity``,
+    ``combo-value-quantity`` and two composites).
     """
+    kind = type(value)
+    if kind is int or (kind is float and value):  # not bool (no range), nor ±0.0 (equal keys)
+        return _number_range(value)
+    return _decimal_range(value)
+
+
+@lru_cache(maxsize=4096, typed=True)  # typed: 1 and 1.0 are different numbers as written
+def _number_range(value: float | int) -> tuple[Decimal, Decimal, Decimal] | None:
+    return _decimal_range(value)
+
+
+def _decimal_range(value: Any) -> tuple[Decimal, Decimal, Decimal] | None:
     number = to_decimal(value)
     if number is None:
         return None
