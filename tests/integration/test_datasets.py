@@ -436,6 +436,9 @@ def test_access_control_and_history(world: World) -> None:
 
 
 def test_audit_records_submissions(world: World) -> None:
+    # One accepted and one refused submission of its own (the test runs alone too).
+    assert post(world, "a-feed", "beds", sample("beds", "2025-12")).status_code == 201
+    assert post(world, "a-feed", "beds", b"org,period,ward_id\n", "text/csv").status_code == 422
     with world.services.db.read() as conn:
         descriptions = set(
             conn.execute(
