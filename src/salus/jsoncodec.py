@@ -15,9 +15,10 @@ could differ, and give ``json``'s result everywhere:
   too large for a double, a lone surrogate escape ``\\ud800``, UTF-16 or
   UTF-32 text, a UTF-8 byte order mark, invalid UTF-8 that ``json``
   decodes with ``surrogatepass``): on its refusal ``json`` reads the text,
-  and accepts or refuses it as before. ``allow_nan=False`` refuses the
-  non-numbers, which are not JSON (RFC 8259 §6) and which no request body
-  may hold;
+  and accepts or refuses it as before. ``strict`` refuses what no request
+  body may hold: the non-numbers, which are not JSON (RFC 8259 §6), and
+  lone surrogates, which are no Unicode text (RFC 8259 §8.2) and could not
+  be stored as UTF-8;
 * orjson writes ``NaN`` as ``null`` and refuses integers beyond 64 bits and
   lone surrogates: such values are written by ``json``, and so are dates and
   dataclasses, which orjson would write and ``json`` refuses (``TypeError``).
@@ -51,9 +52,10 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def loads(data: bytes | bytearray | memoryview | str, *, allow_nan: bool = True) -> Any:
-    """``json.loads(data)``; without ``allow_nan``, ``NaN``, ``Infinity`` and
-    ``-Infinity`` raise ValueError like invalid JSON."""
+def loads(data: bytes | bytearray | memoryview | str, *, strict: bool = False) -> Any:
+    """``json.loads(data)``; with ``strict``, ``NaN``, ``Infinity``,
+    ``-Infinity`` and lone surrogates (``"\\ud800"``) raise ValueError like
+    invalid JSON."""
     raw: bytes | bytearray | None
     if isinstance(data, str):
         try:
@@ -68,9 +70,14 @@ def loads(data: bytes | bytearray | memoryview | str, *, allow_nan: bool = True)
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
             pass  # json decides, with its own message
-    if allow_nan:
+    if not strict:
         return json.loads(data)
-    return json.loads(data, parse_constant=_no_constant)
+    value = json.loads(data, parse_constant=_no_constant)
+    try:  # orjson refused it or never saw it: no lone surrogate (rare path)
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise ValueError("a string is not Unicode text (a lone surrogate)") from None
+    return value
 
 
 def dumps(value: Any, *, allow_nan: bool = True) -> bytes:

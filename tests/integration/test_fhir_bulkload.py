@@ -78,6 +78,9 @@ def test_invalid_lines(env: tuple[Settings, dict[str, str]], tmp_path: Path) -> 
         '{"resourceType":"Patient","id":"ok-1"}\nnot json\n'
         '{"resourceType":"Patient","id":"bad-1","gender":"nope"}\n'
         '{"resourceType":"Patient","id":"ok-2"}\n'
+        '{"resourceType":"Patient","id":"bad-2","name":[{"family":"\\ud800"}]}\n'
+        + "[" * 50_000
+        + "\n"
     )
     strict = CliRunner().invoke(main, ["fhir", "import", str(path), "--org", "hosp-a"], env=values)
     assert strict.exit_code == 2 and "line 2" in strict.output
@@ -86,8 +89,9 @@ def test_invalid_lines(env: tuple[Settings, dict[str, str]], tmp_path: Path) -> 
         main, ["fhir", "import", str(path), "--org", "hosp-a", "--skip-invalid"], env=values
     )
     assert lenient.exit_code == 0
-    assert "2 created, 0 updated, 2 rejected" in lenient.output
-    assert "bad.ndjson:3" in lenient.output and "nope" not in lenient.output
+    assert "2 created, 0 updated, 4 rejected" in lenient.output
+    assert "bad.ndjson:3" in lenient.output and "bad.ndjson:5" in lenient.output
+    assert "bad.ndjson:6" in lenient.output and "nope" not in lenient.output
 
 
 def test_reindex_restores_search(env: tuple[Settings, dict[str, str]], tmp_path: Path) -> None:

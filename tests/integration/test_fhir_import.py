@@ -254,19 +254,21 @@ def test_bad_lines_are_rejected_with_line_numbers_and_the_rest_imported(world: W
         patient(secret, new_id(), gender=secret),  # 8: code outside the required binding
         patient("Good", good[2]),  # 9
         {"resourceType": "AuditEvent", "id": new_id()},  # 10: nobody writes the audit trail
+        b'{"resourceType": "Patient", "name": [{"family": "\\ud800"}]}',  # 11: no Unicode text
     ]
     result = imported(world, "a-feed", ndjson(*lines))
     [output] = result["output"]
     assert (output["created"], output["updated"]) == (3, 0)
-    assert result["error"] == [{"inputUrl": output["inputUrl"], "count": 6}]
+    assert result["error"] == [{"inputUrl": output["inputUrl"], "count": 7}]
     rejected = {item["line"]: item for item in result["rejected"]}
-    assert sorted(rejected) == [2, 4, 5, 7, 8, 10]
+    assert sorted(rejected) == [2, 4, 5, 7, 8, 10, 11]
+    assert "JSON" in rejected[11]["reason"]
     assert rejected[5]["expression"] == "Patient.unknownElement"
     assert rejected[8]["expression"] == "Patient.gender"
     assert "JSON" in rejected[2]["reason"]
     assert "may not create AuditEvent" in rejected[10]["reason"]
     issues = result["outcome"]["issue"]
-    assert "6 lines rejected" in issues[0]["diagnostics"]
+    assert "7 lines rejected" in issues[0]["diagnostics"]
     assert {issue["code"] for issue in issues[1:]} >= {"structure", "code-invalid", "forbidden"}
     assert any(" line 5: " in issue["diagnostics"] for issue in issues)
     assert secret not in json.dumps(result)  # never resource content

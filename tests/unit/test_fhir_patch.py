@@ -452,6 +452,7 @@ def test_fhirpath_patch_media_type_variants(content_type: str) -> None:
         (b'{"op": "remove", "path": "/gender"}', JSON_PATCH),  # not an array
         (b'"text"', JSON_PATCH),
         (b'[{"op": "add", "path": "/a", "value": NaN}]', JSON_PATCH),
+        (b'[{"op": "add", "path": "/a", "value": "\\ud800"}]', JSON_PATCH),  # no Unicode text
         (b"\xff\xfe[]", JSON_PATCH),
         (b"[" * 100_000 + b"]" * 100_000, JSON_PATCH),
         (b"not json", FHIR_JSON),

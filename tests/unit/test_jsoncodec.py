@@ -129,11 +129,21 @@ def test_invalid_json_is_refused_as_by_json(raw: bytes) -> None:
     assert type(ours.value) is type(theirs.value)
 
 
-def test_non_numbers_only_where_allowed() -> None:
+def test_non_numbers_and_lone_surrogates_refused_when_strict() -> None:
     for raw in (b'{"v":NaN}', b'{"v":Infinity}', b'{"v":[-Infinity]}'):
         assert _same_value(jsoncodec.loads(raw), json.loads(raw))
         with pytest.raises(ValueError, match="not a JSON number"):
-            jsoncodec.loads(raw, allow_nan=False)
+            jsoncodec.loads(raw, strict=True)
+    for raw in (
+        b'{"v":"\\ud800"}',
+        b'{"\\udc00":1}',
+        b'{"n":1234567890123456789012,"v":"\\ud800"}',
+    ):
+        assert _same_value(jsoncodec.loads(raw), json.loads(raw))
+        with pytest.raises(ValueError, match="lone surrogate"):
+            jsoncodec.loads(raw, strict=True)
+    pair = b'{"v":"\\ud83d\\ude00","n":1234567890123456789012}'  # a pair is one character
+    assert jsoncodec.loads(pair, strict=True) == {"v": "\U0001f600", "n": 1234567890123456789012}
     for value in ({"v": math.nan}, {"v": [1.0, -math.inf]}, {"v": {"w": math.inf}}):
         assert jsoncodec.dumps(value) == _std_dumps(value)  # NaN, as json writes it
         with pytest.raises(ValueError):

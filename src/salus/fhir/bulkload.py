@@ -70,10 +70,10 @@ def import_ndjson(
     for path in paths:
         for number, line in _lines(path):
             try:
-                resource = jsoncodec.loads(line)
+                resource = jsoncodec.loads(line, strict=True)
                 if not isinstance(resource, dict) or "resourceType" not in resource:
                     raise ValueError
-            except ValueError:
+            except (ValueError, RecursionError):
                 if not skip_invalid:
                     raise InvalidInput(
                         f"{path.name} line {number} is not a FHIR resource."

@@ -244,7 +244,7 @@ class ImportJob:
             )
             return None
         try:
-            resource = jsoncodec.loads(raw.decode("utf-8-sig"))
+            resource = jsoncodec.loads(raw.decode("utf-8-sig"), strict=True)
         except (UnicodeDecodeError, ValueError, RecursionError):
             run.reject(index, number, "The line is not valid JSON (UTF-8).")
             return None

@@ -40,14 +40,14 @@ validate it as for an update (``salus.fhir.validate``).
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import jsonpatch
 import jsonpointer
 
+from salus import jsoncodec
 from salus.errors import InvalidInput, UnprocessableContent, UnsupportedMediaType
 from salus.fhir import model
 from salus.fhir.patchpath import (
@@ -108,7 +108,7 @@ def apply_patch(resource: Mapping[str, Any], body: bytes, content_type: str) -> 
     if not body:
         raise InvalidInput("The PATCH request has no body.")
     try:
-        document = json.loads(body.decode("utf-8"), parse_constant=_not_json)
+        document = jsoncodec.loads(body.decode("utf-8"), strict=True)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise InvalidInput("The PATCH body is not valid JSON.") from None
     if media == JSON_PATCH:
@@ -120,10 +120,6 @@ def apply_patch(resource: Mapping[str, Any], body: bytes, content_type: str) -> 
     if not isinstance(document, dict):
         raise InvalidInput("A FHIRPath Patch body must be a Parameters resource (fhirpatch.html).")
     return apply_fhirpath_patch(resource, document)
-
-
-def _not_json(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _fail(where: str, message: str) -> UnprocessableContent:

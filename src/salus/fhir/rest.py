@@ -68,7 +68,7 @@ def parse_json_body(body: bytes | None) -> dict[str, Any]:
     if not body:
         raise InvalidInput("The request has no body.")
     try:
-        value = jsoncodec.loads(body, allow_nan=False)
+        value = jsoncodec.loads(body, strict=True)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise InvalidInput("The body is not valid JSON.") from None
     if not isinstance(value, dict):
