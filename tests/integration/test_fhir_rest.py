@@ -148,14 +148,29 @@ def test_prefer_return(world: World) -> None:
         ("POST", "Patient", b"[1, 2]", {"Content-Type": FHIR}, 400),
         # Not JSON (RFC 8259 §6), though Python's json reads them.
         ("POST", "Patient", b'{"resourceType":"Patient","x":NaN}', {"Content-Type": FHIR}, 400),
-        ("POST", "Patient", b'{"resourceType":"Patient","multipleBirthInteger":-Infinity}',
-         {"Content-Type": FHIR}, 400),  # fmt: skip
+        (
+            "POST",
+            "Patient",
+            b'{"resourceType":"Patient","multipleBirthInteger":-Infinity}',
+            {"Content-Type": FHIR},
+            400,
+        ),
         ("POST", "Patient", b'{"resourceType":' + b"[" * 50_000, {"Content-Type": FHIR}, 400),
         # A lone surrogate is no Unicode text: it cannot be stored (was a 500).
-        ("POST", "Patient", b'{"resourceType":"Patient","name":[{"family":"\\ud800"}]}',
-         {"Content-Type": FHIR}, 400),  # fmt: skip
-        ("PUT", "Patient/x", b'{"resourceType":"Patient","id":"x","name":[{"text":"a\\udc00"}]}',
-         {"Content-Type": FHIR}, 400),  # fmt: skip
+        (
+            "POST",
+            "Patient",
+            b'{"resourceType":"Patient","name":[{"family":"\\ud800"}]}',
+            {"Content-Type": FHIR},
+            400,
+        ),
+        (
+            "PUT",
+            "Patient/x",
+            b'{"resourceType":"Patient","id":"x","name":[{"text":"a\\udc00"}]}',
+            {"Content-Type": FHIR},
+            400,
+        ),
         ("POST", "Patient", b"{}", {"Content-Type": "text/plain"}, 415),
         (
             "POST",

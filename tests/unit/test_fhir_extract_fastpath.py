@@ -272,9 +272,16 @@ def test_composite_parts_shared_between_parameters() -> None:
         ("Resource.meta.lastUpdated", {"meta"}),
         (
             "(Observation.value as Quantity) | (Observation.component.value as Quantity)",
-            {"valueQuantity", "valueAge", "valueCount", "valueDistance", "valueDuration",
-             "=value", "component"},
-        ),  # fmt: skip
+            {
+                "valueQuantity",
+                "valueAge",
+                "valueCount",
+                "valueDistance",
+                "valueDuration",
+                "=value",
+                "component",
+            },
+        ),
         ("(Observation.value as CodeableConcept).text", {"valueCodeableConcept", "=value"}),
         ("Observation.subject.where(resolve() is Patient)", {"subject"}),
         ("Patient.telecom.where(system='email')", {"telecom"}),
