@@ -171,6 +171,15 @@ def test_prefer_return(world: World) -> None:
             {"Content-Type": FHIR},
             400,
         ),
+        (
+            "POST",
+            "",
+            b'{"resourceType":"Bundle","type":"transaction","entry":[{"resource":'
+            b'{"resourceType":"Patient","name":[{"family":"\\ud800"}]},'
+            b'"request":{"method":"POST","url":"Patient"}}]}',
+            {"Content-Type": FHIR},
+            400,
+        ),
         ("POST", "Patient", b"{}", {"Content-Type": "text/plain"}, 415),
         (
             "POST",
