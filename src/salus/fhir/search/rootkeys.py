@@ -102,14 +102,22 @@ def _cast_type(tokens: list[tuple[str, str]], pos: int) -> str | None:
         pos += 3
     else:
         return None
+    found = _type_name(tokens, pos)
+    return None if found is None else found[0]
+
+
+def _type_name(tokens: list[tuple[str, str]], pos: int) -> tuple[str, int] | None:
+    """The type name at ``pos`` (its last part: ``FHIR.Quantity`` is
+    ``Quantity``, as the compiler reads it) and the position after it; None
+    when no name is there."""
     if pos >= len(tokens) or tokens[pos][0] != "id":
         return None
     name = tokens[pos][1].strip("`")
     pos += 1
     while pos + 1 < len(tokens) and tokens[pos] == ("op", ".") and tokens[pos + 1][0] == "id":
-        name = tokens[pos + 1][1].strip("`")  # FHIR.Quantity
+        name = tokens[pos + 1][1].strip("`")
         pos += 2
-    return name
+    return name, pos
 
 
 def _skip_call(tokens: list[tuple[str, str]], pos: int) -> int:
@@ -148,13 +156,10 @@ def _path_rest(tokens: list[tuple[str, str]], pos: int) -> bool:
             if pos < 0:
                 return False
         elif kind == "id" and text == "as":
-            if pos + 1 >= len(tokens) or tokens[pos + 1][0] != "id":
+            found = _type_name(tokens, pos + 1)
+            if found is None:
                 return False
-            pos += 2
-            while (
-                pos + 1 < len(tokens) and tokens[pos] == ("op", ".") and tokens[pos + 1][0] == "id"
-            ):
-                pos += 2  # FHIR.Quantity
+            pos = found[1]
         else:
             return False
     return True
