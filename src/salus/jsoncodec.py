@@ -54,8 +54,9 @@ def _no_constant(name: str) -> Any:
 
 def loads(data: bytes | bytearray | memoryview | str, *, strict: bool = False) -> Any:
     """``json.loads(data)``; with ``strict``, ``NaN``, ``Infinity``,
-    ``-Infinity`` and lone surrogates (``"\\ud800"``) raise ValueError like
-    invalid JSON."""
+    ``-Infinity``, lone surrogates (``"\\ud800"``) and nesting too deep for
+    the parser (``RecursionError`` otherwise) raise ValueError like invalid
+    JSON."""
     raw: bytes | bytearray | None
     if isinstance(data, str):
         try:
@@ -72,7 +73,10 @@ def loads(data: bytes | bytearray | memoryview | str, *, strict: bool = False) -
             pass  # json decides, with its own message
     if not strict:
         return json.loads(data)
-    value = json.loads(data, parse_constant=_no_constant)
+    try:
+        value = json.loads(data, parse_constant=_no_constant)
+    except RecursionError:  # nested too deep: refused like any invalid JSON
+        raise ValueError("nested too deep") from None
     try:  # orjson refused it or never saw it: no lone surrogate (rare path)
         json.dumps(value, ensure_ascii=False).encode()
     except UnicodeEncodeError:

@@ -142,6 +142,8 @@ def test_non_numbers_and_lone_surrogates_refused_when_strict() -> None:
         assert _same_value(jsoncodec.loads(raw), json.loads(raw))
         with pytest.raises(ValueError, match="lone surrogate"):
             jsoncodec.loads(raw, strict=True)
+    with pytest.raises(ValueError, match="nested too deep"):
+        jsoncodec.loads(b"[" * 100_000, strict=True)  # json: RecursionError
     pair = b'{"v":"\\ud83d\\ude00","n":1234567890123456789012}'  # a pair is one character
     assert jsoncodec.loads(pair, strict=True) == {"v": "\U0001f600", "n": 1234567890123456789012}
     for value in ({"v": math.nan}, {"v": [1.0, -math.inf]}, {"v": {"w": math.inf}}):

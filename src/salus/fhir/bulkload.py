@@ -73,7 +73,7 @@ def import_ndjson(
                 resource = jsoncodec.loads(line, strict=True)
                 if not isinstance(resource, dict) or "resourceType" not in resource:
                     raise ValueError
-            except (ValueError, RecursionError):
+            except ValueError:
                 if not skip_invalid:
                     raise InvalidInput(
                         f"{path.name} line {number} is not a FHIR resource."

@@ -245,7 +245,7 @@ class ImportJob:
             return None
         try:
             resource = jsoncodec.loads(raw.decode("utf-8-sig"), strict=True)
-        except (UnicodeDecodeError, ValueError, RecursionError):
+        except ValueError:  # UnicodeDecodeError is one too
             run.reject(index, number, "The line is not valid JSON (UTF-8).")
             return None
         res_type = resource.get("resourceType") if isinstance(resource, dict) else None

@@ -109,7 +109,7 @@ def apply_patch(resource: Mapping[str, Any], body: bytes, content_type: str) -> 
         raise InvalidInput("The PATCH request has no body.")
     try:
         document = jsoncodec.loads(body.decode("utf-8"), strict=True)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+    except ValueError:  # UnicodeDecodeError is one too
         raise InvalidInput("The PATCH body is not valid JSON.") from None
     if media == JSON_PATCH:
         if not isinstance(document, list):

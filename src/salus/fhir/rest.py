@@ -69,7 +69,7 @@ def parse_json_body(body: bytes | None) -> dict[str, Any]:
         raise InvalidInput("The request has no body.")
     try:
         value = jsoncodec.loads(body, strict=True)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+    except ValueError:  # UnicodeDecodeError is one too
         raise InvalidInput("The body is not valid JSON.") from None
     if not isinstance(value, dict):
         raise InvalidInput("The body must be a JSON object (a FHIR resource).")
