@@ -517,6 +517,8 @@ def test_uploads_are_encrypted_at_rest(world: World) -> None:
 
 def test_imports_are_audited(world: World) -> None:
     res_id = new_id()
+    # An upload of its own (the test runs alone, or on another worker, too).
+    assert upload(world, "a-feed", ndjson(patient("Uploaded", new_id()))).status_code == 201
     response = kick_off(world, "a-feed", ndjson(patient("Audited", res_id)))
     location = response.headers["content-location"]
     drain(world)
